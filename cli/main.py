@@ -1,0 +1,240 @@
+"""The ``invert`` command: a thin Click layer over the ``invert`` library."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import click
+
+import invert
+from invert.errors import InvertError
+
+MODEL_HELP = "Base IP2P: hub id, local diffusers folder, or 'toy'."
+
+
+def user_errors(fn):
+    """Turn library errors into one-line Click errors with a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InvertError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def model_options(default_model: str | None):
+    def decorate(fn):
+        fn = click.option("--dtype", default="auto", show_default=True, envvar="INVERT_DTYPE",
+                          type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="auto: fp16 on cuda, fp32 on cpu.")(fn)
+        fn = click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE",
+                          help="auto, cuda, cuda:1, mps or cpu.")(fn)
+        fn = click.option("--model", default=default_model, show_default=default_model is not None,
+                          envvar="INVERT_MODEL", help=MODEL_HELP + (" Default: the one recorded in the file."
+                                                                    if default_model is None else ""))(fn)
+        return fn
+
+    return decorate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(invert.__version__, prog_name="invert")
+def cli():
+    """Learn an image-editing instruction from before/after pairs and apply it to new images.
+
+    \b
+      invert fit pairs/ -o sketch.inst                 # learn an instruction
+      invert apply sketch.inst photo.jpg -o out/       # use it
+      invert apply sketch.inst photo.jpg -o out/ --text "at night"
+      invert inspect sketch.inst
+    """
+    # Loading bars and library warnings would bury invert's own one-line messages.
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
+@cli.command()
+@click.argument("pairs", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .inst file to write.")
+@click.option("--before", type=click.Path(path_type=Path), help="A single pair: the before image ...")
+@click.option("--after", type=click.Path(path_type=Path), help="... and the after image.")
+@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii"]))
+@click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Optimization steps; 0 writes the initialization unchanged.")
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the noise and the timestep order.")
+@click.option("--resolution", default=512, show_default=True, type=click.IntRange(min=8))
+@click.option("--init-text", default=None, help="Initial instruction; default: a CLIP-ranked caption of the afters.")
+@click.option("--vocab", multiple=True, default=["default"], show_default=True,
+              help="Phrase lists for the caption (default, toy, flavors, mediums, movements, artists, or a .txt).")
+@click.option("--loss-target", default="cfg", show_default=True, type=click.Choice(["cfg", "cond"]),
+              help="cfg: the guidance-combined prediction, as official VISII; cond: the text row only (3x cheaper).")
+@click.option("--guidance", default=7.5, show_default=True, type=float, help="Text guidance, in training and apply.")
+@click.option("--image-guidance", default=1.5, show_default=True, type=float)
+@click.option("--mse-weight", default=4.0, show_default=True, type=float)
+@click.option("--clip-weight", default=0.1, show_default=True, type=float, help="CLIP direction loss; 0 turns it off.")
+@click.option("--clip-clamp", default=0.5, show_default=True, type=float)
+@click.option("--clip-model", default=None, help="transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; "
+              "default: the model folder's clip/ if it has one, else openai/clip-vit-large-patch14.")
+@click.option("--save-every", default=0, type=click.IntRange(min=0), help="Write OUTPUT.step-N.inst every N steps.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@model_options(invert.editor.DEFAULT_MODEL)
+@user_errors
+def fit(pairs, output, before, after, method, save_every, quiet, force, model, device, dtype, clip_model, vocab,
+        **options):
+    """Learn an instruction from exemplar PAIRS and write it to OUTPUT.
+
+    PAIRS is a folder with before/ and after/ subfolders (files matched by stem), or a folder of
+    NAME_before.EXT / NAME_after.EXT files; or give one pair with --before and --after.
+
+    \b
+      invert fit pairs/ -o sketch.inst
+      invert fit --before a.jpg --after b.jpg -o sketch.inst --steps 500
+      invert fit examples/toy/night/train -o night.inst --model toy --resolution 64 --steps 200
+    """
+    _check_output(output, force)  # before any work, not after the fit
+    found = invert.find_pairs(pairs, before, after)
+
+    def checkpoint(inst, step):
+        inst.save(output.with_name(f"{output.stem}.step-{step}.inst"), force=True)
+
+    inst = invert.fit(found, method, model=model, device=device, dtype=dtype, clip_model=clip_model, quiet=quiet,
+                      save_every=save_every, checkpoint=checkpoint, vocab=tuple(vocab), **options)
+    inst.save(output, force=force)
+    click.echo(f"wrote {output} ({inst.method}, init text {inst.meta['init_text']!r}, "
+               f"loss {inst.meta.get('final_loss')}, {float(inst.meta['fit_seconds']):.1f} s)", err=quiet)
+
+
+def _check_output(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise InvertError(f"{path}: already exists (use --force to overwrite)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvertError(f"{parent}: output folder does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InvertError(f"{parent}: output folder is not writable")
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def _inputs(paths: list[Path]) -> list[Path]:
+    from invert.pairs import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InvertError(f"{p}: no such file or folder")
+    if not files:
+        raise InvertError(f"no images found in {', '.join(map(str, paths))}")
+    return files
+
+
+@cli.command()
+@click.argument("instruction", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Output folder (results keep the input's stem), or an image file for a single input.")
+@click.option("--text", default=None, help="Extra instruction text after the learned one (a hybrid instruction).")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--guidance", default=None, type=float, help="Text guidance; default: the file's.")
+@click.option("--image-guidance", default=None, type=float, help="Image guidance; default: the file's.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Noise seed with --fresh-noise.")
+@click.option("--fresh-noise", is_flag=True, help="Draw new noise from --seed instead of the fit's stored noise.")
+@click.option("--scheduler", default=None, type=click.Choice(list(invert.sampling.SCHEDULERS)),
+              help="Sampler; default: the model's own (Euler ancestral for IP2P).")
+@click.option("--strength", default=1.0, show_default=True, type=float,
+              help="Scale of the learned change: 0 = the init text, 1 = learned, >1 extrapolates.")
+@click.option("--resolution", default=None, type=click.IntRange(min=8),
+              help="Resize and centre-crop inputs to this square size; default: keep the size (rounded down to 8).")
+@click.option("--grid", is_flag=True, help="Also write STEM_grid.png: exemplar pair | input | result.")
+@click.option("--allow-model-mismatch", is_flag=True, help="Use an instruction learned on other base weights.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@model_options(None)
+@user_errors
+def apply(instruction, images, output, text, steps, guidance, image_guidance, seed, fresh_noise, scheduler,
+          strength, resolution, grid, allow_model_mismatch, force, model, device, dtype):
+    """Edit IMAGES (files or folders) with the learned INSTRUCTION.
+
+    \b
+      invert apply sketch.inst photo.jpg -o photo_sketch.png
+      invert apply sketch.inst photos/ -o out/ --text "at night"
+      invert apply sketch.inst photo.jpg -o out/ --fresh-noise --seed 3 --grid
+    """
+    from invert.instruction import Instruction
+    from invert.pairs import fit_to_resolution, open_image
+
+    inst = Instruction.load(instruction)
+    files = _inputs(list(images))
+    single_file = output.suffix.lower() in IMAGE_SUFFIXES
+    if single_file and len(files) > 1:
+        raise InvertError(f"{output}: one output file for {len(files)} images; give a folder")
+    targets = [output] if single_file else [output / f"{f.stem}.png" for f in files]
+    if len({t.name for t in targets}) != len(targets):
+        raise InvertError("two inputs share a file stem; their results would overwrite each other")
+    for t in targets if single_file or output.is_dir() else []:
+        _check_output(t, force)
+    opened = [open_image(f) for f in files]
+    if resolution:
+        opened = [fit_to_resolution(img, resolution) for img in opened]
+    editor = invert.load_editor(model or inst.meta.get("base_model", invert.editor.DEFAULT_MODEL), device, dtype)
+    results = invert.apply(inst, opened, editor=editor, text=text, steps=steps, guidance=guidance,
+                           image_guidance=image_guidance, seed=seed, fresh_noise=fresh_noise, scheduler=scheduler,
+                           strength=strength, allow_model_mismatch=allow_model_mismatch)
+    if not single_file:
+        output.mkdir(parents=True, exist_ok=True)
+    from invert.grid import save_image, preview_grid
+
+    for src, img, target in zip(opened, results, targets):
+        save_image(img, target, force)
+        click.echo(f"wrote {target}")
+        if grid:
+            grid_path = target.with_name(f"{target.stem}_grid.png")
+            save_image(preview_grid(inst, src, img), grid_path, force)
+            click.echo(f"wrote {grid_path}")
+
+
+@cli.command()
+@click.argument("instruction", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def inspect(instruction, as_json):
+    """Show what an .inst file holds: method, base model, init text, settings, tensors.
+
+    \b
+      invert inspect sketch.inst
+      invert inspect sketch.inst --json | jq .meta.init_text
+    """
+    from invert.instruction import Instruction
+
+    inst = Instruction.load(instruction)
+    info = {"file": str(instruction), "method": inst.method, "meta": inst.meta,
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+                        for k, v in sorted(inst.tensors.items())}}
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    click.echo(f"{instruction}: {inst.method} instruction")
+    for key in sorted(inst.meta):
+        value = inst.meta[key]
+        click.echo(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    click.echo("  tensors:")
+    for name, t in info["tensors"].items():
+        click.echo(f"    {name}: {t['dtype']} {t['shape']}")
+
+
+if __name__ == "__main__":
+    cli()

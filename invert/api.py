@@ -1,0 +1,100 @@
+"""The library's entry points: fit an instruction to exemplar pairs, and apply one to images."""
+from __future__ import annotations
+
+import os
+
+from PIL import Image
+
+from .clip import Clip, default_clip_for, load_clip
+from .editor import DEFAULT_MODEL, Editor, load_editor, resolve_model_path
+from .errors import InstructionFileError
+from .fitting import FitOptions, fit_images
+from .instruction import Instruction
+from .methods import METHODS
+from .methods.base import Method
+from .pairs import Pair, file_sha256, find_pairs, load_pairs
+from .sampling import sample
+
+
+def _as_pairs(pairs) -> list[Pair]:
+    if isinstance(pairs, (str, os.PathLike)):
+        return find_pairs(pairs)
+    if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], Pair):
+        return find_pairs(before=pairs[0], after=pairs[1])
+    return list(pairs)
+
+
+def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Editor | None = None,
+        clip_model: str | None = None, clip: Clip | None = None, device: str = "auto", dtype: str = "auto",
+        quiet: bool = False, save_every: int = 0, checkpoint=None, **options) -> Instruction:
+    """Learn an instruction from before/after exemplars.
+
+    ``pairs``: a pairs folder, a ``(before, after)`` tuple of files, or a list of :class:`Pair`.
+    ``options``: fields of :class:`FitOptions` (steps, lr, seed, resolution, init_text, loss_target, ...).
+
+    >>> inst = invert.fit("examples/toy/night/train", model="toy", steps=100)   # doctest: +SKIP
+    >>> inst.save("night.inst")                                                 # doctest: +SKIP
+    """
+    opts = FitOptions(**options)
+    found = _as_pairs(pairs)
+    befores, afters = load_pairs(found, opts.resolution)
+    editor = editor or load_editor(model, device, dtype)
+    if clip is None and (opts.clip_weight or opts.init_text is None):
+        clip = load_clip(clip_model or default_clip_for(resolve_model_path(editor.model_id)), editor.device)
+    exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
+    return fit_images(editor, befores, afters, method, opts, clip=clip, exemplars=exemplars, quiet=quiet,
+                      checkpoint=checkpoint, save_every=save_every)
+
+
+def method_for(instruction: Instruction, editor: Editor, strength: float = 1.0, text: str | None = None,
+               path: str | os.PathLike = "") -> Method:
+    """The method object that applies ``instruction`` on ``editor``'s model."""
+    if instruction.method not in METHODS:
+        raise InstructionFileError(f"{path or 'instruction'}: unknown method '{instruction.method}'")
+    try:
+        method = METHODS[instruction.method].from_tensors(instruction.tensors, instruction.meta, editor, strength)
+    except KeyError as exc:
+        raise InstructionFileError(f"{path or 'instruction'}: missing tensor {exc}") from None
+    if text:
+        method = method.hybrid(editor, text)
+    return method
+
+
+def apply(instruction: Instruction | str | os.PathLike, images: list[Image.Image], *, editor: Editor | None = None,
+          model: str | None = None, device: str = "auto", dtype: str = "auto", text: str | None = None,
+          steps: int = 20, guidance: float | None = None, image_guidance: float | None = None,
+          seed: int | None = None, fresh_noise: bool = False, scheduler: str | None = None, strength: float = 1.0,
+          allow_model_mismatch: bool = False) -> list[Image.Image]:
+    """Edit ``images`` with a learned instruction, alone or followed by ``text`` (a hybrid instruction).
+
+    By default the noise is the fit's own (drawn from the seed stored in the file); ``fresh_noise`` draws it
+    from ``seed`` exactly as diffusers' pipeline does with ``generator=torch.Generator().manual_seed(seed)``.
+    Guidance scales default to those stored in the file."""
+    path = instruction if isinstance(instruction, (str, os.PathLike)) else ""
+    inst = Instruction.load(instruction) if path else instruction
+    editor = editor or load_editor(model or inst.meta.get("base_model", DEFAULT_MODEL), device, dtype)
+    inst.check_model(editor.fingerprint, allow_model_mismatch, path)
+    method = method_for(inst, editor, strength, text, path)
+    stored = inst.meta.get("guidance") or {}
+    noise_seed = (seed if seed is not None else 0) if fresh_noise else int(inst.meta.get("noise_seed", 0))
+    results: list[Image.Image] = []
+    # Images of one size go through the pipeline together.
+    for group in _same_size_runs(images):
+        results += sample(editor, method, group, steps=steps,
+                          guidance=guidance if guidance is not None else stored.get("text", 7.5),
+                          image_guidance=image_guidance if image_guidance is not None else stored.get("image", 1.5),
+                          seed=noise_seed, scheduler=scheduler)
+    return results
+
+
+def _same_size_runs(images: list[Image.Image]) -> list[list[Image.Image]]:
+    runs: list[list[Image.Image]] = []
+    for img in images:
+        if runs and runs[-1][0].size == img.size:
+            runs[-1].append(img)
+        else:
+            runs.append([img])
+    return runs
+
+
+__all__ = ["fit", "apply", "method_for"]

@@ -1,0 +1,120 @@
+"""CLIP features for the direction loss, phrase ranking and metrics, from transformers or open_clip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .errors import ModelLoadError
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+class Clip:
+    """Projected CLIP image and text features, and the text projection as a differentiable map."""
+
+    name: str
+    text_width: int
+
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project_text(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Map text-tower hidden states (..., width) into the joint space, as CLIP does with its pooled token."""
+        raise NotImplementedError
+
+
+class TransformersClip(Clip):
+    def __init__(self, name: str, model, processor, tokenizer, device: torch.device):
+        self.name, self.model, self.processor, self.tokenizer, self.device = name, model, processor, tokenizer, device
+        self.model.requires_grad_(False).eval().to(device)
+        self.text_width = model.config.text_config.hidden_size
+
+    @torch.no_grad()
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt").pixel_values.to(self.device)
+        pooled = self.model.vision_model(pixel_values=pixels.to(self.model.dtype)).pooler_output
+        return self.model.visual_projection(pooled).float()
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(texts, padding="max_length", max_length=self.model.config.text_config.max_position_embeddings,
+                             truncation=True, return_tensors="pt").to(self.device)
+        pooled = self.model.text_model(input_ids=tok.input_ids).pooler_output
+        return self.model.text_projection(pooled).float()
+
+    def project_text(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.text_projection.weight
+        return hidden.to(weight.dtype) @ weight.T
+
+
+class OpenClip(Clip):
+    def __init__(self, name: str, device: torch.device):
+        import open_clip
+
+        arch, _, tag = name[len(OPEN_CLIP_PREFIX):].partition("/")
+        try:
+            model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag or None)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load open_clip model '{arch}/{tag}': {str(exc).splitlines()[0]} (its weights "
+                                 "must already be in the local cache; no network here?)") from None
+        self.name, self.model, self.device = name, model.requires_grad_(False).eval().to(device), device
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.text_width = model.text_projection.shape[0]
+
+    @torch.no_grad()
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = torch.stack([self.preprocess(img) for img in images]).to(self.device)
+        return self.model.encode_image(pixels).float()
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
+
+    def project_text(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.to(self.model.text_projection.dtype) @ self.model.text_projection
+
+
+def _transformers_clip(name: str, device: torch.device) -> TransformersClip:
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    from .tokenizer import clip_tokenizer
+
+    folder = Path(name)
+    try:
+        model = CLIPModel.from_pretrained(name)
+    except Exception as exc:
+        if folder.is_dir():
+            raise ModelLoadError(f"{folder}: not a transformers CLIPModel folder ({str(exc).splitlines()[0]})") from None
+        raise ModelLoadError(f"cannot load CLIP model '{name}': not in the Hugging Face cache and the hub cannot be "
+                             f"reached; download it (huggingface-cli download {name} --local-dir clip) and pass "
+                             "--clip-model clip") from None
+    size = model.config.vision_config.image_size
+    try:
+        processor = CLIPImageProcessor.from_pretrained(name)
+    except Exception:  # a bare model folder (like the toy CLIP): CLIP's standard preprocessing at its size
+        processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(name)
+    except Exception:  # every CLIP text tower uses the same BPE
+        tokenizer = clip_tokenizer()
+    return TransformersClip(name, model, processor, tokenizer, device)
+
+
+def default_clip_for(model_source: str) -> str:
+    """A model folder that carries its own CLIP (``clip/``, as the toy model does) uses it; else ViT-L/14."""
+    folder = Path(model_source) / "clip"
+    return str(folder) if (folder / "config.json").exists() else DEFAULT_CLIP
+
+
+def load_clip(name: str = DEFAULT_CLIP, device: torch.device | str = "cpu") -> Clip:
+    """A transformers CLIPModel (hub id or folder), or ``open_clip:ARCH/PRETRAINED``."""
+    device = torch.device(device)
+    if name.startswith(OPEN_CLIP_PREFIX):
+        return OpenClip(name, device)
+    return _transformers_clip(name, device)

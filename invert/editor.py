@@ -1,0 +1,196 @@
+"""The frozen InstructPix2Pix model: loading (hub id, local folder, toy model, or random weights from the
+shipped configs), device and dtype, and the encodings every method needs. Nothing method-specific lives here."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .errors import ModelLoadError
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+TOY_MODEL = "toy"
+CONFIGS = Path(__file__).parent / "configs"
+IP2P_CONFIGS = CONFIGS / "instruct-pix2pix"
+
+
+def toy_model_path() -> Path:
+    return Path(__file__).parent / "toy" / "model"
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto`` is fp16 on cuda and mps, fp32 on the cpu."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype '{dtype}' (use auto, fp32, fp16 or bf16)")
+    return _DTYPES[dtype]
+
+
+def resolve_model_path(model: str) -> str:
+    """``toy`` names the model shipped with invert; anything else is a hub id or a folder."""
+    if model == TOY_MODEL:
+        path = toy_model_path()
+        if not (path / "model_index.json").exists():
+            raise ModelLoadError(f"{path}: the toy model is not in this installation (train it with 'invert toy train')")
+        return str(path)
+    return model
+
+
+def _load_pipeline(model: str, dtype: torch.dtype):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    source = resolve_model_path(model)
+    is_folder = Path(source).is_dir()
+    if not is_folder and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise ModelLoadError(f"{source}: no such model folder")
+    try:
+        return StableDiffusionInstructPix2PixPipeline.from_pretrained(
+            source, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    except Exception as exc:  # hub and file errors come in many types; all end in one line for the user
+        if is_folder:
+            raise ModelLoadError(f"{source}: not a diffusers InstructPix2Pix folder ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ModelLoadError(
+            f"cannot load '{source}': it is not in the Hugging Face cache and the hub cannot be reached. Download it "
+            f"where there is network (huggingface-cli download {source} --local-dir ip2p) and pass --model ip2p"
+        ) from None
+
+
+def build_from_configs(folder: str | Path = IP2P_CONFIGS, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """An InstructPix2Pix pipeline with random weights built from diffusers configs (no weights, no network).
+
+    The tokenizer is the real CLIP BPE. Used to time and test the full-size architecture offline."""
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .tokenizer import clip_tokenizer
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    scheduler = EulerAncestralDiscreteScheduler.from_config(
+        EulerAncestralDiscreteScheduler.load_config(folder / "scheduler"))
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
+
+
+def fingerprint(*modules: torch.nn.Module) -> str:
+    """A short hash of the weights an instruction depends on, independent of device and of fp16/fp32 loading.
+
+    Hashes every parameter's name and shape and a strided sample of its values rounded to fp16: cheap on an
+    860M-parameter UNet, yet any retrained or different checkpoint changes it."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, param in module.named_parameters():
+            flat = param.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 64)][:64]
+            h.update(f"{name}{tuple(param.shape)}".encode())
+            h.update(sample.to("cpu", torch.float16).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class TextEncoding:
+    embeds: torch.Tensor  # (batch, 77, d) text-encoder output
+    eos: list[int]  # index of the EOS token per row: the number of tokens before it, BOS included
+
+
+class Editor:
+    """A frozen InstructPix2Pix pipeline plus the encodings that fitting and applying share."""
+
+    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype):
+        self.pipe = pipe.to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.requires_grad_(False).eval()
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self._fingerprint: str | None = None
+
+    unet = property(lambda self: self.pipe.unet)
+    vae = property(lambda self: self.pipe.vae)
+    text_encoder = property(lambda self: self.pipe.text_encoder)
+    tokenizer = property(lambda self: self.pipe.tokenizer)
+    scheduler = property(lambda self: self.pipe.scheduler)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.unet, self.text_encoder)
+        return self._fingerprint
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> TextEncoding:
+        """The text-encoder output exactly as the IP2P pipeline computes it, and where each EOS sits."""
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        ids = tok.input_ids
+        mask = tok.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) \
+            else None
+        embeds = self.text_encoder(ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
+        eos = [int((row == self.tokenizer.eos_token_id).nonzero()[0]) for row in ids]
+        return TextEncoding(embeds, eos)
+
+    def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.pipe.image_processor.preprocess(images).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def condition_latents(self, images: list[Image.Image]) -> torch.Tensor:
+        """The IP2P image conditioning: the VAE latent mode, unscaled."""
+        return self.vae.encode(self.to_tensor(images)).latent_dist.mode()
+
+    @torch.no_grad()
+    def target_latents(self, images: list[Image.Image]) -> torch.Tensor:
+        """Latents of the images to denoise towards, scaled as the UNet sees them."""
+        return self.condition_latents(images) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return self.pipe.image_processor.postprocess(images, output_type="pil")
+
+
+def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",
+                ) -> Editor:
+    """Load InstructPix2Pix from a hub id, a local diffusers folder, ``toy`` (the shipped toy model) or
+    ``random:FOLDER`` (random weights from diffusers configs; ``random`` alone is the full IP2P architecture)."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if model.startswith("random"):
+        folder = model.partition(":")[2] or IP2P_CONFIGS
+        pipe = build_from_configs(folder, dtype=dt)
+    else:
+        pipe = _load_pipeline(model, dt)
+    return Editor(pipe, model, dev, dt)
+

@@ -1,0 +1,13 @@
+"""Errors a user can act on. The CLI prints their message as one line and exits non-zero."""
+
+
+class InvertError(Exception):
+    """A problem with the user's input, files or environment, described in one line."""
+
+
+class ModelLoadError(InvertError):
+    """The base model or CLIP model could not be loaded."""
+
+
+class InstructionFileError(InvertError):
+    """An .inst file is malformed, tampered with, or does not fit the model."""

@@ -1,0 +1,200 @@
+"""The generic fitting loop: cached encodings, one noise per timestep drawn from the seed, every timestep
+used once in shuffled order, pairs cycled, AdamW on the method's parameters only, progress and checkpoints."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from tqdm import tqdm
+
+from . import __version__
+from .clip import Clip
+from .editor import Editor
+from .errors import InvertError
+from .grid import thumbnail_tensor
+from .instruction import Instruction
+from .methods import METHODS
+from .methods.base import Method
+
+
+@dataclass
+class FitOptions:
+    """Settings of one fit. Defaults follow the official VISII code."""
+
+    steps: int = 1000
+    lr: float = 1e-3
+    seed: int = 0
+    resolution: int = 512
+    loss_target: str = "cfg"  # "cfg": the guidance-combined prediction (official VISII); "cond": text row only
+    guidance: float = 7.5
+    image_guidance: float = 1.5
+    mse_weight: float = 4.0
+    clip_weight: float = 0.1
+    clip_clamp: float = 0.5
+    init_text: str | None = None
+    vocab: tuple[str, ...] = ("default",)
+    method_options: dict = field(default_factory=dict)
+
+
+def draw_noises(seed: int, shape: tuple[int, ...], count: int, device: torch.device, dtype: torch.dtype
+                ) -> torch.Tensor:
+    """``count`` noises drawn in order from a CPU generator: every device gets the same tensors, and sampling
+    with ``torch.Generator().manual_seed(seed)`` draws the same ones (initial latent first, then each step's)."""
+    gen = torch.Generator("cpu").manual_seed(seed)
+    return torch.cat([randn_tensor(shape, generator=gen, device=device, dtype=dtype) for _ in range(count)])
+
+
+def timestep_order(steps: int, num_train_timesteps: int, seed: int) -> torch.Tensor:
+    """Every timestep once in a shuffled order, reshuffled for each further pass."""
+    gen = torch.Generator("cpu").manual_seed(seed + 1)
+    passes = -(-steps // num_train_timesteps) if steps else 0
+    order = [torch.randperm(num_train_timesteps, generator=gen) for _ in range(passes)]
+    return torch.cat(order)[:steps] if order else torch.zeros(0, dtype=torch.long)
+
+
+def clip_direction(clip: Clip, befores: list[Image.Image], afters: list[Image.Image]) -> torch.Tensor:
+    """Normalized (mean after - mean before) projected CLIP image embedding."""
+    direction = clip.image_features(afters).mean(0) - clip.image_features(befores).mean(0)
+    return torch.nn.functional.normalize(direction, dim=-1)
+
+
+class Fitter:
+    """Holds the cached encodings of one set of exemplars and runs a method's optimization on them."""
+
+    def __init__(self, editor: Editor, befores: list[Image.Image], afters: list[Image.Image], options: FitOptions):
+        self.editor, self.options = editor, options
+        self.cond = editor.condition_latents(befores)  # (n, 4, h, w), unscaled mode: IP2P's image conditioning
+        self.target = editor.target_latents(afters)
+        self.uncond = editor.encode_text([""]).embeds
+        self.ddpm = DDPMScheduler.from_config(editor.scheduler.config)
+        self.alphas = self.ddpm.alphas_cumprod.to(editor.device)
+        T = self.ddpm.config.num_train_timesteps
+        self.noises = draw_noises(options.seed, (1, *self.target.shape[1:]), T, editor.device, editor.dtype)
+        self.order = timestep_order(options.steps, T, options.seed)
+
+    def predict(self, method: Method, latents: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise prediction the loss compares: the text row, or the three-way guided combination.
+
+        The image-only and unconditional rows do not depend on the learned parameters, so they run without
+        autograd; the result equals the pipeline's batched three-way prediction."""
+        unet, dtype = self.editor.unet, self.editor.dtype
+        text = unet(torch.cat([latents, cond], 1).to(dtype), t, encoder_hidden_states=method.text_embeds(t)).sample
+        if self.options.loss_target == "cond":
+            return text.float()
+        with torch.no_grad():
+            zeros = torch.zeros_like(cond)
+            both = unet(torch.cat([torch.cat([latents, cond], 1), torch.cat([latents, zeros], 1)]).to(dtype),
+                        torch.cat([t, t]), encoder_hidden_states=self.uncond.expand(2 * len(t), -1, -1)).sample
+            image, uncond = both.float().chunk(2)
+        o = self.options
+        return uncond + o.guidance * (text.float() - image) + o.image_guidance * (image - uncond)
+
+    def loss(self, method: Method, step: int) -> tuple[torch.Tensor, float]:
+        t_index = self.order[step]
+        pair = step % len(self.cond)
+        t = t_index.view(1).to(self.editor.device)
+        noise = self.noises[t_index:t_index + 1]
+        a = self.alphas[t_index]
+        # DDPM forward noising (equal to Euler's noising followed by its input scaling), computed directly:
+        # a per-step scale_model_input on an Euler scheduler would reuse the first step's sigma.
+        noisy = a.sqrt() * self.target[pair:pair + 1].float() + (1 - a).sqrt() * noise.float()
+        pred = self.predict(method, noisy, self.cond[pair:pair + 1], t)
+        mse = torch.nn.functional.mse_loss(pred, noise.float())
+        loss = self.options.mse_weight * mse
+        extra = method.extra_loss()
+        if extra is not None:
+            loss = loss + extra
+        return loss, mse.item()
+
+    def run(self, method: Method, quiet: bool = False, on_step: Callable[[int, float], None] | None = None,
+            ) -> tuple[float | None, list[float]]:
+        """Optimize ``method`` in place; return the final loss and the loss history."""
+        params = method.parameters()
+        opt = torch.optim.AdamW(params, lr=self.options.lr)
+        # As the official VISII code: clip gradients by value at the initial parameters' largest entry.
+        clip_value = max(float(p.detach().abs().max()) for p in params) if params else 0.0
+        history: list[float] = []
+        bar = tqdm(range(self.options.steps), desc=f"fitting {method.name}", disable=quiet, dynamic_ncols=True)
+        with method.sampling_context(self.editor):
+            for step in bar:
+                opt.zero_grad(set_to_none=True)
+                loss, mse = self.loss(method, step)
+                if not torch.isfinite(loss):
+                    raise InvertError(f"the loss became {loss.item()} at step {step}; try a lower --lr or --dtype fp32")
+                loss.backward()
+                torch.nn.utils.clip_grad_value_(params, clip_value)
+                opt.step()
+                history.append(loss.item())
+                bar.set_postfix(loss=f"{history[-1]:.4f}", mse=f"{mse:.4f}")
+                if on_step is not None:
+                    on_step(step + 1, history[-1])
+        return (history[-1] if history else None), history
+
+
+def make_instruction(method: Method, editor: Editor, options: FitOptions, *, clip_name: str, init_text: str,
+                     final_loss: float | None, seconds: float, exemplars: list[dict], steps_done: int,
+                     thumbnails: dict[str, torch.Tensor], extra: dict | None = None) -> Instruction:
+    meta = {
+        "base_model": editor.model_id,
+        "clip_model": clip_name,
+        "model_fingerprint": editor.fingerprint,
+        "init_text": init_text,
+        "num_tokens": getattr(method, "eos", 1) - 1,
+        "guidance": {"text": options.guidance, "image": options.image_guidance},
+        "resolution": options.resolution,
+        "seed": options.seed,
+        "noise_seed": options.seed,
+        "steps": steps_done,
+        "final_loss": None if final_loss is None else f"{final_loss:.6g}",
+        "fit_seconds": f"{seconds:.2f}",
+        "exemplars": exemplars,
+        "invert_version": __version__,
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+        "extra": extra,
+    }
+    return Instruction(method.name, {**method.tensors(), **thumbnails}, meta)
+
+
+def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Image], method: str = "visii",
+               options: FitOptions | None = None, clip: Clip | None = None, exemplars: list[dict] | None = None,
+               quiet: bool = False, checkpoint: Callable[[Instruction, int], None] | None = None,
+               save_every: int = 0) -> Instruction:
+    """Fit an instruction to already-opened exemplar images (all at ``options.resolution``)."""
+    from .phrases import caption
+    from invert.vocab import load_vocab
+
+    options = options or FitOptions()
+    if method not in METHODS:
+        raise InvertError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if options.loss_target not in ("cfg", "cond"):
+        raise InvertError(f"unknown loss target '{options.loss_target}' (cfg or cond)")
+    start = time.perf_counter()
+    init_text = options.init_text
+    if init_text is None:
+        if clip is None:
+            raise InvertError("no --init-text and no CLIP model to caption the after images with")
+        init_text = caption(clip, afters, load_vocab(options.vocab))
+    cls = METHODS[method]
+    fitter = Fitter(editor, befores, afters, options)
+    m = cls.initialize(editor, editor.encode_text([init_text]), **options.method_options)
+    if clip is not None and options.clip_weight and hasattr(m, "set_clip_direction"):
+        m.set_clip_direction(clip, clip_direction(clip, befores, afters), options.clip_weight, options.clip_clamp)
+
+    thumbnails = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0])}
+
+    def snapshot(loss: float | None, steps_done: int) -> Instruction:
+        return make_instruction(m, editor, options, clip_name=clip.name if clip else "", init_text=init_text,
+                                final_loss=loss, seconds=time.perf_counter() - start, exemplars=exemplars or [],
+                                steps_done=steps_done, thumbnails=thumbnails)
+
+    def on_step(step: int, loss: float) -> None:
+        if checkpoint is not None and save_every and step % save_every == 0 and step < options.steps:
+            checkpoint(snapshot(loss, step), step)
+
+    final, _ = fitter.run(m, quiet=quiet, on_step=on_step)
+    return snapshot(final, options.steps)

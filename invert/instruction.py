@@ -1,0 +1,119 @@
+"""The ``.inst`` file: a safetensors file of learned tensors plus string metadata, checked on load.
+
+Metadata values are strings (safetensors' rule); structured values are JSON. ``tensor_sha256`` covers every
+tensor's name, dtype, shape and bytes, so a changed byte is detected on load."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import InstructionFileError, InvertError
+
+FORMAT = "invert.inst"
+VERSION = 1
+# Metadata keys holding JSON rather than plain strings.
+_JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra"}
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def write_atomically(path: Path, write, force: bool = False) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a half-written file."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise InvertError(f"{path}: already exists (use --force to overwrite)")
+    if not path.parent.exists():
+        raise InvertError(f"{path.parent}: output folder does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Instruction:
+    """A learned instruction: its method, its tensors and what is needed to apply and audit it."""
+
+    method: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write atomically; refuse to overwrite an existing file unless ``force``."""
+        path = Path(path)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
+        meta = {k: (json.dumps(v, sort_keys=True) if k in _JSON_KEYS else str(v)) for k, v in self.meta.items()
+                if v is not None}
+        meta.update(format=FORMAT, version=str(VERSION), method=self.method, tensor_sha256=tensors_sha256(tensors))
+        write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=meta), force=force)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Instruction":
+        """Read and verify an .inst file: its format, version and tensor checksum."""
+        path = Path(path)
+        if not path.is_file():
+            raise InstructionFileError(f"{path}: no such file")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise InstructionFileError(f"{path}: not an .inst file (unreadable safetensors: {exc})") from None
+        if meta.get("format") != FORMAT:
+            raise InstructionFileError(f"{path}: not an .inst file (format is {meta.get('format')!r})")
+        try:
+            version = int(meta.get("version", ""))
+        except ValueError:
+            raise InstructionFileError(f"{path}: bad format version {meta.get('version')!r}") from None
+        if version > VERSION:
+            raise InstructionFileError(f"{path}: written by a newer invert (format version {version}; this reads "
+                                       f"{VERSION}); upgrade invert")
+        if meta.pop("tensor_sha256", None) != tensors_sha256(tensors):
+            raise InstructionFileError(f"{path}: tensor checksum mismatch (the file is corrupted or was modified)")
+        for name, t in tensors.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise InstructionFileError(f"{path}: tensor '{name}' holds NaN or inf values")
+        parsed: dict[str, Any] = {}
+        for key, value in meta.items():
+            if key in _JSON_KEYS:
+                try:
+                    parsed[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    raise InstructionFileError(f"{path}: metadata '{key}' is not valid JSON") from None
+            else:
+                parsed[key] = value
+        method = parsed.pop("method", None)
+        for key in ("format", "version"):
+            parsed.pop(key)
+        return cls(method, tensors, parsed)
+
+    def check_model(self, fingerprint: str, allow_mismatch: bool = False, path: str | os.PathLike = "") -> None:
+        """Refuse an instruction learned on other base weights unless ``allow_mismatch``."""
+        expected = self.meta.get("model_fingerprint")
+        if expected and expected != fingerprint and not allow_mismatch:
+            raise InstructionFileError(
+                f"{path or 'instruction'}: learned on base model '{self.meta.get('base_model')}' (fingerprint "
+                f"{expected}), not on the loaded one ({fingerprint}); pass --allow-model-mismatch to use it anyway")

@@ -1,0 +1,4 @@
+"""The inversion methods, by name."""
+from .visii import Visii
+
+METHODS = {Visii.name: Visii}

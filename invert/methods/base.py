@@ -1,0 +1,54 @@
+"""What a method is: how it turns learned parameters into conditioning for the frozen UNet.
+
+The fitting loop and the sampler are shared; a method only says how to initialize its parameters from the
+init text, what conditioning a text row gets at timestep ``t``, any extra loss, and how it is stored."""
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+from ..editor import Editor, TextEncoding
+
+
+class Method:
+    name: str
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The fp32 leaf tensors the optimizer updates."""
+        raise NotImplementedError
+
+    def text_embeds(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Encoder hidden states for the text-conditioned rows, one per timestep, in the editor's dtype."""
+        raise NotImplementedError
+
+    def extra_loss(self) -> torch.Tensor | None:
+        return None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What the .inst file stores."""
+        raise NotImplementedError
+
+    def hybrid(self, editor: Editor, text: str) -> "Method":
+        """The same instruction with ``text``'s tokens following the learned ones."""
+        raise NotImplementedError
+
+    def sampling_context(self, editor: Editor) -> ContextManager:
+        """Installed on the UNet while sampling or fitting (attention processors); nothing by default."""
+        return contextlib.nullcontext()
+
+
+def append_text(editor: Editor, embeds: torch.Tensor, eos: int, text: str) -> torch.Tensor:
+    """Place ``text``'s encoding (BOS and tokens) after a prompt whose EOS is at ``eos``, leaving that EOS and
+    one padding position between them, as VISII's official hybrid instructions do."""
+    extra = editor.encode_text([text])
+    start, count = eos + 2, extra.eos[0]
+    count = min(count, embeds.shape[1] - start)
+    out = embeds.clone()
+    if count > 0:
+        out[:, start:start + count] = extra.embeds[:, :count].to(out.dtype)
+    return out
+
+
+__all__ = ["Method", "TextEncoding", "append_text"]

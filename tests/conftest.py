@@ -1,0 +1,97 @@
+"""Tiny models built from config, as diffusers' get_dummy_components() does. Nothing here touches a network."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+TINY_RES = 32
+
+
+def get_dummy_components():
+    """A tiny InstructPix2Pix (8-channel UNet, VAE, CLIP text encoder, the real CLIP tokenizer) and a tiny CLIP
+    whose text width matches the text encoder's, as the direction loss needs."""
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+
+    from invert.tokenizer import clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=8, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(32, 32), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=32, layers_per_block=1)
+    text_config = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                       vocab_size=49408, max_position_embeddings=77, projection_dim=16, bos_token_id=49406,
+                       eos_token_id=49407, pad_token_id=49407)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                steps_offset=1)
+    torch.manual_seed(1)
+    clip = CLIPModel(CLIPConfig(text_config=text_config, projection_dim=16, vision_config=dict(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32,
+        patch_size=8, projection_dim=16)))
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), scheduler=scheduler,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False), clip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["INVERT_CACHE"] = str(tmp_path_factory.mktemp("invert-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, _isolated_cache):
+    """A diffusers IP2P folder with a clip/ subfolder, loaded by path like a user's local copy."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    folder = tmp_path_factory.mktemp("tiny-ip2p")
+    components, clip = get_dummy_components()
+    StableDiffusionInstructPix2PixPipeline(**components).save_pretrained(folder)
+    clip.save_pretrained(folder / "clip")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def editor(tiny_model_dir):
+    from invert.editor import load_editor
+
+    return load_editor(str(tiny_model_dir), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def clip(tiny_model_dir):
+    from invert.clip import load_clip
+
+    return load_clip(str(tiny_model_dir / "clip"))
+
+
+def scene(seed: int, size: int = TINY_RES, night: bool = False) -> Image.Image:
+    """A random blocky image; ``night`` darkens it and tints it blue (a simple, learnable edit)."""
+    rng = np.random.default_rng(seed)
+    img = np.kron(rng.uniform(0.2, 1.0, (4, 4, 3)), np.ones((size // 4, size // 4, 1)))
+    if night:
+        img = img * np.array([0.3, 0.35, 0.6])
+    return Image.fromarray((img * 255).astype(np.uint8))
+
+
+@pytest.fixture
+def pairs_dir(tmp_path):
+    """A before/ + after/ pairs folder of three 'night' pairs."""
+    for side in ("before", "after"):
+        (tmp_path / "pairs" / side).mkdir(parents=True)
+    for i in range(3):
+        scene(i).save(tmp_path / "pairs" / "before" / f"{i}.png")
+        scene(i, night=True).save(tmp_path / "pairs" / "after" / f"{i}.png")
+    return tmp_path / "pairs"

@@ -1,0 +1,106 @@
+"""The invert command end to end on the tiny model (CliRunner)."""
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from invert.cli.main import cli
+
+from conftest import scene
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def fit_args(model, pairs, out, *extra):
+    return ("fit", pairs, "-o", out, "--model", model, "--resolution", 32, "--quiet", *extra)
+
+
+def test_fit_inspect_apply(run, tiny_model_dir, pairs_dir, tmp_path):
+    inst = tmp_path / "night.inst"
+    r = run(*fit_args(tiny_model_dir, pairs_dir, inst, "--steps", 4, "--init-text", "make it night"))
+    assert r.exit_code == 0, r.output
+    info = json.loads(run("inspect", inst, "--json").output)
+    meta = info["meta"]
+    assert info["method"] == "visii"
+    assert meta["init_text"] == "make it night" and meta["steps"] == "4" and meta["num_tokens"] == "3"
+    assert meta["base_model"] == str(tiny_model_dir) and meta["clip_model"] == str(tiny_model_dir / "clip")
+    assert len(meta["exemplars"]) == 3 and len(meta["exemplars"][0]["before"]) == 64
+    assert info["tensors"]["visii.learned"]["shape"] == [1, 3, 32]
+    assert "init_text: make it night" in run("inspect", inst).output
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    scene(20, size=40).save(inputs / "a photo.png")
+    Image.new("RGB", (37, 29), (9, 9, 9)).save(inputs / "small.jpg")
+    out = tmp_path / "out"
+    r = run("apply", inst, inputs, "-o", out, "--steps", 2, "--text", "with stars", "--grid")
+    assert r.exit_code == 0, r.output
+    assert Image.open(out / "a photo.png").size == (40, 40)
+    assert Image.open(out / "small.png").size == (36, 28), "rounded down to a multiple of the VAE factor"
+    assert (out / "small_grid.png").exists()
+
+    r = run("apply", inst, inputs, "-o", out, "--steps", 2)
+    assert r.exit_code == 1 and "already exists" in r.output and "--force" in r.output
+    assert run("apply", inst, inputs, "-o", out, "--steps", 2, "--force").exit_code == 0
+
+
+def test_fit_refuses_to_overwrite_before_doing_work(run, tiny_model_dir, pairs_dir, tmp_path):
+    inst = tmp_path / "exists.inst"
+    inst.write_text("keep me")
+    r = run(*fit_args(tiny_model_dir, pairs_dir, inst, "--steps", 1, "--init-text", "x"))
+    assert r.exit_code == 1 and "already exists" in r.output
+    assert inst.read_text() == "keep me"
+
+
+def test_steps_zero_and_caption_init(run, tiny_model_dir, pairs_dir, tmp_path):
+    inst = tmp_path / "init.inst"
+    r = run(*fit_args(tiny_model_dir, pairs_dir, inst, "--steps", 0))
+    assert r.exit_code == 0, r.output
+    meta = json.loads(run("inspect", inst, "--json").output)["meta"]
+    assert meta["init_text"], "a CLIP-ranked caption from the default vocabulary"
+    assert meta["steps"] == "0"
+
+
+def test_single_pair_and_bad_inputs(run, tiny_model_dir, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    scene(1).save(a)
+    scene(1, night=True).save(b)
+    r = run("fit", "--before", a, "--after", b, "-o", tmp_path / "x.inst", "--model", tiny_model_dir,
+            "--resolution", 32, "--steps", 1, "--init-text", "night", "--quiet")
+    assert r.exit_code == 0, r.output
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    r = run("fit", "--before", a, "--after", bad, "-o", tmp_path / "y.inst", "--model", tiny_model_dir,
+            "--resolution", 32, "--init-text", "night", "--quiet")
+    assert r.exit_code == 1 and "bad.png" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "y.inst").exists()
+    r = run("inspect", bad)
+    assert r.exit_code == 1 and "bad.png" in r.output
+
+
+def test_unreachable_hub_model_is_one_line(run, tmp_path, monkeypatch, pairs_dir):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    r = run("fit", pairs_dir, "-o", tmp_path / "x.inst", "--model", "someone/not-cached-model", "--init-text", "x")
+    assert r.exit_code == 1
+    line = r.output.strip()
+    assert "\n" not in line and "someone/not-cached-model" in line and "--model" in line
+
+
+def test_missing_local_folder(run, tmp_path, pairs_dir):
+    r = run("fit", pairs_dir, "-o", tmp_path / "x.inst", "--model", tmp_path / "nope", "--init-text", "x")
+    assert r.exit_code == 1 and "no such model folder" in r.output
+
+
+def test_version_and_help(run):
+    assert "invert" in run("--version").output
+    assert "invert fit pairs/" in run("--help").output
