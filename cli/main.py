@@ -51,6 +51,7 @@ def cli():
       invert apply sketch.inst photo.jpg -o out/       # use it
       invert apply sketch.inst photo.jpg -o out/ --text "at night"
       invert inspect sketch.inst
+      invert phrases pairs/
     """
     # Loading bars and library warnings would bury invert's own one-line messages.
     import diffusers
@@ -61,20 +62,43 @@ def cli():
         lib.utils.logging.disable_progress_bar()
 
 
+def phrase_options(fn):
+    for option in reversed([
+        click.option("--vocab", multiple=True, default=["default"], show_default=True,
+                     help="Phrase lists: default, flavors, mediums, movements, artists, or a .txt file (repeatable)."),
+        click.option("--top", default=5, show_default=True, type=click.IntRange(min=1),
+                     help="brush init: phrases kept per image."),
+        click.option("--threshold", default=0.15, show_default=True, type=float,
+                     help="brush init: drop a side whose |sensitivity| is below this."),
+        click.option("--relative-threshold", is_flag=True,
+                     help="brush init: --threshold in units of the similarities' spread over the vocabulary."),
+        click.option("--template", default="turn {p_x} into {p_y}", show_default=True,
+                     help="brush init: the instruction template."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
 @click.argument("pairs", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .inst file to write.")
 @click.option("--before", type=click.Path(path_type=Path), help="A single pair: the before image ...")
 @click.option("--after", type=click.Path(path_type=Path), help="... and the after image.")
-@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii"]))
+@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii", "brush"]),
+              help="visii: learned prompt embedding; brush: InstructBrush's time-aware cross-attention K/V.")
+@click.option("--parts", default=5, show_default=True, type=click.IntRange(min=1),
+              help="brush: time parts, each with its own K/V.")
+@click.option("--parts-sequential", is_flag=True,
+              help="brush: train the parts one after another (the paper's schedule) instead of in one batch.")
+@click.option("--tokens", default=None, type=click.IntRange(min=1),
+              help="brush: learned token positions; default: the init text's token count (10 if it is empty).")
 @click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=0),
               help="Optimization steps; 0 writes the initialization unchanged.")
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the noise and the timestep order.")
 @click.option("--resolution", default=512, show_default=True, type=click.IntRange(min=8))
 @click.option("--init-text", default=None, help="Initial instruction; default: a CLIP-ranked caption of the afters.")
-@click.option("--vocab", multiple=True, default=["default"], show_default=True,
-              help="Phrase lists for the caption (default, toy, flavors, mediums, movements, artists, or a .txt).")
+@phrase_options
 @click.option("--loss-target", default="cfg", show_default=True, type=click.Choice(["cfg", "cond"]),
               help="cfg: the guidance-combined prediction, as official VISII; cond: the text row only (3x cheaper).")
 @click.option("--guidance", default=7.5, show_default=True, type=float, help="Text guidance, in training and apply.")
@@ -89,8 +113,8 @@ def cli():
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @model_options(invert.editor.DEFAULT_MODEL)
 @user_errors
-def fit(pairs, output, before, after, method, save_every, quiet, force, model, device, dtype, clip_model, vocab,
-        **options):
+def fit(pairs, output, before, after, method, parts, parts_sequential, tokens, save_every, quiet, force, model,
+        device, dtype, clip_model, vocab, **options):
     """Learn an instruction from exemplar PAIRS and write it to OUTPUT.
 
     PAIRS is a folder with before/ and after/ subfolders (files matched by stem), or a folder of
@@ -99,7 +123,7 @@ def fit(pairs, output, before, after, method, save_every, quiet, force, model, d
     \b
       invert fit pairs/ -o sketch.inst
       invert fit --before a.jpg --after b.jpg -o sketch.inst --steps 500
-      invert fit examples/toy/night/train -o night.inst --model toy --resolution 64 --steps 200
+      invert fit pairs/ -o sketch.inst --method brush --threshold 1 --relative-threshold
     """
     _check_output(output, force)  # before any work, not after the fit
     found = invert.find_pairs(pairs, before, after)
@@ -107,6 +131,8 @@ def fit(pairs, output, before, after, method, save_every, quiet, force, model, d
     def checkpoint(inst, step):
         inst.save(output.with_name(f"{output.stem}.step-{step}.inst"), force=True)
 
+    if method == "brush":
+        options["method_options"] = {"parts": parts, "tokens": tokens, "sequential": parts_sequential}
     inst = invert.fit(found, method, model=model, device=device, dtype=dtype, clip_model=clip_model, quiet=quiet,
                       save_every=save_every, checkpoint=checkpoint, vocab=tuple(vocab), **options)
     inst.save(output, force=force)
@@ -144,10 +170,11 @@ def _inputs(paths: list[Path]) -> list[Path]:
 
 
 @cli.command()
-@click.argument("instruction", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Output folder (results keep the input's stem), or an image file for a single input.")
+@click.option("--mix", default=None, help="Weights for several .inst files, e.g. 0.7,0.3: a weighted sum of their "
+              "learned parameters (same method and base model).")
 @click.option("--text", default=None, help="Extra instruction text after the learned one (a hybrid instruction).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--guidance", default=None, type=float, help="Text guidance; default: the file's.")
@@ -165,20 +192,34 @@ def _inputs(paths: list[Path]) -> list[Path]:
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @model_options(None)
 @user_errors
-def apply(instruction, images, output, text, steps, guidance, image_guidance, seed, fresh_noise, scheduler,
+def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fresh_noise, scheduler,
           strength, resolution, grid, allow_model_mismatch, force, model, device, dtype):
-    """Edit IMAGES (files or folders) with the learned INSTRUCTION.
+    """Edit images with a learned instruction: INPUTS are one or more .inst files, then image files or folders.
 
     \b
       invert apply sketch.inst photo.jpg -o photo_sketch.png
       invert apply sketch.inst photos/ -o out/ --text "at night"
       invert apply sketch.inst photo.jpg -o out/ --fresh-noise --seed 3 --grid
+      invert apply a.inst b.inst photo.jpg -o out/ --mix 0.7,0.3
     """
-    from invert.instruction import Instruction
+    from invert.instruction import Instruction, mix as mix_instructions
+    from invert.methods import METHODS
     from invert.pairs import fit_to_resolution, open_image
 
-    inst = Instruction.load(instruction)
-    files = _inputs(list(images))
+    inst_paths = [p for p in inputs if p.suffix == ".inst"]
+    images = [p for p in inputs if p.suffix != ".inst"]
+    if not inst_paths or not images:
+        raise InvertError("give one or more .inst files followed by images or folders")
+    loaded = [Instruction.load(p) for p in inst_paths]
+    if len(loaded) > 1 or mix:
+        try:
+            weights = [float(w) for w in (mix or "").split(",")] if mix else [1 / len(loaded)] * len(loaded)
+        except ValueError:
+            raise InvertError(f"--mix {mix!r}: expected comma-separated numbers such as 0.7,0.3") from None
+        inst = mix_instructions(loaded, weights, METHODS[loaded[0].method].learned_tensors)
+    else:
+        inst = loaded[0]
+    files = _inputs(images)
     single_file = output.suffix.lower() in IMAGE_SUFFIXES
     if single_file and len(files) > 1:
         raise InvertError(f"{output}: one output file for {len(files)} images; give a folder")
@@ -205,6 +246,51 @@ def apply(instruction, images, output, text, steps, guidance, image_guidance, se
             grid_path = target.with_name(f"{target.stem}_grid.png")
             save_image(preview_grid(inst, src, img), grid_path, force)
             click.echo(f"wrote {grid_path}")
+
+
+@cli.command()
+@click.argument("pairs", required=False, type=click.Path(path_type=Path))
+@click.option("--before", type=click.Path(path_type=Path), help="A single pair: the before image ...")
+@click.option("--after", type=click.Path(path_type=Path), help="... and the after image.")
+@phrase_options
+@click.option("--resolution", default=512, show_default=True, type=click.IntRange(min=8))
+@click.option("--clip-model", default=None, help="As for fit; default: openai/clip-vit-large-patch14.")
+@click.option("--model", default=None, envvar="INVERT_MODEL",
+              help="Use this base model folder's own clip/ (as the toy model has) when --clip-model is not given.")
+@click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def phrases(pairs, before, after, vocab, top, threshold, relative_threshold, template, resolution, clip_model, model,
+            device, as_json):
+    """Rank vocabulary phrases for exemplar PAIRS and show InstructBrush's initial instruction.
+
+    \b
+      invert phrases pairs/
+      invert phrases pairs/ --vocab default --vocab mediums --threshold 1 --relative-threshold --json
+    """
+    from invert.clip import DEFAULT_CLIP, default_clip_for, load_clip
+    from invert.editor import resolve_device, resolve_model_path
+    from invert.pairs import load_pairs
+    from invert.phrases import unique_phrases
+    from invert.vocab import load_vocab
+
+    befores, afters = load_pairs(invert.find_pairs(pairs, before, after), resolution)
+    name = clip_model or (default_clip_for(resolve_model_path(model)) if model else DEFAULT_CLIP)
+    clip = load_clip(name, resolve_device(device))
+    choice = unique_phrases(clip, befores, afters, load_vocab(vocab), top, threshold, relative_threshold, template)
+    if as_json:
+        click.echo(json.dumps({"init_text": choice.text, "p_x": choice.p_x, "p_y": choice.p_y,
+                               "score_x": choice.score_x, "score_y": choice.score_y,
+                               "threshold": threshold, "relative": relative_threshold,
+                               "candidates": choice.candidates}, indent=2))
+        return
+    unit = " (x spread)" if relative_threshold else ""
+    for side in ("after", "before"):
+        click.echo(f"{side} candidates (sensitivity = mean sim to afters - to befores; relative = in spreads):")
+        for c in (c for c in choice.candidates if c["side"] == side):
+            click.echo(f"  {c['sensitivity']:+.4f}  {c['relative']:+.2f}  {c['phrase']}")
+    click.echo(f"p_x: {choice.p_x}  p_y: {choice.p_y}  (threshold {threshold}{unit})")
+    click.echo(f"init text: {choice.text!r}")
 
 
 @cli.command()

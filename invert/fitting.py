@@ -38,6 +38,10 @@ class FitOptions:
     clip_clamp: float = 0.5
     init_text: str | None = None
     vocab: tuple[str, ...] = ("default",)
+    top: int = 5  # phrase initialization (brush): top phrases per image, threshold, relative mode, template
+    threshold: float = 0.15
+    relative_threshold: bool = False
+    template: str = "turn {p_x} into {p_y}"
     method_options: dict = field(default_factory=dict)
 
 
@@ -71,22 +75,24 @@ class Fitter:
         self.cond = editor.condition_latents(befores)  # (n, 4, h, w), unscaled mode: IP2P's image conditioning
         self.target = editor.target_latents(afters)
         self.uncond = editor.encode_text([""]).embeds
-        self.ddpm = DDPMScheduler.from_config(editor.scheduler.config)
-        self.alphas = self.ddpm.alphas_cumprod.to(editor.device)
-        T = self.ddpm.config.num_train_timesteps
-        self.noises = draw_noises(options.seed, (1, *self.target.shape[1:]), T, editor.device, editor.dtype)
-        self.order = timestep_order(options.steps, T, options.seed)
+        ddpm = DDPMScheduler.from_config(editor.scheduler.config)
+        self.alphas = ddpm.alphas_cumprod.to(editor.device)
+        self.num_train_timesteps = ddpm.config.num_train_timesteps
+        self.noises = draw_noises(options.seed, (1, *self.target.shape[1:]), self.num_train_timesteps,
+                                  editor.device, editor.dtype)
+        self.order: torch.Tensor | None = None
 
     def predict(self, method: Method, latents: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The noise prediction the loss compares: the text row, or the three-way guided combination.
+        """The noise prediction the loss compares: the text rows, or the three-way guided combination.
 
         The image-only and unconditional rows do not depend on the learned parameters, so they run without
         autograd; the result equals the pipeline's batched three-way prediction."""
         unet, dtype = self.editor.unet, self.editor.dtype
-        text = unet(torch.cat([latents, cond], 1).to(dtype), t, encoder_hidden_states=method.text_embeds(t)).sample
+        with method.conditioning_rows(True):
+            text = unet(torch.cat([latents, cond], 1).to(dtype), t, encoder_hidden_states=method.text_embeds(t)).sample
         if self.options.loss_target == "cond":
             return text.float()
-        with torch.no_grad():
+        with torch.no_grad(), method.conditioning_rows(False):
             zeros = torch.zeros_like(cond)
             both = unet(torch.cat([torch.cat([latents, cond], 1), torch.cat([latents, zeros], 1)]).to(dtype),
                         torch.cat([t, t]), encoder_hidden_states=self.uncond.expand(2 * len(t), -1, -1)).sample
@@ -95,31 +101,34 @@ class Fitter:
         return uncond + o.guidance * (text.float() - image) + o.image_guidance * (image - uncond)
 
     def loss(self, method: Method, step: int) -> tuple[torch.Tensor, float]:
-        t_index = self.order[step]
-        pair = step % len(self.cond)
-        t = t_index.view(1).to(self.editor.device)
-        noise = self.noises[t_index:t_index + 1]
-        a = self.alphas[t_index]
+        """The loss of one step: the sum over its rows (so each time part's gradient is its own loss's)."""
+        if self.order is None:
+            self.order = method.schedule(self.options.steps, self.num_train_timesteps, self.options.seed)
+        t = self.order[step].to(self.editor.device)
+        pair = (step % self.options.steps) % len(self.cond)  # cycled within each part of a sequential schedule
+        noise = self.noises[t].float()
+        a = self.alphas[t].view(-1, 1, 1, 1)
         # DDPM forward noising (equal to Euler's noising followed by its input scaling), computed directly:
         # a per-step scale_model_input on an Euler scheduler would reuse the first step's sigma.
-        noisy = a.sqrt() * self.target[pair:pair + 1].float() + (1 - a).sqrt() * noise.float()
-        pred = self.predict(method, noisy, self.cond[pair:pair + 1], t)
-        mse = torch.nn.functional.mse_loss(pred, noise.float())
-        loss = self.options.mse_weight * mse
+        noisy = a.sqrt() * self.target[pair:pair + 1].float() + (1 - a).sqrt() * noise
+        pred = self.predict(method, noisy, self.cond[pair:pair + 1].expand(len(t), -1, -1, -1), t)
+        mse = torch.nn.functional.mse_loss(pred, noise, reduction="none").flatten(1).mean(1)
+        loss = self.options.mse_weight * mse.sum()
         extra = method.extra_loss()
         if extra is not None:
             loss = loss + extra
-        return loss, mse.item()
+        return loss, mse.mean().item()
 
     def run(self, method: Method, quiet: bool = False, on_step: Callable[[int, float], None] | None = None,
             ) -> tuple[float | None, list[float]]:
         """Optimize ``method`` in place; return the final loss and the loss history."""
+        self.order = method.schedule(self.options.steps, self.num_train_timesteps, self.options.seed)
         params = method.parameters()
         opt = torch.optim.AdamW(params, lr=self.options.lr)
         # As the official VISII code: clip gradients by value at the initial parameters' largest entry.
         clip_value = max(float(p.detach().abs().max()) for p in params) if params else 0.0
         history: list[float] = []
-        bar = tqdm(range(self.options.steps), desc=f"fitting {method.name}", disable=quiet, dynamic_ncols=True)
+        bar = tqdm(range(len(self.order)), desc=f"fitting {method.name}", disable=quiet, dynamic_ncols=True)
         with method.sampling_context(self.editor):
             for step in bar:
                 opt.zero_grad(set_to_none=True)
@@ -127,9 +136,12 @@ class Fitter:
                 if not torch.isfinite(loss):
                     raise InvertError(f"the loss became {loss.item()} at step {step}; try a lower --lr or --dtype fp32")
                 loss.backward()
-                torch.nn.utils.clip_grad_value_(params, clip_value)
+                for p in params:  # a part not in this step's batch gets an all-zero gradient: leave it untouched
+                    if p.grad is not None and not p.grad.any():
+                        p.grad = None
+                torch.nn.utils.clip_grad_value_([p for p in params if p.grad is not None], clip_value)
                 opt.step()
-                history.append(loss.item())
+                history.append(loss.item() / self.order.shape[1])  # per row, comparable across schedules
                 bar.set_postfix(loss=f"{history[-1]:.4f}", mse=f"{mse:.4f}")
                 if on_step is not None:
                     on_step(step + 1, history[-1])
@@ -138,13 +150,13 @@ class Fitter:
 
 def make_instruction(method: Method, editor: Editor, options: FitOptions, *, clip_name: str, init_text: str,
                      final_loss: float | None, seconds: float, exemplars: list[dict], steps_done: int,
-                     thumbnails: dict[str, torch.Tensor], extra: dict | None = None) -> Instruction:
+                     thumbnails: dict[str, torch.Tensor], phrases=None) -> Instruction:
     meta = {
         "base_model": editor.model_id,
         "clip_model": clip_name,
         "model_fingerprint": editor.fingerprint,
         "init_text": init_text,
-        "num_tokens": getattr(method, "eos", 1) - 1,
+        "num_tokens": method.num_tokens,
         "guidance": {"text": options.guidance, "image": options.image_guidance},
         "resolution": options.resolution,
         "seed": options.seed,
@@ -155,7 +167,9 @@ def make_instruction(method: Method, editor: Editor, options: FitOptions, *, cli
         "exemplars": exemplars,
         "invert_version": __version__,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
-        "extra": extra,
+        "extra": method.extra_meta() or None,
+        "phrases": None if phrases is None else {"p_x": phrases.p_x, "p_y": phrases.p_y, "score_x": phrases.score_x,
+                                                  "score_y": phrases.score_y, "candidates": phrases.candidates},
     }
     return Instruction(method.name, {**method.tensors(), **thumbnails}, meta)
 
@@ -165,7 +179,7 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
                quiet: bool = False, checkpoint: Callable[[Instruction, int], None] | None = None,
                save_every: int = 0) -> Instruction:
     """Fit an instruction to already-opened exemplar images (all at ``options.resolution``)."""
-    from .phrases import caption
+    from .phrases import caption, unique_phrases
     from invert.vocab import load_vocab
 
     options = options or FitOptions()
@@ -174,14 +188,20 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     if options.loss_target not in ("cfg", "cond"):
         raise InvertError(f"unknown loss target '{options.loss_target}' (cfg or cond)")
     start = time.perf_counter()
-    init_text = options.init_text
+    init_text, phrases = options.init_text, None
+    cls = METHODS[method]
     if init_text is None:
         if clip is None:
-            raise InvertError("no --init-text and no CLIP model to caption the after images with")
-        init_text = caption(clip, afters, load_vocab(options.vocab))
-    cls = METHODS[method]
+            raise InvertError("no --init-text and no CLIP model to initialize from")
+        vocab = load_vocab(options.vocab)
+        if cls.init_from == "phrases":
+            phrases = unique_phrases(clip, befores, afters, vocab, options.top, options.threshold,
+                                     options.relative_threshold, options.template)
+            init_text = phrases.text
+        else:
+            init_text = caption(clip, afters, vocab)
     fitter = Fitter(editor, befores, afters, options)
-    m = cls.initialize(editor, editor.encode_text([init_text]), **options.method_options)
+    m = cls.initialize(editor, editor.encode_text([init_text]), init_text=init_text, **options.method_options)
     if clip is not None and options.clip_weight and hasattr(m, "set_clip_direction"):
         m.set_clip_direction(clip, clip_direction(clip, befores, afters), options.clip_weight, options.clip_clamp)
 
@@ -190,10 +210,10 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     def snapshot(loss: float | None, steps_done: int) -> Instruction:
         return make_instruction(m, editor, options, clip_name=clip.name if clip else "", init_text=init_text,
                                 final_loss=loss, seconds=time.perf_counter() - start, exemplars=exemplars or [],
-                                steps_done=steps_done, thumbnails=thumbnails)
+                                steps_done=steps_done, thumbnails=thumbnails, phrases=phrases)
 
     def on_step(step: int, loss: float) -> None:
-        if checkpoint is not None and save_every and step % save_every == 0 and step < options.steps:
+        if checkpoint is not None and save_every and step % save_every == 0 and step < len(fitter.order):
             checkpoint(snapshot(loss, step), step)
 
     final, _ = fitter.run(m, quiet=quiet, on_step=on_step)

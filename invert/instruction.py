@@ -117,3 +117,24 @@ class Instruction:
             raise InstructionFileError(
                 f"{path or 'instruction'}: learned on base model '{self.meta.get('base_model')}' (fingerprint "
                 f"{expected}), not on the loaded one ({fingerprint}); pass --allow-model-mismatch to use it anyway")
+
+
+def mix(instructions: list[Instruction], weights: list[float], learned: tuple[str, ...]) -> Instruction:
+    """A weighted sum of the ``learned`` tensors of instructions of one method and base model (LoRWeB's mixed
+    basis, without its training); everything else comes from the first instruction."""
+    if len(instructions) != len(weights):
+        raise InvertError(f"--mix has {len(weights)} weights for {len(instructions)} instructions")
+    first = instructions[0]
+    for other in instructions[1:]:
+        if other.method != first.method:
+            raise InvertError(f"cannot mix a {first.method} instruction with a {other.method} one")
+        if other.meta.get("model_fingerprint") != first.meta.get("model_fingerprint"):
+            raise InvertError("cannot mix instructions learned on different base models")
+        for key in learned:
+            if other.tensors[key].shape != first.tensors[key].shape:
+                raise InvertError(f"cannot mix: '{key}' has shape {tuple(other.tensors[key].shape)} in one and "
+                                  f"{tuple(first.tensors[key].shape)} in another (different token counts?)")
+    tensors = dict(first.tensors)
+    for key in learned:
+        tensors[key] = sum(w * inst.tensors[key].float() for w, inst in zip(weights, instructions))
+    return Instruction(first.method, tensors, {**first.meta, "mix": ",".join(f"{w:g}" for w in weights)})

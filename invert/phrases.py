@@ -3,6 +3,7 @@ the phrases whose similarity changes most from the before to the after images.""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -42,3 +43,60 @@ def caption(clip: Clip, images: list[Image.Image], phrases: list[str], count: in
     """The ``count`` phrases most similar on average to ``images``, joined by commas (a CLIP-ranked caption)."""
     sims = image_phrase_similarity(clip, images, phrase_features(clip, phrases)).mean(0)
     return ", ".join(phrases[i] for i in sims.topk(min(count, len(phrases))).indices.tolist())
+
+
+TEMPLATE = "turn {p_x} into {p_y}"
+TEMPLATE_AFTER_ONLY = "turn it into {p_y}"
+TEMPLATE_BEFORE_ONLY = "remove {p_x}"
+
+
+@dataclass
+class PhraseChoice:
+    """The result of transformation-oriented initialization."""
+
+    text: str
+    p_x: str | None
+    p_y: str | None
+    score_x: float | None
+    score_y: float | None
+    candidates: list[dict]  # {"phrase", "side", "sensitivity", "relative"}, best first per side
+
+
+def unique_phrases(clip: Clip, befores: list[Image.Image], afters: list[Image.Image], phrases: list[str],
+                   top: int = 5, threshold: float = 0.15, relative: bool = False, template: str = TEMPLATE
+                   ) -> PhraseChoice:
+    """InstructBrush's initialization: p_y, the after-image candidate whose CLIP similarity rises most from the
+    before to the after images, and p_x, the before-image candidate that falls most.
+
+    Candidates are the union over each side's images of their ``top`` phrases, ranked by sensitivity (mean
+    similarity to the afters minus to the befores). A side is dropped when its |sensitivity| is below
+    ``threshold``; with ``relative`` the threshold is in units of the spread (standard deviation) of the
+    images' similarities over the vocabulary, since CLIP cosines are small and their scale differs by model."""
+    feats = phrase_features(clip, phrases)
+    sim_b = image_phrase_similarity(clip, befores, feats)
+    sim_a = image_phrase_similarity(clip, afters, feats)
+    k = min(top, len(phrases))
+    cand_b = sorted(set(sim_b.topk(k, dim=1).indices.flatten().tolist()))
+    cand_a = sorted(set(sim_a.topk(k, dim=1).indices.flatten().tolist()))
+    mean_b, mean_a = sim_b.mean(0), sim_a.mean(0)
+    sens = mean_a - mean_b
+    spread = torch.cat([sim_b, sim_a]).std(dim=1).mean().clamp(min=1e-8)
+    rel = sens / spread
+    score = rel if relative else sens
+    y = max(cand_a, key=lambda i: sens[i].item())
+    x = min(cand_b, key=lambda i: sens[i].item())
+    p_y = phrases[y] if score[y].item() >= threshold else None
+    p_x = phrases[x] if -score[x].item() >= threshold else None
+    if p_x and p_y:
+        text = template.format(p_x=p_x, p_y=p_y)
+    elif p_y:
+        text = TEMPLATE_AFTER_ONLY.format(p_y=p_y)
+    elif p_x:
+        text = TEMPLATE_BEFORE_ONLY.format(p_x=p_x)
+    else:
+        text = ""
+    rows = [{"phrase": phrases[i], "side": side, "sensitivity": round(sens[i].item(), 5),
+             "relative": round(rel[i].item(), 5)}
+            for side, cands, sign in (("after", cand_a, -1), ("before", cand_b, 1))
+            for i in sorted(cands, key=lambda i: sign * sens[i].item())]
+    return PhraseChoice(text, p_x, p_y, score[x].item() if p_x else None, score[y].item() if p_y else None, rows)

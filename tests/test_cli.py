@@ -104,3 +104,27 @@ def test_missing_local_folder(run, tmp_path, pairs_dir):
 def test_version_and_help(run):
     assert "invert" in run("--version").output
     assert "invert fit pairs/" in run("--help").output
+
+
+def test_brush_fit_phrases_and_mixed_apply(run, tiny_model_dir, pairs_dir, tmp_path):
+    a, b = tmp_path / "a.inst", tmp_path / "b.inst"
+    for out, seed in ((a, 0), (b, 1)):
+        r = run(*fit_args(tiny_model_dir, pairs_dir, out, "--method", "brush", "--steps", 2, "--parts", 3,
+                          "--seed", seed, "--threshold", 0.0))
+        assert r.exit_code == 0, r.output
+    info = json.loads(run("inspect", a, "--json").output)
+    assert info["tensors"]["brush.k"]["shape"][0] == 3
+    assert info["meta"]["phrases"]["p_y"] and info["meta"]["init_text"].startswith("turn ")
+    assert info["meta"]["extra"]["parts"] == 3
+
+    r = run("phrases", pairs_dir, "--model", tiny_model_dir, "--resolution", 32, "--threshold", 0.0, "--json")
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.output)
+    assert shown["init_text"] == info["meta"]["init_text"]
+
+    image = tmp_path / "x.png"
+    scene(3).save(image)
+    r = run("apply", a, b, image, "-o", tmp_path / "mixed.png", "--mix", "0.5,0.5", "--steps", 2)
+    assert r.exit_code == 0, r.output
+    r = run("apply", a, b, image, "-o", tmp_path / "bad.png", "--mix", "0.5", "--steps", 2)
+    assert r.exit_code == 1 and "2 instructions" in r.output

@@ -33,8 +33,10 @@ def full_clip():
 def test_full_size_fit_step_and_apply_at_512(full_editor, full_clip):
     unet = full_editor.unet
     assert unet.config.in_channels == 8 and sum(p.numel() for p in unet.parameters()) == 859_532_484
-    cross = [name for name in unet.attn_processors if "attn2" in name]
-    assert len(cross) == 16
+    from invert.attention import cross_attention_layers, layer_widths
+
+    cross = cross_attention_layers(unet)
+    assert len(cross) == 16 and sum(layer_widths(unet).values()) == 12_480
     rng = np.random.default_rng(0)
     before = Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8))
     after = Image.fromarray(255 - np.asarray(before))

@@ -14,6 +14,8 @@ from ..editor import Editor, TextEncoding
 
 class Method:
     name: str
+    learned_tensors: tuple[str, ...] = ()  # what --mix and --strength act on
+    init_from = "caption"  # default init text: a CLIP caption of the afters, or "phrases" (unique phrases)
 
     def parameters(self) -> list[torch.Tensor]:
         """The fp32 leaf tensors the optimizer updates."""
@@ -25,6 +27,20 @@ class Method:
 
     def extra_loss(self) -> torch.Tensor | None:
         return None
+
+    def schedule(self, steps: int, num_train_timesteps: int, seed: int) -> torch.Tensor:
+        """(steps, rows) timesteps: each step's UNet batch. One row: every timestep once per pass, shuffled."""
+        from ..fitting import timestep_order
+
+        return timestep_order(steps, num_train_timesteps, seed)[:, None]
+
+    def conditioning_rows(self, conditional: bool) -> ContextManager:
+        """Marks the UNet calls whose rows are all text-conditioned (True) or all not (False)."""
+        return contextlib.nullcontext()
+
+    def extra_meta(self) -> dict:
+        """Method facts the .inst metadata records (under ``extra``)."""
+        return {}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """What the .inst file stores."""

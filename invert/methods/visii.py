@@ -15,6 +15,7 @@ from .base import Method, append_text
 
 class Visii(Method):
     name = "visii"
+    learned_tensors = ("visii.learned",)
 
     def __init__(self, init: torch.Tensor, eos: int, learned: torch.Tensor | None = None, dtype=torch.float32):
         if eos < 2:
@@ -28,6 +29,10 @@ class Visii(Method):
     @classmethod
     def initialize(cls, editor: Editor, init: TextEncoding, **_) -> "Visii":
         return cls(init.embeds, init.eos[0], dtype=editor.dtype)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.eos - 1
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.learned]
