@@ -52,7 +52,8 @@ def resolve_model_path(model: str) -> str:
     if model == TOY_MODEL:
         path = toy_model_path()
         if not (path / "model_index.json").exists():
-            raise ModelLoadError(f"{path}: the toy model is not in this installation (train it with 'invert toy train')")
+            raise ModelLoadError(f"{path}: the toy model is not in this installation "
+                                 f"(train it with 'python -m invert.toy.train --out {path}')")
         return str(path)
     return model
 
