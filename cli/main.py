@@ -231,8 +231,7 @@ def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fres
     opened = [open_image(f) for f in files]
     if resolution:
         opened = [fit_to_resolution(img, resolution) for img in opened]
-    editor = invert.load_editor(model or inst.meta.get("base_model", invert.editor.DEFAULT_MODEL), device, dtype)
-    results = invert.apply(inst, opened, editor=editor, text=text, steps=steps, guidance=guidance,
+    results = invert.apply(inst, opened, model=model, device=device, dtype=dtype, text=text, steps=steps, guidance=guidance,
                            image_guidance=image_guidance, seed=seed, fresh_noise=fresh_noise, scheduler=scheduler,
                            strength=strength, allow_model_mismatch=allow_model_mismatch)
     if not single_file:
@@ -268,15 +267,14 @@ def phrases(pairs, before, after, vocab, top, threshold, relative_threshold, tem
       invert phrases pairs/
       invert phrases pairs/ --vocab default --vocab mediums --threshold 1 --relative-threshold --json
     """
-    from invert.clip import DEFAULT_CLIP, default_clip_for, load_clip
-    from invert.editor import resolve_device, resolve_model_path
+    from invert.clip import clip_name_for, load_clip
+    from invert.editor import resolve_device
     from invert.pairs import load_pairs
     from invert.phrases import unique_phrases
     from invert.vocab import load_vocab
 
     befores, afters = load_pairs(invert.find_pairs(pairs, before, after), resolution)
-    name = clip_model or (default_clip_for(resolve_model_path(model)) if model else DEFAULT_CLIP)
-    clip = load_clip(name, resolve_device(device))
+    clip = load_clip(clip_name_for(clip_model, model), resolve_device(device))
     choice = unique_phrases(clip, befores, afters, load_vocab(vocab), top, threshold, relative_threshold, template)
     if as_json:
         click.echo(json.dumps({"init_text": choice.text, "p_x": choice.p_x, "p_y": choice.p_y,

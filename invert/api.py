@@ -5,8 +5,8 @@ import os
 
 from PIL import Image
 
-from .clip import Clip, default_clip_for, load_clip
-from .editor import DEFAULT_MODEL, Editor, load_editor, resolve_model_path
+from .clip import Clip, clip_name_for, load_clip
+from .editor import DEFAULT_MODEL, Editor, load_editor
 from .errors import InstructionFileError
 from .fitting import FitOptions, fit_images
 from .instruction import Instruction
@@ -40,7 +40,7 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     befores, afters = load_pairs(found, opts.resolution)
     editor = editor or load_editor(model, device, dtype)
     if clip is None and (opts.clip_weight or opts.init_text is None):
-        clip = load_clip(clip_model or default_clip_for(resolve_model_path(editor.model_id)), editor.device)
+        clip = load_clip(clip_name_for(clip_model, editor.model_id), editor.device)
     exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
     return fit_images(editor, befores, afters, method, opts, clip=clip, exemplars=exemplars, quiet=quiet,
                       checkpoint=checkpoint, save_every=save_every)

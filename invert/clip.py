@@ -106,10 +106,17 @@ def _transformers_clip(name: str, device: torch.device) -> TransformersClip:
     return TransformersClip(name, model, processor, tokenizer, device)
 
 
-def default_clip_for(model_source: str) -> str:
-    """A model folder that carries its own CLIP (``clip/``, as the toy model does) uses it; else ViT-L/14."""
-    folder = Path(model_source) / "clip"
-    return str(folder) if (folder / "config.json").exists() else DEFAULT_CLIP
+def clip_name_for(clip_model: str | None, model: str | None) -> str:
+    """``clip_model`` if given; else the base model folder's own ``clip/`` (as the toy model has); else ViT-L/14."""
+    if clip_model:
+        return clip_model
+    if model:
+        from .editor import resolve_model_path
+
+        folder = Path(resolve_model_path(model)) / "clip"
+        if (folder / "config.json").exists():
+            return str(folder)
+    return DEFAULT_CLIP
 
 
 def load_clip(name: str = DEFAULT_CLIP, device: torch.device | str = "cpu") -> Clip:

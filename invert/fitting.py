@@ -82,6 +82,10 @@ class Fitter:
                                   editor.device, editor.dtype)
         self.order: torch.Tensor | None = None
 
+    def schedule(self, method: Method) -> None:
+        """Fix the (steps, rows) timesteps of ``method``'s run."""
+        self.order = method.schedule(self.options.steps, self.num_train_timesteps, self.options.seed)
+
     def predict(self, method: Method, latents: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The noise prediction the loss compares: the text rows, or the three-way guided combination.
 
@@ -103,7 +107,7 @@ class Fitter:
     def loss(self, method: Method, step: int) -> tuple[torch.Tensor, float]:
         """The loss of one step: the sum over its rows (so each time part's gradient is its own loss's)."""
         if self.order is None:
-            self.order = method.schedule(self.options.steps, self.num_train_timesteps, self.options.seed)
+            self.schedule(method)
         t = self.order[step].to(self.editor.device)
         pair = (step % self.options.steps) % len(self.cond)  # cycled within each part of a sequential schedule
         noise = self.noises[t].float()
@@ -122,7 +126,7 @@ class Fitter:
     def run(self, method: Method, quiet: bool = False, on_step: Callable[[int, float], None] | None = None,
             ) -> tuple[float | None, list[float]]:
         """Optimize ``method`` in place; return the final loss and the loss history."""
-        self.order = method.schedule(self.options.steps, self.num_train_timesteps, self.options.seed)
+        self.schedule(method)
         params = method.parameters()
         opt = torch.optim.AdamW(params, lr=self.options.lr)
         # As the official VISII code: clip gradients by value at the initial parameters' largest entry.

@@ -84,7 +84,7 @@ def test_fitting_lowers_the_loss_and_moves_only_the_kv(editor):
     unet_before = {k: v.clone() for k, v in editor.unet.state_dict().items()}
     keys_before = torch.stack(method.keys).clone()
     init_before = method.init.clone()
-    fitter.order = method.schedule(40, 1000, 0)
+    fitter.schedule(method)
     with method.sampling_context(editor), torch.no_grad():
         before = sum(fitter.loss(method, s)[0].item() for s in range(40))
     fitter.run(method, quiet=True)

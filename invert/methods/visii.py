@@ -75,5 +75,4 @@ class Visii(Method):
         with torch.no_grad():
             extended = append_text(editor, self.prompt_embeds(), self.eos, text)
         # The appended tokens are frozen context; the learned positions stay where they were.
-        out = Visii(extended, self.eos, self.learned.detach(), dtype=self.dtype)
-        return out
+        return Visii(extended, self.eos, self.learned.detach(), dtype=self.dtype)
