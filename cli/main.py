@@ -4,27 +4,50 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import sys
+import warnings
 from pathlib import Path
 
 import click
+import torch
 
 import invert
-from invert.errors import InvertError
+from invert.checkpoint import FitDiverged, FitStopped
+from invert.errors import InvertError, InvertWarning
+from invert.signals import stop_on_signals
 
 MODEL_HELP = "Base IP2P: hub id, local diffusers folder, or 'toy'."
 
 
+OUT_OF_MEMORY = "out of GPU memory; try --low-memory or a smaller --resolution"
+
+
 def user_errors(fn):
-    """Turn library errors into one-line Click errors with a non-zero exit."""
+    """Turn library errors (and running out of GPU memory) into one-line Click errors with a non-zero exit, and
+    the library's warnings into one-line 'warning:' messages."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except InvertError as exc:
-            raise click.ClickException(str(exc)) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", InvertWarning)  # one per file, even when the text repeats
+            warnings.showwarning = _show_warning
+            try:
+                return fn(*args, **kwargs)
+            except InvertError as exc:
+                raise click.ClickException(str(exc)) from None
+            except torch.OutOfMemoryError as exc:
+                detail = (str(exc) or "OutOfMemoryError").splitlines()[0]
+                raise click.ClickException(f"{OUT_OF_MEMORY} ({detail})") from None
 
     return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, InvertWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def model_options(default_model: str | None):
@@ -64,8 +87,9 @@ def cli():
 
 def phrase_options(fn):
     for option in reversed([
-        click.option("--vocab", multiple=True, default=["default"], show_default=True,
-                     help="Phrase lists: default, flavors, mediums, movements, artists, or a .txt file (repeatable)."),
+        click.option("--vocab", multiple=True,
+                     help="Phrase lists: default, toy, flavors, mediums, movements, artists, or a .txt file "
+                          "(repeatable). Default: the model folder's vocab.txt if it has one, else 'default'."),
         click.option("--top", default=5, show_default=True, type=click.IntRange(min=1),
                      help="brush init: phrases kept per image."),
         click.option("--threshold", default=0.15, show_default=True, type=float,
@@ -91,12 +115,14 @@ def phrase_options(fn):
 @click.option("--parts-sequential", is_flag=True,
               help="brush: train the parts one after another (the paper's schedule) instead of in one batch.")
 @click.option("--tokens", default=None, type=click.IntRange(min=1),
-              help="brush: learned token positions; default: the init text's token count (10 if it is empty).")
+              help="Token positions learned for an empty --init-text (default 10); brush: also to override the "
+                   "init text's token count.")
 @click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=0),
               help="Optimization steps; 0 writes the initialization unchanged.")
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the noise and the timestep order.")
-@click.option("--resolution", default=512, show_default=True, type=click.IntRange(min=8))
+@click.option("--resolution", default=None, type=click.IntRange(min=8),
+              help="Square size the exemplars are brought to; default: the model's own (512 for IP2P, 32 for toy).")
 @click.option("--init-text", default=None, help="Initial instruction; default: a CLIP-ranked caption of the afters.")
 @phrase_options
 @click.option("--loss-target", default="cfg", show_default=True, type=click.Choice(["cfg", "cond"]),
@@ -109,12 +135,15 @@ def phrase_options(fn):
 @click.option("--clip-model", default=None, help="transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; "
               "default: the model folder's clip/ if it has one, else openai/clip-vit-large-patch14.")
 @click.option("--save-every", default=0, type=click.IntRange(min=0), help="Write OUTPUT.step-N.inst every N steps.")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped fit from the state it saved "
+              "(OUTPUT.ckpt, written on Ctrl-C, SIGTERM or divergence); give the same arguments otherwise.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
 @model_options(invert.editor.DEFAULT_MODEL)
 @user_errors
-def fit(pairs, output, before, after, method, parts, parts_sequential, tokens, save_every, quiet, force, model,
-        device, dtype, clip_model, vocab, **options):
+def fit(pairs, output, before, after, method, parts, parts_sequential, tokens, save_every, resume, quiet, force,
+        model, device, dtype, clip_model, vocab, **options):
     """Learn an instruction from exemplar PAIRS and write it to OUTPUT.
 
     PAIRS is a folder with before/ and after/ subfolders (files matched by stem), or a folder of
@@ -131,13 +160,35 @@ def fit(pairs, output, before, after, method, parts, parts_sequential, tokens, s
     def checkpoint(inst, step):
         inst.save(output.with_name(f"{output.stem}.step-{step}.inst"), force=True)
 
+    options["method_options"] = {"tokens": tokens}
     if method == "brush":
-        options["method_options"] = {"parts": parts, "tokens": tokens, "sequential": parts_sequential}
-    inst = invert.fit(found, method, model=model, device=device, dtype=dtype, clip_model=clip_model, quiet=quiet,
-                      save_every=save_every, checkpoint=checkpoint, vocab=tuple(vocab), **options)
+        options["method_options"].update(parts=parts, sequential=parts_sequential)
+    state_path = output.with_name(f"{output.name}.ckpt")
+    with stop_on_signals(_stopping) as stop:
+        try:
+            inst = invert.fit(found, method, model=model, device=device, dtype=dtype, clip_model=clip_model,
+                              quiet=quiet, save_every=save_every, checkpoint=checkpoint, vocab=tuple(vocab) or None,
+                              resume=resume, should_stop=stop, **options)
+        except FitStopped as stopped:
+            raise _saved(stopped, state_path, stop.signum) from None
     inst.save(output, force=force)
     click.echo(f"wrote {output} ({inst.method}, init text {inst.meta['init_text']!r}, "
                f"loss {inst.meta.get('final_loss')}, {float(inst.meta['fit_seconds']):.1f} s)", err=quiet)
+
+
+def _stopping(signum: int) -> None:
+    click.echo(f"\n{signal.Signals(signum).name}: saving the fit's state after this step (again: stop at once, "
+               "saving nothing)", err=True)
+
+
+def _saved(stopped: FitStopped, path: Path, signum: int | None) -> click.ClickException:
+    """Write a stopped fit's state and say how to resume it; a signal's exit status is 128 + its number."""
+    stopped.state.save(path)
+    error = click.ClickException(f"{stopped}; saved the state to {path}: run the same command with "
+                                 f"--resume {path} to continue")
+    if signum is not None and not isinstance(stopped, FitDiverged):
+        error.exit_code = 128 + signum
+    return error
 
 
 def _check_output(path: Path, force: bool) -> None:
@@ -154,12 +205,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 def _inputs(paths: list[Path]) -> list[Path]:
-    from invert.pairs import IMAGE_EXTENSIONS
+    from invert.pairs import is_image_file
 
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files += sorted(f for f in p.iterdir() if is_image_file(f))
         elif p.is_file():
             files.append(p)
         else:
@@ -190,10 +241,16 @@ def _inputs(paths: list[Path]) -> list[Path]:
 @click.option("--grid", is_flag=True, help="Also write STEM_grid.png: exemplar pair | input | result.")
 @click.option("--allow-model-mismatch", is_flag=True, help="Use an instruction learned on other base weights.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--keep-going", is_flag=True, help="Skip inputs that fail (unreadable, output exists) and edit the "
+              "others; list the failures at the end (the exit status is still non-zero).")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Images per sampling batch (same-size images only); results do not depend on it (up to one level of rounding).")
+@click.option("--low-memory", is_flag=True, help="VAE slicing: less memory, slower.")
 @model_options(None)
 @user_errors
 def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fresh_noise, scheduler,
-          strength, resolution, grid, allow_model_mismatch, force, model, device, dtype):
+          strength, resolution, grid, allow_model_mismatch, force, keep_going, batch_size, low_memory, model, device,
+          dtype):
     """Edit images with a learned instruction: INPUTS are one or more .inst files, then image files or folders.
 
     \b
@@ -202,6 +259,7 @@ def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fres
       invert apply sketch.inst photo.jpg -o out/ --fresh-noise --seed 3 --grid
       invert apply a.inst b.inst photo.jpg -o out/ --mix 0.7,0.3
     """
+    from invert.batch import Failures, output_name
     from invert.instruction import Instruction, mix as mix_instructions
     from invert.methods import METHODS
     from invert.pairs import fit_to_resolution, open_image
@@ -223,28 +281,44 @@ def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fres
     single_file = output.suffix.lower() in IMAGE_SUFFIXES
     if single_file and len(files) > 1:
         raise InvertError(f"{output}: one output file for {len(files)} images; give a folder")
-    targets = [output] if single_file else [output / f"{f.stem}.png" for f in files]
-    if len({t.name for t in targets}) != len(targets):
+    targets = [output] if single_file else [output / output_name(f) for f in files]
+    if len({t.name.casefold() for t in targets}) != len(targets):  # casefold: macOS and Windows ignore case
         raise InvertError("two inputs share a file stem; their results would overwrite each other")
-    for t in targets if single_file or output.is_dir() else []:
-        _check_output(t, force)
-    opened = [open_image(f) for f in files]
-    if resolution:
-        opened = [fit_to_resolution(img, resolution) for img in opened]
+    if not single_file:
+        _make_folder(output)
+    failures = Failures(keep_going, lambda line: click.echo(line, err=True))
+    opened, kept = [], []
+    for f, target in zip(files, targets):
+        with failures.record():
+            _check_output(target, force)
+            img = open_image(f)
+            opened.append(fit_to_resolution(img, resolution) if resolution else img)
+            kept.append(target)
     results = invert.apply(inst, opened, model=model, device=device, dtype=dtype, text=text, steps=steps, guidance=guidance,
                            image_guidance=image_guidance, seed=seed, fresh_noise=fresh_noise, scheduler=scheduler,
-                           strength=strength, allow_model_mismatch=allow_model_mismatch)
-    if not single_file:
-        output.mkdir(parents=True, exist_ok=True)
+                           strength=strength, allow_model_mismatch=allow_model_mismatch, batch_size=batch_size,
+                           low_memory=low_memory) if opened else []
     from invert.grid import save_image, preview_grid
 
-    for src, img, target in zip(opened, results, targets):
-        save_image(img, target, force)
-        click.echo(f"wrote {target}")
-        if grid:
-            grid_path = target.with_name(f"{target.stem}_grid.png")
-            save_image(preview_grid(inst, src, img), grid_path, force)
-            click.echo(f"wrote {grid_path}")
+    for src, img, target in zip(opened, results, kept):
+        with failures.record():
+            save_image(img, target, force)
+            click.echo(f"wrote {target}")
+            if grid:
+                grid_path = target.with_name(f"{target.stem}_grid.png")
+                save_image(preview_grid(inst, src, img), grid_path, force)
+                click.echo(f"wrote {grid_path}")
+    summary = failures.summary(len(files))
+    if summary:
+        raise InvertError(summary)
+
+
+def _make_folder(folder: Path) -> None:
+    """Create the output folder before any work, so that a bad one costs no model time."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvertError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
 
 
 @cli.command()
@@ -271,11 +345,11 @@ def phrases(pairs, before, after, vocab, top, threshold, relative_threshold, tem
     from invert.editor import resolve_device
     from invert.pairs import load_pairs
     from invert.phrases import unique_phrases
-    from invert.vocab import load_vocab
+    from invert.vocab import load_vocab, model_vocab
 
     befores, afters = load_pairs(invert.find_pairs(pairs, before, after), resolution)
     clip = load_clip(clip_name_for(clip_model, model), resolve_device(device))
-    choice = unique_phrases(clip, befores, afters, load_vocab(vocab), top, threshold, relative_threshold, template)
+    choice = unique_phrases(clip, befores, afters, load_vocab(vocab or model_vocab(model)), top, threshold, relative_threshold, template)
     if as_json:
         click.echo(json.dumps({"init_text": choice.text, "p_x": choice.p_x, "p_y": choice.p_y,
                                "score_x": choice.score_x, "score_y": choice.score_y,
@@ -320,5 +394,12 @@ def inspect(instruction, as_json):
         click.echo(f"    {name}: {t['dtype']} {t['shape']}")
 
 
-if __name__ == "__main__":
-    cli()
+# Commands in their own modules register here, after the shared helpers above are defined.
+from .bench import bench  # noqa: E402
+from .bench_quality import quality  # noqa: E402
+from .evaluate import eval_command  # noqa: E402
+from .import_visii import import_visii_command  # noqa: E402
+
+bench.add_command(quality)
+for command in (eval_command, import_visii_command, bench):
+    cli.add_command(command)

@@ -99,9 +99,12 @@ def _transformers_clip(name: str, device: torch.device) -> TransformersClip:
         processor = CLIPImageProcessor.from_pretrained(name)
     except Exception:  # a bare model folder (like the toy CLIP): CLIP's standard preprocessing at its size
         processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    # Every CLIP text tower uses the same BPE. A folder without tokenizer files (like the toy CLIP) must not go
+    # to from_pretrained: transformers then builds a tokenizer with an empty vocabulary, mapping every word to <unk>.
+    has_tokenizer = not folder.is_dir() or any((folder / f).exists() for f in ("vocab.json", "tokenizer.json"))
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(name)
-    except Exception:  # every CLIP text tower uses the same BPE
+        tokenizer = CLIPTokenizer.from_pretrained(name) if has_tokenizer else clip_tokenizer()
+    except Exception:
         tokenizer = clip_tokenizer()
     return TransformersClip(name, model, processor, tokenizer, device)
 

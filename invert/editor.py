@@ -142,6 +142,11 @@ class Editor:
     scheduler = property(lambda self: self.pipe.scheduler)
 
     @property
+    def resolution(self) -> int:
+        """The image size the model was trained at (512 for IP2P): fitting's default."""
+        return self.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = fingerprint(self.unet, self.text_encoder)
@@ -150,6 +155,16 @@ class Editor:
     @property
     def vae_scale_factor(self) -> int:
         return self.pipe.vae_scale_factor
+
+    def set_low_memory(self, enabled: bool) -> None:
+        """Trade speed for memory without changing results: the UNet recomputes its activations in the backward
+        pass (gradient checkpointing, fitting only) and the VAE takes one image at a time (slicing)."""
+        if enabled:
+            self.unet.enable_gradient_checkpointing()
+            self.vae.enable_slicing()
+        else:
+            self.unet.disable_gradient_checkpointing()
+            self.vae.disable_slicing()
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> TextEncoding:

@@ -42,3 +42,12 @@ def save_image(img: Image.Image, path: Path, force: bool = False) -> None:
     """Write atomically in the format the suffix names; refuse to overwrite unless ``force``."""
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     write_atomically(path, lambda tmp: img.save(tmp, format=fmt), force=force)
+
+
+def contact_sheet(rows: list[list[Image.Image]], height: int = THUMBNAIL) -> Image.Image:
+    """One row per list (e.g. before | truth | result), each scaled to ``height``, stacked top to bottom."""
+    strips = [hstack(row, height) for row in rows]
+    out = Image.new("RGB", (max(s.width for s in strips), height * len(strips)), "white")
+    for i, strip in enumerate(strips):
+        out.paste(strip, (0, i * height))
+    return out

@@ -22,6 +22,11 @@ FORMAT = "invert.inst"
 VERSION = 1
 # Metadata keys holding JSON rather than plain strings.
 _JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra"}
+# The JSON type each must have (apply reads into them), and the keys that must hold integers.
+_JSON_TYPES = {"guidance": dict, "exemplars": list, "options": dict, "phrases": dict, "extra": dict}
+_INT_KEYS = {"seed", "noise_seed", "steps", "resolution", "num_tokens"}
+# safetensors' own limit is 100 MB of header JSON; an .inst needs a few kB (1 MB with a huge phrase list).
+MAX_HEADER_BYTES = 16 << 20
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -29,7 +34,8 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape: a 0-dim tensor cannot be viewed as bytes (the bytes of other tensors are the same)
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -40,13 +46,18 @@ def write_atomically(path: Path, write, force: bool = False) -> None:
         raise InvertError(f"{path}: already exists (use --force to overwrite)")
     if not path.parent.exists():
         raise InvertError(f"{path.parent}: output folder does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InvertError(f"{path.parent}: cannot write there ({exc.strerror or exc})") from None
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a vanished folder: one line, and nothing half-written
+            raise InvertError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
 
 
@@ -57,6 +68,7 @@ class Instruction:
     method: str
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False)  # the file it was loaded from, for error messages
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write atomically; refuse to overwrite an existing file unless ``force``."""
@@ -70,31 +82,12 @@ class Instruction:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Instruction":
-        """Read and verify an .inst file: its format, version and tensor checksum."""
+        """Read and verify an .inst file: its format, version, header size, tensor checksum, finite values and
+        metadata types. Only safetensors is parsed; nothing is unpickled."""
         path = Path(path)
-        if not path.is_file():
-            raise InstructionFileError(f"{path}: no such file")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise InstructionFileError(f"{path}: not an .inst file (unreadable safetensors: {exc})") from None
-        if meta.get("format") != FORMAT:
-            raise InstructionFileError(f"{path}: not an .inst file (format is {meta.get('format')!r})")
-        try:
-            version = int(meta.get("version", ""))
-        except ValueError:
-            raise InstructionFileError(f"{path}: bad format version {meta.get('version')!r}") from None
-        if version > VERSION:
-            raise InstructionFileError(f"{path}: written by a newer invert (format version {version}; this reads "
-                                       f"{VERSION}); upgrade invert")
-        if meta.pop("tensor_sha256", None) != tensors_sha256(tensors):
-            raise InstructionFileError(f"{path}: tensor checksum mismatch (the file is corrupted or was modified)")
+        tensors, meta = read_verified(path, FORMAT, VERSION)
         for name, t in tensors.items():
-            if t.is_floating_point() and not torch.isfinite(t).all():
+            if t.is_floating_point() and not torch.isfinite(t.float()).all():  # float() as fp8 has no isfinite
                 raise InstructionFileError(f"{path}: tensor '{name}' holds NaN or inf values")
         parsed: dict[str, Any] = {}
         for key, value in meta.items():
@@ -105,10 +98,11 @@ class Instruction:
                     raise InstructionFileError(f"{path}: metadata '{key}' is not valid JSON") from None
             else:
                 parsed[key] = value
+        _check_metadata_types(path, parsed)
         method = parsed.pop("method", None)
         for key in ("format", "version"):
             parsed.pop(key)
-        return cls(method, tensors, parsed)
+        return cls(method, tensors, parsed, path)
 
     def check_model(self, fingerprint: str, allow_mismatch: bool = False, path: str | os.PathLike = "") -> None:
         """Refuse an instruction learned on other base weights unless ``allow_mismatch``."""
@@ -117,6 +111,69 @@ class Instruction:
             raise InstructionFileError(
                 f"{path or 'instruction'}: learned on base model '{self.meta.get('base_model')}' (fingerprint "
                 f"{expected}), not on the loaded one ({fingerprint}); pass --allow-model-mismatch to use it anyway")
+
+
+def read_verified(path: Path, fmt: str, version: int, kind: str = "an .inst file"
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and string metadata of a safetensors file of format ``fmt`` (up to ``version``), with its
+    header size and tensor checksum verified; ``kind`` names such files in errors."""
+    if not path.is_file():
+        raise InstructionFileError(f"{path}: no such file")
+    check_safetensors_header(path, kind)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InstructionFileError(f"{path}: not {kind} (unreadable safetensors: {exc})") from None
+    if meta.get("format") != fmt:
+        raise InstructionFileError(f"{path}: not {kind} (format is {meta.get('format')!r})")
+    try:
+        found = int(meta.get("version", ""))
+    except ValueError:
+        raise InstructionFileError(f"{path}: bad format version {meta.get('version')!r}") from None
+    if found > version:
+        raise InstructionFileError(f"{path}: written by a newer invert (format version {found}; this reads "
+                                   f"{version}); upgrade invert")
+    if meta.pop("tensor_sha256", None) != tensors_sha256(tensors):
+        raise InstructionFileError(f"{path}: tensor checksum mismatch (the file is corrupted or was modified)")
+    return tensors, meta
+
+
+def check_safetensors_header(path: Path, kind: str = "an .inst file") -> None:
+    """Refuse, before any parsing, a file that is empty, truncated, a pickle, or announces a huge header."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # torch.save's zip archive, or a raw pickle (whose protocol byte could also start a header length: a
+    # safetensors header is JSON, so byte 8 tells them apart)
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[8:9] != b"{"):
+        raise InstructionFileError(f"{path}: not {kind} but a PyTorch pickle; invert never unpickles files (a VISII "
+                                   "prompt embedding can be converted with 'invert import-visii')")
+    if len(head) < 8:
+        raise InstructionFileError(f"{path}: truncated ({size} bytes; not {kind})")
+    header = int.from_bytes(head[:8], "little")
+    if header > MAX_HEADER_BYTES:
+        raise InstructionFileError(f"{path}: header of {header} bytes is over the {MAX_HEADER_BYTES}-byte limit "
+                                   f"(not {kind}, or a tampered one)")
+    if 8 + header > size:
+        raise InstructionFileError(f"{path}: truncated (the header needs {8 + header} bytes, the file has {size})")
+
+
+def _check_metadata_types(path: Path, meta: dict[str, Any]) -> None:
+    for key, kind in _JSON_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise InstructionFileError(f"{path}: metadata '{key}' should be a JSON {kind.__name__}")
+    guidance = meta.get("guidance", {})
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in guidance.values()):
+        raise InstructionFileError(f"{path}: metadata 'guidance' should hold numbers")
+    for key in _INT_KEYS & meta.keys():
+        try:
+            int(meta[key])
+        except ValueError:
+            raise InstructionFileError(f"{path}: metadata '{key}' should be an integer, not {meta[key]!r}") from None
 
 
 def mix(instructions: list[Instruction], weights: list[float], learned: tuple[str, ...]) -> Instruction:

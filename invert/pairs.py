@@ -9,14 +9,25 @@ Three layouts are accepted:
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvertError
+from .errors import InvertError, InvertWarning
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Smaller images hold no edit worth learning and round down to nothing at IP2P's VAE factor of 8.
+MIN_SIDE = 8
+# Beyond this the centre crop of a fit keeps under a tenth of the picture.
+MAX_ASPECT = 10
+
+
+def is_image_file(path: Path) -> bool:
+    """An image by its extension; hidden files are skipped (macOS leaves '._NAME.png' metadata files around)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 @dataclass(frozen=True)
@@ -29,7 +40,7 @@ class Pair:
 def _images_by_stem(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        if is_image_file(path):
             if path.stem in found:
                 raise InvertError(f"{path}: two images share the stem '{path.stem}' ({found[path.stem].name})")
             found[path.stem] = path
@@ -95,21 +106,52 @@ def find_pairs(folder: str | Path | None = None, before: str | Path | None = Non
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB: EXIF orientation applied, transparency flattened on white."""
+    """Open an image file as RGB: EXIF orientation applied, transparency flattened on white, 16-bit scaled to
+    8-bit, CMYK and palettes converted, the first frame of an animation (with a warning). Empty, damaged,
+    oversized (Pillow's decompression-bomb limit), tiny or extremely elongated images are errors."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise InvertError(f"{path}: empty file (0 bytes)")
     try:
         with Image.open(path) as img:
+            frames = getattr(img, "n_frames", 1)
             img.load()
             img = ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvertError(f"{path}: not a readable image ({exc})") from None
     except Image.DecompressionBombError as exc:
         raise InvertError(f"{path}: image too large to decode safely ({exc})") from None
+    except UnidentifiedImageError:
+        raise InvertError(f"{path}: not an image (Pillow does not recognize its contents)") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's error (permissions, a folder), not the decoder's
+            raise InvertError(f"{path}: cannot read ({exc.strerror})") from None
+        raise InvertError(f"{path}: damaged or truncated image ({exc})") from None
+    except (SyntaxError, ValueError) as exc:
+        raise InvertError(f"{path}: damaged image ({exc})") from None
+    if frames > 1:
+        warnings.warn(InvertWarning(f"{path}: has {frames} frames; using the first"))
+    _check_size(path, img.size)
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        img = _sixteen_to_eight_bit(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(canvas, img)
     return img.convert("RGB")
+
+
+def _check_size(path: Path, size: tuple[int, int]) -> None:
+    w, h = size
+    if min(w, h) < MIN_SIDE:
+        raise InvertError(f"{path}: too small ({w}x{h}; at least {MIN_SIDE} pixels a side)")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise InvertError(f"{path}: extreme aspect ratio ({w}x{h}, over {MAX_ASPECT}:1); crop it first")
+
+
+def _sixteen_to_eight_bit(img: Image.Image) -> Image.Image:
+    """Pillow opens 16-bit grayscale as an integer mode whose conversion to RGB clips at 255 (nearly all
+    white); scale the 0..65535 range instead."""
+    values = np.asarray(img, dtype=np.float64) / 257
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def fit_to_resolution(img: Image.Image, resolution: int) -> Image.Image:
@@ -122,7 +164,15 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_pairs(pairs: list[Pair], resolution: int) -> tuple[list[Image.Image], list[Image.Image]]:
-    """Open every pair at ``resolution`` x ``resolution``: (befores, afters)."""
-    befores = [fit_to_resolution(open_image(p.before), resolution) for p in pairs]
-    afters = [fit_to_resolution(open_image(p.after), resolution) for p in pairs]
+    """Open every pair at ``resolution`` x ``resolution``: (befores, afters). An after whose size differs from
+    its before's is first resized to it (with a warning), so that both crops cover the same content."""
+    befores, afters = [], []
+    for pair in pairs:
+        before, after = open_image(pair.before), open_image(pair.after)
+        if after.size != before.size:
+            warnings.warn(InvertWarning(f"{pair.after}: {after.width}x{after.height} but its before is "
+                                        f"{before.width}x{before.height}; resized to match"))
+            after = after.resize(before.size, Image.Resampling.LANCZOS)
+        befores.append(fit_to_resolution(before, resolution))
+        afters.append(fit_to_resolution(after, resolution))
     return befores, afters

@@ -18,7 +18,8 @@ from .editor import fingerprint
 def phrase_features(clip: Clip, phrases: list[str], chunk: int = 256, quiet: bool = True) -> torch.Tensor:
     """Normalized CLIP text features of ``phrases``, cached on disk by CLIP weights and phrase list."""
     model = getattr(clip, "model", None)
-    key = hashlib.sha256((clip.name + (fingerprint(model) if model is not None else "") + "\n".join(phrases))
+    # v2: caches written before the toy CLIP got the real tokenizer hold features of <unk> tokens.
+    key = hashlib.sha256(("v2" + clip.name + (fingerprint(model) if model is not None else "") + "\n".join(phrases))
                          .encode()).hexdigest()[:24]
     path = cache_dir() / "phrase-features" / f"{key}.safetensors"
     if path.exists():

@@ -95,3 +95,14 @@ def pairs_dir(tmp_path):
         scene(i).save(tmp_path / "pairs" / "before" / f"{i}.png")
         scene(i, night=True).save(tmp_path / "pairs" / "after" / f"{i}.png")
     return tmp_path / "pairs"
+
+
+@pytest.fixture
+def run():
+    """``run(*args)``: the invert command in-process; exceptions other than Click's propagate (no hidden tracebacks)."""
+    from click.testing import CliRunner
+
+    from invert.cli.main import cli
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)

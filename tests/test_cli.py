@@ -114,7 +114,9 @@ def test_brush_fit_phrases_and_mixed_apply(run, tiny_model_dir, pairs_dir, tmp_p
         assert r.exit_code == 0, r.output
     info = json.loads(run("inspect", a, "--json").output)
     assert info["tensors"]["brush.k"]["shape"][0] == 3
-    assert info["meta"]["phrases"]["p_y"] and info["meta"]["init_text"].startswith("turn ")
+    phrases = info["meta"]["phrases"]  # with the random tiny CLIP either side may be the one above threshold
+    assert phrases["candidates"] and (phrases["p_x"] or phrases["p_y"])
+    assert info["meta"]["init_text"].startswith(("turn ", "remove "))
     assert info["meta"]["extra"]["parts"] == 3
 
     r = run("phrases", pairs_dir, "--model", tiny_model_dir, "--resolution", 32, "--threshold", 0.0, "--json")

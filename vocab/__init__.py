@@ -45,6 +45,18 @@ def read_phrases(path: Path) -> list[str]:
     return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
 
 
+def model_vocab(model: str | None) -> tuple[str, ...]:
+    """The default vocabulary for a base model: its folder's own ``vocab.txt`` (the toy model ships one, as the
+    default list describes photos, not its world), else ``default``."""
+    if model:
+        from invert.editor import resolve_model_path
+
+        own = Path(resolve_model_path(model)) / "vocab.txt"
+        if own.is_file():
+            return (str(own),)
+    return ("default",)
+
+
 def load_vocab(names: list[str] | tuple[str, ...] = ("default",)) -> list[str]:
     """The phrases of the named vocabularies, in order, without duplicates."""
     seen: dict[str, None] = {}

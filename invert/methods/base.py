@@ -10,6 +10,9 @@ from typing import ContextManager
 import torch
 
 from ..editor import Editor, TextEncoding
+from ..errors import InstructionFileError
+
+DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's instructions have about 10 tokens)
 
 
 class Method:
@@ -55,6 +58,19 @@ class Method:
         return contextlib.nullcontext()
 
 
+def check_prompt_tensors(editor: Editor, init: torch.Tensor, learned: dict[str, torch.Tensor]) -> None:
+    """Refuse stored tensors that do not fit this model's text encoder: ``init`` must be (1, positions, width),
+    each of ``learned`` (..., m, width or any) with 1 <= m <= positions - 2 learned token positions."""
+    positions, width = editor.tokenizer.model_max_length, editor.text_encoder.config.hidden_size
+    if tuple(init.shape) != (1, positions, width):
+        raise InstructionFileError(f"its prompt embedding has shape {tuple(init.shape)}; this model's text encoder "
+                                   f"gives (1, {positions}, {width})")
+    for name, tensor in learned.items():
+        if tensor.dim() < 2 or not 1 <= tensor.shape[-2] <= positions - 2:
+            raise InstructionFileError(f"tensor '{name}' of shape {tuple(tensor.shape)} does not hold 1 to "
+                                       f"{positions - 2} learned token positions")
+
+
 def append_text(editor: Editor, embeds: torch.Tensor, eos: int, text: str) -> torch.Tensor:
     """Place ``text``'s encoding (BOS and tokens) after a prompt whose EOS is at ``eos``, leaving that EOS and
     one padding position between them, as VISII's official hybrid instructions do."""
@@ -67,4 +83,4 @@ def append_text(editor: Editor, embeds: torch.Tensor, eos: int, text: str) -> to
     return out
 
 
-__all__ = ["Method", "TextEncoding", "append_text"]
+__all__ = ["DEFAULT_TOKENS", "Method", "TextEncoding", "append_text", "check_prompt_tensors"]

@@ -12,9 +12,7 @@ import torch
 from ..attention import BrushState, install, layer_widths
 from ..editor import Editor, TextEncoding
 from ..errors import InstructionFileError
-from .base import Method, append_text
-
-DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's instructions have about 10 tokens)
+from .base import DEFAULT_TOKENS, Method, append_text, check_prompt_tensors
 
 
 def project_kv(editor: Editor, embeds: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +90,12 @@ class Brush(Method):
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
                      ) -> "Brush":
+        check_prompt_tensors(editor, tensors["brush.init"], {"brush.k": tensors["brush.k"]})
         keys, values, init = tensors["brush.k"], tensors["brush.v"], tensors["brush.init"].to(editor.device)
         layers = [[n, w] for n, w in layer_widths(editor.unet).items()]
         stored = (meta.get("extra") or {}).get("layers")
-        if stored != layers or keys.shape[-1] != sum(w for _, w in layers) or keys.shape != values.shape:
+        if (stored != layers or keys.dim() != 3 or keys.shape[-1] != sum(w for _, w in layers)
+                or keys.shape != values.shape):
             raise InstructionFileError(f"brush K/V of shape {tuple(keys.shape)} do not fit this UNet's "
                                        f"{len(layers)} cross-attention layers")
         m = keys.shape[1]

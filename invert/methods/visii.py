@@ -9,8 +9,8 @@ import torch
 
 from ..clip import Clip
 from ..editor import Editor, TextEncoding
-from ..errors import InvertError
-from .base import Method, append_text
+from ..errors import InstructionFileError, InvertError
+from .base import DEFAULT_TOKENS, Method, append_text, check_prompt_tensors
 
 
 class Visii(Method):
@@ -18,8 +18,6 @@ class Visii(Method):
     learned_tensors = ("visii.learned",)
 
     def __init__(self, init: torch.Tensor, eos: int, learned: torch.Tensor | None = None, dtype=torch.float32):
-        if eos < 2:
-            raise InvertError("VISII needs an initial instruction of at least one token (got an empty one)")
         self.init = init.detach().float()  # (1, 77, d)
         self.eos = eos
         self.learned = (self.init[:, 1:eos] if learned is None else learned.float()).clone().requires_grad_(True)
@@ -27,8 +25,11 @@ class Visii(Method):
         self.clip_term = None
 
     @classmethod
-    def initialize(cls, editor: Editor, init: TextEncoding, **_) -> "Visii":
-        return cls(init.embeds, init.eos[0], dtype=editor.dtype)
+    def initialize(cls, editor: Editor, init: TextEncoding, tokens: int | None = None, **_) -> "Visii":
+        """Learn the positions between BOS and EOS; an empty init text has none, so then the first ``tokens``
+        positions after BOS (EOS and padding outputs, which the text rows attend to like any token) are learned."""
+        eos = init.eos[0]
+        return cls(init.embeds, eos if eos > 1 else 1 + (tokens or DEFAULT_TOKENS), dtype=editor.dtype)
 
     @property
     def num_tokens(self) -> int:
@@ -65,6 +66,10 @@ class Visii(Method):
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
                      ) -> "Visii":
         init, learned = tensors["visii.init"], tensors["visii.learned"]
+        check_prompt_tensors(editor, init, {"visii.learned": learned})
+        if learned.dim() != 3 or learned.shape[::2] != init.shape[::2]:
+            raise InstructionFileError(f"tensor 'visii.learned' of shape {tuple(learned.shape)} does not match its "
+                                       f"prompt embedding's {tuple(init.shape)}")
         eos = learned.shape[1] + 1
         base = init[:, 1:eos]
         with torch.no_grad():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,12 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..vocab import vocab_path
 from . import world
 
 SIZE = 32
 TEXT_WIDTH = 32  # the 49,408 x width token embedding is most of the weights, and it is stored twice
 SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-PHASE_ENDS = {"clip": 0.09, "vae": 0.33}  # fractions of the budget; the UNet gets the rest
+PHASE_ENDS = {"clip": 0.08, "vae": 0.27}  # fractions of the budget; the UNet gets the rest
 SAVE_RESERVE_S = 20.0
 DROP_P = 0.05  # IP2P: drop the text 5%, the image 5%, both 5%
 
@@ -234,6 +236,19 @@ def train_vae(images: np.ndarray, held_out: np.ndarray, phase: Phase, seed: int,
 
 
 @torch.no_grad()
+def center_latents(vae, mean: torch.Tensor) -> None:
+    """Shift the VAE's latent space by ``-mean`` (per channel) without changing what it decodes.
+
+    IP2P's pipeline has no latent shift (only ``scaling_factor``), so the shift is folded into the 1x1 convolutions
+    around the latent: the encoder's ``quant_conv`` bias gives means lower by ``mean``, and the decoder's
+    ``post_quant_conv`` bias adds ``W @ mean`` back. Centred latents keep the little signal left at t=999 at zero
+    mean, like the pure noise sampling starts from."""
+    vae.quant_conv.bias[: len(mean)] -= mean
+    weight = vae.post_quant_conv.weight[:, :, 0, 0]
+    vae.post_quant_conv.bias += weight @ mean
+
+
+@torch.no_grad()
 def latent_modes(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     return torch.cat([vae.encode(to_unit(images[i:i + batch])).latent_dist.mode()
                       for i in range(0, len(images), batch)])
@@ -260,7 +275,12 @@ def encode_texts(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
 
 def train_unet(after_latents: torch.Tensor, before_latents: torch.Tensor, edit_index: torch.Tensor,
                texts: torch.Tensor, empty: torch.Tensor, phase: Phase, seed: int, log: Log, batch: int = 32):
-    """IP2P: epsilon MSE on noised scaled after-latents, the before latent's mode concatenated on channels."""
+    """IP2P on noised scaled after-latents, the before latent's mode concatenated on channels; v-prediction.
+
+    Why v and not epsilon: every edit here is a deterministic function of the before image, so the sampler's
+    first, high-noise steps must already predict the exact after image. An epsilon loss weighs the error of that
+    prediction by the signal-to-noise ratio (0.005 at t=999), so an epsilon model left the colours of the
+    first steps wrong (16-21 dB one-step predictions at t=900 in the first run); v weighs it by SNR + 1."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
@@ -280,7 +300,7 @@ def train_unet(after_latents: torch.Tensor, before_latents: torch.Tensor, edit_i
         keep_image = ~((r >= DROP_P) & (r < 3 * DROP_P)).view(-1, 1, 1, 1)  # [.05, .15): image dropped
         cond = torch.where(drop_text, empty.expand_as(cond), cond)
         pred = unet(torch.cat([noisy, image * keep_image], 1), t, cond).sample
-        return F.mse_loss(pred, noise)
+        return F.mse_loss(pred, a.sqrt() * noise - (1 - a).sqrt() * x0)
 
     unet.train()
     steps, loss = run_phase("unet", phase, unet, 1e-3, step, log)
@@ -303,12 +323,13 @@ def save_model(out: Path, clip, vae, unet, tokenizer) -> None:
     from transformers import CLIPImageProcessor
 
     text_encoder = text_encoder_from(clip)
-    scheduler = EulerAncestralDiscreteScheduler(**SCHEDULE, steps_offset=1, prediction_type="epsilon")
+    scheduler = EulerAncestralDiscreteScheduler(**SCHEDULE, steps_offset=1, prediction_type="v_prediction")
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out)
     clip.save_pretrained(out / "clip")
+    shutil.copyfile(vocab_path("toy"), out / "vocab.txt")  # the phrases fit ranks by default on this model
     size = clip.config.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
         out / "clip")
@@ -358,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
         np.concatenate([data.before, data.after]), held_out,
         Phase(time.time(), t0 + PHASE_ENDS["vae"] * budget, args.steps_vae), args.seed, log)
 
+    mean = torch.cat([latent_modes(vae, data.before), latent_modes(vae, data.after)]).mean((0, 2, 3))
+    center_latents(vae, mean)
+    log(f"latent channel means {[round(float(m), 3) for m in mean]} folded into the VAE")
     before_latents, after_modes = latent_modes(vae, data.before), latent_modes(vae, data.after)
     scaling = float(1 / after_modes.std())  # so the diffused latents have unit std, as SD's 0.18215 does
     vae.register_to_config(scaling_factor=scaling)
@@ -382,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
             "vae": {"steps": vae_steps, "batch": 32, "final_loss": vae_loss, "params": n_params(vae),
                     "recon_psnr_db": vae_quality, "scaling_factor": scaling},
             "unet": {"steps": unet_steps, "batch": 32, "final_loss": unet_loss, "params": n_params(unet)},
-            "noise_schedule": SCHEDULE, "condition_dropout": {"text": DROP_P, "image": DROP_P, "both": DROP_P},
+            "noise_schedule": SCHEDULE, "prediction_type": "v_prediction", "condition_dropout": {"text": DROP_P, "image": DROP_P, "both": DROP_P},
         },
         "weights_mb": round(folder_mb(args.out), 2),
     }

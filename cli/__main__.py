@@ -1,0 +1,4 @@
+"""``python -m invert.cli``: the same as the ``invert`` command."""
+from .main import cli
+
+cli()

@@ -1,0 +1,65 @@
+"""``invert bench quality``: the toy world's quality table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from invert.errors import InvertError
+
+from .main import _check_output, user_errors
+
+
+@click.command("quality")
+@click.option("--model", default="toy", show_default=True, envvar="INVERT_MODEL",
+              help="A model trained on the toy world (its folder holds the toy CLIP in clip/).")
+@click.option("--edits", default=None, help="Comma-separated edit names; default: 5 global, 5 local, 4 hard.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Fit steps (InstructBrush: per time part, the parts trained together).")
+@click.option("--shots", default="1,10", show_default=True, help="Comma-separated exemplar counts.")
+@click.option("--apply-steps", default=20, show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
+@click.option("--n-test", default=5, show_default=True, type=click.IntRange(min=1), help="Held-out pairs per edit.")
+@click.option("--rows", default=None, help="Comma-separated rows; default: all.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the full result (per edit, per row) to this file.")
+@click.option("--force", is_flag=True, help="Overwrite --json if it exists.")
+@user_errors
+def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, device, json_path, force):
+    """Fit and apply every method on held-out scenes of the toy world and print the TOP-Bench-style table.
+
+    \b
+      invert bench quality                             # the README table (about 25 min on a 2-core CPU)
+      invert bench quality --edits night,hue90 --shots 10 --steps 50 --json q.json
+    """
+    from invert.clip import clip_name_for, load_clip
+    from invert.editor import load_editor
+    from invert.toy import benchmark, world
+
+    if json_path is not None:
+        _check_output(json_path, force)
+    names = edits.split(",") if edits else None
+    for name in names or []:
+        if name not in world.EDITS and name not in world.HARD_EDITS:
+            raise InvertError(f"unknown edit '{name}' (known: {', '.join([*world.EDITS, *world.HARD_EDITS])})")
+    chosen_rows = tuple(rows.split(",")) if rows else benchmark.ROWS
+    unknown = set(chosen_rows) - set(benchmark.ROWS)
+    if unknown:
+        raise InvertError(f"unknown rows {', '.join(sorted(unknown))} (known: {', '.join(benchmark.ROWS)})")
+    try:
+        shot_counts = tuple(int(k) for k in shots.split(","))
+    except ValueError:
+        raise InvertError(f"--shots {shots!r}: expected comma-separated integers such as 1,10") from None
+    editor = load_editor(model, device)
+    clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
+    settings = benchmark.QualitySettings(steps=steps, shots=shot_counts, n_test=n_test, apply_steps=apply_steps, seed=seed, rows=chosen_rows)
+    result = benchmark.run(editor, clip, names, settings, log=lambda line: click.echo(line, err=True))
+    result["model"] = model
+    click.echo(benchmark.format_table(result))
+    if json_path is not None:
+        from invert.instruction import write_atomically
+
+        write_atomically(json_path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"), force)
+        click.echo(f"wrote {json_path}", err=True)

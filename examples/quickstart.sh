@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README quick start, on the toy model that ships with invert (CPU, no network, under 2 minutes):
+# learn "make it night" from 10 exemplar pairs, apply it to 5 new images, and score the results.
+#   examples/quickstart.sh [OUTPUT_FOLDER]        (default ./quickstart-out; uses `invert` from PATH or $INVERT)
+set -euo pipefail
+OUT="${1:-./quickstart-out}"
+INVERT="${INVERT:-invert}"
+PAIRS="$(cd "$(dirname "$0")" && pwd)/toy/night"
+mkdir -p "$OUT"
+
+"$INVERT" fit "$PAIRS/train" -o "$OUT/night.inst" --model toy --method brush --steps 100 --lr 1e-2 --guidance 3 --force
+"$INVERT" apply "$OUT/night.inst" "$PAIRS/test/before" -o "$OUT/night" --grid --force
+"$INVERT" eval "$OUT/night.inst" "$PAIRS/test" --sheet "$OUT/night_sheet.png" --force

@@ -1,0 +1,112 @@
+"""How close edited images come to the true edits, with TOP-Bench's metrics: PSNR, SSIM, CLIP image similarity
+and CLIP directional similarity.
+
+LPIPS is not offered: its network weights (and the torchvision backbones it builds on) cannot be had offline.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .clip import Clip
+from .instruction import Instruction
+
+METRICS = ("psnr", "ssim", "clip_image", "clip_direction")
+
+
+def as_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 1]."""
+    return torch.stack([torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)
+                        for img in images])
+
+
+def psnr(results: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1]."""
+    mse = (results - truths).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(3, 1, size, size)
+
+
+def ssim(results: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 1),
+    averaged over the valid window positions and the colour channels. Images smaller than the window use a
+    window of their own smaller size."""
+    size = min(11, results.shape[-1], results.shape[-2])
+    window = _gaussian_window(size, 1.5 * size / 11)
+    results, truths = results.double(), truths.double()  # E[x^2] - E[x]^2 cancels badly in float32
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, window, groups=3)
+
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mu_x, mu_y = blur(results), blur(truths)
+    var_x = blur(results * results) - mu_x ** 2
+    var_y = blur(truths * truths) - mu_y ** 2
+    cov = blur(results * truths) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def score(befores: list[Image.Image], results: list[Image.Image], truths: list[Image.Image],
+          clip: Clip | None = None, train_direction: torch.Tensor | None = None) -> dict:
+    """Per-image rows and their means.
+
+    ``clip_image``: cosine of the CLIP image features of result and truth. ``clip_direction`` (TOP-Bench): the
+    cosine between the average direction from inputs to results (mean result feature - mean input feature) and
+    ``train_direction`` (that of the training pairs; default: the test pairs' own before -> truth direction);
+    per image, the same with that image's own direction."""
+    r, t = as_tensor(results), as_tensor(truths)
+    columns = {"psnr": psnr(r, t), "ssim": ssim(r, t)}
+    mean_direction = None
+    if clip is not None:
+        f_before, f_result, f_truth = (F.normalize(clip.image_features(x).float().cpu(), dim=-1)
+                                       for x in (befores, results, truths))
+        if train_direction is None:
+            train_direction = f_truth.mean(0) - f_before.mean(0)
+        train_direction = F.normalize(train_direction.float().cpu(), dim=-1)
+        columns["clip_image"] = (f_result * f_truth).sum(-1)
+        columns["clip_direction"] = F.normalize(f_result - f_before, dim=-1) @ train_direction
+        mean_direction = float(F.normalize(f_result.mean(0) - f_before.mean(0), dim=-1) @ train_direction)
+    images = [{k: float(v[i]) for k, v in columns.items()} for i in range(len(results))]
+    mean = {k: float(v.mean()) for k, v in columns.items()}
+    if mean_direction is not None:
+        mean["clip_direction"] = mean_direction
+    return {"mean": mean, "images": images}
+
+
+def stored_direction(instruction: Instruction, clip: Clip) -> torch.Tensor | None:
+    """The training pairs' CLIP direction the fit stored, if it was measured with this same CLIP model."""
+    if "clip.direction" in instruction.tensors and instruction.meta.get("clip_model") == clip.name:
+        return instruction.tensors["clip.direction"]
+    return None
+
+
+def evaluate(instruction: Instruction | str | os.PathLike, befores: list[Image.Image], truths: list[Image.Image],
+             *, clip: Clip | None = None, train_direction: torch.Tensor | None = None, **apply_options
+             ) -> tuple[dict, list[Image.Image]]:
+    """Apply ``instruction`` to ``befores`` and score the results against ``truths``; returns (scores, results).
+
+    ``apply_options`` go to :func:`invert.apply` (editor, model, steps, seed, ...). The training direction for
+    ``clip_direction`` is, in order: ``train_direction``, the one stored in the file (same CLIP model), the test
+    pairs' own."""
+    from .api import apply
+
+    inst = Instruction.load(instruction) if isinstance(instruction, (str, os.PathLike)) else instruction
+    results = apply(inst, befores, **apply_options)
+    source = None if clip is None else "given"
+    if clip is not None and train_direction is None:
+        train_direction = stored_direction(inst, clip)
+        source = "test pairs" if train_direction is None else "instruction"
+    scores = score(befores, results, truths, clip, train_direction)
+    scores["direction_source"] = source
+    return scores, results

@@ -1,0 +1,171 @@
+"""The quality benchmark of the toy world, in the manner of InstructBrush's TOP-Bench table: how well does each
+method reproduce an edit on held-out scenes, from 1 and from 10 exemplar pairs?
+
+Rows: no edit (the input itself); IP2P with the edit's true instruction ("oracle text"); for the hard edits, the
+best single catalogue instruction (chosen on the test pairs themselves, so an upper bound for text); VISII;
+InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
+template. Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to the true edits, per edit group.
+
+    invert bench quality --json bench.json          # or: python -m invert.toy.benchmark
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..clip import Clip
+from ..editor import Editor
+from ..evaluation import score
+from ..fitting import FitOptions, clip_direction, fit_images
+from ..methods import METHODS
+from ..sampling import sample
+from . import world
+
+# A representative third of the catalogue and most of the held-out hard edits, so that the whole table fits in
+# 30 minutes on a 2-core CPU; ``edits=`` takes any others.
+DEFAULT_EDITS = {
+    "global": ["night", "sepia", "invert", "frame", "hue60"],
+    "local": ["circle_red", "remove_square", "add_star", "background_blue", "bigger_triangle"],
+    "hard": ["night_frame", "sepia_remove_square", "hue90", "dusk"],
+}
+FITTED = {  # row -> (method, method options, init text override)
+    "visii": ("visii", {}, None),
+    "brush": ("brush", {"parts": 5}, None),
+    "brush_no_parts": ("brush", {"parts": 1}, None),
+    "brush_no_phrase_init": ("brush", {"parts": 5}, ""),
+}
+ROWS = ("no_edit", "oracle_text", "best_single_text", *FITTED)
+TRAIN_SEED, TEST_SEED = 2 * 10**6, 3 * 10**6  # disjoint from the toy model's training scenes (below 10**6)
+
+
+@dataclass
+class QualitySettings:
+    steps: int = 100  # fit steps (per time part for InstructBrush, all parts trained together)
+    lr: dict[str, float] = field(default_factory=lambda: {"visii": 1e-2, "brush": 1e-2})
+    shots: tuple[int, ...] = (1, 10)
+    n_test: int = 5
+    apply_steps: int = 20
+    guidance: tuple[float, float] = (3.0, 1.5)  # the toy model edits best at 3 (README)
+    seed: int = 0
+    rows: tuple[str, ...] = ROWS
+
+
+def group_of(name: str) -> str:
+    return "hard" if name in world.HARD_EDITS else world.EDITS[name].kind
+
+
+def _text_edit(editor: Editor, text: str, befores: list[Image.Image], s: QualitySettings) -> list[Image.Image]:
+    """IP2P with a plain text instruction (what ``fit --steps 0 --init-text TEXT`` then ``apply`` gives)."""
+    method = METHODS["visii"].initialize(editor, editor.encode_text([text]), init_text=text)
+    return sample(editor, method, befores, steps=s.apply_steps, guidance=s.guidance[0], image_guidance=s.guidance[1],
+                  seed=s.seed)
+
+
+def _metrics(befores, results, truths, clip, direction) -> dict:
+    return score(befores, results, truths, clip, direction)["mean"]
+
+
+def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
+                   log: Callable[[str], None] = print) -> dict:
+    """All rows for one edit: ``{"group", "text": {row: metrics}, "shots": {k: {row: metrics + fit_seconds}}}``."""
+    from ..api import apply
+
+    size = editor.resolution
+    index = [*world.EDITS, *world.HARD_EDITS].index(name)
+    train = world.make_pairs(name, max(s.shots), TRAIN_SEED + index, size)
+    test = world.make_pairs(name, s.n_test, TEST_SEED + index, size)
+    befores, truths = [b for b, _ in test], [a for _, a in test]
+    edit, group = world.get_edit(name), group_of(name)
+    full_direction = clip_direction(clip, [b for b, _ in train], [a for _, a in train])
+    text_rows: dict[str, dict] = {}
+    if "no_edit" in s.rows:
+        text_rows["no_edit"] = _metrics(befores, befores, truths, clip, full_direction)
+    if "oracle_text" in s.rows:
+        text_rows["oracle_text"] = _metrics(befores, _text_edit(editor, edit.instruction, befores, s), truths, clip,
+                                            full_direction)
+    if "best_single_text" in s.rows and group == "hard":
+        best = max((dict(_metrics(befores, _text_edit(editor, e.instruction, befores, s), truths, clip,
+                                  full_direction), instruction=e.instruction) for e in world.EDITS.values()),
+                   key=lambda m: m["psnr"])
+        text_rows["best_single_text"] = best
+    result = {"group": group, "instruction": edit.instruction, "text": text_rows, "shots": {}}
+    for k in s.shots:
+        shots = train[:k]
+        direction = clip_direction(clip, [b for b, _ in shots], [a for _, a in shots])
+        rows = {}
+        for row, (method, options, init_text) in FITTED.items():
+            if row not in s.rows:
+                continue
+            start = time.perf_counter()
+            inst = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], method,
+                              FitOptions(steps=s.steps, lr=s.lr[method], seed=s.seed, resolution=size,
+                                         guidance=s.guidance[0], image_guidance=s.guidance[1],
+                                         init_text=init_text, method_options=dict(options)),
+                              clip=clip, quiet=True)
+            seconds = time.perf_counter() - start
+            results = apply(inst, befores, editor=editor, steps=s.apply_steps)
+            rows[row] = {**_metrics(befores, results, truths, clip, direction), "fit_seconds": seconds,
+                         "init_text": inst.meta["init_text"]}
+            log(f"{name:22s} {k:2d}-shot {row:22s} psnr {rows[row]['psnr']:6.2f} "
+                f"(no edit {text_rows.get('no_edit', {}).get('psnr', float('nan')):6.2f}, "
+                f"oracle {text_rows.get('oracle_text', {}).get('psnr', float('nan')):6.2f}) {seconds:5.1f} s")
+        result["shots"][str(k)] = rows
+    return result
+
+
+def run(editor: Editor, clip: Clip, edits: list[str] | None = None, settings: QualitySettings | None = None,
+        log: Callable[[str], None] = print) -> dict:
+    """The whole table: per-edit results, their means per group and shots, and the run time."""
+    s = settings or QualitySettings()
+    names = edits or [n for group in DEFAULT_EDITS.values() for n in group]
+    start = time.perf_counter()
+    per_edit = {name: benchmark_edit(editor, clip, name, s, log) for name in names}
+    return {"settings": asdict(s), "edits": per_edit, "summary": summarize(per_edit, s),
+            "seconds": time.perf_counter() - start}
+
+
+def summarize(per_edit: dict, s: QualitySettings) -> dict:
+    """``{shots: {row: {group: {metric: mean}}}}`` with groups global, local, hard and all (the catalogue edits,
+    as TOP-Bench's "all"), text rows repeated under every shots setting."""
+    out: dict = {}
+    for k in map(str, s.shots):
+        out[k] = {}
+        for row in s.rows:
+            cells = {}
+            for group in ("global", "local", "hard", "all"):
+                members = [e for e in per_edit.values() if
+                           (e["group"] == group or (group == "all" and e["group"] != "hard"))]
+                values = [e["text"].get(row) or e["shots"].get(k, {}).get(row) for e in members]
+                values = [v for v in values if v]
+                if values:
+                    cells[group] = {m: float(np.mean([v[m] for v in values]))
+                                    for m in ("psnr", "ssim", "clip_direction", "fit_seconds") if m in values[0]}
+            if cells:
+                out[k][row] = cells
+    return out
+
+
+def format_table(result: dict) -> str:
+    """Markdown: one table per shots setting; PSNR per group, then SSIM and CLIP direction over all catalogue edits
+    (hard edits: their own columns)."""
+    lines = []
+    for k, rows in result["summary"].items():
+        lines += [f"**{k}-shot** (PSNR dB per group; SSIM, CLIP-dir over catalogue / hard edits; fit s per edit)", "",
+                  "| row | Global | Local | All | Hard | SSIM all | SSIM hard | CLIP-dir all | CLIP-dir hard | fit s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for row, cells in rows.items():
+            def cell(group: str, metric: str, fmt: str = ".2f") -> str:
+                value = cells.get(group, {}).get(metric)
+                return "" if value is None else format(value, fmt)
+            fit = cells.get("all", cells.get("hard", {})).get("fit_seconds")
+            lines.append(f"| {row} | {cell('global', 'psnr')} | {cell('local', 'psnr')} | {cell('all', 'psnr')} | "
+                         f"{cell('hard', 'psnr')} | {cell('all', 'ssim', '.3f')} | {cell('hard', 'ssim', '.3f')} | "
+                         f"{cell('all', 'clip_direction', '.3f')} | {cell('hard', 'clip_direction', '.3f')} | "
+                         f"{'' if fit is None else format(fit, '.1f')} |")
+        lines.append("")
+    lines.append(f"Run time {result['seconds'] / 60:.1f} min.")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""The toy world's quality benchmark, run end to end on the tiny model with a handful of steps."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from invert.cli.main import cli
+from invert.evaluation import as_tensor, psnr
+from invert.toy import benchmark, world
+
+
+def test_quality_table(tiny_model_dir, tmp_path):
+    out = tmp_path / "q.json"
+    r = CliRunner().invoke(cli, ["bench", "quality", "--model", str(tiny_model_dir),
+                                 "--edits", "night,circle_red,hue90", "--steps", "1", "--shots", "1,2",
+                                 "--n-test", "2", "--apply-steps", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert "| brush_no_parts |" in r.stdout and "**2-shot**" in r.stdout
+
+    night = result["edits"]["night"]
+    size = 32
+    test = world.make_pairs("night", 2, benchmark.TEST_SEED + list(world.EDITS).index("night"), size)
+    expected = psnr(as_tensor([b for b, _ in test]), as_tensor([a for _, a in test])).mean().item()
+    assert night["text"]["no_edit"]["psnr"] == pytest.approx(expected, rel=1e-5), "no edit = the input itself"
+    assert "best_single_text" not in night["text"]
+    best = result["edits"]["hue90"]["text"]["best_single_text"]
+    assert best["instruction"] in {e.instruction for e in world.EDITS.values()}
+    for k in ("1", "2"):
+        assert set(night["shots"][k]) == {"visii", "brush", "brush_no_parts", "brush_no_phrase_init"}
+    assert night["shots"]["1"]["brush_no_phrase_init"]["init_text"] == ""
+
+    summary = result["summary"]["2"]
+    assert summary["visii"]["all"]["psnr"] == pytest.approx(np.mean(
+        [result["edits"][n]["shots"]["2"]["visii"]["psnr"] for n in ("night", "circle_red")]))
+    assert set(summary["best_single_text"]) == {"hard"}
+    assert summary["no_edit"]["global"]["psnr"] == pytest.approx(night["text"]["no_edit"]["psnr"])
+
+
+def test_quality_rejects_unknown_names(tiny_model_dir):
+    r = CliRunner().invoke(cli, ["bench", "quality", "--model", str(tiny_model_dir), "--edits", "night,teleport"])
+    assert r.exit_code == 1 and "unknown edit 'teleport'" in r.output
