@@ -70,6 +70,20 @@ class Instruction:
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)  # the file it was loaded from, for error messages
 
+    def apply(self, images, *, text: str | None = None, pipe=None, **options):
+        """Edit one PIL image (returns one) or a list (returns a list); see :func:`invert.apply` for ``options``.
+
+        ``pipe``: your own ``StableDiffusionInstructPix2PixPipeline`` (already loaded, on its device) to edit
+        with instead of loading the base model; its UNet and text encoder are set to eval without gradients."""
+        from .api import apply
+        from .editor import Editor
+
+        if pipe is not None:
+            options["editor"] = Editor(pipe, self.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
+        single = not isinstance(images, (list, tuple))
+        results = apply(self, [images] if single else list(images), text=text, **options)
+        return results[0] if single else results
+
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write atomically; refuse to overwrite an existing file unless ``force``."""
         path = Path(path)

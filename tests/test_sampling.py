@@ -81,3 +81,20 @@ def test_strength_zero_is_the_init_text(editor):
     one = method_for(inst, editor, strength=1.0).text_embeds(t)
     two = method_for(inst, editor, strength=2.0).text_embeds(t)
     torch.testing.assert_close(two - one, one - zero, rtol=1e-4, atol=1e-5)
+
+
+def test_instruction_apply_with_a_users_own_pipeline(editor):
+    import numpy as np
+
+    import invert
+    from invert.fitting import FitOptions, fit_images
+
+    from conftest import scene
+
+    inst = fit_images(editor, [scene(1)], [scene(1, night=True)], "visii",
+                      FitOptions(steps=1, resolution=32, init_text="make it night", clip_weight=0), quiet=True)
+    image = scene(7)
+    expected = invert.apply(inst, [image], editor=editor, steps=2)[0]
+    mine = inst.apply(image, pipe=editor.pipe, steps=2)  # one image in, one image out
+    assert np.array_equal(np.asarray(mine), np.asarray(expected))
+    assert len(inst.apply([image, image], editor=editor, steps=2, text="with stars")) == 2
