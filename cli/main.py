@@ -398,8 +398,9 @@ def inspect(instruction, as_json):
 from .bench import bench  # noqa: E402
 from .bench_quality import quality  # noqa: E402
 from .evaluate import eval_command  # noqa: E402
+from .fit_batch import fit_batch  # noqa: E402
 from .import_visii import import_visii_command  # noqa: E402
 
 bench.add_command(quality)
-for command in (eval_command, import_visii_command, bench):
+for command in (eval_command, fit_batch, import_visii_command, bench):
     cli.add_command(command)
