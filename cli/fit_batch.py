@@ -53,8 +53,12 @@ def fit_batch(sets, output, method, steps, lr, seed, resolution, guidance, image
             device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     mine = exemplar_sets(sets)[k::n]
     output.mkdir(parents=True, exist_ok=True)
-    todo = [(name, folder) for name, folder in mine if not (output / f"{name}.inst").exists()]
-    rows = [{"set": name, "status": "exists"} for name, folder in mine if (name, folder) not in todo]
+    todo, rows = [], []
+    for name, folder in mine:
+        if (output / f"{name}.inst").exists():
+            rows.append({"set": name, "status": "exists"})
+        else:
+            todo.append((name, folder))
     editor = load_editor(model, device, dtype) if todo else None
     clip = load_clip(clip_name_for(None, editor.model_id), editor.device) if todo else None
     for name, folder in tqdm(todo, desc=f"fit-batch {k}/{n}", disable=as_json or not todo):

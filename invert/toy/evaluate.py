@@ -16,27 +16,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..evaluation import as_tensor, psnr
 from . import world
 
 HELD_OUT_SEED = 10**6  # training pairs use seeds below 10**6 (train.training_seed)
 TARGETS = {"global": 6.0, "local": 3.0}
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean per-image PSNR (dB) of float images in [0, 1], shaped (N, H, W, 3)."""
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
-    return float(np.mean(10 * np.log10(1 / np.maximum(mse, 1e-10))))
-
-
-def _as_array(images) -> np.ndarray:
-    return np.stack([np.asarray(im, np.float32) / 255 for im in images])
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(psnr(a, b).mean())
 
 
 @torch.no_grad()
-def _vae_roundtrip(vae, images: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
-    out = vae.decode(vae.encode(x).latent_dist.mode()).sample
-    return ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+def _vae_roundtrip(vae, images: torch.Tensor) -> torch.Tensor:
+    out = vae.decode(vae.encode(images * 2 - 1).latent_dist.mode()).sample
+    return (out.clamp(-1, 1) + 1) / 2
 
 
 def _setting(guidance: tuple[float, float]) -> str:
@@ -57,13 +51,13 @@ def evaluate_oracle(model_dir: str | Path, n: int = 10, seed: int = HELD_OUT_SEE
     for index, name in enumerate(names):
         edit = world.get_edit(name)
         pairs = world.make_pairs(name, n, seed + index, size)
-        befores, afters = [b for b, _ in pairs], _as_array([a for _, a in pairs])
-        row = {"kind": edit.kind, "no_edit": _psnr(_as_array(befores), afters),
+        befores, afters = [b for b, _ in pairs], as_tensor([a for _, a in pairs])
+        row = {"kind": edit.kind, "no_edit": _psnr(as_tensor(befores), afters),
                "vae": _psnr(_vae_roundtrip(pipe.vae, afters), afters), "oracle": {}}
         for guidance in guidances:
             out = pipe([edit.instruction] * n, image=befores, num_inference_steps=steps, guidance_scale=guidance[0],
                        image_guidance_scale=guidance[1], generator=torch.Generator().manual_seed(seed),
-                       output_type="np").images
+                       output_type="pt").images
             row["oracle"][_setting(guidance)] = _psnr(out, afters)
         rows[name] = row
     return {"n": n, "seed": seed, "steps": steps, "settings": [_setting(g) for g in guidances], "rows": rows,

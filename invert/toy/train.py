@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluation import psnr
 from ..vocab import vocab_path
 from . import world
 
@@ -202,16 +203,12 @@ def vae_model(size: int = SIZE):
                          layers_per_block=1, norm_num_groups=16, sample_size=size)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean per-image PSNR (dB) of images in [-1, 1]."""
-    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).flatten(1).mean(1)
-    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
-
-
 @torch.no_grad()
 def vae_psnr(vae, images: np.ndarray) -> float:
+    """Mean PSNR (dB) of the VAE's reconstructions of ``images``."""
     x = to_unit(images)
-    return psnr(vae.decode(vae.encode(x).latent_dist.mode()).sample, x)
+    recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    return float(psnr((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2).mean())
 
 
 def train_vae(images: np.ndarray, held_out: np.ndarray, phase: Phase, seed: int, log: Log, batch: int = 32,
