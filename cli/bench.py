@@ -19,7 +19,7 @@ def bench():
 
 
 @bench.command()
-@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii", "brush"]))
+@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii", "brush", "lora"]))
 @click.option("--resolution", default=512, show_default=True, type=click.IntRange(min=8))
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1),
               help="Timed optimizer steps after the warm-up (the reference times as many of its own).")

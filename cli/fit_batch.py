@@ -18,7 +18,7 @@ from .main import model_options, user_errors
 @click.command("fit-batch")
 @click.argument("sets", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Folder for SET.inst files.")
-@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii", "brush"]))
+@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii", "brush", "lora"]))
 @click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=0))
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)

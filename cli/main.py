@@ -15,6 +15,7 @@ import torch
 import invert
 from invert.checkpoint import FitDiverged, FitStopped
 from invert.errors import InvertError, InvertWarning
+from invert.library import DEFAULT_TEMPERATURE
 from invert.signals import stop_on_signals
 
 MODEL_HELP = "Base IP2P: hub id, local diffusers folder, or 'toy'."
@@ -108,8 +109,20 @@ def phrase_options(fn):
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .inst file to write.")
 @click.option("--before", type=click.Path(path_type=Path), help="A single pair: the before image ...")
 @click.option("--after", type=click.Path(path_type=Path), help="... and the after image.")
-@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii", "brush"]),
-              help="visii: learned prompt embedding; brush: InstructBrush's time-aware cross-attention K/V.")
+@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii", "brush", "lora"]),
+              help="visii: learned prompt embedding; brush: InstructBrush's time-aware cross-attention K/V; lora: "
+                   "a LoRA of change on the UNet's attention projections.")
+@click.option("--reverse", is_flag=True, help="Also learn the inverse edit (after -> before) with a cycle term, "
+              "stored in the same file for 'apply --reverse' (for lora: the negated adapter).")
+@click.option("--cycle-weight", default=1.0, show_default=True, type=float, help="--reverse: weight of the cycle term.")
+@click.option("--lora-rank", default=4, show_default=True, type=click.IntRange(min=1), help="lora: adapter rank.")
+@click.option("--lora-alpha", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="lora: scale numerator (scale = alpha / rank); default: the rank.")
+@click.option("--lora-targets", default="to_q,to_k,to_v,to_out.0", show_default=True,
+              help="lora: comma-separated UNet module names the adapter goes on.")
+@click.option("--lora-reverse", default="swap", show_default=True, type=click.Choice(["swap", "both", "off"]),
+              help="lora: LoRA Reverse, -Delta editing after -> before: pair order exchanged at random each step "
+                   "(swap), both directions every step, or off.")
 @click.option("--parts", default=5, show_default=True, type=click.IntRange(min=1),
               help="brush: time parts, each with its own K/V.")
 @click.option("--parts-sequential", is_flag=True,
@@ -142,8 +155,8 @@ def phrase_options(fn):
 @click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
 @model_options(invert.editor.DEFAULT_MODEL)
 @user_errors
-def fit(pairs, output, before, after, method, parts, parts_sequential, tokens, save_every, resume, quiet, force,
-        model, device, dtype, clip_model, vocab, **options):
+def fit(pairs, output, before, after, method, lora_rank, lora_alpha, lora_targets, lora_reverse, parts,
+        parts_sequential, tokens, save_every, resume, quiet, force, model, device, dtype, clip_model, vocab, **options):
     """Learn an instruction from exemplar PAIRS and write it to OUTPUT.
 
     PAIRS is a folder with before/ and after/ subfolders (files matched by stem), or a folder of
@@ -153,6 +166,7 @@ def fit(pairs, output, before, after, method, parts, parts_sequential, tokens, s
       invert fit pairs/ -o sketch.inst
       invert fit --before a.jpg --after b.jpg -o sketch.inst --steps 500
       invert fit pairs/ -o sketch.inst --method brush --threshold 1 --relative-threshold
+      invert fit pairs/ -o sketch.inst --method lora --lora-rank 8 --reverse
     """
     _check_output(output, force)  # before any work, not after the fit
     found = invert.find_pairs(pairs, before, after)
@@ -163,6 +177,10 @@ def fit(pairs, output, before, after, method, parts, parts_sequential, tokens, s
     options["method_options"] = {"tokens": tokens}
     if method == "brush":
         options["method_options"].update(parts=parts, sequential=parts_sequential)
+    if method == "lora":
+        targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
+        options["method_options"] = {"rank": lora_rank, "alpha": lora_alpha, "targets": targets,
+                                     "reverse": lora_reverse}
     state_path = output.with_name(f"{output.name}.ckpt")
     with stop_on_signals(_stopping) as stop:
         try:
@@ -226,6 +244,17 @@ def _inputs(paths: list[Path]) -> list[Path]:
               help="Output folder (results keep the input's stem), or an image file for a single input.")
 @click.option("--mix", default=None, help="Weights for several .inst files, e.g. 0.7,0.3: a weighted sum of their "
               "learned parameters (same method and base model).")
+@click.option("--library", "library_file", type=click.Path(path_type=Path), default=None,
+              help="Edit with an instruction library (invert library build) instead of .inst files: its instructions "
+                   "mixed by how well their keys match the CLIP direction of the --before/--after pairs. No fitting.")
+@click.option("--before", "befores", multiple=True, type=click.Path(path_type=Path),
+              help="--library: an exemplar before image (repeatable; paired in order with --after).")
+@click.option("--after", "afters", multiple=True, type=click.Path(path_type=Path),
+              help="--library: an exemplar after image.")
+@click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True, type=float,
+              help="--library: softmax temperature over the key cosines; lower mixes fewer instructions.")
+@click.option("--top", default=None, type=click.IntRange(min=1), help="--library: mix only the K best matches.")
+@click.option("--method", default=None, help="--library: which method's instructions to mix (when it holds several).")
 @click.option("--text", default=None, help="Extra instruction text after the learned one (a hybrid instruction).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--guidance", default=None, type=float, help="Text guidance; default: the file's.")
@@ -236,6 +265,8 @@ def _inputs(paths: list[Path]) -> list[Path]:
               help="Sampler; default: the model's own (Euler ancestral for IP2P).")
 @click.option("--strength", default=1.0, show_default=True, type=float,
               help="Scale of the learned change: 0 = the init text, 1 = learned, >1 extrapolates.")
+@click.option("--reverse", is_flag=True, help="Undo the edit: the reverse instruction of a fit with --reverse "
+              "(a lora instruction's negated adapter).")
 @click.option("--resolution", default=None, type=click.IntRange(min=8),
               help="Resize and centre-crop inputs to this square size; default: keep the size (rounded down to 8).")
 @click.option("--grid", is_flag=True, help="Also write STEM_grid.png: exemplar pair | input | result.")
@@ -249,8 +280,8 @@ def _inputs(paths: list[Path]) -> list[Path]:
 @model_options(None)
 @user_errors
 def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fresh_noise, scheduler,
-          strength, resolution, grid, allow_model_mismatch, force, keep_going, batch_size, low_memory, model, device,
-          dtype):
+          strength, reverse, resolution, grid, allow_model_mismatch, force, keep_going, batch_size, low_memory, model, device,
+          dtype, library_file, befores, afters, temperature, top, method):
     """Edit images with a learned instruction: INPUTS are one or more .inst files, then image files or folders.
 
     \b
@@ -258,25 +289,33 @@ def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fres
       invert apply sketch.inst photos/ -o out/ --text "at night"
       invert apply sketch.inst photo.jpg -o out/ --fresh-noise --seed 3 --grid
       invert apply a.inst b.inst photo.jpg -o out/ --mix 0.7,0.3
+      invert apply sketch.inst result.png -o undone.png --reverse
+      invert apply --library lib.safetensors --before a.jpg --after b.jpg photo.jpg -o out/
     """
     from invert.batch import Failures, output_name
     from invert.instruction import Instruction, mix as mix_instructions
-    from invert.methods import METHODS
     from invert.pairs import fit_to_resolution, open_image
 
     inst_paths = [p for p in inputs if p.suffix == ".inst"]
     images = [p for p in inputs if p.suffix != ".inst"]
-    if not inst_paths or not images:
+    editor = None
+    if library_file is not None or befores or afters:
+        from .library import instruction_from_library
+
+        editor, inst = instruction_from_library(library_file, inst_paths, images, mix, befores, afters, method,
+                                                temperature, top, model, device, dtype, allow_model_mismatch)
+    elif not inst_paths or not images:
         raise InvertError("give one or more .inst files followed by images or folders")
-    loaded = [Instruction.load(p) for p in inst_paths]
-    if len(loaded) > 1 or mix:
-        try:
-            weights = [float(w) for w in (mix or "").split(",")] if mix else [1 / len(loaded)] * len(loaded)
-        except ValueError:
-            raise InvertError(f"--mix {mix!r}: expected comma-separated numbers such as 0.7,0.3") from None
-        inst = mix_instructions(loaded, weights, METHODS[loaded[0].method].learned_tensors)
     else:
-        inst = loaded[0]
+        loaded = [Instruction.load(p) for p in inst_paths]
+        if len(loaded) > 1 or mix:
+            try:
+                weights = [float(w) for w in (mix or "").split(",")] if mix else [1 / len(loaded)] * len(loaded)
+            except ValueError:
+                raise InvertError(f"--mix {mix!r}: expected comma-separated numbers such as 0.7,0.3") from None
+            inst = mix_instructions(loaded, weights)
+        else:
+            inst = loaded[0]
     files = _inputs(images)
     single_file = output.suffix.lower() in IMAGE_SUFFIXES
     if single_file and len(files) > 1:
@@ -294,10 +333,11 @@ def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fres
             img = open_image(f)
             opened.append(fit_to_resolution(img, resolution) if resolution else img)
             kept.append(target)
-    results = invert.apply(inst, opened, model=model, device=device, dtype=dtype, text=text, steps=steps, guidance=guidance,
-                           image_guidance=image_guidance, seed=seed, fresh_noise=fresh_noise, scheduler=scheduler,
-                           strength=strength, allow_model_mismatch=allow_model_mismatch, batch_size=batch_size,
-                           low_memory=low_memory) if opened else []
+    results = invert.apply(inst, opened, editor=editor, model=model, device=device, dtype=dtype, text=text,
+                           steps=steps, guidance=guidance, image_guidance=image_guidance, seed=seed,
+                           fresh_noise=fresh_noise, scheduler=scheduler, strength=strength,
+                           allow_model_mismatch=allow_model_mismatch, batch_size=batch_size, low_memory=low_memory,
+                           reverse=reverse) if opened else []
     from invert.grid import save_image, preview_grid
 
     for src, img, target in zip(opened, results, kept):
@@ -398,9 +438,11 @@ def inspect(instruction, as_json):
 from .bench import bench  # noqa: E402
 from .bench_quality import quality  # noqa: E402
 from .evaluate import eval_command  # noqa: E402
+from .export_lora import export_lora  # noqa: E402
 from .fit_batch import fit_batch  # noqa: E402
 from .import_visii import import_visii_command  # noqa: E402
+from .library import library  # noqa: E402
 
 bench.add_command(quality)
-for command in (eval_command, fit_batch, import_visii_command, bench):
+for command in (eval_command, export_lora, fit_batch, import_visii_command, library, bench):
     cli.add_command(command)

@@ -15,6 +15,7 @@ from .fitting import FitOptions, fit_images
 from .instruction import Instruction
 from .methods import METHODS
 from .methods.base import Method
+from .methods.reverse import reverse_parts
 from .pairs import Pair, file_sha256, find_pairs, load_pairs
 from .sampling import sample
 
@@ -58,12 +59,21 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
 
 
 def method_for(instruction: Instruction, editor: Editor, strength: float = 1.0, text: str | None = None,
-               path: str | os.PathLike = "") -> Method:
-    """The method object that applies ``instruction`` on ``editor``'s model."""
+               path: str | os.PathLike = "", reverse: bool = False) -> Method:
+    """The method object that applies ``instruction`` on ``editor``'s model; ``reverse``: its inverse edit (the
+    reverse instruction of a fit with --reverse; a LoRA's negated adapter)."""
     if instruction.method not in METHODS:
         raise InstructionFileError(f"{path or 'instruction'}: unknown method '{instruction.method}'")
+    tensors, meta = instruction.tensors, instruction.meta
+    if reverse and instruction.method == "lora":
+        strength = -strength
+    elif reverse:
+        parts = reverse_parts(tensors, meta)
+        if parts is None:
+            raise InstructionFileError(f"{path or 'instruction'}: holds no reverse instruction (fit it with --reverse)")
+        tensors, meta = parts
     try:
-        method = METHODS[instruction.method].from_tensors(instruction.tensors, instruction.meta, editor, strength)
+        method = METHODS[instruction.method].from_tensors(tensors, meta, editor, strength)
     except KeyError as exc:
         raise InstructionFileError(f"{path or 'instruction'}: missing tensor {exc}") from None
     except InstructionFileError as exc:  # the method's shape checks do not know the file's name
@@ -78,19 +88,19 @@ def apply(instruction: Instruction | str | os.PathLike, images: list[Image.Image
           steps: int = 20, guidance: float | None = None, image_guidance: float | None = None,
           seed: int | None = None, fresh_noise: bool = False, scheduler: str | None = None, strength: float = 1.0,
           allow_model_mismatch: bool = False, batch_size: int | None = None, low_memory: bool = False,
-          ) -> list[Image.Image]:
+          reverse: bool = False) -> list[Image.Image]:
     """Edit ``images`` with a learned instruction, alone or followed by ``text`` (a hybrid instruction).
 
     By default the noise is the fit's own (drawn from the seed stored in the file); ``fresh_noise`` draws it
     from ``seed`` exactly as diffusers' pipeline does with ``generator=torch.Generator().manual_seed(seed)``.
-    Guidance scales default to those stored in the file."""
+    Guidance scales default to those stored in the file. ``reverse`` undoes the edit (see :func:`method_for`)."""
     path = instruction if isinstance(instruction, (str, os.PathLike)) else (instruction.path or "")
     inst = Instruction.load(instruction) if isinstance(instruction, (str, os.PathLike)) else instruction
     editor = editor or load_editor(model or inst.meta.get("base_model", DEFAULT_MODEL), device, dtype)
     if low_memory:
         editor.set_low_memory(True)
     inst.check_model(editor.fingerprint, allow_model_mismatch, path)
-    method = method_for(inst, editor, strength, text, path)
+    method = method_for(inst, editor, strength, text, path, reverse)
     stored = inst.meta.get("guidance") or {}
     noise_seed = (seed if seed is not None else 0) if fresh_noise else int(inst.meta.get("noise_seed", 0))
     results: list[Image.Image] = []

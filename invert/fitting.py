@@ -21,6 +21,7 @@ from .grid import thumbnail_tensor
 from .instruction import Instruction
 from .methods import METHODS
 from .methods.base import Method
+from .methods.reverse import TwoWay
 
 
 @dataclass
@@ -43,6 +44,8 @@ class FitOptions:
     threshold: float = 0.15
     relative_threshold: bool = False
     template: str = "turn {p_x} into {p_y}"
+    reverse: bool = False  # also learn the inverse instruction (after -> before), with a cycle term
+    cycle_weight: float = 1.0
     method_options: dict = field(default_factory=dict)
 
 
@@ -82,6 +85,8 @@ class Fitter:
         self.editor, self.options = editor, options
         self.cond = editor.condition_latents(befores)  # (n, 4, h, w), unscaled mode: IP2P's image conditioning
         self.target = editor.target_latents(afters)
+        self.images = befores, afters
+        self._reversed: tuple[torch.Tensor, torch.Tensor] | None = None
         self.uncond = editor.encode_text([""]).embeds
         ddpm = DDPMScheduler.from_config(editor.scheduler.config)
         self.alphas = ddpm.alphas_cumprod.to(editor.device)
@@ -95,14 +100,23 @@ class Fitter:
         """Fix the (steps, rows) timesteps of ``method``'s run."""
         self.order = method.schedule(self.options.steps, self.num_train_timesteps, self.options.seed)
 
+    def reversed_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pairs the other way round: the afters' image conditioning and the befores' target latents."""
+        if self._reversed is None:
+            befores, afters = self.images
+            self._reversed = self.editor.condition_latents(afters), self.editor.target_latents(befores)
+        return self._reversed
+
     def predict(self, method: Method, latents: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The noise prediction the loss compares: the text rows, or the three-way guided combination.
 
-        The image-only and unconditional rows do not depend on the learned parameters, so they run without
-        autograd; the result equals the pipeline's batched three-way prediction."""
+        Unless the method changes every row (an adapter), the image-only and unconditional rows do not depend
+        on the learned parameters and run without autograd; the result equals the pipeline's batched three-way
+        prediction."""
         unet, dtype = self.editor.unet, self.editor.dtype
         if self.options.loss_target == "cfg":
-            with torch.no_grad(), method.conditioning_rows(False):
+            grad = torch.enable_grad() if method.conditions_all_rows else torch.no_grad()
+            with grad, method.conditioning_rows(False):
                 zeros = torch.zeros_like(cond)
                 both = unet(torch.cat([torch.cat([latents, cond], 1), torch.cat([latents, zeros], 1)]).to(dtype),
                             torch.cat([t, t]), encoder_hidden_states=self.uncond.expand(2 * len(t), -1, -1)).sample
@@ -124,30 +138,72 @@ class Fitter:
             return a.sqrt() * noise - (1 - a).sqrt() * latents
         raise InvertError(f"unsupported scheduler prediction_type {self.prediction_type!r}")
 
-    def step_inputs(self, method: Method, step: int) -> StepInputs:
-        """Step ``step``'s timesteps, its pair's conditioning, the noised target and what the UNet should predict."""
+    def x0(self, pred: torch.Tensor, noisy: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The one-step estimate of the clean latents from a prediction of ``objective``'s kind."""
+        if self.prediction_type == "epsilon":
+            return (noisy - (1 - a).sqrt() * pred) / a.sqrt()
+        return a.sqrt() * noisy - (1 - a).sqrt() * pred
+
+    def pair_index(self, step: int) -> int:
+        return (step % self.options.steps) % len(self.cond)  # cycled within each part of a sequential schedule
+
+    def step_inputs(self, method: Method, step: int, reverse: bool = False) -> StepInputs:
+        """Step ``step``'s timesteps, its pair's conditioning, the noised target and what the UNet should predict;
+        ``reverse``: the same pair, timesteps and noise with after and before exchanged."""
         if self.order is None:
             self.schedule(method)
         t = self.order[step].to(self.editor.device)
-        pair = (step % self.options.steps) % len(self.cond)  # cycled within each part of a sequential schedule
+        pair = self.pair_index(step)
         noise = self.noises[t].float()
         a = self.alphas[t].view(-1, 1, 1, 1)
+        cond, target = self.reversed_pairs() if reverse else (self.cond, self.target)
         # DDPM forward noising (equal to Euler's noising followed by its input scaling), computed directly:
         # a per-step scale_model_input on an Euler scheduler would reuse the first step's sigma.
-        target = self.target[pair:pair + 1].float()
+        target = target[pair:pair + 1].float()
         noisy = a.sqrt() * target + (1 - a).sqrt() * noise
-        return StepInputs(t, self.cond[pair:pair + 1], noisy, self.objective(noise, target, a))
+        return StepInputs(t, cond[pair:pair + 1], noisy, self.objective(noise, target, a))
 
     def loss(self, method: Method, step: int) -> tuple[torch.Tensor, float]:
-        """The loss of one step: the sum over its rows (so each time part's gradient is its own loss's)."""
-        s = self.step_inputs(method, step)
-        pred = self.predict(method, s.noisy, s.cond.expand(len(s.t), -1, -1, -1), s.t)
-        mse = torch.nn.functional.mse_loss(pred, s.objective, reduction="none").flatten(1).mean(1)
-        loss = self.options.mse_weight * mse.sum()
+        """The loss of one step: the sum over its rows (so each time part's gradient is its own loss's) of each
+        of the method's terms, plus the cycle term with --reverse."""
+        loss, mses, forward = 0.0, [], None
+        for reverse, weight in method.loss_terms(step):
+            s = self.step_inputs(method, step, reverse)
+            with method.direction(reverse):
+                pred = self.predict(method, s.noisy, s.cond.expand(len(s.t), -1, -1, -1), s.t)
+            mse = torch.nn.functional.mse_loss(pred, s.objective, reduction="none").flatten(1).mean(1)
+            loss = loss + weight * self.options.mse_weight * mse.sum()
+            mses.append(mse.mean().item())
+            if not reverse:
+                forward = (s, pred)
+        if self.options.reverse and self.options.cycle_weight:
+            loss = loss + self.options.cycle_weight * self.cycle(method, step, forward)
         extra = method.extra_loss()
         if extra is not None:
             loss = loss + extra
-        return loss, mse.mean().item()
+        return loss, sum(mses) / len(mses)
+
+    def cycle(self, method: Method, step: int, forward: tuple[StepInputs, torch.Tensor] | None) -> torch.Tensor:
+        """Cycle edit consistency in one denoising step: the forward edit's estimate of the after, used as the
+        reverse edit's image conditioning, must lead the reverse edit back to the before.
+
+        Each row is weighted by its alpha-bar: at high noise a one-step estimate is a blur that says nothing."""
+        if forward is None:
+            s = self.step_inputs(method, step)
+            with method.direction(False):
+                pred = self.predict(method, s.noisy, s.cond.expand(len(s.t), -1, -1, -1), s.t)
+        else:
+            s, pred = forward
+        a = self.alphas[s.t].view(-1, 1, 1, 1)
+        after = self.x0(pred, s.noisy, a)
+        r = self.step_inputs(method, step, reverse=True)
+        cond = (after / self.editor.vae.config.scaling_factor).to(self.cond.dtype)  # target -> conditioning scale
+        with method.direction(True):
+            back = self.x0(self.predict(method, r.noisy, cond, r.t), r.noisy, a)
+        pair = self.pair_index(step)
+        before = self.reversed_pairs()[1][pair:pair + 1].float()
+        per_row = (back - before).pow(2).flatten(1).mean(1)
+        return (a.flatten() * per_row).sum()
 
     def run(self, method: Method, quiet: bool = False, on_step: Callable[[int, float], None] | None = None,
             resume: FitState | None = None, should_stop: Callable[[], bool] | None = None,
@@ -233,6 +289,26 @@ def make_instruction(method: Method, editor: Editor, options: FitOptions, *, cli
     return Instruction(method.name, {**method.tensors(), **stored}, meta)
 
 
+def _init_text(cls: type[Method], options: FitOptions, clip: Clip | None, editor: Editor,
+               befores: list[Image.Image], afters: list[Image.Image]):
+    """The init text (and, for phrase initialization, the phrases found): --init-text, else the method's way."""
+    from .phrases import caption, unique_phrases
+    from invert.vocab import load_vocab, model_vocab
+
+    if options.init_text is not None:
+        return options.init_text, None
+    if cls.init_from == "empty":
+        return "", None
+    if clip is None:
+        raise InvertError("no --init-text and no CLIP model to initialize from")
+    vocab = load_vocab(options.vocab or model_vocab(editor.model_id))
+    if cls.init_from == "phrases":
+        phrases = unique_phrases(clip, befores, afters, vocab, options.top, options.threshold,
+                                 options.relative_threshold, options.template)
+        return phrases.text, phrases
+    return caption(clip, afters, vocab), None
+
+
 def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Image], method: str = "visii",
                options: FitOptions | None = None, clip: Clip | None = None, exemplars: list[dict] | None = None,
                quiet: bool = False, checkpoint: Callable[[Instruction, int], None] | None = None,
@@ -243,9 +319,6 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     ``resume``: a state saved from a stopped fit of the same exemplars, method, model and options (``--lr`` may
     differ). A fit stopped by ``should_stop`` or by divergence raises FitStopped / FitDiverged whose ``state``
     (with this fit's identity) can be saved and resumed."""
-    from .phrases import caption, unique_phrases
-    from invert.vocab import load_vocab, model_vocab
-
     options = options or FitOptions()
     if options.resolution is None:
         options = replace(options, resolution=editor.resolution)
@@ -256,26 +329,22 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     if options.loss_target not in ("cfg", "cond"):
         raise InvertError(f"unknown loss target '{options.loss_target}' (cfg or cond)")
     start = time.perf_counter()
-    init_text, phrases = options.init_text, None
     cls = METHODS[method]
-    if init_text is None:
-        if clip is None:
-            raise InvertError("no --init-text and no CLIP model to initialize from")
-        vocab = load_vocab(options.vocab or model_vocab(editor.model_id))
-        if cls.init_from == "phrases":
-            phrases = unique_phrases(clip, befores, afters, vocab, options.top, options.threshold,
-                                     options.relative_threshold, options.template)
-            init_text = phrases.text
-        else:
-            init_text = caption(clip, afters, vocab)
+    init_text, phrases = _init_text(cls, options, clip, editor, befores, afters)
     fitter = Fitter(editor, befores, afters, options)
-    m = cls.initialize(editor, editor.encode_text([init_text]), init_text=init_text, **options.method_options)
+    m = cls.initialize(editor, editor.encode_text([init_text]), init_text=init_text, seed=options.seed,
+                       **options.method_options)
+    if options.reverse and cls.name != "lora":  # a LoRA's reverse is its negation, learned by the same adapter
+        reverse_text = _init_text(cls, options, clip, editor, afters, befores)[0]  # the afters' side
+        reverse = cls.initialize(editor, editor.encode_text([reverse_text]), init_text=reverse_text,
+                                 seed=options.seed, **options.method_options)
+        m = TwoWay(m, reverse, reverse_text)
     # Kept in the file too: evaluation's directional similarity and instruction libraries key on it.
     stored = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0])}
     if clip is not None:
         direction = clip_direction(clip, befores, afters)
         stored["clip.direction"] = direction.detach().float().cpu()
-        if options.clip_weight and hasattr(m, "set_clip_direction"):
+        if options.clip_weight and hasattr(cls, "set_clip_direction"):
             m.set_clip_direction(clip, direction, options.clip_weight, options.clip_clamp)
 
     earlier = resume.seconds if resume is not None else 0.0

@@ -4,13 +4,14 @@ Metadata values are strings (safetensors' rule); structured values are JSON. ``t
 tensor's name, dtype, shape and bytes, so a changed byte is detected on load."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -84,12 +85,30 @@ class Instruction:
         results = apply(self, [images] if single else list(images), text=text, **options)
         return results[0] if single else results
 
+    @contextlib.contextmanager
+    def installed(self, pipe, *, text: str | None = None, strength: float = 1.0, reverse: bool = False,
+                  allow_model_mismatch: bool = False) -> Iterator[torch.Tensor]:
+        """Inside the block, your own IP2P ``pipe`` edits with this instruction: call it with
+        ``prompt_embeds=`` the yielded tensor and any arguments of your own. An InstructBrush instruction's
+        attention processors or a LoRA's adapter are on ``pipe.unet`` for the block only.
+
+        >>> with inst.installed(pipe) as embeds:                                         # doctest: +SKIP
+        ...     image = pipe(prompt_embeds=embeds, image=photo, num_inference_steps=30).images[0]
+        """
+        from .api import method_for
+        from .editor import Editor
+
+        editor = Editor(pipe, self.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
+        self.check_model(editor.fingerprint, allow_model_mismatch, self.path or "")
+        method = method_for(self, editor, strength, text, self.path or "", reverse)
+        with method.sampling_context(editor):
+            yield method.text_embeds(torch.zeros(1, dtype=torch.long)).detach()
+
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write atomically; refuse to overwrite an existing file unless ``force``."""
         path = Path(path)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
-        meta = {k: (json.dumps(v, sort_keys=True) if k in _JSON_KEYS else str(v)) for k, v in self.meta.items()
-                if v is not None}
+        meta = self.stored_metadata()
         meta.update(format=FORMAT, version=str(VERSION), method=self.method, tensor_sha256=tensors_sha256(tensors))
         write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=meta), force=force)
         return path
@@ -100,6 +119,20 @@ class Instruction:
         metadata types. Only safetensors is parsed; nothing is unpickled."""
         path = Path(path)
         tensors, meta = read_verified(path, FORMAT, VERSION)
+        for key in ("format", "version"):
+            meta.pop(key)
+        return cls.from_stored(tensors, meta, path)
+
+    def stored_metadata(self) -> dict[str, str]:
+        """The metadata as the file stores it (strings; JSON where structured), without format, version, method
+        and checksum."""
+        return {k: (json.dumps(v, sort_keys=True) if k in _JSON_KEYS else str(v)) for k, v in self.meta.items()
+                if v is not None}
+
+    @classmethod
+    def from_stored(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> "Instruction":
+        """An instruction from stored tensors and metadata strings (``method`` among them), checked as ``load``
+        checks a file: finite values, JSON and types of the metadata. Instruction libraries store them so too."""
         for name, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t.float()).all():  # float() as fp8 has no isfinite
                 raise InstructionFileError(f"{path}: tensor '{name}' holds NaN or inf values")
@@ -114,8 +147,6 @@ class Instruction:
                 parsed[key] = value
         _check_metadata_types(path, parsed)
         method = parsed.pop("method", None)
-        for key in ("format", "version"):
-            parsed.pop(key)
         return cls(method, tensors, parsed, path)
 
     def check_model(self, fingerprint: str, allow_mismatch: bool = False, path: str | os.PathLike = "") -> None:
@@ -190,9 +221,11 @@ def _check_metadata_types(path: Path, meta: dict[str, Any]) -> None:
             raise InstructionFileError(f"{path}: metadata '{key}' should be an integer, not {meta[key]!r}") from None
 
 
-def mix(instructions: list[Instruction], weights: list[float], learned: tuple[str, ...]) -> Instruction:
-    """A weighted sum of the ``learned`` tensors of instructions of one method and base model (LoRWeB's mixed
-    basis, without its training); everything else comes from the first instruction."""
+def mix(instructions: list[Instruction], weights: list[float]) -> Instruction:
+    """Instructions of one method and base model mixed with ``weights``, as their method mixes parameters
+    (a weighted sum; LoRA adapters by rank concatenation)."""
+    from .methods import METHODS
+
     if len(instructions) != len(weights):
         raise InvertError(f"--mix has {len(weights)} weights for {len(instructions)} instructions")
     first = instructions[0]
@@ -201,11 +234,8 @@ def mix(instructions: list[Instruction], weights: list[float], learned: tuple[st
             raise InvertError(f"cannot mix a {first.method} instruction with a {other.method} one")
         if other.meta.get("model_fingerprint") != first.meta.get("model_fingerprint"):
             raise InvertError("cannot mix instructions learned on different base models")
-        for key in learned:
-            if other.tensors[key].shape != first.tensors[key].shape:
-                raise InvertError(f"cannot mix: '{key}' has shape {tuple(other.tensors[key].shape)} in one and "
-                                  f"{tuple(first.tensors[key].shape)} in another (different token counts?)")
-    tensors = dict(first.tensors)
-    for key in learned:
-        tensors[key] = sum(w * inst.tensors[key].float() for w, inst in zip(weights, instructions))
-    return Instruction(first.method, tensors, {**first.meta, "mix": ",".join(f"{w:g}" for w in weights)})
+    if first.method not in METHODS:
+        raise InvertError(f"cannot mix instructions of unknown method '{first.method}'")
+    tensors, extra = METHODS[first.method].mix_tensors([i.tensors for i in instructions],
+                                                        [i.meta for i in instructions], weights)
+    return Instruction(first.method, tensors, {**first.meta, "extra": extra, "mix": ",".join(f"{w:g}" for w in weights)})

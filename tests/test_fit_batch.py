@@ -1,6 +1,9 @@
 """``invert fit-batch``: one instruction per set, skipping finished ones, sharded without coordination."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -51,3 +54,60 @@ def test_shard_from_flag_or_launcher_environment():
     for bad in ("4/4", "x", "1/0"):
         with pytest.raises(InvertError):
             parse_shard(bad, {})
+
+
+def test_torchrun_with_two_cpu_processes_splits_the_sets(tiny_model_dir, pairs_dir, tmp_path):
+    """The launcher gives each process RANK and WORLD_SIZE; with no --shard every process fits its own sets,
+    and none creates a process group, so plain CPU processes (no NCCL, no gloo) do."""
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    for name in ("a", "b", "c", "d"):
+        (sets / name).symlink_to(pairs_dir, target_is_directory=True)
+    out, logs = tmp_path / "insts", tmp_path / "logs"
+    # Each rank's stdout goes to its own file (--redirects 1), so the two JSON summaries cannot interleave;
+    # stderr stays on the pipe, to show in the assertion message if a worker fails.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--log-dir", str(logs), "--redirects", "1",
+           "-m", "invert.cli", "fit-batch", str(sets), "-o", str(out), "--model", str(tiny_model_dir),
+           "--device", "cpu", "--resolution", "32", "--steps", "2", "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # when pytest itself runs under a launcher
+        env.pop(var, None)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["a.inst", "b.inst", "c.inst", "d.inst"]
+
+    summaries = [json.loads(p.read_text()) for p in sorted(logs.glob("*/attempt_0/*/stdout.log"))]
+    fitted = {s["shard"]: [r["set"] for r in s["sets"] if r["status"] == "fitted"] for s in summaries}
+    assert fitted == {"0/2": ["a", "c"], "1/2": ["b", "d"]}, summaries
+    assert all(r["steps"] == 2 for s in summaries for r in s["sets"])
+
+
+def test_auto_device_under_a_launcher_takes_the_local_rank_gpu_only_if_there_is_one(
+        tiny_model_dir, pairs_dir, tmp_path, monkeypatch):
+    import torch
+
+    import invert.editor
+
+    class Loaded(Exception):
+        pass
+
+    def load_editor(model, device, dtype):
+        raise Loaded(device)
+
+    monkeypatch.setattr(invert.editor, "load_editor", load_editor)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    for name in ("a", "b", "c", "d"):
+        (sets / name).symlink_to(pairs_dir, target_is_directory=True)
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}  # the second process of the second 2-GPU node
+    for cuda, expected in ((False, "auto"), (True, "cuda:1")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        r = CliRunner().invoke(cli, ["fit-batch", str(sets), "-o", str(tmp_path / "out"), "--model",
+                                     str(tiny_model_dir), "--json"], env=env)
+        assert isinstance(r.exception, Loaded) and r.exception.args == (expected,), r.output
+        # One worker (--shard 0/1) leaves the device to auto, whatever the launcher says.
+        r = CliRunner().invoke(cli, ["fit-batch", str(sets), "-o", str(tmp_path / "out"), "--model",
+                                     str(tiny_model_dir), "--shard", "0/1", "--json"], env=env)
+        assert isinstance(r.exception, Loaded) and r.exception.args == ("auto",), r.output

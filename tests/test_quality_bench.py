@@ -28,7 +28,7 @@ def test_quality_table(tiny_model_dir, tmp_path):
     best = result["edits"]["hue90"]["text"]["best_single_text"]
     assert best["instruction"] in {e.instruction for e in world.EDITS.values()}
     for k in ("1", "2"):
-        assert set(night["shots"][k]) == {"visii", "brush", "brush_no_parts", "brush_no_phrase_init"}
+        assert set(night["shots"][k]) == {"visii", "brush", "brush_no_parts", "brush_no_phrase_init", "lora"}
     assert night["shots"]["1"]["brush_no_phrase_init"]["init_text"] == ""
 
     summary = result["summary"]["2"]

@@ -1,5 +1,6 @@
 """Applying an instruction samples exactly as diffusers' InstructPix2Pix pipeline does."""
 import numpy as np
+import pytest
 import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline
 
@@ -98,3 +99,21 @@ def test_instruction_apply_with_a_users_own_pipeline(editor):
     mine = inst.apply(image, pipe=editor.pipe, steps=2)  # one image in, one image out
     assert np.array_equal(np.asarray(mine), np.asarray(expected))
     assert len(inst.apply([image, image], editor=editor, steps=2, text="with stars")) == 2
+
+
+@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+def test_an_installed_instruction_edits_inside_the_users_own_pipeline_call(editor, method):
+    inst = fit_images(editor, [scene(1)], [scene(1, night=True)], method,
+                      FitOptions(steps=3, lr=5e-2, resolution=32, init_text="make it night", clip_weight=0), quiet=True)
+    image = scene(7)
+    expected = invert.apply(inst, [image], editor=editor, steps=3, guidance=4.0, fresh_noise=True, seed=5)[0]
+    plain = editor.pipe(prompt="make it night", image=image, num_inference_steps=3, guidance_scale=4.0,
+                        generator=torch.Generator().manual_seed(5)).images[0]
+    with inst.installed(editor.pipe) as embeds:
+        mine = editor.pipe(prompt_embeds=embeds, image=image, num_inference_steps=3, guidance_scale=4.0,
+                           generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(np.asarray(mine), np.asarray(expected))
+    assert not np.array_equal(np.asarray(plain), np.asarray(expected)), "the learned instruction must matter"
+    after = editor.pipe(prompt="make it night", image=image, num_inference_steps=3, guidance_scale=4.0,
+                        generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(np.asarray(after), np.asarray(plain)), "the pipeline is as it was after the block"

@@ -10,7 +10,7 @@ from typing import ContextManager
 import torch
 
 from ..editor import Editor, TextEncoding
-from ..errors import InstructionFileError
+from ..errors import InstructionFileError, InvertError
 
 DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's instructions have about 10 tokens)
 
@@ -18,7 +18,8 @@ DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's ins
 class Method:
     name: str
     learned_tensors: tuple[str, ...] = ()  # what --mix and --strength act on
-    init_from = "caption"  # default init text: a CLIP caption of the afters, or "phrases" (unique phrases)
+    init_from = "caption"  # default init text: a CLIP caption of the afters, "phrases" (unique phrases) or "empty"
+    conditions_all_rows = False  # True: the parameters change every row of the guidance batch, not only the text rows
 
     def parameters(self) -> list[torch.Tensor]:
         """The fp32 leaf tensors the optimizer updates."""
@@ -30,6 +31,17 @@ class Method:
 
     def extra_loss(self) -> torch.Tensor | None:
         return None
+
+    def loss_terms(self, step: int) -> list[tuple[bool, float]]:
+        """Step ``step``'s noise-loss terms as (reversed, weight): reversed terms edit the afters back into the
+        befores under :meth:`direction` (True)."""
+        return [(False, 1.0)]
+
+    def direction(self, reverse: bool) -> ContextManager:
+        """Condition as the forward instruction, or as the reverse one (after -> before)."""
+        if reverse:
+            raise InvertError(f"this {self.name} instruction has no reverse (fit it with --reverse)")
+        return contextlib.nullcontext()
 
     def schedule(self, steps: int, num_train_timesteps: int, seed: int) -> torch.Tensor:
         """(steps, rows) timesteps: each step's UNet batch. One row: every timestep once per pass, shuffled."""
@@ -56,6 +68,21 @@ class Method:
     def sampling_context(self, editor: Editor) -> ContextManager:
         """Installed on the UNet while sampling or fitting (attention processors); nothing by default."""
         return contextlib.nullcontext()
+
+    @classmethod
+    def mix_tensors(cls, tensors: list[dict[str, torch.Tensor]], metas: list[dict], weights: list[float]
+                    ) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """A weighted sum of the ``learned_tensors`` (LoRWeB's mixed basis, without its training); the rest, and
+        the method metadata (``extra``), from the first."""
+        for other in tensors[1:]:
+            for key in cls.learned_tensors:
+                if other[key].shape != tensors[0][key].shape:
+                    raise InvertError(f"cannot mix: '{key}' has shape {tuple(other[key].shape)} in one and "
+                                      f"{tuple(tensors[0][key].shape)} in another (different token counts?)")
+        out = dict(tensors[0])
+        for key in cls.learned_tensors:
+            out[key] = sum(w * t[key].float() for w, t in zip(weights, tensors))
+        return out, metas[0].get("extra")
 
 
 def check_prompt_tensors(editor: Editor, init: torch.Tensor, learned: dict[str, torch.Tensor]) -> None:

@@ -37,6 +37,7 @@ FITTED = {  # row -> (method, method options, init text override)
     "brush": ("brush", {"parts": 5}, None),
     "brush_no_parts": ("brush", {"parts": 1}, None),
     "brush_no_phrase_init": ("brush", {"parts": 5}, ""),
+    "lora": ("lora", {}, None),
 }
 ROWS = ("no_edit", "oracle_text", "best_single_text", *FITTED)
 TRAIN_SEED, TEST_SEED = 2 * 10**6, 3 * 10**6  # disjoint from the toy model's training scenes (below 10**6)
@@ -45,7 +46,7 @@ TRAIN_SEED, TEST_SEED = 2 * 10**6, 3 * 10**6  # disjoint from the toy model's tr
 @dataclass
 class QualitySettings:
     steps: int = 100  # fit steps (per time part for InstructBrush, all parts trained together)
-    lr: dict[str, float] = field(default_factory=lambda: {"visii": 1e-2, "brush": 1e-2})
+    lr: dict[str, float] = field(default_factory=lambda: {"visii": 1e-2, "brush": 1e-2, "lora": 1e-2})
     shots: tuple[int, ...] = (1, 10)
     n_test: int = 5
     apply_steps: int = 20

@@ -1,0 +1,317 @@
+"""Instruction libraries: editing a new pair with no fitting (after LoRWeB's mixed basis, without its training).
+
+A library holds fitted instructions, each keyed by the CLIP direction of its exemplars (``clip.direction``,
+normalized mean after minus mean before image embedding, which every fit stores). A new before/after pair is
+edited at once by the mix of the library's instructions of one method, weighted by a softmax over the cosines
+between the pair's direction and the keys.
+
+The file is a safetensors file (format ``invert.library``) checked on load like an ``.inst``: instruction i's
+tensors are stored as ``i/NAME`` and its metadata strings, as an ``.inst`` holds them, in the JSON list
+``instructions``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from .clip import Clip, clip_name_for, load_clip
+from .editor import DEFAULT_MODEL, Editor, load_editor
+from .errors import InstructionFileError, InvertError, InvertWarning
+from .fitting import clip_direction
+from .grid import thumbnail_tensor
+from .instruction import Instruction, mix, read_verified, tensors_sha256, write_atomically
+
+FORMAT = "invert.library"
+VERSION = 1
+KEY = "clip.direction"
+# Measured on the toy world (invert.toy.library_bench, README): TODO
+DEFAULT_TEMPERATURE = 0.05
+
+
+@dataclass
+class Entry:
+    """One instruction of a library, with its name (the file stem it was built from)."""
+
+    name: str
+    instruction: Instruction
+
+    @property
+    def method(self) -> str:
+        return self.instruction.method
+
+    @property
+    def key(self) -> torch.Tensor:
+        return self.instruction.tensors[KEY]
+
+
+@dataclass
+class Library:
+    entries: list[Entry]
+    path: Path | None = None
+
+    @property
+    def methods(self) -> dict[str, int]:
+        """How many instructions of each method, by method name."""
+        counts: dict[str, int] = {}
+        for e in self.entries:
+            counts[e.method] = counts.get(e.method, 0) + 1
+        return dict(sorted(counts.items()))
+
+    @property
+    def base_model(self) -> str:
+        return self.entries[0].instruction.meta.get("base_model") or DEFAULT_MODEL
+
+    @property
+    def clip_model(self) -> str:
+        return self.entries[0].instruction.meta.get("clip_model", "")
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write atomically; refuse to overwrite an existing file unless ``force``."""
+        path = Path(path)
+        tensors = {f"{i}/{name}": t.detach().to("cpu").contiguous()
+                   for i, e in enumerate(self.entries) for name, t in e.instruction.tensors.items()}
+        listing = [{"name": e.name, "meta": {**e.instruction.stored_metadata(), "method": e.method}}
+                   for e in self.entries]
+        meta = {"format": FORMAT, "version": str(VERSION), "instructions": json.dumps(listing, sort_keys=True),
+                "tensor_sha256": tensors_sha256(tensors)}
+        write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=meta), force=force)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Library":
+        """Read and verify a library: format, version, header size and tensor checksum as for an ``.inst``, then
+        every instruction as ``Instruction.load`` checks one, and that they can share a library."""
+        path = Path(path)
+        tensors, meta = read_verified(path, FORMAT, VERSION, "an instruction library")
+        try:
+            listing = json.loads(meta.get("instructions", ""))
+            if not isinstance(listing, list) or not all(
+                    isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("meta"), dict)
+                    and all(isinstance(v, str) for v in item["meta"].values()) for item in listing):
+                raise ValueError
+        except ValueError:  # JSONDecodeError is one
+            raise InstructionFileError(f"{path}: metadata 'instructions' is missing or malformed") from None
+        grouped: list[dict[str, torch.Tensor]] = [{} for _ in listing]
+        for full, tensor in tensors.items():
+            index, _, name = full.partition("/")
+            if not index.isdigit() or int(index) >= len(listing):
+                raise InstructionFileError(f"{path}: tensor '{full}' belongs to no listed instruction")
+            grouped[int(index)][name] = tensor
+        entries = [Entry(item["name"], Instruction.from_stored(own, item["meta"], Path(f"{path}[{item['name']}]")))
+                   for item, own in zip(listing, grouped)]
+        check_entries(entries, str(path))
+        return cls(entries, path)
+
+    def similarities(self, direction: torch.Tensor, entries: list[Entry] | None = None) -> torch.Tensor:
+        """Cosine between ``direction`` and the key of each of ``entries`` (default: all)."""
+        keys = torch.stack([e.key.float().cpu() for e in (self.entries if entries is None else entries)])
+        direction = direction.detach().float().cpu().reshape(-1)
+        if direction.shape[0] != keys.shape[1]:
+            raise InvertError(f"a CLIP direction of {direction.shape[0]} dimensions for keys of {keys.shape[1]} "
+                              f"(the library's CLIP model is {self.clip_model!r})")
+        return torch.nn.functional.normalize(keys, dim=-1) @ torch.nn.functional.normalize(direction, dim=0)
+
+    def key_cosines(self) -> torch.Tensor:
+        """(n, n) cosines between the keys: how distinct the library's edits look to CLIP."""
+        keys = torch.nn.functional.normalize(torch.stack([e.key.float().cpu() for e in self.entries]), dim=-1)
+        return keys @ keys.T
+
+    def choose(self, direction: torch.Tensor, method: str | None = None, temperature: float = DEFAULT_TEMPERATURE,
+               top: int | None = None) -> tuple[list[Entry], list[float]]:
+        """The instructions of ``method`` (needed when the library holds several) and their weights, best first:
+        softmax(cosine(direction, key) / temperature); ``top`` keeps the best K, their weights renormalized."""
+        if not 0 < temperature < math.inf:  # NaN fails too
+            raise InvertError(f"--temperature must be a positive number, not {temperature}")
+        if top is not None and top < 1:
+            raise InvertError(f"--top must be at least 1, not {top}")
+        methods = self.methods
+        if method is None:
+            if len(methods) > 1:
+                held = ", ".join(f"{m} ({n})" for m, n in methods.items())
+                raise InvertError(f"{self.path or 'the library'} holds instructions of several methods: {held}; "
+                                  "choose one with --method")
+            method = next(iter(methods))
+        if method not in methods:
+            raise InvertError(f"{self.path or 'the library'} holds no {method} instructions "
+                              f"(it has {', '.join(methods)})")
+        entries = [e for e in self.entries if e.method == method]
+        cos = self.similarities(direction, entries).double()
+        order = torch.argsort(cos, descending=True, stable=True)[:top]
+        weights = torch.softmax(cos[order] / temperature, dim=0)
+        return [entries[i] for i in order], weights.tolist()
+
+    def instruction_for(self, befores: list[Image.Image], afters: list[Image.Image], *, editor: Editor,
+                        clip: Clip | None = None, method: str | None = None,
+                        temperature: float = DEFAULT_TEMPERATURE, top: int | None = None,
+                        allow_model_mismatch: bool = False, mix_init: bool = True
+                        ) -> tuple[Instruction, list[Entry], list[float]]:
+        """The instruction this library makes for exemplar images: the chosen instructions mixed (see
+        :func:`mix_entries`), keyed and previewed by the new pairs; with the chosen entries and weights.
+        ``clip`` defaults to the CLIP model the library's instructions were fitted with."""
+        clip = clip or load_clip(clip_name_for(self.clip_model or None, editor.model_id), editor.device)
+        direction = clip_direction(clip, befores, afters).float().cpu()
+        chosen, weights = self.choose(direction, method, temperature, top)
+        chosen[0].instruction.check_model(editor.fingerprint, allow_model_mismatch, chosen[0].instruction.path or "")
+        inst, chosen, weights = mix_entries(chosen, weights, editor, mix_init)
+        inst.tensors.update({KEY: direction, "exemplar.before": thumbnail_tensor(befores[0]),
+                             "exemplar.after": thumbnail_tensor(afters[0])})
+        inst.meta["library"] = ", ".join(f"{e.name} {w:.4f}" for e, w in zip(chosen, weights))
+        inst.path = self.path
+        return inst, chosen, weights
+
+
+def check_entries(entries: list[Entry], where: str) -> None:
+    """Refuse what cannot make a library: no instructions, two of one name, one without a key, or instructions
+    of different base models or CLIP models (their keys and parameters would not be comparable)."""
+    if not entries:
+        raise InvertError(f"{where}: no instructions")
+    seen: dict[str, Entry] = {}
+    first = entries[0].instruction
+    for e in entries:
+        inst = e.instruction
+        if e.name in seen:
+            raise InvertError(f"two instructions are named '{e.name}' ({seen[e.name].instruction.path} and "
+                              f"{inst.path}); rename one")
+        seen[e.name] = e
+        key = inst.tensors.get(KEY)
+        if key is None or key.dim() != 1 or not key.is_floating_point():
+            raise InstructionFileError(f"{inst.path}: has no CLIP direction ('{KEY}', stored when the fit has a CLIP "
+                                       "model), which is its key in a library")
+        if key.shape != first.tensors[KEY].shape:
+            raise InstructionFileError(f"{inst.path}: its key has {key.shape[0]} dimensions, {first.path}'s "
+                                       f"{first.tensors[KEY].shape[0]}")
+        if inst.meta.get("model_fingerprint") != first.meta.get("model_fingerprint"):
+            raise InvertError(f"{inst.path} and {first.path} were learned on different base models ({_model(inst)} vs "
+                              f"{_model(first)}); a library holds the instructions of one")
+        if inst.meta.get("clip_model") != first.meta.get("clip_model"):
+            raise InvertError(f"{inst.path} and {first.path} were keyed with different CLIP models "
+                              f"({inst.meta.get('clip_model')!r} vs {first.meta.get('clip_model')!r}): their keys "
+                              "cannot be compared")
+
+
+def _model(inst: Instruction) -> str:
+    return f"{inst.meta.get('base_model')!r}, fingerprint {inst.meta.get('model_fingerprint')}"
+
+
+def build_library(paths: list[str | os.PathLike]) -> Library:
+    """A library of the ``.inst`` files given, or found in the folders given (not recursively), named by their
+    file stems."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix == ".inst" and f.is_file())
+            if not found:
+                raise InvertError(f"{p}: no .inst files in it")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InvertError(f"{p}: no such file or folder")
+    entries = [Entry(f.stem, Instruction.load(f)) for f in files]
+    check_entries(entries, ", ".join(map(str, paths)))
+    return Library(entries)
+
+
+# Token counts. Instructions initialized from different texts learn different numbers of token positions m, so
+# their tensors cannot be summed as they are. An instruction with m positions conditions exactly as one with
+# M > m whose extra positions hold its own init text's frozen encoding (positions past m read that encoding
+# anyway), so each chosen instruction is first widened to the largest m: the mix then stays an exact weighted
+# sum of what each instruction does. LoRA adapters have no positions (their mix concatenates ranks).
+
+def _widen_visii(tensors: dict[str, torch.Tensor], m: int, editor: Editor) -> dict[str, torch.Tensor]:
+    learned, init = tensors["visii.learned"], tensors["visii.init"]
+    return {"visii.learned": torch.cat([learned, init[:, learned.shape[1] + 1:m + 1].to(learned.dtype)], dim=1)}
+
+
+def _widen_brush(tensors: dict[str, torch.Tensor], m: int, editor: Editor) -> dict[str, torch.Tensor]:
+    from .methods.brush import project_kv
+
+    k0, v0 = project_kv(editor, tensors["brush.init"].to(editor.device), m)  # rows: positions 1..m
+    out = {}
+    for name, frozen in (("brush.k", k0), ("brush.v", v0)):
+        t = tensors[name]
+        extra = frozen[t.shape[1]:].to("cpu", t.dtype).expand(t.shape[0], -1, -1)  # the same for every time part
+        out[name] = torch.cat([t, extra], dim=1)
+    return out
+
+
+_WIDEN = {"visii": ("visii.learned", _widen_visii), "brush": ("brush.k", _widen_brush)}
+
+
+def widen(inst: Instruction, m: int, editor: Editor) -> Instruction:
+    """``inst`` with ``m`` learned token positions, conditioning as before (see the note above)."""
+    tensor, fn = _WIDEN[inst.method]
+    if inst.tensors[tensor].shape[-2] == m:
+        return inst
+    return Instruction(inst.method, {**inst.tensors, **fn(inst.tensors, m, editor)}, {**inst.meta, "num_tokens": m},
+                       inst.path)
+
+
+def mix_entries(chosen: list[Entry], weights: list[float], editor: Editor, mix_init: bool = True
+                ) -> tuple[Instruction, list[Entry], list[float]]:
+    """The weighted mix of ``chosen`` (best first) with invert.instruction.mix, token counts widened to the
+    largest. What still cannot be mixed with the best instruction (brush: another number of time parts) is
+    left out with a warning and the other weights renormalized.
+
+    ``mix_init``: the init text encodings (``METHOD.init``) are mixed with the same weights, so that the
+    positions past the learned ones (EOS, padding) are the weighted sum of what each instruction conditions
+    there too (brush's K/V are linear in it); without, they are the best instruction's. Mixed was as good or
+    better on the toy world (README); the other tensors come from the best instruction."""
+    from .methods import METHODS
+
+    method = chosen[0].method
+    insts = [e.instruction for e in chosen]
+    if method in _WIDEN:
+        m = max(i.tensors[_WIDEN[method][0]].shape[-2] for i in insts)
+        insts = [widen(i, m, editor) for i in insts]
+        learned = METHODS[method].learned_tensors
+        keep = [n for n, i in enumerate(insts)
+                if all(i.tensors[k].shape == insts[0].tensors[k].shape for k in learned)]
+        if len(keep) < len(insts):
+            left = [chosen[n].name for n in range(len(chosen)) if n not in keep]
+            warnings.warn(InvertWarning(f"left out {', '.join(left)}: their tensors' shapes differ from "
+                                        f"{chosen[0].name}'s beyond the token count"))
+            total = sum(weights[n] for n in keep)
+            chosen, insts, weights = [chosen[n] for n in keep], [insts[n] for n in keep], \
+                [weights[n] / total for n in keep]
+    mixed = mix(insts, weights)
+    init = f"{method}.init"
+    if mix_init and init in mixed.tensors:
+        mixed.tensors[init] = sum(w * i.tensors[init].float() for w, i in zip(weights, insts))
+    return mixed, chosen, weights
+
+
+def apply_library(library: Library | str | os.PathLike, images: list[Image.Image], pairs, *,
+                  editor: Editor | None = None, model: str | None = None, device: str = "auto", dtype: str = "auto",
+                  clip: Clip | None = None, method: str | None = None, temperature: float = DEFAULT_TEMPERATURE,
+                  top: int | None = None, allow_model_mismatch: bool = False, **apply_options
+                  ) -> tuple[list[Image.Image], list[tuple[str, float]]]:
+    """Edit ``images`` as the exemplar ``pairs`` (a pairs folder, a ``(before, after)`` tuple of files, or a list
+    of :class:`invert.Pair`) show, with the library's instructions mixed: no fitting. Returns the results and
+    the chosen (name, weight), best first. ``apply_options`` go to :func:`invert.apply`.
+
+    >>> from invert.library import apply_library                                         # doctest: +SKIP
+    >>> results, chosen = apply_library("lib.safetensors", [image], ("a.png", "b.png"))  # doctest: +SKIP
+    """
+    from .api import _as_pairs, apply
+    from .pairs import load_pairs
+
+    lib = library if isinstance(library, Library) else Library.load(library)
+    editor = editor or load_editor(model or lib.base_model, device, dtype)
+    size = int(lib.entries[0].instruction.meta.get("resolution") or editor.resolution)
+    befores, afters = load_pairs(_as_pairs(pairs), size)
+    inst, chosen, weights = lib.instruction_for(befores, afters, editor=editor, clip=clip, method=method,
+                                                temperature=temperature, top=top,
+                                                allow_model_mismatch=allow_model_mismatch)
+    results = apply(inst, images, editor=editor, allow_model_mismatch=allow_model_mismatch, **apply_options)
+    return results, [(e.name, w) for e, w in zip(chosen, weights)]
+
+
+__all__ = ["Library", "Entry", "build_library", "apply_library", "mix_entries", "widen", "DEFAULT_TEMPERATURE"]

@@ -1,0 +1,197 @@
+"""Instruction libraries: the file, the choice of instructions, the mix, and the CLI (tiny model)."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from invert.api import apply
+from invert.errors import InstructionFileError, InvertError
+from invert.fitting import FitOptions, clip_direction, fit_images
+from invert.instruction import Instruction
+from invert.library import Entry, Library, build_library, mix_entries, widen
+
+from conftest import TINY_RES, scene
+
+EDITS = {  # name -> (method, init text, after image of scene i); the init texts differ in token count
+    "night": ("brush", "make it night", lambda i: scene(i, night=True)),
+    "flip": ("brush", "flip the picture from left to right", lambda i: scene(i).transpose(0)),
+    "dark": ("visii", "darker", lambda i: scene(i).point(lambda v: v // 3)),
+}
+
+
+@pytest.fixture(scope="module")
+def insts(editor, clip, tmp_path_factory):
+    """One instruction per edit in EDITS, fitted for a step on 3 pairs, in a folder."""
+    folder = tmp_path_factory.mktemp("insts")
+    for name, (method, text, after) in EDITS.items():
+        befores, afters = [scene(i) for i in range(3)], [after(i) for i in range(3)]
+        inst = fit_images(editor, befores, afters, method, FitOptions(steps=1, init_text=text, resolution=TINY_RES,
+                                                                      method_options={"parts": 2}), clip=clip, quiet=True)
+        inst.save(folder / f"{name}.inst")
+    return folder
+
+
+def fake(name: str, key, method: str = "brush") -> Entry:
+    return Entry(name, Instruction(method, {"clip.direction": torch.as_tensor(key, dtype=torch.float32)},
+                                   {"model_fingerprint": "f", "clip_model": "c"}))
+
+
+def test_build_save_load_round_trip(insts, tmp_path):
+    lib = build_library([insts])
+    assert [e.name for e in lib.entries] == ["dark", "flip", "night"] and lib.methods == {"brush": 2, "visii": 1}
+    path = lib.save(tmp_path / "lib.safetensors")
+    with pytest.raises(InvertError, match="already exists"):
+        lib.save(path)
+    loaded = Library.load(path)
+    for a, b in zip(lib.entries, loaded.entries):
+        assert a.name == b.name and a.method == b.method and a.instruction.meta == b.instruction.meta
+        assert a.instruction.tensors.keys() == b.instruction.tensors.keys()
+        assert all(torch.equal(t, b.instruction.tensors[k]) for k, t in a.instruction.tensors.items())
+        assert torch.equal(b.key, Instruction.load(insts / f"{a.name}.inst").tensors["clip.direction"])
+
+
+def test_bad_library_files(insts, tmp_path):
+    path = build_library([insts]).save(tmp_path / "lib.safetensors")
+    tensors = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors["0/clip.direction"] = tensors["0/clip.direction"] + 1  # a changed value: the checksum no longer fits
+    save_file(tensors, str(tmp_path / "tampered.safetensors"), metadata=meta)
+    with pytest.raises(InstructionFileError, match="checksum mismatch"):
+        Library.load(tmp_path / "tampered.safetensors")
+    with pytest.raises(InstructionFileError, match="not an instruction library.*invert.inst"):
+        Library.load(insts / "night.inst")
+    save_file(load_file(str(path)), str(tmp_path / "bad-listing.safetensors"), metadata={**meta, "instructions": "["})
+    with pytest.raises(InstructionFileError, match="'instructions' is missing or malformed"):
+        Library.load(tmp_path / "bad-listing.safetensors")
+
+
+def test_refuses_keyless_and_mixed_models(insts, tmp_path):
+    night = Instruction.load(insts / "night.inst")
+    keyless = Instruction(night.method, {k: v for k, v in night.tensors.items() if k != "clip.direction"}, night.meta)
+    keyless.save(tmp_path / "keyless.inst")
+    with pytest.raises(InstructionFileError, match="keyless.inst: has no CLIP direction"):
+        build_library([insts / "night.inst", tmp_path / "keyless.inst"])
+    for field, what in (("model_fingerprint", "base models"), ("clip_model", "CLIP models")):
+        other = Instruction(night.method, night.tensors, {**night.meta, field: "something else"})
+        other.save(tmp_path / f"other_{field}.inst")
+        with pytest.raises(InvertError, match=f"different {what}") as err:
+            build_library([insts / "night.inst", tmp_path / f"other_{field}.inst"])
+        assert "\n" not in str(err.value)
+    with pytest.raises(InvertError, match="two instructions are named 'night'"):
+        build_library([insts / "night.inst", insts])
+
+
+def test_weights_pick_a_planted_instruction():
+    torch.manual_seed(0)
+    direction = torch.randn(16)
+    lib = Library([fake(f"random{i}", torch.randn(16)) for i in range(8)] + [fake("planted", 3 * direction)])
+    chosen, weights = lib.choose(direction)
+    assert chosen[0].name == "planted" and weights[0] == max(weights) and sum(weights) == pytest.approx(1)
+    assert weights == sorted(weights, reverse=True)
+    chosen, weights = lib.choose(direction, top=1)
+    assert [e.name for e in chosen] == ["planted"] and weights == [1.0]
+    chosen, weights = lib.choose(direction, top=3)
+    assert len(chosen) == 3 and sum(weights) == pytest.approx(1)
+
+
+def test_temperature_sharpens_and_flattens():
+    direction = torch.tensor([1.0, 0.0, 0.0])
+    lib = Library([fake("near", [1.0, 0.2, 0.0]), fake("half", [1.0, 1.0, 0.0]), fake("far", [0.0, 0.0, 1.0])])
+    planted = [lib.choose(direction, temperature=t)[1][0] for t in (10.0, 0.3, 0.1, 0.01)]
+    assert planted == sorted(planted) and planted[0] < 0.4 and planted[-1] > 0.999
+    with pytest.raises(InvertError, match="temperature"):
+        lib.choose(direction, temperature=0)
+    mixed = Library(lib.entries + [fake("v", [1.0, 0.0, 0.0], "visii")])
+    with pytest.raises(InvertError, match=r"several methods: brush \(3\), visii \(1\); choose one with --method"):
+        mixed.choose(direction)
+    assert [e.name for e in mixed.choose(direction, method="visii")[0]] == ["v"]
+
+
+@pytest.mark.parametrize("name", ["night", "dark"])
+def test_widening_the_token_count_changes_nothing(insts, editor, name):
+    """Mixing instructions of different token counts widens them; a widened instruction edits exactly alike."""
+    inst = Instruction.load(insts / f"{name}.inst")
+    wide = widen(inst, int(inst.meta["num_tokens"]) + 4, editor)
+    assert wide.tensors[f"{name == 'dark' and 'visii.learned' or 'brush.k'}"].shape[-2] == int(inst.meta["num_tokens"]) + 4
+    image = scene(7)
+    a, b = (apply(i, [image], editor=editor, steps=2)[0] for i in (inst, wide))
+    diff = (torch.tensor(list(a.getdata()), dtype=torch.float) - torch.tensor(list(b.getdata()), dtype=torch.float))
+    assert diff.abs().max() <= 1, "at most one level of rounding"
+
+
+def test_mix_of_different_token_counts(insts, editor):
+    lib = build_library([insts])
+    night, flip = (e for e in lib.entries if e.name in ("night", "flip"))
+    assert night.instruction.tensors["brush.k"].shape[1] != flip.instruction.tensors["brush.k"].shape[1]
+    mixed, chosen, weights = mix_entries([night, flip], [1.0, 0.0], editor)
+    wide = widen(night.instruction, flip.instruction.tensors["brush.k"].shape[1], editor)
+    assert torch.allclose(mixed.tensors["brush.k"], wide.tensors["brush.k"])
+    assert torch.equal(mixed.tensors["brush.init"], night.instruction.tensors["brush.init"])
+    mixed, _, _ = mix_entries([night, flip], [0.5, 0.5], editor)
+    half = (night.instruction.tensors["brush.init"] + flip.instruction.tensors["brush.init"]) / 2
+    assert torch.allclose(mixed.tensors["brush.init"], half)
+    assert torch.allclose(mixed.tensors["brush.v"], (wide.tensors["brush.v"] + flip.instruction.tensors["brush.v"]) / 2)
+    mixed, _, _ = mix_entries([night, flip], [0.5, 0.5], editor, mix_init=False)
+    assert torch.equal(mixed.tensors["brush.init"], night.instruction.tensors["brush.init"])
+
+
+def test_instruction_for_new_pairs(insts, editor, clip):
+    lib = build_library([insts])
+    befores, afters = [scene(i) for i in range(3)], [scene(i, night=True) for i in range(3)]
+    inst, chosen, weights = lib.instruction_for(befores, afters, editor=editor, clip=clip, method="brush", top=1)
+    assert [e.name for e in chosen] == ["night"] and weights == [1.0], "the night exemplars' own direction"
+    assert torch.allclose(inst.tensors["clip.direction"], clip_direction(clip, befores, afters))
+    assert "night 1.0000" in inst.meta["library"]
+
+
+def test_apply_library(insts, editor, clip, tmp_path):
+    from invert.library import apply_library
+
+    path = build_library([insts]).save(tmp_path / "lib.safetensors")
+    scene(0).save(tmp_path / "b.png")
+    scene(0, night=True).save(tmp_path / "a.png")
+    results, chosen = apply_library(path, [scene(9)], (tmp_path / "b.png", tmp_path / "a.png"), editor=editor,
+                                    clip=clip, method="brush", steps=2)
+    assert len(results) == 1 and results[0].size == scene(9).size
+    assert {name for name, _ in chosen} == {"night", "flip"} and chosen[0][1] >= chosen[1][1]
+    assert sum(w for _, w in chosen) == pytest.approx(1)
+
+
+def test_cli_build_inspect_apply(run, insts, tmp_path):
+    lib = tmp_path / "lib.safetensors"
+    r = run("library", "build", insts, "-o", lib, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["methods"] == {"brush": 2, "visii": 1}
+    assert run("library", "build", insts, "-o", lib).exit_code == 1, "no overwrite without --force"
+    r = run("library", "inspect", lib)
+    assert r.exit_code == 0 and "night" in r.output and "flip" in r.output
+    cos = json.loads(run("library", "inspect", lib, "--json").stdout)["key_cosines"]
+    assert cos["night"]["night"] == pytest.approx(1, abs=1e-3)
+
+    pairs = []
+    for i in range(3):
+        b, a = tmp_path / f"b{i}.png", tmp_path / f"a{i}.png"
+        scene(i).save(b)
+        scene(i, night=True).save(a)
+        pairs += ["--before", b, "--after", a]
+    image = tmp_path / "photo.png"
+    scene(9).save(image)
+    out = tmp_path / "out.png"
+    r = run("apply", "--library", lib, *pairs, image, "-o", out, "--method", "brush", "--steps", 2)
+    assert r.exit_code == 0, r.output
+    assert out.exists() and f"wrote {out}" in r.stdout
+    lines = r.stderr.splitlines()
+    assert "2 brush instructions mixed" in lines[0]
+    assert lines[1].split()[1] == "night" and float(lines[1].split()[0]) > float(lines[2].split()[0])
+    r = run("apply", "--library", lib, *pairs, image, "-o", tmp_path / "out2.png", "--steps", 2)
+    assert r.exit_code == 1 and "several methods" in r.output and "--method" in r.output
+    r = run("apply", "--library", lib, "--before", image, image, "-o", tmp_path / "x.png")
+    assert r.exit_code == 1 and "as many --before as --after" in r.output
+    r = run("apply", "--before", image, "--after", image, image, "-o", tmp_path / "x.png")
+    assert r.exit_code == 1 and "give --library too" in r.output
+    r = run("apply", insts / "night.inst", "--library", lib, *pairs, image, "-o", tmp_path / "x.png")
+    assert r.exit_code == 1 and "not both" in r.output

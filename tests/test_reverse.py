@@ -1,0 +1,84 @@
+"""fit --reverse: the inverse instruction learned in the same run, stored beside the forward one, applied with
+apply --reverse; the cycle term couples the two."""
+import pytest
+import torch
+
+import invert
+from invert.api import method_for
+from invert.errors import InstructionFileError
+from invert.fitting import FitOptions, fit_images
+from invert.instruction import Instruction
+
+from conftest import scene
+
+
+def night_pairs(n=3):
+    return [scene(i) for i in range(n)], [scene(i, night=True) for i in range(n)]
+
+
+def fit(editor, clip, method, **options):
+    befores, afters = night_pairs()
+    defaults = dict(steps=6, lr=1e-2, resolution=32, clip_weight=0.0)
+    return fit_images(editor, befores, afters, method, FitOptions(**{**defaults, **options}), clip=clip, quiet=True)
+
+
+def test_untouched_reverse_is_the_swapped_initialization(editor, clip):
+    """With no steps, the reverse of a phrase-initialized brush instruction is the initialization found for the
+    pairs the other way round, and applying it is applying that text's initialization."""
+    inst = fit(editor, clip, "brush", steps=0, reverse=True)
+    befores, afters = night_pairs()
+    swapped = fit_images(editor, afters, befores, "brush", FitOptions(steps=0, resolution=32), clip=clip, quiet=True)
+    reverse = inst.meta["extra"]["reverse"]
+    assert reverse["init_text"] == swapped.meta["init_text"] != inst.meta["init_text"]
+    untouched = fit(editor, clip, "brush", steps=0, init_text=reverse["init_text"])
+    image = scene(9)
+    undone = invert.apply(inst, [image], editor=editor, steps=3, reverse=True)[0]
+    assert undone.tobytes() == invert.apply(untouched, [image], editor=editor, steps=3)[0].tobytes()
+    forward = invert.apply(inst, [image], editor=editor, steps=3)[0]
+    assert forward.tobytes() != undone.tobytes()
+
+
+def test_without_the_cycle_term_the_forward_instruction_is_a_plain_fit(editor, clip):
+    """The two instructions have separate parameters, so with --cycle-weight 0 the forward one learns exactly
+    what a plain fit learns; the cycle term's gradient reaches it."""
+    common = dict(init_text="make it night", steps=5)
+    plain = fit(editor, clip, "visii", **common)
+    uncoupled = fit(editor, clip, "visii", reverse=True, cycle_weight=0.0, **common)
+    coupled = fit(editor, clip, "visii", reverse=True, cycle_weight=10.0, **common)
+    assert torch.equal(plain.tensors["visii.learned"], uncoupled.tensors["visii.learned"])
+    assert not torch.equal(uncoupled.tensors["reverse.visii.learned"], uncoupled.tensors["reverse.visii.init"][:, 1:3])
+    assert not torch.equal(coupled.tensors["visii.learned"], plain.tensors["visii.learned"])
+
+
+@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+def test_reverse_round_trips_through_the_file(editor, clip, method, tmp_path):
+    inst = fit(editor, clip, method, steps=3, reverse=True, init_text="make it night" if method != "lora" else None)
+    inst.save(tmp_path / "x.inst")
+    loaded = Instruction.load(tmp_path / "x.inst")
+    image = scene(4)
+    for reverse in (False, True):
+        a = invert.apply(inst, [image], editor=editor, steps=2, reverse=reverse)[0]
+        b = invert.apply(loaded, [image], editor=editor, steps=2, reverse=reverse)[0]
+        assert a.tobytes() == b.tobytes()
+    assert loaded.meta["options"]["reverse"] is True
+
+
+def test_reverse_of_an_instruction_without_one_is_refused(editor, clip):
+    inst = fit(editor, clip, "visii", steps=1, init_text="make it night")
+    with pytest.raises(InstructionFileError, match="no reverse instruction"):
+        method_for(inst, editor, reverse=True)
+
+
+def test_cli_reverse(run, tiny_model_dir, pairs_dir, tmp_path):
+    inst = tmp_path / "night.inst"
+    r = run("fit", pairs_dir, "-o", inst, "--model", tiny_model_dir, "--method", "brush", "--steps", 2, "--reverse",
+            "--quiet")
+    assert r.exit_code == 0, r.output
+    scene(5).save(tmp_path / "in.png")
+    r = run("apply", inst, tmp_path / "in.png", "-o", tmp_path / "back.png", "--reverse", "--steps", 2)
+    assert r.exit_code == 0 and (tmp_path / "back.png").exists(), r.output
+    plain = tmp_path / "plain.inst"
+    assert run("fit", pairs_dir, "-o", plain, "--model", tiny_model_dir, "--steps", 1, "--quiet",
+               "--init-text", "x").exit_code == 0
+    r = run("apply", plain, tmp_path / "in.png", "-o", tmp_path / "b2.png", "--reverse")
+    assert r.exit_code == 1 and "no reverse instruction" in r.output
