@@ -26,8 +26,8 @@ def insts(editor, clip, tmp_path_factory):
     folder = tmp_path_factory.mktemp("insts")
     for name, (method, text, after) in EDITS.items():
         befores, afters = [scene(i) for i in range(3)], [after(i) for i in range(3)]
-        inst = fit_images(editor, befores, afters, method, FitOptions(steps=1, init_text=text, resolution=TINY_RES,
-                                                                      method_options={"parts": 2}), clip=clip, quiet=True)
+        options = FitOptions(steps=1, init_text=text, resolution=TINY_RES, method_options={"parts": 2})
+        inst = fit_images(editor, befores, afters, method, options, clip=clip, quiet=True)
         inst.save(folder / f"{name}.inst")
     return folder
 
@@ -115,8 +115,9 @@ def test_temperature_sharpens_and_flattens():
 def test_widening_the_token_count_changes_nothing(insts, editor, name):
     """Mixing instructions of different token counts widens them; a widened instruction edits exactly alike."""
     inst = Instruction.load(insts / f"{name}.inst")
-    wide = widen(inst, int(inst.meta["num_tokens"]) + 4, editor)
-    assert wide.tensors[f"{name == 'dark' and 'visii.learned' or 'brush.k'}"].shape[-2] == int(inst.meta["num_tokens"]) + 4
+    m = int(inst.meta["num_tokens"]) + 4
+    wide = widen(inst, m, editor)
+    assert wide.tensors["visii.learned" if inst.method == "visii" else "brush.k"].shape[-2] == m
     image = scene(7)
     a, b = (apply(i, [image], editor=editor, steps=2)[0] for i in (inst, wide))
     diff = (torch.tensor(list(a.getdata()), dtype=torch.float) - torch.tensor(list(b.getdata()), dtype=torch.float))
@@ -124,11 +125,12 @@ def test_widening_the_token_count_changes_nothing(insts, editor, name):
 
 
 def test_mix_of_different_token_counts(insts, editor):
-    lib = build_library([insts])
-    night, flip = (e for e in lib.entries if e.name in ("night", "flip"))
-    assert night.instruction.tensors["brush.k"].shape[1] != flip.instruction.tensors["brush.k"].shape[1]
+    entries = {e.name: e for e in build_library([insts]).entries}
+    night, flip = entries["night"], entries["flip"]
+    m = flip.instruction.tensors["brush.k"].shape[1]
+    assert night.instruction.tensors["brush.k"].shape[1] < m
     mixed, chosen, weights = mix_entries([night, flip], [1.0, 0.0], editor)
-    wide = widen(night.instruction, flip.instruction.tensors["brush.k"].shape[1], editor)
+    wide = widen(night.instruction, m, editor)
     assert torch.allclose(mixed.tensors["brush.k"], wide.tensors["brush.k"])
     assert torch.equal(mixed.tensors["brush.init"], night.instruction.tensors["brush.init"])
     mixed, _, _ = mix_entries([night, flip], [0.5, 0.5], editor)

@@ -92,7 +92,8 @@ def library_edit(lib: Library, editor, clip, train, befores, temperature: float,
     if variant == "same_tokens":  # the alternative to widening: mix only what already has the best's shapes
         learned = METHODS[METHOD].learned_tensors
         best = chosen[0].instruction.tensors
-        keep = [i for i, e in enumerate(chosen) if all(e.instruction.tensors[k].shape == best[k].shape for k in learned)]
+        keep = [i for i, e in enumerate(chosen)
+                if all(e.instruction.tensors[k].shape == best[k].shape for k in learned)]
         total = sum(weights[i] for i in keep)
         chosen, weights = [chosen[i] for i in keep], [weights[i] / total for i in keep]
     mix = tuple((e.name, round(w, 4)) for e, w in zip(chosen, weights) if w >= 1e-4)
@@ -145,6 +146,7 @@ def evaluate_edit(lib: Library, editor, clip, name: str, library_fits: dict[str,
 
 
 def run_variants(lib, editor, clip, rows: dict, temperature: float, log) -> None:
+    """The two alternatives (VARIANTS) to the library's mix, at ``temperature``, added to ``rows``."""
     for name, row in rows.items():
         size, index = editor.resolution, _index(name)
         query = world.make_pairs(name, max(SHOTS), QUERY_SEED + index, size)
@@ -190,6 +192,8 @@ def choose_temperature(rows: dict, temperatures) -> tuple[float, dict]:
 
 def run(editor, clip, insts: Path, library_edits: list[str], eval_edits: list[str], temperatures=TEMPERATURES,
         log: Callable[[str], None] = print) -> dict:
+    """The whole measurement (module doc): the library fitted into (or reused from) ``insts``, every evaluated
+    edit at every temperature, the variants at the chosen one, and the summary."""
     start = time.perf_counter()
     library_fits = fit_library(editor, clip, insts, library_edits, log)
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,14 +231,16 @@ def format_table(result: dict) -> str:
         value = s[row][group][metric]
         return "" if value is None else format(value, fmt)
 
-    lines = ["| row | Hard PSNR | Catalogue PSNR | Hard SSIM | Catalogue SSIM | s per edit |", "|---|---|---|---|---|---|"]
+    lines = ["| row | Hard PSNR | Catalogue PSNR | Hard SSIM | Catalogue SSIM | s per edit |",
+             "|---|---|---|---|---|---|"]
     for row, label in labels.items():
         seconds = [v for v in (s[row]["hard"]["seconds"], s[row]["catalogue"]["seconds"]) if v is not None]
         lines.append(f"| {label} | {cell(row, 'hard', 'psnr', '.2f')} | {cell(row, 'catalogue', 'psnr', '.2f')} | "
                      f"{cell(row, 'hard', 'ssim', '.3f')} | {cell(row, 'catalogue', 'ssim', '.3f')} | "
                      f"{format(np.mean(seconds), '.1f') if seconds else ''} |")
-    lines.append(f"\nRun time {result['seconds'] / 60:.1f} min (library fits {result['library']['total_fit_seconds'] / 60:.1f}"
-                 " min of fitting, reused when already in --insts).")
+    fitting = result["library"]["total_fit_seconds"] / 60
+    lines.append(f"\nRun time {result['seconds'] / 60:.1f} min (library fits {fitting:.1f} min of fitting, reused when "
+                 "already in --insts).")
     return "\n".join(lines)
 
 
