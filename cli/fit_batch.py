@@ -10,6 +10,7 @@ import click
 from tqdm import tqdm
 
 import invert
+from invert.defaults import DEFAULT_MODEL
 from invert.errors import InvertError
 
 from .main import model_options, user_errors
@@ -28,7 +29,7 @@ from .main import model_options, user_errors
 @click.option("--shard", default=None, help="K/N: fit every N-th set starting at K. Default: from RANK and "
               "WORLD_SIZE under torchrun or accelerate launch, else all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@model_options(invert.editor.DEFAULT_MODEL)
+@model_options(DEFAULT_MODEL)
 @user_errors
 def fit_batch(sets, output, method, steps, lr, seed, resolution, guidance, image_guidance, shard, as_json, model,
               device, dtype):

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 import invert
+from invert.defaults import DEFAULT_MODEL
 
 from .main import _check_output, model_options, user_errors
 
@@ -16,7 +17,7 @@ from .main import _check_output, model_options, user_errors
 @click.option("--init-text", default=None, help="The prompt the VISII fit started from; default: the run's "
               "learned_prompt.txt beside FILE or one folder up.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-@model_options(invert.editor.DEFAULT_MODEL)
+@model_options(DEFAULT_MODEL)
 @user_errors
 def import_visii_command(file, output, init_text, force, model, device, dtype):
     """Convert FILE, a prompt embedding saved by the official VISII code (prompt_embeds_N.pt), to OUTPUT.

@@ -8,15 +8,17 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
 import invert
-from invert.checkpoint import FitDiverged, FitStopped
+from invert.defaults import DEFAULT_MODEL, DEFAULT_TEMPERATURE, SCHEDULERS
 from invert.errors import InvertError, InvertWarning
-from invert.library import DEFAULT_TEMPERATURE
 from invert.signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from invert.checkpoint import FitStopped
 
 MODEL_HELP = "Base IP2P: hub id, local diffusers folder, or 'toy'."
 
@@ -37,7 +39,10 @@ def user_errors(fn):
                 return fn(*args, **kwargs)
             except InvertError as exc:
                 raise click.ClickException(str(exc)) from None
-            except torch.OutOfMemoryError as exc:
+            except Exception as exc:
+                torch = sys.modules.get("torch")  # imported by then if it ran out of memory
+                if torch is None or not isinstance(exc, torch.OutOfMemoryError):
+                    raise
                 detail = (str(exc) or "OutOfMemoryError").splitlines()[0]
                 raise click.ClickException(f"{OUT_OF_MEMORY} ({detail})") from None
 
@@ -153,7 +158,7 @@ def phrase_options(fn):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
-@model_options(invert.editor.DEFAULT_MODEL)
+@model_options(DEFAULT_MODEL)
 @user_errors
 def fit(pairs, output, before, after, method, lora_rank, lora_alpha, lora_targets, lora_reverse, parts,
         parts_sequential, tokens, save_every, resume, quiet, force, model, device, dtype, clip_model, vocab, **options):
@@ -168,6 +173,8 @@ def fit(pairs, output, before, after, method, lora_rank, lora_alpha, lora_target
       invert fit pairs/ -o sketch.inst --method brush --threshold 1 --relative-threshold
       invert fit pairs/ -o sketch.inst --method lora --lora-rank 8 --reverse
     """
+    from invert.checkpoint import FitStopped
+
     _check_output(output, force)  # before any work, not after the fit
     found = invert.find_pairs(pairs, before, after)
 
@@ -201,6 +208,8 @@ def _stopping(signum: int) -> None:
 
 def _saved(stopped: FitStopped, path: Path, signum: int | None) -> click.ClickException:
     """Write a stopped fit's state and say how to resume it; a signal's exit status is 128 + its number."""
+    from invert.checkpoint import FitDiverged
+
     stopped.state.save(path)
     error = click.ClickException(f"{stopped}; saved the state to {path}: run the same command with "
                                  f"--resume {path} to continue")
@@ -261,7 +270,7 @@ def _inputs(paths: list[Path]) -> list[Path]:
 @click.option("--image-guidance", default=None, type=float, help="Image guidance; default: the file's.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Noise seed with --fresh-noise.")
 @click.option("--fresh-noise", is_flag=True, help="Draw new noise from --seed instead of the fit's stored noise.")
-@click.option("--scheduler", default=None, type=click.Choice(list(invert.sampling.SCHEDULERS)),
+@click.option("--scheduler", default=None, type=click.Choice(list(SCHEDULERS)),
               help="Sampler; default: the model's own (Euler ancestral for IP2P).")
 @click.option("--strength", default=1.0, show_default=True, type=float,
               help="Scale of the learned change: 0 = the init text, 1 = learned, >1 extrapolates.")

@@ -4,15 +4,36 @@
     inst = invert.fit("pairs/", method="visii", model="toy", steps=200)
     inst.save("edit.inst")
     edited = invert.apply("edit.inst", [image])
+
+The names below load on first use, so that importing a light module (the CLI's option defaults, errors) does
+not import torch and diffusers.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from .api import apply, fit, method_for  # noqa: E402
-from .editor import Editor, load_editor  # noqa: E402
-from .errors import InvertError  # noqa: E402
-from .fitting import FitOptions  # noqa: E402
-from .instruction import Instruction  # noqa: E402
-from .pairs import Pair, find_pairs  # noqa: E402
+_EXPORTS = {
+    "fit": "api", "apply": "api", "method_for": "api",
+    "Editor": "editor", "load_editor": "editor",
+    "InvertError": "errors",
+    "FitOptions": "fitting",
+    "Instruction": "instruction",
+    "Pair": "pairs", "find_pairs": "pairs",
+}
 
-__all__ = ["fit", "apply", "method_for", "load_editor", "Editor", "Instruction", "FitOptions", "InvertError",
-           "Pair", "find_pairs", "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    try:  # a submodule, as ``invert.editor`` after a plain ``import invert``
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'invert' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .defaults import DEFAULT_MODEL
 from .errors import ModelLoadError
 
-DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 TOY_MODEL = "toy"
 CONFIGS = Path(__file__).parent / "configs"
 IP2P_CONFIGS = CONFIGS / "instruct-pix2pix"

@@ -22,7 +22,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from .clip import Clip, clip_name_for, load_clip
-from .editor import DEFAULT_MODEL, Editor, load_editor
+from .defaults import DEFAULT_MODEL, DEFAULT_TEMPERATURE
+from .editor import Editor, load_editor
 from .errors import InstructionFileError, InvertError, InvertWarning
 from .fitting import clip_direction
 from .grid import thumbnail_tensor
@@ -31,10 +32,6 @@ from .instruction import Instruction, mix, read_verified, tensors_sha256, write_
 FORMAT = "invert.library"
 VERSION = 1
 KEY = "clip.direction"
-# The best mean PSNR on the toy world over held-out compositions and catalogue edits, from 1 and 10 pairs, of
-# 0.01, 0.03, 0.1 and 0.3 (invert.toy.library_bench, README): 0.1 and 0.03 tie on the mean; 0.1 edits the
-# compositions better (mixing helps there), 0.03 the edits the library holds (picking one helps there).
-DEFAULT_TEMPERATURE = 0.1
 
 
 @dataclass

@@ -8,17 +8,10 @@ from PIL import Image
 
 import torch
 
+from .defaults import SCHEDULERS
 from .editor import Editor
 from .errors import InvertError
 from .methods.base import Method
-
-SCHEDULERS = {
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "ddim": "DDIMScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
 
 
 def make_scheduler(editor: Editor, name: str | None):

@@ -106,6 +106,18 @@ def test_version_and_help(run):
     assert "invert fit pairs/" in run("--help").output
 
 
+def test_help_and_completion_do_not_import_torch():
+    """`invert --help` and shell completion build every option without torch or diffusers (seconds to import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, invert.cli.main; from invert.cli.main import cli; "
+            "cli.to_info_dict(cli.make_context('invert', ['--help'], resilient_parsing=True)); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_brush_fit_phrases_and_mixed_apply(run, tiny_model_dir, pairs_dir, tmp_path):
     a, b = tmp_path / "a.inst", tmp_path / "b.inst"
     for out, seed in ((a, 0), (b, 1)):
