@@ -5,7 +5,6 @@ from pathlib import Path
 
 import click
 
-import invert
 from invert.defaults import DEFAULT_MODEL
 
 from .main import _check_output, model_options, user_errors

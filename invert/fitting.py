@@ -290,7 +290,7 @@ def make_instruction(method: Method, editor: Editor, options: FitOptions, *, cli
 
 
 def _init_text(cls: type[Method], options: FitOptions, clip: Clip | None, editor: Editor,
-               befores: list[Image.Image], afters: list[Image.Image]):
+               befores: list[Image.Image], afters: list[Image.Image]) -> tuple[str, object | None]:
     """The init text (and, for phrase initialization, the phrases found): --init-text, else the method's way."""
     from .phrases import caption, unique_phrases
     from invert.vocab import load_vocab, model_vocab

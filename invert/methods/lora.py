@@ -14,7 +14,7 @@ from peft import LoraConfig
 
 from ..editor import Editor, TextEncoding
 from ..errors import InstructionFileError, InvertError
-from .base import Method
+from .base import Method, check_prompt_tensors
 
 ADAPTER = "invert_lora"
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection, as diffusers' LoRA scripts
@@ -77,7 +77,7 @@ class Lora(Method):
         self.init_text, self.reverse, self.scale = init_text, reverse, scale
         self.weights = weights  # diffusers key -> fp32 Parameter on the editor's device
         self.swapped: torch.Tensor | None = None  # per step: the pair order exchanged (reverse "swap")
-        self._unet = None
+        self._layers: set[torch.nn.Module] = set()  # the installed adapter's peft layers
 
     @property
     def num_tokens(self) -> int:
@@ -116,25 +116,29 @@ class Lora(Method):
             return [(bool(self.swapped[step]), 1.0)]
         return [(False, 1.0), (True, 1.0)] if self.reverse == "both" else [(False, 1.0)]
 
-    def direction(self, reverse: bool):
-        return self._signed(-self.scale if reverse else self.scale)
-
     @contextlib.contextmanager
-    def _signed(self, scale: float):
-        self._unet.set_adapters(ADAPTER, weights=scale)
+    def direction(self, reverse: bool):
+        """-Delta: every adapted layer's scale negated (peft's ``set_scale`` on the layers found at install, as
+        ``unet.set_adapters`` walks the whole UNet and its state dict, twice per step here)."""
+        if not reverse:
+            yield
+            return
+        for module in self._layers:
+            module.set_scale(ADAPTER, -self.scale)
         try:
             yield
         finally:
-            self._unet.set_adapters(ADAPTER, weights=self.scale)
+            for module in self._layers:
+                module.set_scale(ADAPTER, self.scale)
 
     @contextlib.contextmanager
     def sampling_context(self, editor: Editor):
         with installed(editor, lora_config(self.rank, self.alpha, self.targets), self.weights, self.scale) as unet:
-            self._unet = unet
+            self._layers = {module for module, _ in _lora_modules(unet).values()}
             try:
                 yield
             finally:
-                self._unet = None
+                self._layers = set()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**{k: w.detach() for k, w in self.weights.items()}, "lora.init": self.init.float()}
@@ -153,9 +157,7 @@ class Lora(Method):
         weights = {k: v for k, v in tensors.items() if k.startswith("unet.")}
         check_adapter(editor, weights, rank)
         init = tensors["lora.init"]
-        width = editor.text_encoder.config.hidden_size
-        if tuple(init.shape) != (1, editor.tokenizer.model_max_length, width):
-            raise InstructionFileError(f"its prompt embedding has shape {tuple(init.shape)}")
+        check_prompt_tensors(editor, init, {})
         params = {k: torch.nn.Parameter(v.to(editor.device, torch.float32), requires_grad=False)
                   for k, v in weights.items()}
         return cls(editor, init.to(editor.device), params, rank, alpha, targets, meta.get("init_text", ""),

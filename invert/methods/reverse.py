@@ -16,8 +16,6 @@ PREFIX = "reverse."
 
 
 class TwoWay(Method):
-    conditions_all_rows = False
-
     def __init__(self, forward: Method, reverse: Method, reverse_init_text: str):
         self.forward, self.reverse, self.reverse_init_text = forward, reverse, reverse_init_text
         self.name = forward.name

@@ -55,6 +55,17 @@ class QualitySettings:
     rows: tuple[str, ...] = ROWS
 
 
+def edit_index(name: str) -> int:
+    """An edit's place in the catalogue and hard edits: each edit's scene seeds are offset by it."""
+    return [*world.EDITS, *world.HARD_EDITS].index(name)
+
+
+def edit_pairs(name: str, n_train: int, n_test: int, size: int, train_seed: int = TRAIN_SEED):
+    """An edit's (train, test) pairs, each edit drawing its own scenes."""
+    return (world.make_pairs(name, n_train, train_seed + edit_index(name), size),
+            world.make_pairs(name, n_test, TEST_SEED + edit_index(name), size))
+
+
 def group_of(name: str) -> str:
     return "hard" if name in world.HARD_EDITS else world.EDITS[name].kind
 
@@ -76,9 +87,7 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
     from ..api import apply
 
     size = editor.resolution
-    index = [*world.EDITS, *world.HARD_EDITS].index(name)
-    train = world.make_pairs(name, max(s.shots), TRAIN_SEED + index, size)
-    test = world.make_pairs(name, s.n_test, TEST_SEED + index, size)
+    train, test = edit_pairs(name, max(s.shots), s.n_test, size)
     befores, truths = [b for b, _ in test], [a for _, a in test]
     edit, group = world.get_edit(name), group_of(name)
     full_direction = clip_direction(clip, [b for b, _ in train], [a for _, a in train])

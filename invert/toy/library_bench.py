@@ -41,7 +41,7 @@ from ..instruction import Instruction, write_atomically
 from ..library import DEFAULT_TEMPERATURE, Library, build_library, mix_entries
 from ..methods import METHODS
 from . import world
-from .benchmark import DEFAULT_EDITS, TEST_SEED, TRAIN_SEED
+from .benchmark import DEFAULT_EDITS, TEST_SEED, TRAIN_SEED, edit_index, edit_pairs
 
 METHOD = "brush"
 SETTINGS = {"steps": 100, "lr": 1e-2, "seed": 0, "guidance": 3.0, "image_guidance": 1.5}  # the quality bench's
@@ -54,10 +54,6 @@ APPLY_STEPS = 20
 VARIANTS = ("top_init", "same_tokens")
 
 
-def _index(name: str) -> int:
-    return [*world.EDITS, *world.HARD_EDITS].index(name)
-
-
 def fit_library(editor, clip, folder: Path, names: list[str], log: Callable[[str], None]) -> dict[str, float]:
     """``folder/NAME.inst`` for every catalogue edit in ``names`` (existing files are kept, as fit-batch does);
     returns each one's fitting seconds (as recorded in the file)."""
@@ -67,7 +63,7 @@ def fit_library(editor, clip, folder: Path, names: list[str], log: Callable[[str
             path = folder / f"{name}.inst"
             if not path.exists():
                 pairs = world.write_pair_folder(Path(tmp) / name, name, n_train=10, n_test=0,
-                                                seed=TRAIN_SEED + _index(name), size=editor.resolution)
+                                                seed=TRAIN_SEED + edit_index(name), size=editor.resolution)
                 fit(pairs / "train", METHOD, editor=editor, clip=clip, quiet=True, **SETTINGS).save(path)
             seconds[name] = float(Instruction.load(path).meta["fit_seconds"])
             log(f"library {name:18s} fitted in {seconds[name]:6.1f} s")
@@ -113,9 +109,8 @@ def evaluate_edit(lib: Library, editor, clip, name: str, library_fits: dict[str,
                   scratch: Path, log: Callable[[str], None]) -> dict:
     """No edit, from scratch and the library at every temperature, for one edit. A from-scratch fit is kept as
     ``scratch/NAME.inst`` and reused from there."""
-    size, index = editor.resolution, _index(name)
-    query = world.make_pairs(name, max(SHOTS), QUERY_SEED + index, size)
-    test = world.make_pairs(name, N_TEST, TEST_SEED + index, size)
+    size = editor.resolution
+    query, test = edit_pairs(name, max(SHOTS), N_TEST, size, QUERY_SEED)
     befores, truths = [b for b, _ in test], [a for _, a in test]
     group = "hard" if name in world.HARD_EDITS else "catalogue"
     row: dict = {"group": group, "no_edit": _scores(befores, befores, truths), "library": {}}
@@ -148,9 +143,7 @@ def evaluate_edit(lib: Library, editor, clip, name: str, library_fits: dict[str,
 def run_variants(lib, editor, clip, rows: dict, temperature: float, log) -> None:
     """The two alternatives (VARIANTS) to the library's mix, at ``temperature``, added to ``rows``."""
     for name, row in rows.items():
-        size, index = editor.resolution, _index(name)
-        query = world.make_pairs(name, max(SHOTS), QUERY_SEED + index, size)
-        test = world.make_pairs(name, N_TEST, TEST_SEED + index, size)
+        query, test = edit_pairs(name, max(SHOTS), N_TEST, editor.resolution, QUERY_SEED)
         befores, truths = [b for b, _ in test], [a for _, a in test]
         for k in SHOTS:
             for variant in VARIANTS:

@@ -25,8 +25,7 @@ from ..clip import clip_name_for, load_clip
 from ..editor import load_editor
 from ..evaluation import as_tensor, psnr
 from ..fitting import FitOptions, fit_images
-from . import world
-from .benchmark import TEST_SEED, TRAIN_SEED, QualitySettings
+from .benchmark import QualitySettings, edit_pairs
 
 SETTINGS = QualitySettings()  # the quality table's guidance (3, 1.5) and learning rates
 LEAKAGE_EDITS = ["night", "sepia", "circle_red", "add_star", "remove_square", "background_blue"]
@@ -35,12 +34,6 @@ REVERSE_EDITS = ["night", "invert", "hue60", "add_star"]  # edits whose inverse 
 
 def mean_psnr(results: list[Image.Image], truths: list[Image.Image]) -> float:
     return float(psnr(as_tensor(results), as_tensor(truths)).mean())
-
-
-def pairs(name: str, shots: int, n_test: int, size: int):
-    index = [*world.EDITS, *world.HARD_EDITS].index(name)
-    return (world.make_pairs(name, shots, TRAIN_SEED + index, size),
-            world.make_pairs(name, n_test, TEST_SEED + index, size))
 
 
 def fit(editor, clip, train, method: str, steps: int, **options):
@@ -55,7 +48,7 @@ def fit(editor, clip, train, method: str, steps: int, **options):
 def leakage(editor, clip, edits: list[str], steps: int, n_test: int, log=print) -> dict:
     out = {}
     for name in edits:
-        train, test = pairs(name, 1, n_test, editor.resolution)
+        train, test = edit_pairs(name, 1, n_test, editor.resolution)
         befores, truths = [b for b, _ in test], [a for _, a in test]
         exemplar = [train[0][1]] * n_test
         row = {"no_edit": mean_psnr(befores, truths), "truth_to_exemplar": mean_psnr(truths, exemplar)}
@@ -78,7 +71,7 @@ def reverse(editor, clip, edits: list[str], steps: int, n_test: int, methods: li
             log=print) -> dict:
     out = {}
     for name in edits:
-        train, test = pairs(name, 10, n_test, editor.resolution)
+        train, test = edit_pairs(name, 10, n_test, editor.resolution)
         befores, truths = [b for b, _ in test], [a for _, a in test]
         row = {"no_edit": mean_psnr(befores, truths)}
         for method in methods:
