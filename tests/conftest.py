@@ -13,6 +13,23 @@ from PIL import Image  # noqa: E402
 
 TINY_RES = 32
 
+# Two fp32 computations of one quantity that differ only in kernel choice or batch shape sum in another order:
+# they agree to a few units in the last place (ulp) of the quantity's largest entry per operation, and a deep
+# network accumulates that to tens of ulps. 64 ulps of the scale (7.6e-6 relative) is far below any real bug
+# (a missing row or a wrong weight moves results by percents) and does not depend on one library's kernels.
+KERNEL_ULPS = 64
+# The guided prediction uncond + 7.5 (text - image) + 1.5 (image - uncond) weighs each row's error by up to
+# 1 + 2 x 7.5 + 2 x 1.5 = 19.
+GUIDANCE_GAIN = 1 + 2 * 7.5 + 2 * 1.5
+
+
+def float_noise(*references, gain: float = 1.0) -> float:
+    """An absolute tolerance for comparing fp32 results that differ only by kernel choice or batch shape:
+    KERNEL_ULPS ulps of the largest entry of ``references``, times ``gain`` (how much the compared quantity
+    amplifies an error in them)."""
+    scale = max(float(torch.as_tensor(r).detach().abs().max()) for r in references)
+    return gain * KERNEL_ULPS * torch.finfo(torch.float32).eps * scale
+
 
 def get_dummy_components():
     """A tiny InstructPix2Pix (8-channel UNet, VAE, CLIP text encoder, the real CLIP tokenizer) and a tiny CLIP

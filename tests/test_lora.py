@@ -9,7 +9,7 @@ from invert.fitting import Fitter, FitOptions, fit_images
 from invert.instruction import Instruction, mix
 from invert.methods.lora import Lora
 
-from conftest import scene
+from conftest import float_noise, scene
 
 
 def night_pairs(n=3):
@@ -98,9 +98,11 @@ def test_mixing_adapters_is_exact(editor):
     bkey = key.replace("lora_A", "lora_B")
     delta = lambda t, s: s * t[bkey].float() @ t[key].float()  # noqa: E731
     expected = 0.25 * delta(ia.tensors, 1.0) + 0.75 * delta(ib.tensors, 1.0)
-    assert torch.allclose(delta(mixed.tensors, 8 / 8), expected, atol=1e-6)
+    # Rank concatenation sums the same products in another order (see float_noise).
+    torch.testing.assert_close(delta(mixed.tensors, 8 / 8), expected, rtol=0, atol=float_noise(expected))
     only_a = Lora.from_tensors(mix([ia, ib], [1.0, 0.0]).tensors, mix([ia, ib], [1.0, 0.0]).meta, editor)
-    assert torch.allclose(unet_out(editor, only_a), unet_out(editor, a), atol=1e-5)
+    reference = unet_out(editor, a)
+    torch.testing.assert_close(unet_out(editor, only_a), reference, rtol=0, atol=float_noise(reference))
 
 
 def test_bad_adapters_are_refused(editor):

@@ -7,7 +7,7 @@ from diffusers import StableDiffusionInstructPix2PixPipeline
 import invert
 from invert.fitting import FitOptions, fit_images
 
-from conftest import scene
+from conftest import float_noise, scene
 
 
 def pixels(img):
@@ -81,7 +81,8 @@ def test_strength_zero_is_the_init_text(editor):
     torch.testing.assert_close(zero, editor.encode_text(["make it night"]).embeds)
     one = method_for(inst, editor, strength=1.0).text_embeds(t)
     two = method_for(inst, editor, strength=2.0).text_embeds(t)
-    torch.testing.assert_close(two - one, one - zero, rtol=1e-4, atol=1e-5)
+    # base + s (learned - base) in fp32: each side rounds at the scale of the embeddings (see float_noise).
+    torch.testing.assert_close(two - one, one - zero, rtol=0, atol=float_noise(zero, one, two))
 
 
 def test_instruction_apply_with_a_users_own_pipeline(editor):
@@ -90,7 +91,7 @@ def test_instruction_apply_with_a_users_own_pipeline(editor):
     import invert
     from invert.fitting import FitOptions, fit_images
 
-    from conftest import scene
+    from conftest import float_noise, scene
 
     inst = fit_images(editor, [scene(1)], [scene(1, night=True)], "visii",
                       FitOptions(steps=1, resolution=32, init_text="make it night", clip_weight=0), quiet=True)

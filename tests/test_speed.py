@@ -11,6 +11,8 @@ from invert.editor import load_editor
 from invert.fitting import Fitter, FitOptions, clip_direction
 from invert.speed import INIT_TEXT, make_method, reference_loss, reference_run, synthetic_pairs
 
+from conftest import GUIDANCE_GAIN, float_noise
+
 RES = 32
 
 
@@ -41,11 +43,13 @@ def test_reference_computes_our_loss_and_gradient_for_the_same_step(editor, clip
             ours_grad = torch.autograd.grad(ours, m.parameters(), allow_unused=True)
             ref = reference_loss(fitter, m, step)
             ref_grad = torch.autograd.grad(ref, m.parameters(), allow_unused=True)
-            assert torch.allclose(ours, ref, rtol=1e-5), (step, ours.item(), ref.item())
+            # The same rows in other batch shapes (see float_noise); the loss is a mean of squares of the guided
+            # prediction's error, so its relative error is at most twice the prediction's.
+            torch.testing.assert_close(ours, ref, atol=0, rtol=2 * float_noise(1.0, gain=GUIDANCE_GAIN))
             for a, b in zip(ours_grad, ref_grad):
                 assert (a is None) == (b is None)
                 if a is not None:
-                    assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+                    torch.testing.assert_close(a, b, rtol=0, atol=float_noise(b, gain=GUIDANCE_GAIN))
 
 
 def test_reference_runs_the_three_way_batch_in_one_call_with_autograd_ours_splits_it(editor):
@@ -75,7 +79,10 @@ def test_low_memory_learns_the_same_tensors(editor):
             editor.set_low_memory(False)
     moved = (learned[False] - torch.cat(make_method(editor, "brush", 2, False).parameters())).abs().max()
     assert moved > 1e-4
-    assert torch.allclose(learned[True], learned[False], atol=1e-6)
+    # Recomputing the forward in the backward pass may pick other kernels (float noise). AdamW divides each
+    # gradient entry by its running RMS, so noise on an entry near zero can change that entry's step by a
+    # visible fraction of lr: compare with what the fit moved. Learning from other state moves it by ~100%.
+    assert (learned[True] - learned[False]).abs().max() <= 0.01 * moved
 
 
 def test_fp16_fit_with_loss_scaling_follows_fp32(tiny_model_dir, editor):

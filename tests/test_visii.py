@@ -4,7 +4,7 @@ import torch
 from invert.fitting import Fitter, FitOptions, draw_noises, fit_images, timestep_order
 from invert.methods.visii import Visii
 
-from conftest import scene
+from conftest import GUIDANCE_GAIN, float_noise, scene
 
 
 def night_pairs(n=3):
@@ -78,6 +78,8 @@ def test_cfg_prediction_equals_the_pipelines_three_way_batch(editor):
     embeds = torch.cat([method.text_embeds(t), fitter.uncond, fitter.uncond])
     x = torch.cat([torch.cat([latents] * 3), torch.cat([cond, cond, torch.zeros_like(cond)])], 1)
     with torch.no_grad():
-        text, image, uncond = editor.unet(x, torch.cat([t] * 3), encoder_hidden_states=embeds).sample.chunk(3)
+        rows = editor.unet(x, torch.cat([t] * 3), encoder_hidden_states=embeds).sample
+    text, image, uncond = rows.chunk(3)
     expected = uncond + 7.5 * (text - image) + 1.5 * (image - uncond)
-    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+    # One row and two rows against three in one batch: other CPU kernels, each row's error amplified by guidance.
+    torch.testing.assert_close(ours, expected, rtol=0, atol=float_noise(rows, gain=GUIDANCE_GAIN))
