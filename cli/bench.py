@@ -5,8 +5,8 @@ import json
 
 import click
 
-# main.py registers this group at its very end, so its helpers exist when this module is imported.
-from .main import model_options, user_errors
+from .common import user_errors
+from .options import model_options
 
 
 @click.group()
@@ -51,7 +51,7 @@ def speed(method, resolution, steps, warmup, pairs, parts, loss_target, fit_step
       invert bench speed --method visii --resolution 512 --json
       invert bench speed --method brush --model toy --resolution 32 --steps 20
     """
-    from invert.speed import SpeedOptions, benchmark
+    from invert.bench.speed import SpeedOptions, benchmark
 
     options = SpeedOptions(method=method, resolution=resolution, steps=steps, warmup=warmup, pairs=pairs, parts=parts,
                            loss_target=loss_target, fit_steps=fit_steps, apply_steps=apply_steps,
@@ -74,3 +74,8 @@ def speed(method, resolution, steps, warmup, pairs, parts, loss_target, fit_step
         click.echo(f"ours/reference: {r['speedup_vs_reference']:.2f}x faster")
     click.echo(f"apply ({r['apply_steps']} steps, batch {r['batch_size']}): {r['apply_images_per_s']:.3g} images/s, "
                f"peak memory {r['apply_peak_memory_mb']:.0f} MB")
+
+
+from .bench_quality import quality  # noqa: E402  (defined in its own module, registered here)
+
+bench.add_command(quality)

@@ -8,7 +8,7 @@ import click
 
 from invert.errors import InvertError
 
-from .main import _check_output, user_errors
+from .common import check_output, user_errors
 
 
 @click.command("quality")
@@ -36,10 +36,11 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, device,
     """
     from invert.clip import clip_name_for, load_clip
     from invert.editor import load_editor
-    from invert.toy import benchmark, world
+    from invert.bench import quality as benchmark
+    from invert.toy import world
 
     if json_path is not None:
-        _check_output(json_path, force)
+        check_output(json_path, force)
     names = edits.split(",") if edits else None
     for name in names or []:
         if name not in world.EDITS and name not in world.HARD_EDITS:

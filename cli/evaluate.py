@@ -11,7 +11,8 @@ import click
 import invert
 from invert.errors import InvertError
 
-from .main import _check_output, model_options, user_errors
+from .common import check_output, user_errors
+from .options import model_options
 
 DIRECTION_SOURCES = {"given": "the --train-pairs'", "instruction": "the training pairs' (stored in the file)",
                      "test pairs": "the test pairs' own before -> after"}
@@ -53,7 +54,7 @@ def eval_command(instruction, test_pairs, as_json, as_csv, sheet, steps, seed, f
     from invert.clip import clip_name_for, load_clip
     from invert.editor import DEFAULT_MODEL, load_editor
     from invert.evaluation import METRICS, evaluate
-    from invert.fitting import clip_direction
+    from invert.losses import clip_direction
     from invert.grid import contact_sheet, save_image
     from invert.instruction import Instruction
     from invert.pairs import load_pairs
@@ -61,7 +62,7 @@ def eval_command(instruction, test_pairs, as_json, as_csv, sheet, steps, seed, f
     if as_json and as_csv:
         raise InvertError("choose one of --json and --csv")
     if sheet is not None:
-        _check_output(sheet, force)
+        check_output(sheet, force)
     inst = Instruction.load(instruction)
     size = resolution or int(inst.meta.get("resolution", 512))
     found = invert.find_pairs(test_pairs)

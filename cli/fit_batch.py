@@ -13,39 +13,48 @@ import invert
 from invert.defaults import DEFAULT_MODEL
 from invert.errors import InvertError
 
-from .main import model_options, user_errors
+from .common import user_errors
+from .fit import CLIP_MODEL_HELP
+from .options import fit_settings_options, given_settings, method_option, model_options, pop_settings
 
 
 @click.command("fit-batch")
 @click.argument("sets", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Folder for SET.inst files.")
-@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii", "brush", "lora"]))
-@click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=0))
-@click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--resolution", default=None, type=click.IntRange(min=8), help="Default: the model's own.")
-@click.option("--guidance", default=7.5, show_default=True, type=float)
-@click.option("--image-guidance", default=1.5, show_default=True, type=float)
+@method_option
+@fit_settings_options
+@click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
+@click.option("--save-every", default=0, type=click.IntRange(min=0),
+              help="Write OUTPUT/SET.step-N.inst every N steps.")
 @click.option("--shard", default=None, help="K/N: fit every N-th set starting at K. Default: from RANK and "
               "WORLD_SIZE under torchrun or accelerate launch, else all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Refit sets whose SET.inst was fitted with other settings.")
+@click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
 @model_options(DEFAULT_MODEL)
+@click.pass_context
 @user_errors
-def fit_batch(sets, output, method, steps, lr, seed, resolution, guidance, image_guidance, shard, as_json, model,
-              device, dtype):
-    """Fit one instruction per subfolder of SETS (each a pairs folder, or holding one in train/) into OUTPUT.
+def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json, quiet, force, low_memory, model,
+              device, dtype, **values):
+    """Fit one instruction per subfolder of SETS (each a pairs folder, or holding one in train/) into OUTPUT,
+    with every option of 'invert fit'.
 
-    Sets whose OUTPUT/SET.inst exists are skipped, so a re-run continues where a stopped one ended.
+    A set whose OUTPUT/SET.inst was fitted with the same method and settings is skipped, so a re-run continues
+    where a stopped one ended; one fitted otherwise is refused, naming what differs, unless --force refits it.
 
     \b
       invert fit-batch examples/toy -o insts/ --model toy --method brush --steps 100
       invert fit-batch sets/ -o insts/ --shard 1/4          # the second of 4 independent workers
       torchrun --nproc-per-node 2 -m invert.cli fit-batch sets/ -o insts/   # one shard per GPU
     """
-    from invert.batch import exemplar_sets, parse_shard
+    from invert.batch import exemplar_sets, fitted_otherwise, parse_shard
     from invert.clip import clip_name_for, load_clip
     from invert.editor import load_editor
+    from invert.methods import settings_for
 
+    options = given_settings(ctx, pop_settings(values))
+    settings = settings_for(method, options)  # a bad option is refused before any set
     k, n = parse_shard(shard, dict(os.environ))
     if device == "auto" and n > 1 and "LOCAL_RANK" in os.environ:
         import torch
@@ -56,22 +65,31 @@ def fit_batch(sets, output, method, steps, lr, seed, resolution, guidance, image
     output.mkdir(parents=True, exist_ok=True)
     todo, rows = [], []
     for name, folder in mine:
-        if (output / f"{name}.inst").exists():
+        path = output / f"{name}.inst"
+        differs = fitted_otherwise(path, method, *settings) if path.exists() else None
+        if differs and not force:
+            raise InvertError(f"{path}: fitted with other settings ({differs}); use --force to refit it, or another "
+                              "output folder")
+        if path.exists() and not differs:
             rows.append({"set": name, "status": "exists"})
         else:
             todo.append((name, folder))
     editor = load_editor(model, device, dtype) if todo else None
-    clip = load_clip(clip_name_for(None, editor.model_id), editor.device) if todo else None
-    for name, folder in tqdm(todo, desc=f"fit-batch {k}/{n}", disable=as_json or not todo):
+    clip = load_clip(clip_name_for(clip_model, editor.model_id), editor.device) if todo else None
+    for name, folder in tqdm(todo, desc=f"fit-batch {k}/{n}", disable=as_json or quiet or not todo):
         start = time.perf_counter()
+
+        def checkpoint(inst, step, name=name):
+            inst.save(output / f"{name}.step-{step}.inst", force=True)
+
         try:
-            inst = invert.fit(folder, method, editor=editor, clip=clip, quiet=True, steps=steps, lr=lr, seed=seed,
-                              resolution=resolution, guidance=guidance, image_guidance=image_guidance)
+            inst = invert.fit(folder, method, editor=editor, clip=clip, quiet=True, low_memory=low_memory,
+                              save_every=save_every, checkpoint=checkpoint, **options)
         except InvertError as exc:  # one bad set does not end the batch
             rows.append({"set": name, "status": f"failed: {exc}"})
             continue
-        inst.save(output / f"{name}.inst")
-        rows.append({"set": name, "status": "fitted", "method": method, "steps": steps,
+        inst.save(output / f"{name}.inst", force=True)
+        rows.append({"set": name, "status": "fitted", "method": method, "steps": int(inst.meta["steps"]),
                      "final_loss": float(inst.meta["final_loss"]) if inst.meta.get("final_loss") else None,
                      "seconds": round(time.perf_counter() - start, 2)})
     rows.sort(key=lambda r: r["set"])

@@ -7,7 +7,8 @@ import click
 
 from invert.defaults import DEFAULT_MODEL
 
-from .main import _check_output, model_options, user_errors
+from .common import check_output, user_errors
+from .options import model_options
 
 
 @click.command("import-visii")
@@ -32,7 +33,7 @@ def import_visii_command(file, output, init_text, force, model, device, dtype):
     from invert.editor import load_editor
     from invert.visii_import import import_visii
 
-    _check_output(output, force)
+    check_output(output, force)
     inst = import_visii(file, load_editor(model, device, dtype), init_text)
     inst.save(output, force=force)
     click.echo(f"wrote {output} (visii, {inst.meta['num_tokens']} learned tokens, init text "

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-# main.py registers this group at its very end, so its helpers exist when this module is imported.
-from .main import _check_output, user_errors
+from .common import check_output, user_errors
 
 
 @click.group("library")
@@ -40,7 +39,7 @@ def build(insts, output, force, as_json):
     """
     from invert.library import build_library
 
-    _check_output(output, force)
+    check_output(output, force)
     lib = build_library(insts)
     lib.save(output, force)
     if as_json:

@@ -3,7 +3,7 @@
     import invert
     inst = invert.fit("pairs/", method="visii", model="toy", steps=200)
     inst.save("edit.inst")
-    edited = invert.apply("edit.inst", [image])
+    edited = invert.apply("edit.inst", image)
 
 The names below load on first use, so that importing a light module (the CLI's option defaults, errors) does
 not import torch and diffusers.
@@ -15,10 +15,10 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "fit": "api", "apply": "api", "method_for": "api",
+    "fit": "api", "apply": "api", "installed": "api", "load_method": "api",
     "Editor": "editor", "load_editor": "editor",
     "InvertError": "errors",
-    "FitOptions": "fitting",
+    "FitSettings": "settings",
     "Instruction": "instruction",
     "Pair": "pairs", "find_pairs": "pairs",
 }

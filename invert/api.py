@@ -1,23 +1,32 @@
-"""The library's entry points: fit an instruction to exemplar pairs, and apply one to images."""
+"""The library's entry points: fit an instruction to exemplar pairs, and apply instructions to images (alone,
+mixed, with extra text, or inside a user's own diffusers pipeline)."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable
+import time
+from typing import Any, Callable, Iterator, Sequence
 
+import torch
 from PIL import Image
 
-from .checkpoint import FitState
-
+from .assembly import make_instruction
+from .checkpoint import FitState, FitStopped
 from .clip import Clip, clip_name_for, load_clip
-from .editor import DEFAULT_MODEL, Editor, load_editor
-from .errors import InstructionFileError
-from .fitting import FitOptions, fit_images
+from .defaults import DEFAULT_MODEL
+from .editor import Editor, load_editor
+from .errors import InstructionFileError, InvertError
+from .grid import thumbnail_tensor
 from .instruction import Instruction
-from .methods import METHODS
+from .losses import clip_direction
+from .methods import method_class, settings_for
 from .methods.base import Method
-from .methods.reverse import reverse_parts
+from .methods.two_way import TwoWay
 from .pairs import Pair, file_sha256, find_pairs, load_pairs
+from .phrases import initial_text
 from .sampling import sample
+from .settings import FitSettings, as_dict
+from .training import FitData, FitProgress, Trainer
 
 
 def _as_pairs(pairs) -> list[Pair]:
@@ -30,91 +39,220 @@ def _as_pairs(pairs) -> list[Pair]:
 
 def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Editor | None = None,
         clip_model: str | None = None, clip: Clip | None = None, device: str = "auto", dtype: str = "auto",
-        quiet: bool = False, save_every: int = 0, checkpoint=None, resume: FitState | str | os.PathLike | None = None,
-        should_stop: Callable[[], bool] | None = None, low_memory: bool = False, **options) -> Instruction:
+        quiet: bool = False, progress: Callable[[FitProgress], None] | None = None, save_every: int = 0,
+        checkpoint: Callable[[Instruction, int], None] | None = None, resume: FitState | str | os.PathLike | None = None,
+        should_stop: Callable[[], bool] | None = None, low_memory: bool = False, **options: Any) -> Instruction:
     """Learn an instruction from before/after exemplars.
 
     ``pairs``: a pairs folder, a ``(before, after)`` tuple of files, or a list of :class:`Pair`.
-    ``options``: fields of :class:`FitOptions` (steps, lr, seed, resolution, init_text, loss_target, ...).
-    ``resume``: a :class:`FitState` (or its file) of a stopped fit with the same inputs. ``should_stop``: asked
-    after every step; when it says yes, or the fit diverges, ``invert.checkpoint.FitStopped`` holds the state to resume.
+    ``options``: settings by name, the loop's (:class:`invert.settings.FitSettings`: steps, lr, seed, ...) and
+    the method's (:mod:`invert.methods.settings`: parts, lora_rank, clip_weight, ...); an unknown name is an
+    error. ``progress`` receives a :class:`FitProgress` (step, total, loss) at every refresh; ``checkpoint(inst,
+    step)`` every ``save_every`` steps. ``resume``: a :class:`FitState` (or its file) of a stopped fit with the
+    same inputs. ``should_stop``: asked after every step; when it says yes, or the fit diverges,
+    ``invert.checkpoint.FitStopped`` holds the state to resume.
 
     >>> inst = invert.fit("examples/toy/night/train", model="toy", steps=100)   # doctest: +SKIP
     >>> inst.save("night.inst")                                                 # doctest: +SKIP
     """
-    opts = FitOptions(**options)
+    settings, method_settings = settings_for(method, options)
     if isinstance(resume, (str, os.PathLike)):
         resume = FitState.load(resume)
     found = _as_pairs(pairs)
     editor = editor or load_editor(model, device, dtype)
     if low_memory:  # see Editor.set_low_memory; it stays on for an editor passed in
         editor.set_low_memory(True)
-    opts.resolution = opts.resolution or editor.resolution
-    befores, afters = load_pairs(found, opts.resolution)
-    if clip is None and (opts.clip_weight or opts.init_text is None):
-        clip = load_clip(clip_name_for(clip_model, editor.model_id), editor.device)
+    resolution = settings.resolution or editor.resolution
+    befores, afters = load_pairs(found, resolution)
+    if clip is None:
+        cls = method_class(method)
+        clip = _fit_clip(clip_model, editor, cls.needs_clip(method_settings),
+                         settings.init_text is None and cls.init_from != "empty")
     exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
-    return fit_images(editor, befores, afters, method, opts, clip=clip, exemplars=exemplars, quiet=quiet,
-                      checkpoint=checkpoint, save_every=save_every, resume=resume, should_stop=should_stop)
+    return fit_images(editor, befores, afters, method, settings, method_settings, clip=clip, exemplars=exemplars,
+                      quiet=quiet, progress=progress, checkpoint=checkpoint, save_every=save_every, resume=resume,
+                      should_stop=should_stop)
 
 
-def method_for(instruction: Instruction, editor: Editor, strength: float = 1.0, text: str | None = None,
-               path: str | os.PathLike = "", reverse: bool = False) -> Method:
-    """The method object that applies ``instruction`` on ``editor``'s model; ``reverse``: its inverse edit (the
-    reverse instruction of a fit with --reverse; a LoRA's negated adapter)."""
-    if instruction.method not in METHODS:
-        raise InstructionFileError(f"{path or 'instruction'}: unknown method '{instruction.method}'")
-    tensors, meta = instruction.tensors, instruction.meta
-    if reverse and instruction.method == "lora":
-        strength = -strength
-    elif reverse:
-        parts = reverse_parts(tensors, meta)
-        if parts is None:
-            raise InstructionFileError(f"{path or 'instruction'}: holds no reverse instruction (fit it with --reverse)")
-        tensors, meta = parts
+def _fit_clip(name: str | None, editor: Editor, needs_clip: bool, for_init: bool) -> Clip | None:
+    """The CLIP model of a fit. Needed for a CLIP loss or an init text to find; otherwise wanted only for the
+    exemplars' CLIP direction that the file keeps (libraries and eval use it), so a model that cannot be loaded
+    then costs a warning, not the fit."""
+    import warnings
+
+    from .errors import InvertWarning
+
     try:
-        method = METHODS[instruction.method].from_tensors(tensors, meta, editor, strength)
+        return load_clip(clip_name_for(name, editor.model_id), editor.device)
+    except InvertError as exc:
+        if for_init or needs_clip:
+            raise
+        warnings.warn(InvertWarning(f"{exc}; fitting without it: the instruction will have no CLIP direction "
+                                    "(used by libraries and eval)"))
+        return None
+
+
+def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Image], method: str = "visii",
+               settings: FitSettings | None = None, method_settings: Any = None, *, clip: Clip | None = None,
+               exemplars: list[dict] | None = None, quiet: bool = False,
+               progress: Callable[[FitProgress], None] | None = None,
+               checkpoint: Callable[[Instruction, int], None] | None = None, save_every: int = 0,
+               resume: FitState | None = None, should_stop: Callable[[], bool] | None = None) -> Instruction:
+    """Fit an instruction to already-opened exemplar images (all at the fit's resolution).
+
+    ``resume``: a state saved from a stopped fit of the same exemplars, method, model and settings (``lr`` may
+    differ). A fit stopped by ``should_stop`` or by divergence raises FitStopped / FitDiverged whose ``state``
+    (with this fit's identity) can be saved and resumed."""
+    from dataclasses import replace
+
+    cls = method_class(method)
+    settings = settings or FitSettings()
+    method_settings = method_settings if method_settings is not None else settings_for(method, {})[1]
+    if settings.resolution is None:
+        settings = replace(settings, resolution=editor.resolution)
+    if not settings.lr > 0 or settings.lr == float("inf"):  # NaN fails the first test
+        raise InvertError(f"--lr must be a positive number, not {settings.lr}")
+    start = time.perf_counter()
+    init_text, phrases = initial_text(cls.init_from, settings.init_text, settings.vocab, clip, editor.model_id,
+                                      befores, afters, method_settings)
+    learned = cls.initialize(editor, editor.encode_text([init_text]), init_text, method_settings, settings.seed)
+    if settings.reverse and learned.needs_reverse_instruction:
+        back_text = initial_text(cls.init_from, settings.init_text, settings.vocab, clip, editor.model_id, afters,
+                                 befores, method_settings)[0]  # the pairs the other way round
+        back = cls.initialize(editor, editor.encode_text([back_text]), back_text, method_settings, settings.seed)
+        learned = TwoWay(learned, back, back_text)
+    # Kept in the file too: evaluation's directional similarity and instruction libraries key on it.
+    stored = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0])}
+    if clip is not None:
+        direction = clip_direction(clip, befores, afters)
+        stored["clip.direction"] = direction.detach().float().cpu()
+        learned.set_clip_direction(clip, direction)
+
+    earlier = resume.seconds if resume is not None else 0.0
+
+    def snapshot(loss: float | None, steps_done: int) -> Instruction:
+        return make_instruction(learned, editor, settings, method_settings, clip_name=clip.name if clip else "",
+                                init_text=init_text, final_loss=loss, seconds=earlier + time.perf_counter() - start,
+                                exemplars=exemplars, steps_done=steps_done, stored=stored, phrases=phrases)
+
+    identity = {"method": method, "model": editor.fingerprint, "init_text": init_text, "exemplars": exemplars or [],
+                "options": {k: v for k, v in {**as_dict(settings), **as_dict(method_settings)}.items() if k != "lr"}}
+    if resume is not None:
+        resume.check_identity(identity)
+    trainer = Trainer(learned, FitData(editor, befores, afters, settings.seed), settings)
+
+    def on_progress(p: FitProgress) -> None:
+        if progress is not None:
+            progress(p)
+        if checkpoint is not None and save_every and p.step % save_every == 0 and p.step < p.total:
+            checkpoint(snapshot(p.loss, p.step), p.step)
+
+    try:
+        history = trainer.run(quiet=quiet, progress=on_progress, resume=resume, should_stop=should_stop,
+                              sync_at=(lambda done: done % save_every == 0) if save_every else None)
+    except FitStopped as stopped:
+        stopped.state.identity, stopped.state.seconds = identity, earlier + time.perf_counter() - start
+        raise
+    return snapshot(history[-1] if history else None, settings.steps)
+
+
+def load_method(instruction: Instruction, editor: Editor, strength: float = 1.0, text: str | None = None,
+                reverse: bool = False) -> Method:
+    """The method object that applies ``instruction`` on ``editor``'s model, its change scaled by ``strength``,
+    followed by ``text`` (a hybrid instruction); ``reverse``: the edit undone (the reverse instruction of a fit
+    with --reverse; a LoRA's negated adapter)."""
+    where = instruction.path or "instruction"
+    try:
+        cls = method_class(instruction.method)
+    except InvertError:
+        raise InstructionFileError(f"{where}: unknown method '{instruction.method}'") from None
+    try:
+        method = cls.from_instruction(instruction.tensors, instruction.meta, editor, strength, reverse)
     except KeyError as exc:
-        raise InstructionFileError(f"{path or 'instruction'}: missing tensor {exc}") from None
-    except InstructionFileError as exc:  # the method's shape checks do not know the file's name
-        raise InstructionFileError(f"{path or 'instruction'}: {exc}") from None
-    if text:
-        method = method.hybrid(editor, text)
-    return method
+        raise InstructionFileError(f"{where}: missing tensor {exc}") from None
+    except InstructionFileError as exc:  # the method's own checks do not know the file's name
+        raise InstructionFileError(f"{where}: {exc}") from None
+    return method.hybrid(text) if text else method
 
 
-def apply(instruction: Instruction | str | os.PathLike, images: list[Image.Image], *, editor: Editor | None = None,
-          model: str | None = None, device: str = "auto", dtype: str = "auto", text: str | None = None,
-          steps: int = 20, guidance: float | None = None, image_guidance: float | None = None,
-          seed: int | None = None, fresh_noise: bool = False, scheduler: str | None = None, strength: float = 1.0,
-          allow_model_mismatch: bool = False, batch_size: int | None = None, low_memory: bool = False,
-          reverse: bool = False) -> list[Image.Image]:
-    """Edit ``images`` with a learned instruction, alone or followed by ``text`` (a hybrid instruction).
+def mixed_method(instructions: Sequence[Instruction], editor: Editor, weights: Sequence[float] | None = None,
+                 strength: float = 1.0, text: str | None = None, reverse: bool = False) -> Method:
+    """One method conditioning as the weighted mix of ``instructions`` (same method and base model; their
+    method mixes them, widening token counts as needed), followed by ``text``."""
+    weights = list(weights) if weights is not None else [1 / len(instructions)] * len(instructions)
+    if len(weights) != len(instructions):
+        raise InvertError(f"--mix has {len(weights)} weights for {len(instructions)} instructions")
+    first = instructions[0]
+    for other in instructions[1:]:
+        if other.method != first.method:
+            raise InvertError(f"cannot mix a {first.method} instruction with a {other.method} one")
+        if other.meta.get("model_fingerprint") != first.meta.get("model_fingerprint"):
+            raise InvertError("cannot mix instructions learned on different base models")
+    if len(instructions) == 1:
+        return load_method(first, editor, weights[0] * strength, text, reverse)
+    methods = [load_method(inst, editor, strength, reverse=reverse) for inst in instructions]
+    method = type(methods[0]).mix(methods, weights)
+    return method.hybrid(text) if text else method
+
+
+def _load(instruction: Instruction | str | os.PathLike) -> Instruction:
+    return Instruction.load(instruction) if isinstance(instruction, (str, os.PathLike)) else instruction
+
+
+def _editor(inst: Instruction, editor: Editor | None, pipe, model: str | None, device: str, dtype: str) -> Editor:
+    if editor is not None:
+        return editor
+    if pipe is not None:
+        return Editor(pipe, inst.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
+    return load_editor(model or inst.meta.get("base_model", DEFAULT_MODEL), device, dtype)
+
+
+def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | str | os.PathLike],
+          images: Image.Image | Sequence[Image.Image], *, weights: Sequence[float] | None = None,
+          editor: Editor | None = None, pipe=None, model: str | None = None, device: str = "auto",
+          dtype: str = "auto", text: str | None = None, steps: int = 20, guidance: float | None = None,
+          image_guidance: float | None = None, seed: int | None = None, fresh_noise: bool = False,
+          scheduler: str | None = None, strength: float = 1.0, allow_model_mismatch: bool = False,
+          batch_size: int | None = None, low_memory: bool = False, reverse: bool = False,
+          on_images: Callable[[list[Image.Image]], None] | None = None,
+          on_step: Callable[[int], None] | None = None) -> list[Image.Image] | Image.Image:
+    """Edit ``images`` (one PIL image, or a list) with a learned instruction, alone or followed by ``text`` (a
+    hybrid instruction); a list of instructions is mixed with ``weights`` (equal by default).
 
     By default the noise is the fit's own (drawn from the seed stored in the file); ``fresh_noise`` draws it
     from ``seed`` exactly as diffusers' pipeline does with ``generator=torch.Generator().manual_seed(seed)``.
-    Guidance scales default to those stored in the file. ``reverse`` undoes the edit (see :func:`method_for`)."""
-    path = instruction if isinstance(instruction, (str, os.PathLike)) else (instruction.path or "")
-    inst = Instruction.load(instruction) if isinstance(instruction, (str, os.PathLike)) else instruction
-    editor = editor or load_editor(model or inst.meta.get("base_model", DEFAULT_MODEL), device, dtype)
+    Guidance scales default to those stored in the file. ``reverse`` undoes the edit. ``editor``: an editor
+    already loaded; ``pipe``: your own ``StableDiffusionInstructPix2PixPipeline`` to edit with. Images of one
+    size go through the model together, ``batch_size`` at a most; ``on_images`` receives each batch's results
+    as soon as they are done, ``on_step`` each sampling step."""
+    single = isinstance(images, Image.Image)
+    images = [images] if single else list(images)
+    many = isinstance(instruction, (list, tuple))
+    insts = [_load(i) for i in (instruction if many else [instruction])]
+    inst = insts[0]
+    editor = _editor(inst, editor, pipe, model, device, dtype)
     if low_memory:
         editor.set_low_memory(True)
-    inst.check_model(editor.fingerprint, allow_model_mismatch, path)
-    method = method_for(inst, editor, strength, text, path, reverse)
+    for i in insts:
+        i.check_model(editor.fingerprint, allow_model_mismatch, i.path or "")
+    method = mixed_method(insts, editor, weights, strength, text, reverse)
     stored = inst.meta.get("guidance") or {}
     noise_seed = (seed if seed is not None else 0) if fresh_noise else int(inst.meta.get("noise_seed", 0))
     results: list[Image.Image] = []
-    # Images of one size go through the pipeline together, at most ``batch_size`` at a time (memory grows with
-    # the batch); every image has its own noise generator, so its result does not depend on the batch.
-    for group in _same_size_runs(images, batch_size):
-        results += sample(editor, method, group, steps=steps,
-                          guidance=guidance if guidance is not None else stored.get("text", 7.5),
-                          image_guidance=image_guidance if image_guidance is not None else stored.get("image", 1.5),
-                          seed=noise_seed, scheduler=scheduler)
-    return results
+    # Every image has its own noise generator, so its result does not depend on the batch it is in.
+    for group in same_size_batches(images, batch_size):
+        done = sample(editor, method, group, steps=steps,
+                      guidance=guidance if guidance is not None else stored.get("text", 7.5),
+                      image_guidance=image_guidance if image_guidance is not None else stored.get("image", 1.5),
+                      seed=noise_seed, scheduler=scheduler, on_step=on_step)
+        results += done
+        if on_images is not None:
+            on_images(done)
+    return results[0] if single else results
 
 
-def _same_size_runs(images: list[Image.Image], batch_size: int | None = None) -> list[list[Image.Image]]:
+def same_size_batches(images: list[Image.Image], batch_size: int | None = None) -> list[list[Image.Image]]:
+    """Consecutive images of one size, at most ``batch_size`` together."""
     runs: list[list[Image.Image]] = []
     for img in images:
         if runs and runs[-1][0].size == img.size and len(runs[-1]) != batch_size:
@@ -124,4 +262,24 @@ def _same_size_runs(images: list[Image.Image], batch_size: int | None = None) ->
     return runs
 
 
-__all__ = ["fit", "apply", "method_for"]
+@contextlib.contextmanager
+def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str | None = None, strength: float = 1.0,
+              reverse: bool = False, allow_model_mismatch: bool = False) -> Iterator[torch.Tensor]:
+    """Inside the block, your own IP2P ``pipe`` edits with this instruction: call it with ``prompt_embeds=``
+    the yielded tensor and any arguments of your own. An InstructBrush instruction's attention processors or a
+    LoRA's adapter are on ``pipe.unet`` for the block only.
+
+    >>> with invert.installed("sketch.inst", pipe) as embeds:                             # doctest: +SKIP
+    ...     image = pipe(prompt_embeds=embeds, image=photo, num_inference_steps=30).images[0]
+    """
+    inst = _load(instruction)
+    editor = Editor(pipe, inst.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
+    inst.check_model(editor.fingerprint, allow_model_mismatch, inst.path or "")
+    method = load_method(inst, editor, strength, text, reverse)
+    from .guidance import Rows
+
+    with method.in_pipeline(pipe):
+        yield method.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), editor.uncond).embeds.detach()
+
+
+__all__ = ["apply", "fit", "fit_images", "installed", "load_method", "mixed_method", "same_size_batches"]

@@ -69,3 +69,28 @@ def parse_shard(spec: str | None, env: dict[str, str]) -> tuple[int, int]:
     if not 0 <= k < n:
         raise InvertError(f"--shard {spec!r}: K must be in 0..N-1")
     return k, n
+
+
+def fitted_otherwise(path: Path, method: str, settings, method_settings) -> str | None:
+    """What differs between the fit that wrote the .inst at ``path`` and one with this method and these settings
+    (every one of them), or None when it was fitted alike. An unreadable file differs."""
+    from dataclasses import asdict
+
+    from .instruction import Instruction
+
+    try:
+        inst = Instruction.load(path)
+    except InvertError as exc:
+        return f"unreadable: {exc}"
+    if inst.method != method:
+        return f"--method {inst.method} there, {method} here"
+    stored = inst.meta.get("options") or {}
+    wanted = {**asdict(settings), **asdict(method_settings)}
+    differ = []
+    for name, value in wanted.items():
+        value = list(value) if isinstance(value, tuple) else value
+        if name == "resolution" and value is None:  # the model's own: the file records the size it resolved to
+            continue
+        if stored.get(name) != value:
+            differ.append(f"--{name.replace('_', '-')} {stored.get(name)!r} there, {value!r} here")
+    return "; ".join(differ) or None

@@ -134,6 +134,7 @@ class Editor:
         self.device = device
         self.dtype = dtype
         self._fingerprint: str | None = None
+        self._uncond: torch.Tensor | None = None
 
     unet = property(lambda self: self.pipe.unet)
     vae = property(lambda self: self.pipe.vae)
@@ -151,6 +152,13 @@ class Editor:
         if self._fingerprint is None:
             self._fingerprint = fingerprint(self.unet, self.text_encoder)
         return self._fingerprint
+
+    @property
+    def uncond(self) -> torch.Tensor:
+        """The empty prompt's encoding (1, positions, width): the conditioning of IP2P's unconditional rows."""
+        if self._uncond is None:
+            self._uncond = self.encode_text([""]).embeds
+        return self._uncond
 
     @property
     def vae_scale_factor(self) -> int:

@@ -4,14 +4,13 @@ Metadata values are strings (safetensors' rule); structured values are JSON. ``t
 tensor's name, dtype, shape and bytes, so a changed byte is detected on load."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,7 +19,9 @@ from safetensors.torch import load_file, save_file
 from .errors import InstructionFileError, InvertError
 
 FORMAT = "invert.inst"
-VERSION = 1
+# 2: InstructBrush's K/V stored per cross-attention layer by name (brush.<processor>.k), where version 1 stored
+# one (parts, m, sum of widths) tensor with the widths in extra.layers; version 1 files still load.
+VERSION = 2
 # Metadata keys holding JSON rather than plain strings.
 _JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra"}
 # The JSON type each must have (apply reads into them), and the keys that must hold integers.
@@ -70,39 +71,6 @@ class Instruction:
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)  # the file it was loaded from, for error messages
-
-    def apply(self, images, *, text: str | None = None, pipe=None, **options):
-        """Edit one PIL image (returns one) or a list (returns a list); see :func:`invert.apply` for ``options``.
-
-        ``pipe``: your own ``StableDiffusionInstructPix2PixPipeline`` (already loaded, on its device) to edit
-        with instead of loading the base model; its UNet and text encoder are set to eval without gradients."""
-        from .api import apply
-        from .editor import Editor
-
-        if pipe is not None:
-            options["editor"] = Editor(pipe, self.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
-        single = not isinstance(images, (list, tuple))
-        results = apply(self, [images] if single else list(images), text=text, **options)
-        return results[0] if single else results
-
-    @contextlib.contextmanager
-    def installed(self, pipe, *, text: str | None = None, strength: float = 1.0, reverse: bool = False,
-                  allow_model_mismatch: bool = False) -> Iterator[torch.Tensor]:
-        """Inside the block, your own IP2P ``pipe`` edits with this instruction: call it with
-        ``prompt_embeds=`` the yielded tensor and any arguments of your own. An InstructBrush instruction's
-        attention processors or a LoRA's adapter are on ``pipe.unet`` for the block only.
-
-        >>> with inst.installed(pipe) as embeds:                                         # doctest: +SKIP
-        ...     image = pipe(prompt_embeds=embeds, image=photo, num_inference_steps=30).images[0]
-        """
-        from .api import method_for
-        from .editor import Editor
-
-        editor = Editor(pipe, self.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
-        self.check_model(editor.fingerprint, allow_model_mismatch, self.path or "")
-        method = method_for(self, editor, strength, text, self.path or "", reverse)
-        with method.sampling_context(editor):
-            yield method.text_embeds(torch.zeros(1, dtype=torch.long)).detach()
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write atomically; refuse to overwrite an existing file unless ``force``."""
@@ -219,23 +187,3 @@ def _check_metadata_types(path: Path, meta: dict[str, Any]) -> None:
             int(meta[key])
         except ValueError:
             raise InstructionFileError(f"{path}: metadata '{key}' should be an integer, not {meta[key]!r}") from None
-
-
-def mix(instructions: list[Instruction], weights: list[float]) -> Instruction:
-    """Instructions of one method and base model mixed with ``weights``, as their method mixes parameters
-    (a weighted sum; LoRA adapters by rank concatenation)."""
-    from .methods import METHODS
-
-    if len(instructions) != len(weights):
-        raise InvertError(f"--mix has {len(weights)} weights for {len(instructions)} instructions")
-    first = instructions[0]
-    for other in instructions[1:]:
-        if other.method != first.method:
-            raise InvertError(f"cannot mix a {first.method} instruction with a {other.method} one")
-        if other.meta.get("model_fingerprint") != first.meta.get("model_fingerprint"):
-            raise InvertError("cannot mix instructions learned on different base models")
-    if first.method not in METHODS:
-        raise InvertError(f"cannot mix instructions of unknown method '{first.method}'")
-    tensors, extra = METHODS[first.method].mix_tensors([i.tensors for i in instructions],
-                                                        [i.meta for i in instructions], weights)
-    return Instruction(first.method, tensors, {**first.meta, "extra": extra, "mix": ",".join(f"{w:g}" for w in weights)})

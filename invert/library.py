@@ -21,13 +21,14 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from .api import load_method
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL, DEFAULT_TEMPERATURE
 from .editor import Editor, load_editor
 from .errors import InstructionFileError, InvertError, InvertWarning
-from .fitting import clip_direction
 from .grid import thumbnail_tensor
-from .instruction import Instruction, mix, read_verified, tensors_sha256, write_atomically
+from .losses import clip_direction
+from .instruction import Instruction, read_verified, tensors_sha256, write_atomically
 
 FORMAT = "invert.library"
 VERSION = 1
@@ -149,7 +150,7 @@ class Library:
     def instruction_for(self, befores: list[Image.Image], afters: list[Image.Image], *, editor: Editor,
                         clip: Clip | None = None, method: str | None = None,
                         temperature: float = DEFAULT_TEMPERATURE, top: int | None = None,
-                        allow_model_mismatch: bool = False, mix_init: bool = True
+                        allow_model_mismatch: bool = False
                         ) -> tuple[Instruction, list[Entry], list[float]]:
         """The instruction this library makes for exemplar images: the chosen instructions mixed (see
         :func:`mix_entries`), keyed and previewed by the new pairs; with the chosen entries and weights.
@@ -158,7 +159,7 @@ class Library:
         direction = clip_direction(clip, befores, afters).float().cpu()
         chosen, weights = self.choose(direction, method, temperature, top)
         chosen[0].instruction.check_model(editor.fingerprint, allow_model_mismatch, chosen[0].instruction.path or "")
-        inst, chosen, weights = mix_entries(chosen, weights, editor, mix_init)
+        inst, chosen, weights = mix_entries(chosen, weights, editor)
         inst.tensors.update({KEY: direction, "exemplar.before": thumbnail_tensor(befores[0]),
                              "exemplar.after": thumbnail_tensor(afters[0])})
         inst.meta["library"] = ", ".join(f"{e.name} {w:.4f}" for e, w in zip(chosen, weights))
@@ -218,73 +219,24 @@ def build_library(paths: list[str | os.PathLike]) -> Library:
     return Library(entries)
 
 
-# Token counts. Instructions initialized from different texts learn different numbers of token positions m, so
-# their tensors cannot be summed as they are. An instruction with m positions conditions exactly as one with
-# M > m whose extra positions hold its own init text's frozen encoding (positions past m read that encoding
-# anyway), so each chosen instruction is first widened to the largest m: the mix then stays an exact weighted
-# sum of what each instruction does. LoRA adapters have no positions (their mix concatenates ranks).
-
-def _widen_visii(tensors: dict[str, torch.Tensor], m: int, editor: Editor) -> dict[str, torch.Tensor]:
-    learned, init = tensors["visii.learned"], tensors["visii.init"]
-    return {"visii.learned": torch.cat([learned, init[:, learned.shape[1] + 1:m + 1].to(learned.dtype)], dim=1)}
-
-
-def _widen_brush(tensors: dict[str, torch.Tensor], m: int, editor: Editor) -> dict[str, torch.Tensor]:
-    from .methods.brush import project_kv
-
-    k0, v0 = project_kv(editor, tensors["brush.init"].to(editor.device), m)  # rows: positions 1..m
-    out = {}
-    for name, frozen in (("brush.k", k0), ("brush.v", v0)):
-        t = tensors[name]
-        extra = frozen[t.shape[1]:].to("cpu", t.dtype).expand(t.shape[0], -1, -1)  # the same for every time part
-        out[name] = torch.cat([t, extra], dim=1)
-    return out
-
-
-_WIDEN = {"visii": ("visii.learned", _widen_visii), "brush": ("brush.k", _widen_brush)}
-
-
-def widen(inst: Instruction, m: int, editor: Editor) -> Instruction:
-    """``inst`` with ``m`` learned token positions, conditioning as before (see the note above)."""
-    tensor, fn = _WIDEN[inst.method]
-    if inst.tensors[tensor].shape[-2] == m:
-        return inst
-    return Instruction(inst.method, {**inst.tensors, **fn(inst.tensors, m, editor)}, {**inst.meta, "num_tokens": m},
-                       inst.path)
-
-
-def mix_entries(chosen: list[Entry], weights: list[float], editor: Editor, mix_init: bool = True
+def mix_entries(chosen: list[Entry], weights: list[float], editor: Editor
                 ) -> tuple[Instruction, list[Entry], list[float]]:
-    """The weighted mix of ``chosen`` (best first) with invert.instruction.mix, token counts widened to the
-    largest. What still cannot be mixed with the best instruction (brush: another number of time parts) is
-    left out with a warning and the other weights renormalized.
-
-    ``mix_init``: the init text encodings (``METHOD.init``) are mixed with the same weights, so that the
-    positions past the learned ones (EOS, padding) are the weighted sum of what each instruction conditions
-    there too (brush's K/V are linear in it); without, they are the best instruction's. Mixed was as good or
-    better on the toy world (README); the other tensors come from the best instruction."""
-    from .methods import METHODS
-
-    method = chosen[0].method
-    insts = [e.instruction for e in chosen]
-    if method in _WIDEN:
-        m = max(i.tensors[_WIDEN[method][0]].shape[-2] for i in insts)
-        insts = [widen(i, m, editor) for i in insts]
-        learned = METHODS[method].learned_tensors
-        keep = [n for n, i in enumerate(insts)
-                if all(i.tensors[k].shape == insts[0].tensors[k].shape for k in learned)]
-        if len(keep) < len(insts):
-            left = [chosen[n].name for n in range(len(chosen)) if n not in keep]
-            warnings.warn(InvertWarning(f"left out {', '.join(left)}: their tensors' shapes differ from "
-                                        f"{chosen[0].name}'s beyond the token count"))
-            total = sum(weights[n] for n in keep)
-            chosen, insts, weights = [chosen[n] for n in keep], [insts[n] for n in keep], \
-                [weights[n] / total for n in keep]
-    mixed = mix(insts, weights)
-    init = f"{method}.init"
-    if mix_init and init in mixed.tensors:
-        mixed.tensors[init] = sum(w * i.tensors[init].float() for w, i in zip(weights, insts))
-    return mixed, chosen, weights
+    """The weighted mix of ``chosen`` (best first) as one instruction, mixed by its method (a weighted sum of
+    the whole conditioning, token counts widened to the largest; LoRA adapters by rank concatenation). What
+    cannot be mixed with the best instruction (brush: another number of time parts) is left out with a warning
+    and the other weights renormalized. The metadata is the best instruction's."""
+    methods = [load_method(e.instruction, editor) for e in chosen]
+    keep = [n for n, m in enumerate(methods) if methods[0].can_mix(m)]
+    if len(keep) < len(chosen):
+        left = [chosen[n].name for n in range(len(chosen)) if n not in keep]
+        warnings.warn(InvertWarning(f"left out {', '.join(left)}: they cannot be mixed with {chosen[0].name}"))
+        total = sum(weights[n] for n in keep)
+        chosen, methods, weights = [chosen[n] for n in keep], [methods[n] for n in keep], \
+            [weights[n] / total for n in keep]
+    mixed = type(methods[0]).mix(methods, weights)
+    best = chosen[0].instruction
+    meta = {**best.meta, "num_tokens": mixed.num_tokens, "extra": mixed.extra_meta() or None}
+    return Instruction(best.method, mixed.tensors(), meta, best.path), chosen, weights
 
 
 def apply_library(library: Library | str | os.PathLike, images: list[Image.Image], pairs, *,
@@ -313,4 +265,4 @@ def apply_library(library: Library | str | os.PathLike, images: list[Image.Image
     return results, [(e.name, w) for e, w in zip(chosen, weights)]
 
 
-__all__ = ["Library", "Entry", "build_library", "apply_library", "mix_entries", "widen", "DEFAULT_TEMPERATURE"]
+__all__ = ["Library", "Entry", "build_library", "apply_library", "mix_entries", "DEFAULT_TEMPERATURE"]

@@ -101,3 +101,27 @@ def unique_phrases(clip: Clip, befores: list[Image.Image], afters: list[Image.Im
             for side, cands, sign in (("after", cand_a, -1), ("before", cand_b, 1))
             for i in sorted(cands, key=lambda i: sign * sens[i].item())]
     return PhraseChoice(text, p_x, p_y, score[x].item() if p_x else None, score[y].item() if p_y else None, rows)
+
+
+def initial_text(init_from: str, init_text: str | None, vocab: tuple[str, ...], clip: Clip | None, model: str,
+                 befores: list[Image.Image], afters: list[Image.Image], phrase_settings=None
+                 ) -> tuple[str, PhraseChoice | None]:
+    """A fit's init text and, for phrase initialization, the phrases found: ``init_text`` when given, else the
+    method's own way (``init_from``): "empty", a "caption" of the afters, or InstructBrush's "phrases" (with
+    ``phrase_settings``: top, threshold, relative_threshold, template)."""
+    from invert.vocab import load_vocab, model_vocab
+
+    from .errors import InvertError
+
+    if init_text is not None:
+        return init_text, None
+    if init_from == "empty":
+        return "", None
+    if clip is None:
+        raise InvertError("no --init-text and no CLIP model to initialize from")
+    phrases = load_vocab(vocab or model_vocab(model))
+    if init_from == "phrases":
+        s = phrase_settings
+        choice = unique_phrases(clip, befores, afters, phrases, s.top, s.threshold, s.relative_threshold, s.template)
+        return choice.text, choice
+    return caption(clip, afters, phrases), None

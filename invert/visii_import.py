@@ -13,8 +13,9 @@ import torch
 
 from .editor import Editor
 from .errors import InstructionFileError, InvertError
-from .fitting import FitOptions, make_instruction
+from .assembly import make_instruction
 from .instruction import Instruction
+from .settings import FitSettings
 from .methods.visii import Visii
 from .pairs import file_sha256
 
@@ -69,8 +70,8 @@ def import_visii(path: str | Path, editor: Editor, init_text: str | None = None)
     if max(float((a - b).abs().max()) for a, b in fixed) > FIXED_TOLERANCE * float(expected.abs().max()):
         raise InstructionFileError(f"{path}: its fixed positions are not model '{editor.model_id}''s encoding of "
                                    f"{text!r}; another base model or --init-text?")
-    method = Visii(init.embeds, eos, embeds[:, 1:eos].to(editor.device), dtype=editor.dtype)
-    inst = make_instruction(method, editor, FitOptions(init_text=text), clip_name="", init_text=text,
-                            final_loss=None, seconds=0.0, exemplars=[], steps_done=0, stored={})
+    method = Visii(editor, init.embeds, eos, embeds[:, 1:eos].to(editor.device))
+    inst = make_instruction(method, editor, FitSettings(init_text=text, resolution=editor.resolution),
+                            init_text=text)
     inst.meta["imported_from"] = f"VISII {path.name} (sha256 {file_sha256(path)})"
     return inst

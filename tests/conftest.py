@@ -123,3 +123,25 @@ def run():
 
     runner = CliRunner()
     return lambda *args: runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def tiny_fit(editor, befores, afters, method="visii", *, clip=None, **options):
+    """invert.api.fit_images on opened images at the tiny model's resolution; ``options`` by name (the loop's
+    and the method's settings), as invert.fit takes them."""
+    from invert.api import fit_images
+    from invert.methods import settings_for
+
+    options.setdefault("resolution", TINY_RES)
+    quiet = options.pop("quiet", True)
+    extra = {k: options.pop(k) for k in ("progress", "resume", "should_stop", "checkpoint", "save_every")
+             if k in options}
+    return fit_images(editor, befores, afters, method, *settings_for(method, options), clip=clip, quiet=quiet, **extra)
+
+
+def make_trainer(editor, befores, afters, method, **options):
+    """A Trainer for ``method`` (an initialized Method) on opened images, settings by name."""
+    from invert.settings import FitSettings
+    from invert.training import FitData, Trainer
+
+    settings = FitSettings(**{"resolution": TINY_RES, **options})
+    return Trainer(method, FitData(editor, befores, afters, settings.seed), settings)

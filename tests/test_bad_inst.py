@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import save_file
 
-from invert.api import method_for
+from invert.api import load_method
 from invert.errors import InstructionFileError, InvertError
 from invert.instruction import MAX_HEADER_BYTES, Instruction, tensors_sha256
 
@@ -104,15 +104,25 @@ def test_tensors_of_the_wrong_shape_for_the_model(editor, tmp_path, init_shape, 
     path = tmp_path / "shape.inst"
     visii_instruction(init_shape, learned_shape).save(path)
     with pytest.raises(InstructionFileError) as caught:
-        method_for(Instruction.load(path), editor, path=path)
+        load_method(Instruction.load(path), editor)
     assert str(caught.value).startswith(f"{path}: ") and words in str(caught.value)
 
 
 def test_brush_tensors_of_the_wrong_shape(editor, tmp_path):
-    inst = Instruction("brush", {"brush.init": torch.randn(1, 77, 8), "brush.k": torch.randn(2, 3, 5),
-                                 "brush.v": torch.randn(2, 3, 5)}, {"extra": {"layers": []}})
+    from invert.methods.brush import cross_attention_layers
+
+    layers = cross_attention_layers(editor.unet)
+    kv = {f"brush.{n}.{x}": torch.randn(2, 3, 5) for n in layers for x in "kv"}
+    inst = Instruction("brush", {"brush.init": torch.randn(1, 77, 8), **kv}, {}, path="x.inst")
     with pytest.raises(InstructionFileError, match=r"x.inst: its prompt embedding has shape \(1, 77, 8\)"):
-        method_for(inst, editor, path="x.inst")
+        load_method(inst, editor)
+    inst = Instruction("brush", {"brush.init": torch.randn(1, 77, 32), **kv}, {}, path="x.inst")
+    with pytest.raises(InstructionFileError, match=r"x.inst: brush K/V of layer .* not \(2, 3, 32\)"):
+        load_method(inst, editor)
+    v1 = Instruction("brush", {"brush.init": torch.randn(1, 77, 32), "brush.k": torch.randn(2, 3, 5),
+                               "brush.v": torch.randn(2, 3, 5)}, {"extra": {"layers": []}}, path="x.inst")
+    with pytest.raises(InstructionFileError, match=r"x.inst: brush K/V of shape \(2, 3, 5\) do not match"):
+        load_method(v1, editor)
 
 
 def test_a_wrong_shape_stops_apply_with_the_file_name(run, tiny_model_dir, tmp_path):

@@ -1,6 +1,7 @@
 """The invert command end to end on the tiny model (CliRunner)."""
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -125,7 +126,8 @@ def test_brush_fit_phrases_and_mixed_apply(run, tiny_model_dir, pairs_dir, tmp_p
                           "--seed", seed, "--threshold", 0.0))
         assert r.exit_code == 0, r.output
     info = json.loads(run("inspect", a, "--json").output)
-    assert info["tensors"]["brush.k"]["shape"][0] == 3
+    k = next(v for name, v in info["tensors"].items() if name.startswith("brush.") and name.endswith(".k"))
+    assert k["shape"][0] == 3
     phrases = info["meta"]["phrases"]  # with the random tiny CLIP either side may be the one above threshold
     assert phrases["candidates"] and (phrases["p_x"] or phrases["p_y"])
     assert info["meta"]["init_text"].startswith(("turn ", "remove "))
@@ -142,3 +144,30 @@ def test_brush_fit_phrases_and_mixed_apply(run, tiny_model_dir, pairs_dir, tmp_p
     assert r.exit_code == 0, r.output
     r = run("apply", a, b, image, "-o", tmp_path / "bad.png", "--mix", "0.5", "--steps", 2)
     assert r.exit_code == 1 and "2 instructions" in r.output
+
+
+def test_fit_batch_takes_every_option_of_fit():
+    """Options are declared once (generated from the typed settings): fit-batch has fit's, with the same
+    defaults, but for those that mean nothing for a folder of sets."""
+    from invert.cli.main import cli
+
+    def options(name):
+        command = cli.commands[name]
+        return {p.name: (p.default, p.help) for p in command.params if isinstance(p, click.Option)}
+
+    fit, batch = options("fit"), options("fit-batch")
+    only_fit = {"before", "after", "resume"}  # a set is a folder; fit-batch resumes by skipping finished sets
+    assert set(fit) - set(batch) == only_fit
+    for name in set(fit) - only_fit - {"output", "force", "save_every", "quiet"}:  # these say what they do per set
+        assert batch[name] == fit[name], name
+    assert len(fit) > 35
+
+
+def test_an_unknown_or_foreign_option_is_an_error(run, pairs_dir, tmp_path, tiny_model_dir):
+    import invert
+    from invert.errors import InvertError
+
+    with pytest.raises(InvertError, match="unknown option 'stepz'"):
+        invert.fit(pairs_dir, "visii", model=str(tiny_model_dir), stepz=3)
+    with pytest.raises(InvertError, match="--lora-rank is an option of --method lora, not of brush"):
+        invert.fit(pairs_dir, "brush", model=str(tiny_model_dir), lora_rank=3)

@@ -37,6 +37,25 @@ def test_shards_cover_the_sets_and_a_rerun_continues(tiny_model_dir, pairs_dir, 
     assert (out / "b.inst").read_bytes() == first, "an existing instruction is never refitted"
 
 
+def test_a_rerun_with_other_settings_is_refused_or_refits_with_force(tiny_model_dir, pairs_dir, tmp_path):
+    """An existing SET.inst is kept only when it was fitted alike; otherwise the difference is named, and
+    --force refits it (it used to be kept silently: 5-step brush files reported as done for a lora run)."""
+    sets = tmp_path / "sets"
+    shutil.copytree(pairs_dir, sets / "a")
+    out = tmp_path / "insts"
+    assert batch(tiny_model_dir, sets, out, "--init-text", "x").exit_code == 0
+    first = (out / "a.inst").read_bytes()
+    r = batch(tiny_model_dir, sets, out, "--init-text", "x", "--steps", 2, "--method", "brush")
+    assert r.exit_code == 1 and "fitted with other settings (--method visii there, brush here)" in r.output
+    r = batch(tiny_model_dir, sets, out, "--init-text", "x", "--steps", 2)
+    assert r.exit_code == 1 and "--steps 1 there, 2 here" in r.output and "--force" in r.output
+    assert (out / "a.inst").read_bytes() == first
+    r = batch(tiny_model_dir, sets, out, "--init-text", "x", "--steps", 2, "--force")
+    assert r.exit_code == 0 and json.loads(r.stdout)["sets"][0]["status"] == "fitted"
+    r = batch(tiny_model_dir, sets, out, "--init-text", "x", "--steps", 2)
+    assert r.exit_code == 0 and json.loads(r.stdout)["sets"][0]["status"] == "exists"
+
+
 def test_a_bad_set_fails_alone(tiny_model_dir, pairs_dir, tmp_path):
     sets = tmp_path / "sets"
     shutil.copytree(pairs_dir, sets / "good")

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 import invert
-from invert.fitting import FitOptions, fit_images
+from invert.api import fit_images
+from invert.settings import FitSettings
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def full_clip():
 def test_full_size_fit_step_and_apply_at_512(full_editor, full_clip):
     unet = full_editor.unet
     assert unet.config.in_channels == 8 and sum(p.numel() for p in unet.parameters()) == 859_532_484
-    from invert.attention import cross_attention_layers, layer_widths
+    from invert.methods.brush import cross_attention_layers, layer_widths
 
     cross = cross_attention_layers(unet)
     assert len(cross) == 16 and sum(layer_widths(unet).values()) == 12_480
@@ -41,7 +42,7 @@ def test_full_size_fit_step_and_apply_at_512(full_editor, full_clip):
     before = Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8))
     after = Image.fromarray(255 - np.asarray(before))
     inst = fit_images(full_editor, [before], [after], "visii",
-                      FitOptions(steps=1, resolution=512, init_text="invert the colors"), clip=full_clip, quiet=True)
+                      FitSettings(steps=1, resolution=512, init_text="invert the colors"), clip=full_clip, quiet=True)
     learned = inst.tensors["visii.learned"]
     assert learned.shape == (1, 4, 768) and torch.isfinite(learned).all()
     assert not torch.equal(learned, inst.tensors["visii.init"][:, 1:5]), "one step moved the instruction"

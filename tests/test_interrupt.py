@@ -11,25 +11,21 @@ import torch
 
 from invert.checkpoint import FitDiverged, FitState, FitStopped
 from invert.errors import InvertError
-from invert.fitting import Fitter, FitOptions, fit_images
 from invert.instruction import Instruction
 from invert.signals import stop_on_signals
+from invert.training import Trainer
 
-from conftest import scene
+from conftest import scene, tiny_fit
 
 BEFORES = [scene(i) for i in range(2)]
 AFTERS = [scene(i, night=True) for i in range(2)]
 STEPS = 6
 
 
-def options(**changes):
-    return FitOptions(**{"steps": STEPS, "resolution": 32, "init_text": "make it night", **changes})
-
-
 def fit(editor, clip, method, **kw):
-    extra = {"method_options": {"parts": 2}} if method == "brush" else {}
-    return fit_images(editor, BEFORES, AFTERS, method, options(**{**extra, **kw.pop("opts", {})}), clip=clip,
-                      quiet=True, **kw)
+    extra = {"parts": 2} if method == "brush" else {}
+    options = {"steps": STEPS, "init_text": "make it night", **extra, **kw.pop("opts", {}), **kw}
+    return tiny_fit(editor, BEFORES, AFTERS, method, clip=clip, **options)
 
 
 def stop_after(n):
@@ -69,18 +65,18 @@ def test_resume_refuses_another_fit_but_allows_a_new_lr(editor, clip):
 
 
 def poison(monkeypatch, at_step, what):
-    """Make step ``at_step`` (0-based) produce a NaN loss, or a NaN gradient through a hook."""
-    original = Fitter.loss
+    """Make step ``at_step`` (0-based) report a NaN loss, or leave a NaN gradient."""
+    original = Trainer.step_loss
 
-    def loss(self, method, step):
-        value, mse = original(self, method, step)
+    def step_loss(self, step, scale):
+        value = original(self, step, scale)
         if step == at_step:
             if what == "loss":
-                return value * float("nan"), mse
-            method.parameters()[0].register_hook(lambda g: g * float("nan"))
-        return value, mse
+                return value * float("nan")
+            next(self.method.parameters()).grad.fill_(float("nan"))
+        return value
 
-    monkeypatch.setattr(Fitter, "loss", loss)
+    monkeypatch.setattr(Trainer, "step_loss", step_loss)
 
 
 @pytest.mark.parametrize("what, words", [("loss", "the loss became nan at step 4"),
@@ -92,8 +88,9 @@ def test_divergence_stops_with_the_last_good_state(editor, clip, monkeypatch, wh
     with pytest.raises(FitDiverged, match=words) as diverged:
         fit(editor, clip, "visii")
     state = diverged.value.state
-    assert state.step == 3 and all(torch.isfinite(p).all() for p in state.params)
-    assert all(torch.equal(a, b) for a, b in zip(state.params, clean.value.state.params))
+    assert state.step == 3 and all(torch.isfinite(p).all() for p in state.params.values())
+    assert state.params.keys() == clean.value.state.params.keys()
+    assert all(torch.equal(p, clean.value.state.params[n]) for n, p in state.params.items())
 
 
 def test_non_finite_lr_is_refused(editor, clip):
@@ -120,14 +117,14 @@ def cli_fit_args(model, pairs, out, *extra):
 
 
 def signal_at(monkeypatch, at_step, signum):
-    original = Fitter.loss
+    original = Trainer.step_loss
 
-    def loss(self, method, step):
+    def step_loss(self, step, scale):
         if step == at_step:
             os.kill(os.getpid(), signum)
-        return original(self, method, step)
+        return original(self, step, scale)
 
-    monkeypatch.setattr(Fitter, "loss", loss)
+    monkeypatch.setattr(Trainer, "step_loss", step_loss)
 
 
 def test_cli_sigterm_saves_state_and_resume_matches(run, tiny_model_dir, pairs_dir, tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from invert.cli.main import cli
 from invert.evaluation import as_tensor, psnr
-from invert.toy import benchmark, world
+from invert.bench import quality as benchmark
+from invert.toy import world
 
 
 def test_quality_table(tiny_model_dir, tmp_path):

@@ -5,7 +5,8 @@ import torch
 import invert
 from invert.clip import clip_name_for, load_clip
 from invert.evaluation import as_tensor, psnr
-from invert.fitting import FitOptions, fit_images
+from invert.api import fit_images
+from invert.methods import settings_for
 from invert.toy import world
 from invert.vocab import model_vocab
 
@@ -37,8 +38,9 @@ def test_fit_from_an_empty_instruction_moves_toward_the_edit(toy, method):
     befores, truths = [b for b, _ in test], as_tensor([a for _, a in test])
 
     def fitted_psnr(steps: int) -> float:
-        options = FitOptions(steps=steps, lr=1e-2, init_text="", clip_weight=0, guidance=3.0)
-        inst = fit_images(toy, [b for b, _ in train], [a for _, a in train], method, options, quiet=True)
+        options = {"steps": steps, "lr": 1e-2, "init_text": "", "guidance": 3.0}
+        inst = fit_images(toy, [b for b, _ in train], [a for _, a in train], method, *settings_for(method, options),
+                          quiet=True)
         return psnr(as_tensor(invert.apply(inst, befores, editor=toy)), truths).mean().item()
 
     start, fitted = fitted_psnr(0), fitted_psnr(40)

@@ -1,30 +1,38 @@
 """VISII fitting on the tiny model: the loss falls, only the learned positions move, runs are reproducible."""
 import torch
 
-from invert.fitting import Fitter, FitOptions, draw_noises, fit_images, timestep_order
+from invert.guidance import Rows
+from invert.methods.settings import VisiiSettings
 from invert.methods.visii import Visii
+from invert.schedules import draw_noises, timestep_order
+from invert.training import predict
 
-from conftest import GUIDANCE_GAIN, float_noise, scene
+from conftest import GUIDANCE_GAIN, float_noise, make_trainer, scene, tiny_fit
 
 
 def night_pairs(n=3):
     return [scene(i) for i in range(n)], [scene(i, night=True) for i in range(n)]
 
 
-def mean_loss(fitter, method, steps):
-    with torch.no_grad():
-        return sum(fitter.loss(method, s)[0].item() for s in steps) / len(steps)
+def mean_loss(trainer, steps):
+    with torch.no_grad(), trainer.method.installed():
+        total = 0.0
+        for step in steps:
+            t = trainer.schedule[step]
+            x = trainer.data.inputs(t, trainer.pair(step))
+            pred = predict(trainer.method, trainer.data, trainer.settings, x.noisy, x.cond, t)
+            total += torch.nn.functional.mse_loss(pred, x.objective).item()
+        return total / len(steps)
 
 
 def test_fitting_lowers_the_loss_and_moves_only_learned_tokens(editor, clip):
     befores, afters = night_pairs()
-    options = FitOptions(steps=150, lr=5e-2, resolution=32, init_text="make it night", clip_weight=0.0)
-    fitter = Fitter(editor, befores, afters, options)
-    method = Visii.initialize(editor, editor.encode_text([options.init_text]))
-    before = mean_loss(fitter, method, range(150))
+    method = Visii.initialize(editor, editor.encode_text(["make it night"]))
+    trainer = make_trainer(editor, befores, afters, method, steps=150, lr=5e-2, init_text="make it night")
+    before = mean_loss(trainer, range(150))
     start = method.prompt_embeds().detach().clone()
-    fitter.run(method, quiet=True)
-    after = mean_loss(fitter, method, range(150))
+    trainer.run(quiet=True)
+    after = mean_loss(trainer, range(150))
     assert after < before * 0.98, (before, after)
     moved = (method.prompt_embeds().detach() - start).abs().sum(-1)[0]
     eos = method.eos
@@ -34,22 +42,22 @@ def test_fitting_lowers_the_loss_and_moves_only_learned_tokens(editor, clip):
 
 def test_clip_direction_term_is_part_of_the_loss(editor, clip):
     befores, afters = night_pairs()
-    inst = fit_images(editor, befores, afters, "visii",
-                      FitOptions(steps=5, resolution=32, init_text="make it night", clip_weight=0.1), clip=clip,
-                      quiet=True)
-    without = fit_images(editor, befores, afters, "visii",
-                         FitOptions(steps=5, resolution=32, init_text="make it night", clip_weight=0.0), clip=clip,
-                         quiet=True)
+    inst = tiny_fit(editor, befores, afters, "visii", clip=clip, steps=5, init_text="make it night", clip_weight=0.1)
+    without = tiny_fit(editor, befores, afters, "visii", clip=clip, steps=5, init_text="make it night", clip_weight=0.0)
     assert not torch.equal(inst.tensors["visii.learned"], without.tensors["visii.learned"])
 
 
 def test_same_seed_same_tensors_other_seed_differs(editor, clip):
     befores, afters = night_pairs(2)
-    runs = [fit_images(editor, befores, afters, "visii",
-                       FitOptions(steps=8, resolution=32, init_text="make it night", seed=seed), clip=clip, quiet=True)
+    runs = [tiny_fit(editor, befores, afters, "visii", clip=clip, steps=8, init_text="make it night", seed=seed)
             for seed in (3, 3, 4)]
     assert torch.equal(runs[0].tensors["visii.learned"], runs[1].tensors["visii.learned"])
     assert not torch.equal(runs[0].tensors["visii.learned"], runs[2].tensors["visii.learned"])
+
+
+def test_an_empty_init_text_learns_the_requested_token_count(editor):
+    method = Visii.initialize(editor, editor.encode_text([""]), "", VisiiSettings(tokens=4))
+    assert method.num_tokens == 4 and method.learned.shape == (1, 4, 32)
 
 
 def test_every_timestep_once_per_pass():
@@ -71,15 +79,16 @@ def test_noises_match_a_seeded_generator_stream():
 def test_cfg_prediction_equals_the_pipelines_three_way_batch(editor):
     """Splitting the text row (with grad) from the image-only and unconditional rows changes nothing."""
     befores, afters = night_pairs(1)
-    fitter = Fitter(editor, befores, afters, FitOptions(steps=1, resolution=32))
     method = Visii.initialize(editor, editor.encode_text(["make it night"]))
-    latents, cond, t = torch.randn(1, 4, 16, 16), fitter.cond[:1], torch.tensor([500])
-    ours = fitter.predict(method, latents, cond, t)
-    embeds = torch.cat([method.text_embeds(t), fitter.uncond, fitter.uncond])
+    trainer = make_trainer(editor, befores, afters, method, steps=1)
+    latents, cond, t = torch.randn(1, 4, 16, 16), trainer.data.cond[:1], torch.tensor([500])
+    ours = predict(method, trainer.data, trainer.settings, latents, cond, t)
+    rows = Rows.ip2p(1, t, True, editor.device)
+    embeds = method.conditioning(rows, editor.uncond).embeds
     x = torch.cat([torch.cat([latents] * 3), torch.cat([cond, cond, torch.zeros_like(cond)])], 1)
     with torch.no_grad():
-        rows = editor.unet(x, torch.cat([t] * 3), encoder_hidden_states=embeds).sample
-    text, image, uncond = rows.chunk(3)
+        out = editor.unet(x, torch.cat([t] * 3), encoder_hidden_states=embeds).sample
+    text, image, uncond = out.chunk(3)
     expected = uncond + 7.5 * (text - image) + 1.5 * (image - uncond)
     # One row and two rows against three in one batch: other CPU kernels, each row's error amplified by guidance.
-    torch.testing.assert_close(ours, expected, rtol=0, atol=float_noise(rows, gain=GUIDANCE_GAIN))
+    torch.testing.assert_close(ours, expected, rtol=0, atol=float_noise(out, gain=GUIDANCE_GAIN))

@@ -1,6 +1,47 @@
-"""The inversion methods, by name."""
-from .brush import Brush
-from .lora import Lora
-from .visii import Visii
+"""The inversion methods, by name: each one's settings (importable without torch, for the CLI) and its class
+(imported on first use). Adding a method is a file in this folder and a line in each table below."""
+from __future__ import annotations
 
-METHODS = {Visii.name: Visii, Brush.name: Brush, Lora.name: Lora}
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvertError
+from ..settings import FitSettings, build_settings, settings_fields
+from .settings import BrushSettings, LoraSettings, VisiiSettings
+
+if TYPE_CHECKING:
+    from .base import Method
+
+SETTINGS: dict[str, type] = {"visii": VisiiSettings, "brush": BrushSettings, "lora": LoraSettings}
+_CLASSES = {"visii": "visii:Visii", "brush": "brush:Brush", "lora": "lora:Lora"}
+METHOD_NAMES = tuple(SETTINGS)
+
+
+def method_class(name: str) -> type["Method"]:
+    """The class of method ``name``; an unknown name is an error listing the known ones."""
+    if name not in _CLASSES:
+        raise InvertError(f"unknown method '{name}' (choose from {', '.join(METHOD_NAMES)})")
+    module, _, cls = _CLASSES[name].partition(":")
+    return getattr(importlib.import_module(f".{module}", __name__), cls)
+
+
+def settings_for(method: str, options: dict[str, Any]) -> tuple[FitSettings, Any]:
+    """The loop's settings and ``method``'s own from option values by name. A name no method has is an error
+    listing the options; another method's option is an error naming its method."""
+    method_class(method)  # an unknown method is refused first
+    shared = {f.name for f in settings_fields(FitSettings)}
+    own = {f.name for f in settings_fields(SETTINGS[method])}
+    for name in options:
+        if name in shared or name in own:
+            continue
+        owners = [m for m, cls in SETTINGS.items() if name in {f.name for f in settings_fields(cls)}]
+        flag = "--" + name.replace("_", "-")
+        if owners:
+            raise InvertError(f"{flag} is an option of --method {' and '.join(owners)}, not of {method}")
+        known = sorted(shared | own)
+        raise InvertError(f"unknown option {name!r} (the {method} options: {', '.join(known)})")
+    return (build_settings(FitSettings, {k: v for k, v in options.items() if k in shared}),
+            build_settings(SETTINGS[method], {k: v for k, v in options.items() if k in own}))
+
+
+__all__ = ["METHOD_NAMES", "SETTINGS", "method_class", "settings_for"]

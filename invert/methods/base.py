@@ -1,88 +1,177 @@
-"""What a method is: how it turns learned parameters into conditioning for the frozen UNet.
+"""What a method is: a small ``nn.Module`` holding the learned state of one instruction (its parameters are
+the module's), and how that state conditions the frozen UNet.
 
-The fitting loop and the sampler are shared; a method only says how to initialize its parameters from the
-init text, what conditioning a text row gets at timestep ``t``, any extra loss, and how it is stored."""
+The fitting loop and the sampler are shared and never ask which method they run: they pass a method the
+layout of each UNet batch (:class:`~invert.guidance.Rows`) and use the conditioning it returns. A method owns
+everything else about itself: initialization, the file's tensors, hybrid text, strength, widening to more
+token positions, mixing, its reverse (the edit undone) and its exports."""
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar, ContextManager
 
 import torch
+from torch import nn
 
 from ..editor import Editor, TextEncoding
 from ..errors import InstructionFileError, InvertError
+from ..guidance import Rows
 
 DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's instructions have about 10 tokens)
+REVERSE = "reverse."  # prefix of a two-way instruction's reverse tensors in the file
 
 
-class Method:
-    name: str
-    learned_tensors: tuple[str, ...] = ()  # what --mix and --strength act on
-    init_from = "caption"  # default init text: a CLIP caption of the afters, "phrases" (unique phrases) or "empty"
-    conditions_all_rows = False  # True: the parameters change every row of the guidance batch, not only the text rows
+@dataclass
+class Conditioning:
+    """What a UNet call takes from a method: the encoder hidden states of every row, and any attention
+    arguments (``cross_attention_kwargs``) its processors read."""
 
-    def parameters(self) -> list[torch.Tensor]:
-        """The fp32 leaf tensors the optimizer updates."""
+    embeds: torch.Tensor
+    attention: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Fit steps [start, stop) optimized with one optimizer over ``parameters`` (a fresh one per stage)."""
+
+    start: int
+    stop: int
+    parameters: list[nn.Parameter]
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    init_from: ClassVar[str] = "caption"  # default init text: "caption" of the afters, "phrases" or "empty"
+    conditions_all_rows: ClassVar[bool] = False  # True: the state changes every row of the guidance batch
+    # True: the reverse direction is in the conditioning a call is given (visii's embedding, brush's K/V), so a
+    # loss may combine both directions in one graph even when the UNet recomputes its forward in the backward.
+    direction_in_conditioning: ClassVar[bool] = True
+    exports: ClassVar[dict[str, str]] = {}  # export kind -> what it writes (see :meth:`export`)
+
+    def __init__(self, editor: Editor):
+        super().__init__()
+        self.editor = editor  # not a submodule: the frozen model is shared, never saved with the method
+
+    # -- creating -------------------------------------------------------------------------------------------
+    @classmethod
+    def initialize(cls, editor: Editor, init: TextEncoding, init_text: str, settings: Any, seed: int) -> "Method":
+        """The untrained instruction: from the init text's encoding (and ``seed`` where it draws anything)."""
         raise NotImplementedError
 
-    def text_embeds(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """Encoder hidden states for the text-conditioned rows, one per timestep, in the editor's dtype."""
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+                     ) -> "Method":
+        """The instruction a file's tensors and metadata hold, with its learned change scaled by ``strength``
+        (0 = the initialization, 1 = as learned). Shape problems raise InstructionFileError."""
         raise NotImplementedError
 
-    def extra_loss(self) -> torch.Tensor | None:
-        return None
-
-    def loss_terms(self, step: int) -> list[tuple[bool, float]]:
-        """Step ``step``'s noise-loss terms as (reversed, weight): reversed terms edit the afters back into the
-        befores under :meth:`direction` (True)."""
-        return [(False, 1.0)]
-
-    def direction(self, reverse: bool) -> ContextManager:
-        """Condition as the forward instruction, or as the reverse one (after -> before)."""
+    @classmethod
+    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0,
+                         reverse: bool = False) -> "Method":
+        """As :meth:`from_tensors`; ``reverse``: the instruction that undoes the edit (a two-way fit's reverse
+        instruction by default; a method whose inverse is built in overrides this)."""
         if reverse:
-            raise InvertError(f"this {self.name} instruction has no reverse (fit it with --reverse)")
+            found = {k[len(REVERSE):]: v for k, v in tensors.items() if k.startswith(REVERSE)}
+            back = (meta.get("extra") or {}).get("reverse")
+            if not found or not isinstance(back, dict):
+                raise InstructionFileError("holds no reverse instruction (fit it with --reverse)")
+            tensors, meta = found, {**meta, "init_text": back.get("init_text", ""), "extra": back.get("extra")}
+        return cls.from_tensors({k: v for k, v in tensors.items() if not k.startswith(REVERSE)}, meta, editor,
+                                strength)
+
+    @property
+    def needs_reverse_instruction(self) -> bool:
+        """Whether --reverse learns a second instruction of this method, after -> before (a TwoWay); False where
+        the inverse is built in."""
+        return True
+
+    @classmethod
+    def needs_clip(cls, settings: Any) -> bool:
+        """Whether a fit with these settings needs a CLIP model for a loss of the method's own."""
+        return False
+
+    # -- conditioning ---------------------------------------------------------------------------------------
+    def conditioning(self, rows: Rows, uncond: torch.Tensor, reverse: bool = False) -> Conditioning:
+        """Encoder hidden states (in the model's dtype) and attention arguments for a UNet batch laid out as
+        ``rows``; ``uncond`` is the empty prompt's encoding. ``reverse``: condition as the reverse instruction."""
+        raise NotImplementedError
+
+    def installed(self) -> ContextManager:
+        """Put what the method needs on the UNet (attention processors, an adapter) for the block."""
         return contextlib.nullcontext()
 
+    def in_pipeline(self, pipe) -> ContextManager:
+        """Install into a user's own diffusers IP2P pipeline for a call of theirs (which passes no attention
+        arguments of ours)."""
+        return self.installed()
+
+    def direction(self, reverse: bool) -> ContextManager:
+        """State a reverse UNet call needs outside its conditioning (see ``direction_in_conditioning``)."""
+        return contextlib.nullcontext()
+
+    @property
+    def num_tokens(self) -> int:
+        raise NotImplementedError
+
+    # -- fitting --------------------------------------------------------------------------------------------
     def schedule(self, steps: int, num_train_timesteps: int, seed: int) -> torch.Tensor:
-        """(steps, rows) timesteps: each step's UNet batch. One row: every timestep once per pass, shuffled."""
-        from ..fitting import timestep_order
+        """(fit steps, rows) timesteps: each step's UNet batch. One row: every timestep once per pass."""
+        from ..schedules import timestep_order
 
         return timestep_order(steps, num_train_timesteps, seed)[:, None]
 
-    def conditioning_rows(self, conditional: bool) -> ContextManager:
-        """Marks the UNet calls whose rows are all text-conditioned (True) or all not (False)."""
-        return contextlib.nullcontext()
+    def stages(self, total_steps: int) -> list[Stage]:
+        """The fit's stages; by default one over every step and parameter."""
+        return [Stage(0, total_steps, list(self.parameters()))]
+
+    def loss_terms(self, step: int) -> list[tuple[bool, float]]:
+        """Step ``step``'s noise-loss terms as (reverse, weight): reverse terms edit the afters back into the
+        befores."""
+        return [(False, 1.0)]
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """A loss of the method's own besides the noise loss (VISII's CLIP direction term)."""
+        return None
+
+    def set_clip_direction(self, clip, direction: torch.Tensor) -> None:
+        """The exemplars' CLIP direction, for a method with a CLIP loss (weighted by its own settings)."""
+
+    # -- the file, mixing, exporting ------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What the .inst file stores: the state dict by name."""
+        return {f"{self.name}.{k}": v.detach() for k, v in self.state_dict().items()}
 
     def extra_meta(self) -> dict:
         """Method facts the .inst metadata records (under ``extra``)."""
         return {}
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """What the .inst file stores."""
-        raise NotImplementedError
-
-    def hybrid(self, editor: Editor, text: str) -> "Method":
+    def hybrid(self, text: str) -> "Method":
         """The same instruction with ``text``'s tokens following the learned ones."""
         raise NotImplementedError
 
-    def sampling_context(self, editor: Editor) -> ContextManager:
-        """Installed on the UNet while sampling or fitting (attention processors); nothing by default."""
-        return contextlib.nullcontext()
+    def widen(self, tokens: int) -> "Method":
+        """The same conditioning with ``tokens`` learned positions (positions past the learned ones keep the init
+        text's frozen encoding, which they read anyway), so instructions of different token counts can mix."""
+        if tokens != self.num_tokens:
+            raise InvertError(f"a {self.name} instruction cannot change its token count")
+        return self
+
+    def can_mix(self, other: "Method") -> bool:
+        """Whether :meth:`mix` can take this instruction and ``other`` together."""
+        return type(other) is type(self)
 
     @classmethod
-    def mix_tensors(cls, tensors: list[dict[str, torch.Tensor]], metas: list[dict], weights: list[float]
-                    ) -> tuple[dict[str, torch.Tensor], dict | None]:
-        """A weighted sum of the ``learned_tensors`` (LoRWeB's mixed basis, without its training); the rest, and
-        the method metadata (``extra``), from the first."""
-        for other in tensors[1:]:
-            for key in cls.learned_tensors:
-                if other[key].shape != tensors[0][key].shape:
-                    raise InvertError(f"cannot mix: '{key}' has shape {tuple(other[key].shape)} in one and "
-                                      f"{tuple(tensors[0][key].shape)} in another (different token counts?)")
-        out = dict(tensors[0])
-        for key in cls.learned_tensors:
-            out[key] = sum(w * t[key].float() for w, t in zip(weights, tensors))
-        return out, metas[0].get("extra")
+    def mix(cls, methods: list["Method"], weights: list[float]) -> "Method":
+        """A weighted sum of the instructions' learned state (LoRWeB's mixed basis, without its training)."""
+        raise NotImplementedError
+
+    @classmethod
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
+        """Write an instruction of this method (its file's tensors and metadata) for use outside invert, in the
+        form ``kind`` (one of :attr:`exports`) names; no model is needed."""
+        raise InvertError(f"a {cls.name} instruction has no '{kind}' export"
+                          + (f" (it offers: {', '.join(cls.exports)})" if cls.exports else ""))
 
 
 def check_prompt_tensors(editor: Editor, init: torch.Tensor, learned: dict[str, torch.Tensor]) -> None:
@@ -110,4 +199,11 @@ def append_text(editor: Editor, embeds: torch.Tensor, eos: int, text: str) -> to
     return out
 
 
-__all__ = ["DEFAULT_TOKENS", "Method", "TextEncoding", "append_text", "check_prompt_tensors"]
+def check_mixable(methods: list[Method]) -> None:
+    if len({type(m) for m in methods}) != 1:
+        raise InvertError("cannot mix instructions of different methods: " + ", ".join(sorted({m.name for m in
+                                                                                               methods})))
+
+
+__all__ = ["DEFAULT_TOKENS", "Conditioning", "Method", "REVERSE", "Stage", "TextEncoding", "append_text",
+           "check_mixable", "check_prompt_tensors"]

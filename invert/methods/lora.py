@@ -2,33 +2,44 @@
 attention projections learned from the exemplars, with the paper's LoRA Reverse: the negated adapter must edit
 after -> before.
 
-The adapter is peft's, installed through diffusers' ``add_adapter`` only while fitting or sampling, so the
-shared frozen UNet is left as it was. Its tensors are stored under the key names diffusers' LoRA loaders use
-(``unet.<module>.lora_A.weight``), so an exported copy loads with ``pipe.load_lora_weights``."""
+The adapter is peft's, added with diffusers' ``add_adapter`` only while fitting or sampling, so the shared
+frozen UNet is left as it was. Its tensors are named as peft's own ``get_peft_model_state_dict`` names them,
+prefixed ``unet.`` as diffusers' LoRA files are (so an exported copy loads with ``pipe.load_lora_weights``); the
+method's fp32 parameters are the adapter's weights while it is installed."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch
 from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch import nn
 
 from ..editor import Editor, TextEncoding
 from ..errors import InstructionFileError, InvertError
-from .base import Method, check_prompt_tensors
+from ..guidance import Rows
+from .base import Conditioning, Method, check_mixable, check_prompt_tensors
+from .settings import LoraSettings
 
 ADAPTER = "invert_lora"
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection, as diffusers' LoRA scripts
-REVERSE_MODES = ("swap", "both", "off")
+PREFIX = "unet."
 
 
 def lora_config(rank: int, alpha: float, targets: tuple[str, ...] | list[str]) -> LoraConfig:
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True)
 
 
+def _key(name: str) -> str:
+    return name.replace(".", "-")  # a ParameterDict key may not contain dots
+
+
 @contextlib.contextmanager
-def installed(editor: Editor, config: LoraConfig, weights: dict[str, torch.Tensor] | None = None,
-              scale: float = 1.0):
-    """The UNet with this adapter, bound to ``weights`` (diffusers key names) when given, for the block."""
+def adapter(editor: Editor, config: LoraConfig):
+    """The UNet with this (freshly initialized) adapter for the block; yields peft's state dict of it."""
     unet = editor.unet
     if getattr(unet, "peft_config", None):
         raise InvertError("the UNet already holds LoRA adapters (" + ", ".join(unet.peft_config) + "): fuse them "
@@ -42,84 +53,83 @@ def installed(editor: Editor, config: LoraConfig, weights: dict[str, torch.Tenso
         raise InvertError(f"--lora-targets {','.join(sorted(config.target_modules))}: no module of this UNet "
                           "matches") from exc
     try:
-        if weights is not None:
-            for key, (module, which) in _lora_modules(unet).items():
-                getattr(module, which)[ADAPTER].weight = weights[key]  # the same Parameter: gradients reach it
-        unet.set_adapters(ADAPTER, weights=scale)
-        yield unet
+        yield get_peft_model_state_dict(unet, adapter_name=ADAPTER)
     finally:
         unet.unload_lora()
-
-
-def _lora_modules(unet) -> dict[str, tuple[torch.nn.Module, str]]:
-    """diffusers key -> (peft layer, 'lora_A' or 'lora_B') for the installed adapter."""
-    found = {}
-    for name, module in unet.named_modules():
-        if hasattr(module, "lora_A") and ADAPTER in getattr(module, "lora_A", {}):
-            found[f"unet.{name}.lora_A.weight"] = (module, "lora_A")
-            found[f"unet.{name}.lora_B.weight"] = (module, "lora_B")
-    return found
 
 
 class Lora(Method):
     name = "lora"
     init_from = "empty"  # the edit lives in the adapter; the prompt is empty unless --init-text gives one
     conditions_all_rows = True
+    direction_in_conditioning = False  # -Delta is the adapter's scale, state of the UNet's peft layers
+    exports = {"lora": "the adapter as a diffusers LoRA file for pipe.load_lora_weights"}
 
     def __init__(self, editor: Editor, init: torch.Tensor, weights: dict[str, torch.Tensor], rank: int,
                  alpha: float, targets: tuple[str, ...], init_text: str = "", reverse: str = "swap",
                  scale: float = 1.0):
-        if reverse not in REVERSE_MODES:
-            raise InvertError(f"unknown LoRA reverse mode '{reverse}' (choose from {', '.join(REVERSE_MODES)})")
-        self.init = init.detach()
-        self.dtype = editor.dtype
+        super().__init__(editor)
+        self.register_buffer("init", init.detach().float())
+        self.keys = list(weights)  # peft's state-dict names
+        self.weights = nn.ParameterDict({_key(k): nn.Parameter(v.detach().to(editor.device, torch.float32).clone())
+                                         for k, v in weights.items()})
         self.rank, self.alpha, self.targets = rank, float(alpha), tuple(targets)
-        self.init_text, self.reverse, self.scale = init_text, reverse, scale
-        self.weights = weights  # diffusers key -> fp32 Parameter on the editor's device
+        self.init_text, self.reverse_mode, self.scale = init_text, reverse, scale
         self.swapped: torch.Tensor | None = None  # per step: the pair order exchanged (reverse "swap")
-        self._layers: set[torch.nn.Module] = set()  # the installed adapter's peft layers
+        self._layers: list[nn.Module] = []  # the installed adapter's peft layers
 
     @property
     def num_tokens(self) -> int:
         return 0
 
+    @property
+    def needs_reverse_instruction(self) -> bool:
+        return False  # the reverse is -Delta, learned by the same adapter
+
     @classmethod
-    def initialize(cls, editor: Editor, init: TextEncoding, rank: int = 4, alpha: float | None = None,
-                   targets: tuple[str, ...] = DEFAULT_TARGETS, reverse: str = "swap", seed: int = 0,
-                   init_text: str = "", **_) -> "Lora":
+    def initialize(cls, editor: Editor, init: TextEncoding, init_text: str = "",
+                   settings: LoraSettings = LoraSettings(), seed: int = 0) -> "Lora":
         """peft's initialization (A Kaiming-uniform, B zero: the adapter starts as the identity edit), drawn on
         the CPU from ``seed`` so every device starts from the same adapter."""
-        config = lora_config(rank, alpha or rank, targets)
+        alpha = settings.lora_alpha or settings.lora_rank
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            with installed(editor, config) as unet:
-                weights = {key: torch.nn.Parameter(getattr(module, which)[ADAPTER].weight.detach().float().clone())
-                           for key, (module, which) in _lora_modules(unet).items()}
-        return cls(editor, init.embeds, weights, rank, alpha or rank, targets, init_text, reverse)
+            with adapter(editor, lora_config(settings.lora_rank, alpha, settings.lora_targets)) as state:
+                weights = {k: v.detach().float().clone() for k, v in state.items()}
+        return cls(editor, init.embeds, weights, settings.lora_rank, alpha, settings.lora_targets, init_text,
+                   settings.lora_reverse)
 
-    def parameters(self) -> list[torch.Tensor]:
-        return list(self.weights.values())
+    def weight(self, key: str) -> nn.Parameter:
+        return self.weights[_key(key)]
 
-    def text_embeds(self, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.init.to(self.dtype).expand(len(timesteps), -1, -1)
+    # -- conditioning ---------------------------------------------------------------------------------------
+    def conditioning(self, rows: Rows, uncond: torch.Tensor, reverse: bool = False) -> Conditioning:
+        return Conditioning(rows.embeds(self.init.to(self.editor.dtype), uncond))
 
-    def schedule(self, steps: int, num_train_timesteps: int, seed: int) -> torch.Tensor:
-        gen = torch.Generator("cpu").manual_seed(seed + 2)
-        self.swapped = torch.rand(steps, generator=gen) < 0.5
-        return super().schedule(steps, num_train_timesteps, seed)
-
-    def loss_terms(self, step: int) -> list[tuple[bool, float]]:
-        """LoRA Reverse: -Delta must edit after -> before. 'swap' exchanges the pair order (and the adapter's
-        sign) at random each step, the paper's recommended variant; 'both' adds the reversed pair's loss to
-        every step (twice the cost); 'off' fits the forward edit alone."""
-        if self.reverse == "swap":
-            return [(bool(self.swapped[step]), 1.0)]
-        return [(False, 1.0), (True, 1.0)] if self.reverse == "both" else [(False, 1.0)]
+    @contextlib.contextmanager
+    def installed(self):
+        """The adapter on the UNet with this method's fp32 parameters as its weights (gradients reach them)."""
+        unet = self.editor.unet
+        with adapter(self.editor, lora_config(self.rank, self.alpha, self.targets)) as state:
+            if sorted(state) != sorted(self.keys):
+                raise InstructionFileError("its LoRA tensors do not name this UNet's adapted layers")
+            layers = []
+            for key in self.keys:
+                path, _, which = key.rpartition(".lora_")  # which: "A.weight" or "B.weight"
+                module = unet.get_submodule(path)
+                getattr(module, f"lora_{which[0]}")[ADAPTER].weight = self.weight(key)
+                layers.append(module)
+            self._layers = list(dict.fromkeys(layers))
+            for module in self._layers:
+                module.set_scale(ADAPTER, self.scale)
+            try:
+                yield
+            finally:
+                self._layers = []
 
     @contextlib.contextmanager
     def direction(self, reverse: bool):
-        """-Delta: every adapted layer's scale negated (peft's ``set_scale`` on the layers found at install, as
-        ``unet.set_adapters`` walks the whole UNet and its state dict, twice per step here)."""
+        """-Delta: every adapted layer's scale negated (peft's ``set_scale`` on the installed layers)."""
         if not reverse:
             yield
             return
@@ -131,20 +141,32 @@ class Lora(Method):
             for module in self._layers:
                 module.set_scale(ADAPTER, self.scale)
 
-    @contextlib.contextmanager
-    def sampling_context(self, editor: Editor):
-        with installed(editor, lora_config(self.rank, self.alpha, self.targets), self.weights, self.scale) as unet:
-            self._layers = {module for module, _ in _lora_modules(unet).values()}
-            try:
-                yield
-            finally:
-                self._layers = set()
+    # -- fitting --------------------------------------------------------------------------------------------
+    def schedule(self, steps: int, num_train_timesteps: int, seed: int) -> torch.Tensor:
+        gen = torch.Generator("cpu").manual_seed(seed + 2)
+        self.swapped = torch.rand(steps, generator=gen) < 0.5
+        return super().schedule(steps, num_train_timesteps, seed)
 
+    def loss_terms(self, step: int) -> list[tuple[bool, float]]:
+        """LoRA Reverse: -Delta must edit after -> before. 'swap' exchanges the pair order (and the adapter's
+        sign) at random each step, the paper's recommended variant; 'both' adds the reversed pair's loss to
+        every step (twice the cost); 'off' fits the forward edit alone."""
+        if self.reverse_mode == "swap":
+            return [(bool(self.swapped[step]), 1.0)]
+        return [(False, 1.0), (True, 1.0)] if self.reverse_mode == "both" else [(False, 1.0)]
+
+    # -- the file, mixing, exporting ------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {**{k: w.detach() for k, w in self.weights.items()}, "lora.init": self.init.float()}
+        return {**{PREFIX + k: self.weight(k).detach() for k in self.keys}, "lora.init": self.init.detach()}
 
     def extra_meta(self) -> dict:
-        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "reverse": self.reverse}
+        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "reverse": self.reverse_mode}
+
+    @classmethod
+    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0,
+                         reverse: bool = False) -> "Lora":
+        """``reverse``: the negated adapter, -Delta, which the fit trained to undo the edit."""
+        return cls.from_tensors(tensors, meta, editor, -strength if reverse else strength)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
@@ -154,38 +176,59 @@ class Lora(Method):
             rank, alpha, targets = int(extra["rank"]), float(extra["alpha"]), tuple(extra["targets"])
         except (KeyError, TypeError, ValueError):
             raise InstructionFileError("its metadata lacks the adapter's rank, alpha and targets") from None
-        weights = {k: v for k, v in tensors.items() if k.startswith("unet.")}
+        weights = {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX)}
         check_adapter(editor, weights, rank)
         init = tensors["lora.init"]
         check_prompt_tensors(editor, init, {})
-        params = {k: torch.nn.Parameter(v.to(editor.device, torch.float32), requires_grad=False)
-                  for k, v in weights.items()}
-        return cls(editor, init.to(editor.device), params, rank, alpha, targets, meta.get("init_text", ""),
+        return cls(editor, init.to(editor.device), weights, rank, alpha, targets, meta.get("init_text", ""),
                    extra.get("reverse", "off"), scale=strength)
 
-    def hybrid(self, editor: Editor, text: str) -> "Lora":
-        embeds = editor.encode_text([f"{self.init_text} {text}".strip()]).embeds
-        return Lora(editor, embeds, self.weights, self.rank, self.alpha, self.targets, self.init_text,
-                    self.reverse, self.scale)
+    def hybrid(self, text: str) -> "Lora":
+        embeds = self.editor.encode_text([f"{self.init_text} {text}".strip()]).embeds
+        return self._with(embeds, {k: self.weight(k) for k in self.keys}, self.rank, self.alpha)
+
+    def _with(self, init: torch.Tensor, weights: dict[str, torch.Tensor], rank: int, alpha: float) -> "Lora":
+        return Lora(self.editor, init, weights, rank, alpha, self.targets, self.init_text, self.reverse_mode, self.scale)
 
     @classmethod
-    def mix_tensors(cls, tensors: list[dict[str, torch.Tensor]], metas: list[dict], weights: list[float]
-                    ) -> tuple[dict[str, torch.Tensor], dict]:
+    def mix(cls, methods: list["Lora"], weights: list[float]) -> "Lora":
         """Adapters mixed exactly: w1 B1 A1 + w2 B2 A2 = [w1 B1, w2 B2] [A1; A2], one adapter of the summed rank
-        (each adapter's alpha / rank scale folded into its B, so the mix has scale 1)."""
-        keys = [k for k in tensors[0] if k.startswith("unet.")]
-        for other in tensors[1:]:
-            if sorted(k for k in other if k.startswith("unet.")) != sorted(keys):
-                raise InvertError("cannot mix LoRA instructions with different target modules")
-        scales = [float(m["extra"]["alpha"]) / int(m["extra"]["rank"]) for m in metas]
-        out = dict(tensors[0])
+        (each adapter's scale alpha / rank, times its strength, folded into its B, so the mix has scale 1)."""
+        check_mixable(methods)
+        keys = methods[0].keys
+        if any(sorted(m.keys) != sorted(keys) for m in methods[1:]):
+            raise InvertError("cannot mix LoRA instructions with different target modules")
+        out = {}
         for key in keys:
-            if key.endswith("lora_A.weight"):
-                out[key] = torch.cat([t[key].float() for t in tensors])
+            if ".lora_A." in key:
+                out[key] = torch.cat([m.weight(key).detach() for m in methods])
             else:
-                out[key] = torch.cat([w * s * t[key].float() for w, s, t in zip(weights, scales, tensors)], dim=1)
-        rank = sum(int(m["extra"]["rank"]) for m in metas)
-        return out, {**metas[0]["extra"], "rank": rank, "alpha": rank}
+                out[key] = torch.cat([w * m.scale * m.alpha / m.rank * m.weight(key).detach()
+                                      for w, m in zip(weights, methods)], dim=1)
+        rank = sum(m.rank for m in methods)
+        mixed = methods[0]._with(methods[0].init, out, rank, rank)
+        mixed.scale = 1.0
+        return mixed
+
+    @classmethod
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
+        """``lora``: the adapter with diffusers' own ``save_lora_weights`` (its key names and its adapter-config
+        metadata, so rank and alpha load as fitted); ``reverse``: the negated adapter, which undoes the edit."""
+        if kind != "lora":
+            super().export(kind, tensors, meta, path, reverse)
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        extra = meta.get("extra") or {}
+        layers = {k[len(PREFIX):]: (-v if reverse and ".lora_B." in k else v).contiguous()
+                  for k, v in tensors.items() if k.startswith(PREFIX)}
+        config = lora_config(int(extra["rank"]), float(extra["alpha"]), extra["targets"]).to_dict()
+        folder = tempfile.mkdtemp(dir=Path(path).parent, prefix=".lora-export.")
+        try:
+            StableDiffusionInstructPix2PixPipeline.save_lora_weights(
+                folder, unet_lora_layers=layers, weight_name="adapter.safetensors", unet_lora_adapter_metadata=config)
+            os.replace(Path(folder) / "adapter.safetensors", path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_adapter(editor: Editor, weights: dict[str, torch.Tensor], rank: int) -> None:
@@ -194,11 +237,11 @@ def check_adapter(editor: Editor, weights: dict[str, torch.Tensor], rank: int) -
         raise InstructionFileError("it holds no LoRA tensors")
     modules = dict(editor.unet.named_modules())
     for key, tensor in weights.items():
-        stem, _, which = key.removeprefix("unet.").rpartition(".lora_")
+        stem, _, which = key.rpartition(".lora_")
         module = modules.get(stem)
         if not isinstance(module, torch.nn.Linear) or which not in ("A.weight", "B.weight"):
-            raise InstructionFileError(f"LoRA tensor '{key}' names no linear layer of this UNet")
+            raise InstructionFileError(f"LoRA tensor '{PREFIX}{key}' names no linear layer of this UNet")
         expected = (rank, module.in_features) if which == "A.weight" else (module.out_features, rank)
         if tuple(tensor.shape) != expected:
-            raise InstructionFileError(f"LoRA tensor '{key}' has shape {tuple(tensor.shape)}, this UNet needs "
-                                       f"{expected}")
+            raise InstructionFileError(f"LoRA tensor '{PREFIX}{key}' has shape {tuple(tensor.shape)}, this UNet "
+                                       f"needs {expected}")

@@ -1,50 +1,68 @@
 """VISII (Nguyen & Lee 2023): the instruction learned in the text-encoder output space.
 
-Only the token positions between BOS and EOS are parameters; BOS, EOS and padding keep the init text's
-encoding. The CLIP direction term follows the official code: the CLIP text projection of the mean over all
-77 positions, cosine against the normalized mean-after minus mean-before image embedding, clamped."""
+The learned state is the prompt embedding's positions between BOS and EOS (``learned``); BOS, EOS and padding
+keep the init text's encoding (``init``). The CLIP direction term follows the official code: the CLIP text
+projection of the mean over all 77 positions, cosine against the normalized mean-after minus mean-before image
+embedding, clamped."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors.torch import save_file
+from torch import nn
 
 from ..clip import Clip
 from ..editor import Editor, TextEncoding
 from ..errors import InstructionFileError, InvertError
-from .base import DEFAULT_TOKENS, Method, append_text, check_prompt_tensors
+from ..guidance import Rows
+from .base import DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors
+from .settings import VisiiSettings
+
+EMBEDS_FORMAT = "invert.prompt_embeds"
 
 
 class Visii(Method):
     name = "visii"
-    learned_tensors = ("visii.learned",)
+    exports = {"embeds": "the prompt embedding (1, 77, width) as a safetensors file for a plain diffusers "
+                         "pipeline's prompt_embeds"}
 
-    def __init__(self, init: torch.Tensor, eos: int, learned: torch.Tensor | None = None, dtype=torch.float32):
-        self.init = init.detach().float()  # (1, 77, d)
+    def __init__(self, editor: Editor, init: torch.Tensor, eos: int, learned: torch.Tensor | None = None,
+                 settings: VisiiSettings = VisiiSettings()):
+        super().__init__(editor)
+        self.settings = settings
+        init = init.detach().float()
+        self.register_buffer("init", init)  # (1, positions, width): the init text's encoding
+        self.learned = nn.Parameter((init[:, 1:eos] if learned is None else learned.detach().float()).clone())
         self.eos = eos
-        self.learned = (self.init[:, 1:eos] if learned is None else learned.float()).clone().requires_grad_(True)
-        self.dtype = dtype
-        self.clip_term = None
+        self.clip_term: tuple[Clip, torch.Tensor, float, float] | None = None
 
     @classmethod
-    def initialize(cls, editor: Editor, init: TextEncoding, tokens: int | None = None, **_) -> "Visii":
+    def initialize(cls, editor: Editor, init: TextEncoding, init_text: str = "",
+                   settings: VisiiSettings = VisiiSettings(), seed: int = 0) -> "Visii":
         """Learn the positions between BOS and EOS; an empty init text has none, so then the first ``tokens``
         positions after BOS (EOS and padding outputs, which the text rows attend to like any token) are learned."""
         eos = init.eos[0]
-        return cls(init.embeds, eos if eos > 1 else 1 + (tokens or DEFAULT_TOKENS), dtype=editor.dtype)
+        return cls(editor, init.embeds, eos if eos > 1 else 1 + (settings.tokens or DEFAULT_TOKENS), settings=settings)
+
+    @classmethod
+    def needs_clip(cls, settings: VisiiSettings) -> bool:
+        return bool(settings.clip_weight)
 
     @property
     def num_tokens(self) -> int:
         return self.eos - 1
 
-    def parameters(self) -> list[torch.Tensor]:
-        return [self.learned]
-
     def prompt_embeds(self) -> torch.Tensor:
         return torch.cat([self.init[:, :1], self.learned, self.init[:, self.eos:]], dim=1)
 
-    def text_embeds(self, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.prompt_embeds().to(self.dtype).expand(len(timesteps), -1, -1)
+    def conditioning(self, rows: Rows, uncond: torch.Tensor, reverse: bool = False) -> Conditioning:
+        return Conditioning(rows.embeds(self.prompt_embeds().to(self.editor.dtype), uncond))
 
-    def set_clip_direction(self, clip: Clip, direction: torch.Tensor, weight: float, clamp: float) -> None:
+    def set_clip_direction(self, clip: Clip, direction: torch.Tensor) -> None:
+        weight, clamp = self.settings.clip_weight, self.settings.clip_clamp
+        if not weight:
+            return
         if clip.text_width != self.init.shape[-1]:
             raise InvertError(f"CLIP model '{clip.name}' has text width {clip.text_width}, the IP2P text encoder "
                               f"{self.init.shape[-1]}: the direction loss needs them equal (or --clip-weight 0)")
@@ -59,9 +77,6 @@ class Visii(Method):
         cos = (text * direction.to(text.device)).sum(-1).clamp(max=clamp)
         return -weight * cos.mean()
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"visii.learned": self.learned.detach(), "visii.init": self.init}
-
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
                      ) -> "Visii":
@@ -71,13 +86,44 @@ class Visii(Method):
             raise InstructionFileError(f"tensor 'visii.learned' of shape {tuple(learned.shape)} does not match its "
                                        f"prompt embedding's {tuple(init.shape)}")
         eos = learned.shape[1] + 1
-        base = init[:, 1:eos]
-        with torch.no_grad():
-            learned = base + strength * (learned - base)
-        return cls(init.to(editor.device), eos, learned.to(editor.device), dtype=editor.dtype)
+        base = init[:, 1:eos].float()
+        learned = torch.lerp(base, learned.float(), strength)  # exact at 0 and 1: as learned at strength 1
+        return cls(editor, init.to(editor.device), eos, learned.to(editor.device))
 
-    def hybrid(self, editor: Editor, text: str) -> "Visii":
+    def hybrid(self, text: str) -> "Visii":
+        """The learned tokens, then the init text's EOS and a padding position, then ``text``'s tokens (frozen
+        context), as the official code concatenates a hybrid instruction."""
         with torch.no_grad():
-            extended = append_text(editor, self.prompt_embeds(), self.eos, text)
-        # The appended tokens are frozen context; the learned positions stay where they were.
-        return Visii(extended, self.eos, self.learned.detach(), dtype=self.dtype)
+            extended = append_text(self.editor, self.prompt_embeds(), self.eos, text)
+        return Visii(self.editor, extended, self.eos, self.learned)
+
+    def widen(self, tokens: int) -> "Visii":
+        if tokens < self.num_tokens:
+            raise InvertError(f"cannot narrow a visii instruction from {self.num_tokens} to {tokens} tokens")
+        extra = self.init[:, self.eos:tokens + 1]  # the init text's own encoding at the new positions
+        return Visii(self.editor, self.init, tokens + 1, torch.cat([self.learned.detach(), extra], dim=1))
+
+    @classmethod
+    def mix(cls, methods: list["Visii"], weights: list[float]) -> "Visii":
+        """The weighted sum of the prompt embeddings, token counts widened to the largest first (so the mix is
+        the weighted sum of what each instruction conditions at every position)."""
+        check_mixable(methods)
+        tokens = max(m.num_tokens for m in methods)
+        wide = [m.widen(tokens) for m in methods]
+        init = sum(w * m.init for w, m in zip(weights, wide))
+        learned = sum(w * m.learned.detach() for w, m in zip(weights, wide))
+        return cls(methods[0].editor, init, tokens + 1, learned)
+
+    @classmethod
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
+        """``embeds``: the whole prompt embedding (1, 77, width) as ``prompt_embeds`` in a safetensors file, for
+        ``pipe(prompt_embeds=...)`` of any IP2P pipeline of the same base model."""
+        if kind != "embeds" or reverse:
+            super().export(kind if not reverse else f"{kind} --reverse", tensors, meta, path)
+        init, learned = tensors["visii.init"].float(), tensors["visii.learned"].float()
+        embeds = torch.cat([init[:, :1], learned, init[:, learned.shape[1] + 1:]], dim=1)
+        guidance = meta.get("guidance") or {}
+        save_file({"prompt_embeds": embeds.contiguous()}, str(Path(path)),
+                  metadata={"format": EMBEDS_FORMAT, "base_model": str(meta.get("base_model", "")),
+                            "guidance_scale": str(guidance.get("text", 7.5)),
+                            "image_guidance_scale": str(guidance.get("image", 1.5))})

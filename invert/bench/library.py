@@ -12,13 +12,12 @@ exemplar pairs (seeds of their own) and the quality bench's 5 test scenes:
 * library: the instructions weighted by softmax(cosine(direction, key) / T), with the direction of the first 1
   or all 10 new pairs, mixed and applied; seconds = CLIP direction + choice + mix + apply. Every T of the sweep
   is run; the one with the best mean PSNR over both groups and both shot counts is reported as the library
-  row (chosen on these scenes: the sweep is in the JSON), and two variants are run at it: the best match's init
-  text encoding instead of the mixed one, and only the instructions whose token count equals the best match's
-  (instead of widening).
+  row (chosen on these scenes: the sweep is in the JSON), and a variant is run at it: only the instructions whose
+  token count equals the best match's (instead of widening).
 
 PSNR (dB) and SSIM to the true edits, averaged per group; 20 sampling steps.
 
-    python -m invert.toy.library_bench --json examples/toy/library_bench.json [--insts DIR]
+    python -m invert.bench.library --json examples/toy/library_bench.json [--insts DIR]
 """
 from __future__ import annotations
 
@@ -36,12 +35,13 @@ from ..api import apply, fit
 from ..clip import clip_name_for, load_clip
 from ..editor import load_editor
 from ..evaluation import score
-from ..fitting import FitOptions, clip_direction, fit_images
+from ..api import fit_images
 from ..instruction import Instruction, write_atomically
 from ..library import DEFAULT_TEMPERATURE, Library, build_library, mix_entries
-from ..methods import METHODS
-from . import world
-from .benchmark import DEFAULT_EDITS, TEST_SEED, TRAIN_SEED, edit_index, edit_pairs
+from ..losses import clip_direction
+from ..methods import settings_for
+from ..toy import world
+from .quality import DEFAULT_EDITS, TEST_SEED, TRAIN_SEED, edit_index, edit_pairs
 
 METHOD = "brush"
 SETTINGS = {"steps": 100, "lr": 1e-2, "seed": 0, "guidance": 3.0, "image_guidance": 1.5}  # the quality bench's
@@ -51,7 +51,7 @@ EVAL_EDITS = {"hard": list(world.HARD_EDITS), "catalogue": DEFAULT_EDITS["global
 SHOTS = (1, 10)
 N_TEST = 5
 APPLY_STEPS = 20
-VARIANTS = ("top_init", "same_tokens")
+VARIANTS = ("same_tokens",)
 
 
 def fit_library(editor, clip, folder: Path, names: list[str], log: Callable[[str], None]) -> dict[str, float]:
@@ -85,19 +85,17 @@ def library_edit(lib: Library, editor, clip, train, befores, temperature: float,
     start = time.perf_counter()
     direction = clip_direction(clip, [b for b, _ in train], [a for _, a in train])
     chosen, weights = lib.choose(direction, METHOD, temperature)
-    if variant == "same_tokens":  # the alternative to widening: mix only what already has the best's shapes
-        learned = METHODS[METHOD].learned_tensors
-        best = chosen[0].instruction.tensors
-        keep = [i for i, e in enumerate(chosen)
-                if all(e.instruction.tensors[k].shape == best[k].shape for k in learned)]
+    if variant == "same_tokens":  # the alternative to widening: mix only those of the best's token count
+        best = chosen[0].instruction.meta.get("num_tokens")
+        keep = [i for i, e in enumerate(chosen) if e.instruction.meta.get("num_tokens") == best]
         total = sum(weights[i] for i in keep)
         chosen, weights = [chosen[i] for i in keep], [weights[i] / total for i in keep]
     mix = tuple((e.name, round(w, 4)) for e, w in zip(chosen, weights) if w >= 1e-4)
-    key = (variant == "top_init" and len(mix) > 1, mix)  # one instruction's own init encoding is the mix's
+    key = mix
     shown = [[e.name, round(w, 4)] for e, w in zip(chosen, weights)][:3]
     if done is not None and repr(key) in done:
         return {**done[repr(key)], "chosen": shown, "reused": True}
-    inst, chosen, weights = mix_entries(chosen, weights, editor, mix_init=variant != "top_init")
+    inst, chosen, weights = mix_entries(chosen, weights, editor)
     results = apply(inst, befores, editor=editor, steps=APPLY_STEPS)
     out = {"results": results, "seconds": time.perf_counter() - start, "chosen": shown}
     if done is not None:
@@ -120,8 +118,9 @@ def evaluate_edit(lib: Library, editor, clip, name: str, library_fits: dict[str,
     else:
         path = scratch / f"{name}.inst"
         if not path.exists():
-            fit_images(editor, [b for b, _ in query], [a for _, a in query], METHOD,
-                       FitOptions(resolution=size, **SETTINGS), clip=clip, quiet=True).save(path)
+            fit_settings, brush_settings = settings_for(METHOD, {"resolution": size, **SETTINGS})
+            fit_images(editor, [b for b, _ in query], [a for _, a in query], METHOD, fit_settings, brush_settings,
+                       clip=clip, quiet=True).save(path)
         inst = Instruction.load(path)
         fit_seconds, source = float(inst.meta["fit_seconds"]), "fitted on the 10 new pairs"
     start = time.perf_counter()
@@ -141,7 +140,7 @@ def evaluate_edit(lib: Library, editor, clip, name: str, library_fits: dict[str,
 
 
 def run_variants(lib, editor, clip, rows: dict, temperature: float, log) -> None:
-    """The two alternatives (VARIANTS) to the library's mix, at ``temperature``, added to ``rows``."""
+    """The alternatives (VARIANTS) to the library's mix, at ``temperature``, added to ``rows``."""
     for name, row in rows.items():
         query, test = edit_pairs(name, max(SHOTS), N_TEST, editor.resolution, QUERY_SEED)
         befores, truths = [b for b, _ in test], [a for _, a in test]
@@ -214,7 +213,6 @@ def format_table(result: dict) -> str:
     labels = {"no_edit": "no edit", "scratch_10": "from scratch, 10 pairs (fit + apply)",
               "library_1": f"library, 1 pair (T {t:g})", "library_10": f"library, 10 pairs (T {t:g})"}
     for k in SHOTS:
-        labels[f"library_{k}_top_init"] = f"library, {k} pair{'s' * (k > 1)}, the best match's init encoding"
         labels[f"library_{k}_same_tokens"] = f"library, {k} pair{'s' * (k > 1)}, same token count only"
     for k in SHOTS:
         for temp in result["settings"]["temperatures"]:
@@ -238,7 +236,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m invert.toy.library_bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m invert.bench.library", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="also write the result here")
     p.add_argument("--force", action="store_true", help="overwrite --json")
     p.add_argument("--insts", type=Path, help="folder for the library's .inst files (and the from-scratch fits, in "

@@ -1,6 +1,6 @@
 """Speed and memory of fitting and applying, against a faithful port of the reference training loops.
 
-"Ours" is the library itself: :class:`~invert.fitting.Fitter` and :func:`~invert.sampling.sample`, as
+"Ours" is the library itself: :class:`~invert.training.Trainer` and :func:`~invert.sampling.sample`, as
 ``invert fit`` and ``invert apply`` run them. The reference does per step what VISII's official code does:
 fp32, batch 1, the three-way guidance batch [text+image, image-only, unconditional] in one UNet call with
 autograd through all of it, encodings computed once before the loop; for InstructBrush (no official code) the
@@ -23,12 +23,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .editor import Editor, load_editor
-from .errors import InvertError
-from .fitting import Fitter, FitOptions
-from .methods import METHODS
-from .methods.base import Method
-from .sampling import sample
+from ..editor import Editor, load_editor
+from ..errors import InvertError
+from ..guidance import Rows, guided
+from ..losses import row_mse
+from ..methods import SETTINGS, method_class, settings_for
+from ..methods.base import Method
+from ..sampling import sample
+from ..settings import FitSettings, settings_fields
+from ..training import FitData, Trainer
 
 # Ten tokens between BOS and EOS, as the official VISII initial (PEZ) prompt and InstructBrush's instructions.
 INIT_TEXT = "turn the photo into a soft watercolor painting with pastel colours"
@@ -94,13 +97,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fit(fitter: Fitter, method: Method, warmup: int) -> tuple[float, float]:
+def time_fit(trainer: Trainer, warmup: int) -> tuple[float, float]:
     """Optimizer steps per second of the library's own loop after ``warmup`` steps, and peak memory (MB)."""
     marks: list[float] = []
-    reset_peak_memory(fitter.editor.device)
-    # on_step runs after the step's loss.item(), so the device has finished the step.
-    fitter.run(method, quiet=True, on_step=lambda step, loss: marks.append(time.perf_counter()))
-    return _rate(marks, warmup), peak_memory_mb(fitter.editor.device)
+    reset_peak_memory(trainer.data.editor.device)
+    # A refresh after every step: the host then waits for the device, so each mark ends a finished step.
+    trainer.run(quiet=True, progress=lambda p: marks.append(time.perf_counter()), sync_at=lambda done: True)
+    return _rate(marks, warmup), peak_memory_mb(trainer.data.editor.device)
 
 
 def _rate(marks: list[float], warmup: int) -> float:
@@ -110,37 +113,38 @@ def _rate(marks: list[float], warmup: int) -> float:
     return (len(marks) - warmup) / (marks[-1] - marks[warmup - 1])
 
 
-def reference_loss(fitter: Fitter, method: Method, step: int) -> torch.Tensor:
+def reference_loss(trainer: Trainer, step: int) -> torch.Tensor:
     """One step's loss as the official VISII code computes it: the three-way guidance batch in one UNet call,
     so autograd runs back through all three rows, and the MSE of the guided prediction."""
-    s = fitter.step_inputs(method, step)
-    if len(s.t) != 1:
+    data, s, method = trainer.data, trainer.settings, trainer.method
+    t = trainer.schedule[step]
+    if len(t) != 1:
         raise InvertError("the reference loop trains one timestep per step")
-    editor, o = fitter.editor, fitter.options
-    latents = torch.cat([s.noisy] * 3)
-    image = torch.cat([s.cond, s.cond, torch.zeros_like(s.cond)])
-    embeds = torch.cat([method.text_embeds(s.t), fitter.uncond, fitter.uncond])
-    pred = editor.unet(torch.cat([latents, image], 1).to(editor.dtype), s.t.expand(3),
-                       encoder_hidden_states=embeds).sample.float()
-    text, image_only, uncond = pred.chunk(3)
-    guided = uncond + o.guidance * (text - image_only) + o.image_guidance * (image_only - uncond)
-    loss = o.mse_weight * torch.nn.functional.mse_loss(guided, s.objective)
+    x = data.inputs(t, trainer.pair(step))
+    editor = data.editor
+    latents = torch.cat([x.noisy] * 3)
+    image = torch.cat([x.cond, x.cond, torch.zeros_like(x.cond)])
+    rows = Rows.ip2p(1, t, True, editor.device)
+    c = method.conditioning(rows, data.uncond)
+    pred = editor.unet(torch.cat([latents, image], 1).to(editor.dtype), rows.timesteps, encoder_hidden_states=c.embeds,
+                       cross_attention_kwargs=c.attention).sample.float()
+    loss = s.mse_weight * row_mse(guided(*pred.chunk(3), s.guidance, s.image_guidance), x.objective).sum()
     extra = method.extra_loss()
     return loss if extra is None else loss + extra
 
 
-def reference_run(fitter: Fitter, method: Method, steps: int | None = None, on_step=None) -> list[float]:
-    """The reference training loop (see the module docstring) for the first ``steps`` steps of ``method``'s
+def reference_run(trainer: Trainer, steps: int | None = None, on_step=None) -> list[float]:
+    """The reference training loop (see the module docstring) for the first ``steps`` steps of the method's
     schedule (all by default); returns the loss of every step."""
-    fitter.schedule(method)
-    params = method.parameters()
-    opt = torch.optim.AdamW(params, lr=fitter.options.lr)
+    method = trainer.method
+    params = list(method.parameters())
+    opt = torch.optim.AdamW(params, lr=trainer.settings.lr)
     clip_value = max(float(p.detach().abs().max()) for p in params)
     losses: list[float] = []
-    with method.sampling_context(fitter.editor):  # brush's processors; the 3-row batch is their "ip2p" layout
-        for step in range(len(fitter.order) if steps is None else steps):
+    with method.installed():
+        for step in range(trainer.total if steps is None else steps):
             opt.zero_grad(set_to_none=True)
-            loss = reference_loss(fitter, method, step)
+            loss = reference_loss(trainer, step)
             loss.backward()
             torch.nn.utils.clip_grad_value_([p for p in params if p.grad is not None], clip_value)
             opt.step()
@@ -150,12 +154,12 @@ def reference_run(fitter: Fitter, method: Method, steps: int | None = None, on_s
     return losses
 
 
-def time_reference(fitter: Fitter, method: Method, steps: int, warmup: int) -> tuple[float, float]:
+def time_reference(trainer: Trainer, steps: int, warmup: int) -> tuple[float, float]:
     """Steps per second of the reference loop after ``warmup`` of ``steps`` steps, and peak memory (MB)."""
     marks: list[float] = []
-    reset_peak_memory(fitter.editor.device)
-    reference_run(fitter, method, steps, on_step=lambda step, loss: marks.append(time.perf_counter()))
-    return _rate(marks, warmup), peak_memory_mb(fitter.editor.device)
+    reset_peak_memory(trainer.data.editor.device)
+    reference_run(trainer, steps, on_step=lambda step, loss: marks.append(time.perf_counter()))
+    return _rate(marks, warmup), peak_memory_mb(trainer.data.editor.device)
 
 
 def time_apply(editor: Editor, method: Method, images: list[Image.Image], steps: int, batches: int
@@ -171,10 +175,15 @@ def time_apply(editor: Editor, method: Method, images: list[Image.Image], steps:
 
 
 def make_method(editor: Editor, name: str, parts: int, sequential: bool) -> Method:
-    if name not in METHODS:
-        raise InvertError(f"unknown method '{name}' (choose from {', '.join(METHODS)})")
-    options = {"parts": parts, "sequential": sequential} if name == "brush" else {}
-    return METHODS[name].initialize(editor, editor.encode_text([INIT_TEXT]), init_text=INIT_TEXT, **options)
+    """``name``'s instruction from INIT_TEXT, with ``parts`` time parts where the method has them."""
+    known = {f.name for f in settings_fields(SETTINGS.get(name, FitSettings))}
+    options = {k: v for k, v in {"parts": parts, "parts_sequential": sequential}.items() if k in known}
+    return method_class(name).initialize(editor, editor.encode_text([INIT_TEXT]), INIT_TEXT,
+                                         settings_for(name, options)[1], 0)
+
+
+def trainer_for(editor: Editor, method: Method, befores, afters, settings: FitSettings) -> Trainer:
+    return Trainer(method, FitData(editor, befores, afters, settings.seed), settings)
 
 
 def benchmark(model: str, options: SpeedOptions, device: str = "auto", dtype: str = "auto",
@@ -186,8 +195,8 @@ def benchmark(model: str, options: SpeedOptions, device: str = "auto", dtype: st
     the benchmark needs no CLIP model."""
     editor = load_editor(model, device, dtype)
     befores, afters = synthetic_pairs(options.pairs, options.resolution)
-    fit_options = FitOptions(steps=options.warmup + options.steps, resolution=options.resolution, init_text=INIT_TEXT,
-                             loss_target=options.loss_target, clip_weight=0.0)
+    fit_options = FitSettings(steps=options.warmup + options.steps, resolution=options.resolution,
+                              init_text=INIT_TEXT, loss_target=options.loss_target)
     result = {"method": options.method, "device": device_name(editor.device), "model": model,
               "resolution": options.resolution, "dtype": str(editor.dtype).removeprefix("torch."),
               "loss_target": options.loss_target, "low_memory": low_memory,
@@ -202,25 +211,25 @@ def benchmark(model: str, options: SpeedOptions, device: str = "auto", dtype: st
         editor = load_editor(model, device, "fp32")
     editor.set_low_memory(False)
     method = make_method(editor, options.method, options.parts, sequential=True)
-    fitter = Fitter(editor, befores, afters, fit_options)
+    trainer = trainer_for(editor, method, befores, afters, fit_options)
     # The sequential schedule trains the parts one after another; any of its steps costs the same.
-    rate, peak = time_reference(fitter, method, options.warmup + options.steps, options.warmup)
+    rate, peak = time_reference(trainer, options.warmup + options.steps, options.warmup)
     return {**result, "reference_steps_per_s": rate, "reference_seconds_per_1000_steps": 1000 / rate,
             "reference_projected_fit_seconds": result["whole_fit_steps"] / rate, "reference_peak_memory_mb": peak,
             "speedup_vs_reference": result["steps_per_s"] / rate}
 
 
-def _time_ours(editor: Editor, befores: list[Image.Image], afters: list[Image.Image], fit_options: FitOptions,
+def _time_ours(editor: Editor, befores: list[Image.Image], afters: list[Image.Image], fit_options: FitSettings,
                options: SpeedOptions, low_memory: bool) -> dict:
     editor.set_low_memory(low_memory)
     method = make_method(editor, options.method, options.parts, sequential=False)
-    fitter = Fitter(editor, befores, afters, fit_options)
+    trainer = trainer_for(editor, method, befores, afters, fit_options)
     start = time.perf_counter()
-    step_rate, fit_peak = time_fit(fitter, method, options.warmup)
-    rows = fitter.order.shape[1]
+    step_rate, fit_peak = time_fit(trainer, options.warmup)
+    rows = trainer.schedule.shape[1]  # timesteps trained per optimizer step (brush: one per time part)
     first = time.perf_counter() - start - options.steps / step_rate  # the warm-up steps
     rate = step_rate * rows
-    whole = options.fit_steps * (options.parts if options.method == "brush" else 1)
+    whole = options.fit_steps * rows
     inputs = (befores * options.batch_size)[:options.batch_size]
     apply_rate, apply_peak = time_apply(editor, method, inputs, options.apply_steps, options.apply_batches)
     return {"timed_steps": options.steps * rows, "warmup_seconds": first, "steps_per_s": rate,

@@ -6,7 +6,7 @@ best single catalogue instruction (chosen on the test pairs themselves, so an up
 InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
 template. Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to the true edits, per edit group.
 
-    invert bench quality --json bench.json          # or: python -m invert.toy.benchmark
+    invert bench quality --json bench.json          # or: python -m invert.bench.quality
 """
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ from PIL import Image
 from ..clip import Clip
 from ..editor import Editor
 from ..evaluation import score
-from ..fitting import FitOptions, clip_direction, fit_images
-from ..methods import METHODS
+from ..api import fit_images
+from ..losses import clip_direction
+from ..methods import method_class, settings_for
 from ..sampling import sample
-from . import world
+from ..settings import FitSettings
+from ..toy import world
 
 # A representative third of the catalogue and most of the held-out hard edits, so that the whole table fits in
 # 30 minutes on a 2-core CPU; ``edits=`` takes any others.
@@ -72,7 +74,7 @@ def group_of(name: str) -> str:
 
 def _text_edit(editor: Editor, text: str, befores: list[Image.Image], s: QualitySettings) -> list[Image.Image]:
     """IP2P with a plain text instruction (what ``fit --steps 0 --init-text TEXT`` then ``apply`` gives)."""
-    method = METHODS["visii"].initialize(editor, editor.encode_text([text]), init_text=text)
+    method = method_class("visii").initialize(editor, editor.encode_text([text]), text)
     return sample(editor, method, befores, steps=s.apply_steps, guidance=s.guidance[0], image_guidance=s.guidance[1],
                   seed=s.seed)
 
@@ -112,10 +114,9 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
                 continue
             start = time.perf_counter()
             inst = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], method,
-                              FitOptions(steps=s.steps, lr=s.lr[method], seed=s.seed, resolution=size,
-                                         guidance=s.guidance[0], image_guidance=s.guidance[1],
-                                         init_text=init_text, method_options=dict(options)),
-                              clip=clip, quiet=True)
+                              FitSettings(steps=s.steps, lr=s.lr[method], seed=s.seed, resolution=size,
+                                          guidance=s.guidance[0], image_guidance=s.guidance[1], init_text=init_text),
+                              settings_for(method, options)[1], clip=clip, quiet=True)
             seconds = time.perf_counter() - start
             results = apply(inst, befores, editor=editor, steps=s.apply_steps)
             rows[row] = {**_metrics(befores, results, truths, clip, direction), "fit_seconds": seconds,

@@ -7,8 +7,8 @@ to the exemplar's after (higher = more copying; the truth's own PSNR to it is th
 ``reverse``: 10-shot fits with --reverse, without and with the cycle term, for every method: the forward edit's
 PSNR to the truth, and the PSNR of before -> forward -> reverse to the before (the plain forward fit as reference).
 
-    python -m invert.toy.lora_and_reverse leakage --json examples/toy/lora_leakage.json
-    python -m invert.toy.lora_and_reverse reverse --json examples/toy/reverse_bench.json
+    python -m invert.bench.lora_and_reverse leakage --json examples/toy/lora_leakage.json
+    python -m invert.bench.lora_and_reverse reverse --json examples/toy/reverse_bench.json
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ from PIL import Image
 from ..api import apply
 from ..clip import clip_name_for, load_clip
 from ..editor import load_editor
+from ..errors import InstructionFileError
 from ..evaluation import as_tensor, psnr
-from ..fitting import FitOptions, fit_images
-from .benchmark import QualitySettings, edit_pairs
+from ..api import fit_images
+from ..methods import settings_for
+from .quality import QualitySettings, edit_pairs
 
 SETTINGS = QualitySettings()  # the quality table's guidance (3, 1.5) and learning rates
 LEAKAGE_EDITS = ["night", "sepia", "circle_red", "add_star", "remove_square", "background_blue"]
@@ -38,9 +40,10 @@ def mean_psnr(results: list[Image.Image], truths: list[Image.Image]) -> float:
 
 def fit(editor, clip, train, method: str, steps: int, **options):
     start = time.perf_counter()
-    inst = fit_images(editor, [b for b, _ in train], [a for _, a in train], method,
-                      FitOptions(steps=steps, lr=SETTINGS.lr[method], resolution=editor.resolution,
-                                 guidance=SETTINGS.guidance[0], image_guidance=SETTINGS.guidance[1], **options),
+    fit_settings, method_settings = settings_for(method, dict(
+        steps=steps, lr=SETTINGS.lr[method], resolution=editor.resolution, guidance=SETTINGS.guidance[0],
+        image_guidance=SETTINGS.guidance[1], **options))
+    inst = fit_images(editor, [b for b, _ in train], [a for _, a in train], method, fit_settings, method_settings,
                       clip=clip, quiet=True)
     return inst, time.perf_counter() - start
 
@@ -53,7 +56,7 @@ def leakage(editor, clip, edits: list[str], steps: int, n_test: int, log=print) 
         exemplar = [train[0][1]] * n_test
         row = {"no_edit": mean_psnr(befores, truths), "truth_to_exemplar": mean_psnr(truths, exemplar)}
         for mode in ("off", "swap", "both"):
-            inst, seconds = fit(editor, clip, train, "lora", steps, method_options={"reverse": mode})
+            inst, seconds = fit(editor, clip, train, "lora", steps, lora_reverse=mode)
             results = apply(inst, befores, editor=editor)
             row[mode] = {"psnr": mean_psnr(results, truths), "to_exemplar": mean_psnr(results, exemplar),
                          "fit_seconds": seconds}
@@ -82,9 +85,11 @@ def reverse(editor, clip, edits: list[str], steps: int, n_test: int, methods: li
                 inst, seconds = fit(editor, clip, train, method, steps, **options)
                 forward = apply(inst, befores, editor=editor)
                 cell = {"forward_psnr": mean_psnr(forward, truths), "fit_seconds": seconds}
-                if options or method == "lora":  # a plain LoRA has a reverse too: its negation
+                try:  # a plain fit has a reverse only where its method builds one in (a LoRA's negation)
                     cell["cycle_psnr"] = mean_psnr(apply(inst, forward, editor=editor, reverse=True), befores)
                     cell["reverse_psnr"] = mean_psnr(apply(inst, truths, editor=editor, reverse=True), befores)
+                except InstructionFileError:
+                    pass
                 cells[variant] = cell
                 log(f"{name:10s} {method:5s} {variant:16s} forward {cell['forward_psnr']:6.2f} cycle "
                     f"{cell.get('cycle_psnr', float('nan')):6.2f} reverse {cell.get('reverse_psnr', float('nan')):6.2f}"

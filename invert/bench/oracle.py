@@ -1,6 +1,6 @@
 """Sanity check of a toy model: does IP2P with the true instruction reproduce the world's exact edits?
 
-    python -m invert.toy.evaluate invert/toy/model --n 10 --guidance 7.5:1.5 --guidance 3:1.5
+    python -m invert.bench.oracle invert/toy/model --n 10 --guidance 7.5:1.5 --guidance 3:1.5
 
 For every catalogue edit, on held-out scenes: PSNR to the true after image of (a) the unedited input,
 (b) the true after image through the VAE (the ceiling any sampling can reach) and (c) the pipeline's output with
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..evaluation import as_tensor, psnr
-from . import world
+from ..toy import world
 
 HELD_OUT_SEED = 10**6  # training pairs use seeds below 10**6 (train.training_seed)
 TARGETS = {"global": 6.0, "local": 3.0}
@@ -133,7 +133,7 @@ def _guidance(text: str) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m invert.toy.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m invert.bench.oracle", description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", type=Path)
     p.add_argument("--n", type=int, default=10, help="held-out pairs per edit")
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED)

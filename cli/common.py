@@ -1,0 +1,103 @@
+"""What every command shares: library errors as one-line messages, output checks, stop signals. Importing this
+module imports no torch (``invert --help`` stays fast)."""
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from invert.errors import InvertError, InvertWarning
+
+if TYPE_CHECKING:
+    from invert.checkpoint import FitStopped
+
+OUT_OF_MEMORY = "out of GPU memory; try --low-memory or a smaller --resolution"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def user_errors(fn):
+    """Run a command's body with the libraries' logging quiet, library errors (and running out of GPU memory)
+    turned into one-line Click errors with a non-zero exit, and the library's warnings into one-line
+    'warning:' messages."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        quiet_libraries()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", InvertWarning)  # one per file, even when the text repeats
+            warnings.showwarning = _show_warning
+            try:
+                return fn(*args, **kwargs)
+            except InvertError as exc:
+                raise click.ClickException(str(exc)) from None
+            except Exception as exc:
+                torch = sys.modules.get("torch")  # imported by then if it ran out of memory
+                if torch is None or not isinstance(exc, torch.OutOfMemoryError):
+                    raise
+                detail = (str(exc) or "OutOfMemoryError").splitlines()[0]
+                raise click.ClickException(f"{OUT_OF_MEMORY} ({detail})") from None
+
+    return wrapper
+
+
+def quiet_libraries() -> None:
+    """diffusers' and transformers' info logs and diffusers' component-loading bars would bury invert's own
+    messages. Called when a command runs (never at import or for --help: importing them takes seconds); the
+    hub's download bars stay, so a first download of real weights shows its progress."""
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()  # transformers' switch turns the hub's download bars off too
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, InvertWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def check_output(path: Path, force: bool) -> None:
+    """Refuse, before any work, an output that exists (without --force) or a folder that cannot take it."""
+    if path.exists() and not force:
+        raise InvertError(f"{path}: already exists (use --force to overwrite)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvertError(f"{parent}: output folder does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InvertError(f"{parent}: output folder is not writable")
+
+
+def make_folder(folder: Path) -> None:
+    """Create the output folder before any work, so that a bad one costs no model time."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvertError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+
+
+def announce_stop(signum: int) -> None:
+    click.echo(f"\n{signal.Signals(signum).name}: saving the fit's state after this step (again: stop at once, "
+               "saving nothing)", err=True)
+
+
+def saved(stopped: "FitStopped", path: Path, signum: int | None) -> click.ClickException:
+    """Write a stopped fit's state and say how to resume it; a signal's exit status is 128 + its number."""
+    from invert.checkpoint import FitDiverged
+
+    stopped.state.save(path)
+    error = click.ClickException(f"{stopped}; saved the state to {path}: run the same command with "
+                                 f"--resume {path} to continue")
+    if signum is not None and not isinstance(stopped, FitDiverged):
+        error.exit_code = 128 + signum
+    return error

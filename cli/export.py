@@ -1,0 +1,59 @@
+"""``invert export-lora`` and ``invert export-embeds``: an instruction in the form plain diffusers code uses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import check_output, user_errors
+
+
+def _export(instruction: Path, output: Path, kind: str, force: bool, reverse: bool = False):
+    """Write the file atomically through the instruction's method (no model is loaded)."""
+    from invert.instruction import Instruction, write_atomically
+    from invert.methods import method_class
+
+    check_output(output, force)
+    inst = Instruction.load(instruction)
+    cls = method_class(inst.method)
+    write_atomically(output, lambda tmp: cls.export(kind, inst.tensors, inst.meta, tmp, reverse), force=force)
+    return inst
+
+
+@click.command("export-lora")
+@click.argument("instruction", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .safetensors file to write.")
+@click.option("--reverse", is_flag=True, help="Export the negated adapter, which undoes the edit.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@user_errors
+def export_lora(instruction, output, reverse, force):
+    """Write a lora INSTRUCTION's adapter as a diffusers LoRA file.
+
+    \b
+      invert export-lora sketch.inst -o sketch_lora.safetensors
+      python -c "pipe.load_lora_weights('sketch_lora.safetensors'); pipe(prompt='', image=img)"
+    """
+    inst = _export(instruction, output, "lora", force, reverse)
+    guidance = inst.meta.get("guidance") or {}
+    click.echo(f"wrote {output}: load it with pipe.load_lora_weights({str(output)!r}) and call pipe(prompt="
+               f"{inst.meta.get('init_text', '')!r}, image=..., guidance_scale={guidance.get('text', 7.5)}, "
+               f"image_guidance_scale={guidance.get('image', 1.5)}) as it was fitted")
+
+
+@click.command("export-embeds")
+@click.argument("instruction", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .safetensors file to write.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@user_errors
+def export_embeds(instruction, output, force):
+    """Write a visii INSTRUCTION's prompt embedding (1, 77, width) as a safetensors file for a plain diffusers
+    pipeline's prompt_embeds.
+
+    \b
+      invert export-embeds sketch.inst -o sketch_embeds.safetensors
+      python -c "e = safetensors.torch.load_file('sketch_embeds.safetensors')['prompt_embeds']; pipe(prompt_embeds=e, image=img)"
+    """
+    inst = _export(instruction, output, "embeds", force)
+    guidance = inst.meta.get("guidance") or {}
+    click.echo(f"wrote {output}: pipe(prompt_embeds=load_file({str(output)!r})['prompt_embeds'], image=..., "
+               f"guidance_scale={guidance.get('text', 7.5)}, image_guidance_scale={guidance.get('image', 1.5)})")

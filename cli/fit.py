@@ -1,0 +1,68 @@
+"""``invert fit``: learn an instruction from exemplar pairs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+import invert
+from invert.defaults import DEFAULT_MODEL
+from invert.signals import stop_on_signals
+
+from .common import announce_stop, check_output, saved, user_errors
+from .options import fit_settings_options, given_settings, method_option, model_options, pop_settings
+
+CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; default: the model folder's clip/ "
+                   "if it has one, else openai/clip-vit-large-patch14.")
+
+
+@click.command()
+@click.argument("pairs", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .inst file to write.")
+@click.option("--before", type=click.Path(path_type=Path), help="A single pair: the before image ...")
+@click.option("--after", type=click.Path(path_type=Path), help="... and the after image.")
+@method_option
+@fit_settings_options
+@click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
+@click.option("--save-every", default=0, type=click.IntRange(min=0), help="Write OUTPUT.step-N.inst every N steps.")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped fit from the state it saved "
+              "(OUTPUT.ckpt, written on Ctrl-C, SIGTERM or divergence); give the same arguments otherwise.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
+@model_options(DEFAULT_MODEL)
+@click.pass_context
+@user_errors
+def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resume, quiet, force, low_memory, model,
+        device, dtype, **values):
+    """Learn an instruction from exemplar PAIRS and write it to OUTPUT.
+
+    PAIRS is a folder with before/ and after/ subfolders (files matched by stem), or a folder of
+    NAME_before.EXT / NAME_after.EXT files; or give one pair with --before and --after.
+
+    \b
+      invert fit pairs/ -o sketch.inst
+      invert fit --before a.jpg --after b.jpg -o sketch.inst --steps 500
+      invert fit pairs/ -o sketch.inst --method brush --threshold 1 --relative-threshold
+      invert fit pairs/ -o sketch.inst --method lora --lora-rank 8 --reverse
+    """
+    from invert.checkpoint import FitStopped
+
+    options = given_settings(ctx, pop_settings(values))
+    check_output(output, force)  # before any work, not after the fit
+    found = invert.find_pairs(pairs, before, after)
+
+    def checkpoint(inst, step):
+        inst.save(output.with_name(f"{output.stem}.step-{step}.inst"), force=True)
+
+    state_path = output.with_name(f"{output.name}.ckpt")
+    with stop_on_signals(announce_stop) as stop:
+        try:
+            inst = invert.fit(found, method, model=model, device=device, dtype=dtype, clip_model=clip_model,
+                              quiet=quiet, save_every=save_every, checkpoint=checkpoint, resume=resume,
+                              should_stop=stop, low_memory=low_memory, **options)
+        except FitStopped as stopped:
+            raise saved(stopped, state_path, stop.signum) from None
+    inst.save(output, force=force)
+    click.echo(f"wrote {output} ({inst.method}, init text {inst.meta['init_text']!r}, "
+               f"loss {inst.meta.get('final_loss')}, {float(inst.meta['fit_seconds']):.1f} s)", err=quiet)

@@ -1,0 +1,2 @@
+"""Benchmarks and reference loops: speed and quality measurements that import the core; the core never
+imports them."""

@@ -1,0 +1,80 @@
+"""The architecture the project keeps (see ../shared/DESIGN.md): layers point down with no import cycles (the
+contracts in pyproject.toml, checked with import-linter), the interfaces sit on top, and no code outside
+invert/methods/ branches on a method's name."""
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+METHOD_NAMES = ("visii", "brush", "lora")
+
+
+def python_files(*folders: str) -> list[Path]:
+    return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
+
+
+def test_the_import_contracts_hold():
+    proc = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
+                           "lint_imports_command()", "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "3 kept, 0 broken" in proc.stdout
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of everything ``path`` imports (relative imports resolved against its package)."""
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[0] in ("cli", "ui", "vocab"):  # mapped as invert.cli, invert.ui, invert.vocab
+        parts = ["invert", *parts]
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            name = ".".join([*base, node.module] if node.module else base)
+            found.add(name)
+            found |= {f"{name}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_nothing_below_the_interfaces_imports_them():
+    """invert.cli and invert.ui live in cli/ and ui/, outside the package folder import-linter reads."""
+    for path in python_files("invert", "vocab"):
+        bad = {m for m in imported_modules(path) if m.split(".")[:2] in (["invert", "cli"], ["invert", "ui"])}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_cli_modules_do_not_import_main():
+    """main.py registers every command; a command importing it would be a cycle."""
+    for path in python_files("cli"):
+        if path.name not in ("main.py", "__main__.py"):
+            assert "invert.cli.main" not in imported_modules(path), path.name
+
+
+NAME = "|".join(METHOD_NAMES)
+BRANCH = re.compile(rf"""(==|!=|\bin)\s*[(\[{{]?\s*["']({NAME})["']|["']({NAME})["']\s*(==|!=)|\bhasattr\(""")
+
+
+def test_no_branching_on_a_method_name_outside_the_methods():
+    """A method is one file: nothing else asks which method it runs (== "lora", in ("visii", ...),
+    hasattr(...) on a method); the loop, sampler, library and CLI call the method's own operations."""
+    offenders = []
+    for path in python_files("invert", "cli", "ui"):
+        if "methods" in path.relative_to(ROOT).parts:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if BRANCH.search(line.split("#")[0]):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_branch_pattern_finds_branches():
+    for line in ('if method == "lora":', "if name in ('visii', 'brush'):", 'x = "brush" != kind',
+                 "if hasattr(cls, 'set_clip_direction'):"):
+        assert BRANCH.search(line), line
+    for line in ('method: str = "visii"', 'METHOD = "brush"', 'fit(pairs, "lora", steps=3)'):
+        assert not BRANCH.search(line), line

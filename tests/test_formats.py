@@ -1,0 +1,44 @@
+"""Instructions written by earlier versions of the .inst format still load and edit as they did: the files in
+tests/fixtures/v1 were fitted on the shipped toy model by format version 1 (commit 88d6f71, with
+tests/fixtures/v1/make_v1.py), each beside the image that version's apply gave (20 steps, the stored noise)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import invert
+from invert.instruction import VERSION, Instruction
+
+V1 = Path(__file__).parent / "fixtures" / "v1"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return invert.load_editor("toy", device="cpu", dtype="fp32")
+
+
+@pytest.mark.parametrize("name", ["visii", "brush", "lora", "brush_reverse"])
+def test_a_version_1_instruction_edits_as_it_did(toy, name):
+    inst = Instruction.load(V1 / f"{name}.inst")
+    image = Image.open(V1 / "input.png").convert("RGB")
+    cases = [(False, f"{name}.png")] + ([(True, f"{name}_undone.png")] if name.endswith("reverse") else [])
+    for reverse, expected in cases:
+        ours = np.asarray(invert.apply(inst, image, editor=toy, steps=20, reverse=reverse), dtype=np.int16)
+        theirs = np.asarray(Image.open(V1 / expected).convert("RGB"), dtype=np.int16)
+        assert np.abs(ours - theirs).max() == 0, f"{expected}: differs by up to {np.abs(ours - theirs).max()}"
+
+
+def test_a_version_1_file_saved_again_is_the_current_version(toy, tmp_path):
+    from invert.api import load_method
+
+    inst = Instruction.load(V1 / "brush.inst")
+    method = load_method(inst, toy)
+    again = Instruction(inst.method, {**method.tensors()}, inst.meta)
+    again.save(tmp_path / "v2.inst")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "v2.inst"), framework="pt") as f:
+        assert f.metadata()["version"] == str(VERSION) == "2"
+    reloaded = load_method(Instruction.load(tmp_path / "v2.inst"), toy)
+    assert all((reloaded.state_dict()[k] == v).all() for k, v in method.state_dict().items())
