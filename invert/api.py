@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from PIL import Image
 
@@ -28,16 +28,26 @@ def _as_pairs(pairs) -> list[Pair]:
     return list(pairs)
 
 
+class FitProgress(NamedTuple):
+    """What ``fit(progress=...)`` reports after every step."""
+
+    step: int  # steps done
+    total: int
+    loss: float  # this step's loss
+
+
 def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Editor | None = None,
         clip_model: str | None = None, clip: Clip | None = None, device: str = "auto", dtype: str = "auto",
         quiet: bool = False, save_every: int = 0, checkpoint=None, resume: FitState | str | os.PathLike | None = None,
-        should_stop: Callable[[], bool] | None = None, low_memory: bool = False, **options) -> Instruction:
+        should_stop: Callable[[], bool] | None = None, low_memory: bool = False,
+        progress: Callable[[FitProgress], None] | None = None, **options) -> Instruction:
     """Learn an instruction from before/after exemplars.
 
     ``pairs``: a pairs folder, a ``(before, after)`` tuple of files, or a list of :class:`Pair`.
     ``options``: fields of :class:`FitOptions` (steps, lr, seed, resolution, init_text, loss_target, ...).
     ``resume``: a :class:`FitState` (or its file) of a stopped fit with the same inputs. ``should_stop``: asked
     after every step; when it says yes, or the fit diverges, ``invert.checkpoint.FitStopped`` holds the state to resume.
+    ``progress``: called after every step with a :class:`FitProgress` (a live loss curve).
 
     >>> inst = invert.fit("examples/toy/night/train", model="toy", steps=100)   # doctest: +SKIP
     >>> inst.save("night.inst")                                                 # doctest: +SKIP
@@ -54,8 +64,10 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     if clip is None and (opts.clip_weight or opts.init_text is None):
         clip = load_clip(clip_name_for(clip_model, editor.model_id), editor.device)
     exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
+    report = None if progress is None else lambda step, total, loss: progress(FitProgress(step, total, loss))
     return fit_images(editor, befores, afters, method, opts, clip=clip, exemplars=exemplars, quiet=quiet,
-                      checkpoint=checkpoint, save_every=save_every, resume=resume, should_stop=should_stop)
+                      checkpoint=checkpoint, save_every=save_every, resume=resume, should_stop=should_stop,
+                      progress=report)
 
 
 def method_for(instruction: Instruction, editor: Editor, strength: float = 1.0, text: str | None = None,

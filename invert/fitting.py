@@ -313,7 +313,7 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
                options: FitOptions | None = None, clip: Clip | None = None, exemplars: list[dict] | None = None,
                quiet: bool = False, checkpoint: Callable[[Instruction, int], None] | None = None,
                save_every: int = 0, resume: FitState | None = None, should_stop: Callable[[], bool] | None = None,
-               ) -> Instruction:
+               progress: Callable[[int, int, float], None] | None = None) -> Instruction:
     """Fit an instruction to already-opened exemplar images (all at ``options.resolution``).
 
     ``resume``: a state saved from a stopped fit of the same exemplars, method, model and options (``--lr`` may
@@ -355,6 +355,8 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
                                 exemplars=exemplars or [], steps_done=steps_done, stored=stored, phrases=phrases)
 
     def on_step(step: int, loss: float) -> None:
+        if progress is not None:  # (steps done, total, this step's loss)
+            progress(step, len(fitter.order), loss)
         if checkpoint is not None and save_every and step % save_every == 0 and step < len(fitter.order):
             checkpoint(snapshot(loss, step), step)
 
