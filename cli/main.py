@@ -451,7 +451,8 @@ from .export_lora import export_lora  # noqa: E402
 from .fit_batch import fit_batch  # noqa: E402
 from .import_visii import import_visii_command  # noqa: E402
 from .library import library  # noqa: E402
+from .ui import ui  # noqa: E402
 
 bench.add_command(quality)
-for command in (eval_command, export_lora, fit_batch, import_visii_command, library, bench):
+for command in (eval_command, export_lora, fit_batch, import_visii_command, library, bench, ui):
     cli.add_command(command)
