@@ -84,7 +84,7 @@ def fit_args(source="Exemplar folder", folder=str(NIGHT / "train"), befores=None
 def apply_args(inst_files, images, source="Upload images", folder=None, text="", variations=1):
     """/apply's inputs: session instructions, uploaded .inst files, weights, images (source, folder, uploads),
     text, strength, steps, guidance, image guidance, seed, variations, fresh noise."""
-    return ([], inst_files, "", source, folder, images, text, 1, 20, None, None, 0, variations, False)
+    return ([], inst_files, "", source, folder, images, text, 1, 20, "", "", 0, variations, False)
 
 
 def test_help_does_not_import_gradio_or_torch():
@@ -123,9 +123,61 @@ def test_api_fit(fitted):
     status, losses, previews, inst_file, *_ = fitted
     assert "done: night-brush.inst" in status and "step 10 / 10" in status
     assert [row[0] for row in losses["data"]] == list(range(1, 11))  # one loss per step: the live curve's data
-    assert len(previews) == 4  # the held-out test images, edited by the final instruction
+    assert not previews  # asked for none
     inst = Instruction.load(inst_file)
     assert inst.method == "brush" and int(inst.meta["steps"]) == 10
+
+
+def uploaded_pairs(count: int = 3) -> tuple[list, list]:
+    from gradio_client import handle_file
+
+    return tuple([handle_file(f) for f in sorted((NIGHT / "train" / side).iterdir())[:count]]
+                 for side in ("before", "after"))
+
+
+def test_previews_pause_the_fit_without_changing_it(client):
+    """Previews stop the fit every N steps and resume it: the result is the uninterrupted fit's, exactly."""
+    import torch
+    from gradio_client import handle_file
+
+    from invert.instruction import Instruction
+
+    befores, afters = uploaded_pairs()
+    held_out = [handle_file(sorted((NIGHT / "test" / "before").iterdir())[0])]
+    results = {}
+    for every in (0, 3):
+        args = list(fit_args("Upload pairs", None, befores, afters, method="visii", steps=6, preview_every=every))
+        args[4] = held_out
+        status, _, previews, inst_file, *_ = client.predict(*args, api_name="/fit")
+        assert "done: edit-visii" in status
+        results[every] = Instruction.load(inst_file), previews
+    assert not results[0][1]
+    assert [p["caption"] for p in results[3][1]] == ["step 6"]  # the latest preview: the final instruction's
+    a, b = results[0][0], results[3][0]
+    assert a.tensors.keys() == b.tensors.keys()
+    for key in a.tensors:
+        assert torch.equal(a.tensors[key], b.tensors[key]), key
+
+
+def test_stop_keeps_the_state_and_resume_finishes(client):
+    from invert.checkpoint import FitState
+    from invert.instruction import Instruction
+
+    job = client.submit(*fit_args(method="visii", steps=60), api_name="/fit")
+    deadline = time.monotonic() + 120
+    while not any("step " in str(out[0]) and " / 60" in str(out[0]) for out in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), "the fit showed no progress"
+        time.sleep(0.2)
+    client.predict(api_name="/stop")
+    status, _, _, _, ckpt = job.result(timeout=120)  # the API's outputs leave out buttons and states
+    assert "stopped at step" in status
+    state = FitState.load(ckpt["value"])
+    assert 0 < state.step < 60
+
+    status, losses, _, inst_file, *_ = client.predict(api_name="/resume")
+    assert "done: night-visii" in status and "step 60 / 60" in status
+    assert len(losses["data"]) == 60  # the curve goes on from where it stopped
+    assert int(Instruction.load(inst_file).meta["steps"]) == 60
 
 
 def test_api_apply(client, fitted):
@@ -177,3 +229,163 @@ def test_api_bad_uploads_get_the_cli_message(client, fitted, tmp_path):
     with pytest.raises(AppError) as page:
         client.predict(*apply_args([handle_file(not_inst)], [handle_file(after)]), api_name="/apply")
     assert str(page.value) == cli_message(Instruction.load, not_inst)
+
+
+# The browser: Debian's chromium and chromium-driver (.ci/run installs them); nothing is downloaded.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000"]
+FIT_SECONDS = 240
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    import shutil
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("SKIP browser test: no chromium/chromedriver (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(flag)
+    home = tmp_path_factory.mktemp("chromium-home")  # its crash-report settings and dconf go here, not in ~
+    driver = webdriver.Chrome(service=Service(chromedriver, env={**os.environ, "HOME": str(home)}), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def library_file(client, tmp_path_factory) -> Path:
+    """A library of four toy edits, each fitted through the app's API (VISII, 10 steps)."""
+    import shutil
+
+    from invert.library import build_library
+
+    folder = tmp_path_factory.mktemp("library")
+    for edit in ("night", "red_circle", "sepia_frame", "hue90"):
+        inst = client.predict(*fit_args(folder=str(ROOT / "examples" / "toy" / edit / "train"), method="visii"),
+                              api_name="/fit")[3]
+        shutil.copyfile(inst, folder / f"{edit}.inst")
+    build_library([folder]).save(folder / "toy.safetensors")
+    return folder / "toy.safetensors"
+
+
+class Page:
+    """The app in the browser, with waits that fail the test with what they waited for."""
+
+    def __init__(self, driver, shots: Path):
+        self.d, self.shots = driver, shots
+
+    def find(self, css: str):
+        from selenium.webdriver.common.by import By
+
+        return self.d.find_elements(By.CSS_SELECTOR, css)
+
+    def text(self, css: str) -> str:
+        return " ".join(e.text for e in self.find(css))
+
+    def downloads(self, css: str) -> list[str]:
+        """The names of the files a File component offers."""
+        return [Path(a.get_attribute("href")).name for a in self.find(f"{css} a[href]")]
+
+    def wait(self, what: str, condition, timeout: float = 60) -> None:
+        """Wait for ``condition``; on a time-out fail with the page's error messages and a screenshot."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            WebDriverWait(self.d, timeout, poll_frequency=0.25).until(lambda _: condition())
+        except TimeoutException:
+            shot = self.screenshot("failed.png")
+            pytest.fail(f"timed out waiting for {what}; the page says {self.text('.toast-body')!r}; see {shot}")
+
+    def tab(self, name: str) -> None:
+        next(b for b in self.find("button[role=tab]") if b.text.strip() == name).click()
+
+    def type(self, css: str, value: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        field = self.find(css)[0]
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(value, Keys.TAB)
+
+    def upload(self, elem_id: str, path: Path) -> None:
+        self.find(f"#{elem_id} input[type=file]")[0].send_keys(str(path))
+        self.wait(f"{path.name} uploaded to #{elem_id}", lambda: self.downloads(f"#{elem_id}") == [path.name])
+
+    def screenshot(self, name: str) -> Path:
+        """The whole page, beyond the window (Chrome's DevTools capture), as README shows it."""
+        import base64
+
+        size = self.d.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        shot = self.d.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                                                 "clip": {"x": 0, "y": 0, "width": size["width"],
+                                                                          "height": size["height"], "scale": 1}})
+        path = self.shots / name
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    """INVERT_UI_SCREENSHOTS=DIR keeps them (README's come from here); else a temporary folder."""
+    folder = Path(os.environ.get("INVERT_UI_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_browser_learn_apply_and_library(server, browser, library_file, screenshots):
+    page = Page(browser, screenshots)
+    api_sessions = set(server.tmp.glob("invert-ui-*/sessions/session-*"))
+    browser.get(server.url)
+    page.wait("the exemplar pairs checked", lambda: "10 pairs" in page.text("#invert-learn-info"))
+    page.wait("InstructBrush's phrases", lambda: "would start from" in page.text("#invert-phrases"), timeout=120)
+    assert len(page.find("#learn-pairs img")) == 10
+
+    # README's screenshots (INVERT_UI_SCREENSHOTS) show the quick start's 100 steps, a finished edit; CI fits 20.
+    steps = 100 if os.environ.get("INVERT_UI_SCREENSHOTS") else 20
+    page.type("#learn-steps input", str(steps))
+    page.type("#learn-preview-every input", str(steps // 2))
+    page.find("#fit-button")[0].click()
+    page.wait("the fit to finish", lambda: "done: " in page.text("#fit-status") or
+              "failed" in page.text("#fit-status"), timeout=FIT_SECONDS)
+    assert "done: night-brush.inst" in page.text("#fit-status"), page.text("#fit-status")
+    assert f"step {steps} / {steps}" in page.text("#fit-status")
+    assert len(page.find("#fit-previews img")) == 4
+    assert page.downloads("#inst-file") == ["night-brush.inst"]
+    page.screenshot("ui_learn.png")
+
+    page.tab("Apply")
+    page.wait("the learned instruction offered", lambda: "night-brush.inst" in page.text("#apply-listing"))
+    page.find("#apply-button")[0].click()
+    page.wait("five results", lambda: len(page.find("#apply-results img")) == 5, timeout=120)
+    page.wait("the downloads", lambda: len(page.downloads("#apply-files")) == 5)
+    assert page.downloads("#apply-files")[0] == "000.png"
+    assert len(page.find("#apply-slider img")) == 2  # before and after
+    page.screenshot("ui_apply.png")
+
+    page.tab("Library")
+    page.upload("library-file", library_file)
+    page.upload("library-before", NIGHT / "test" / "before" / "001.png")
+    page.upload("library-after", NIGHT / "test" / "after" / "001.png")
+    page.find("#library-button")[0].click()
+    page.wait("the library's results", lambda: len(page.find("#library-results img")) == 5, timeout=120)
+    assert "Mixed: night" in page.text("#library-weights")  # the night pair picks the night instruction first
+    page.screenshot("ui_library.png")
+
+    sessions = set(server.tmp.glob("invert-ui-*/sessions/session-*")) - api_sessions
+    assert len(sessions) == 1  # the page's own folder
+    browser.get("about:blank")
+    page.wait("the closed page's files removed", lambda: not next(iter(sessions)).exists(), timeout=30)
+
+
+def test_stopping_leaves_nothing_behind(server):
+    """Last: SIGTERM stops the app as Ctrl-C does; nothing is left in its working folder or its TMPDIR (but the
+    folder torch itself makes there on import)."""
+    assert server.stop() == 0
+    assert not list(server.cwd.iterdir())
+    assert [p.name for p in server.tmp.iterdir() if p.name != "torchinductor_root"] == []

@@ -114,16 +114,15 @@ class App:
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate")
 
 
-def example_folders(pattern: str) -> list[str]:
-    """Folders matching ``pattern`` under the examples/ of the working folder or of invert's source checkout,
-    shown relative to the working folder when they are inside it."""
-    found: dict[Path, None] = {}
+def example_folders(pattern: str) -> list[tuple[str, str]]:
+    """Folders matching ``pattern`` under the examples/ of the working folder or of invert's source checkout, as
+    dropdown choices: (examples/..., the absolute path)."""
+    found: dict[str, str] = {}
     for base in (Path.cwd(), HERE.parent):
         for folder in sorted((base / "examples").glob(pattern)):
             if folder.is_dir():
-                found.setdefault(folder.resolve(), None)
-    cwd = Path.cwd().resolve()
-    return [str(f.relative_to(cwd)) if f.is_relative_to(cwd) else str(f) for f in found]
+                found.setdefault(str(folder.resolve()), str(folder.relative_to(base)))
+    return [(label, path) for path, label in found.items()]
 
 
 def open_images(session: Session, uploads: list[str] | None, folder: str | None, what: str
@@ -146,9 +145,10 @@ def open_images(session: Session, uploads: list[str] | None, folder: str | None,
     return files, [open_image(f) for f in files]
 
 
-def first_example(choices: list[str], preferred: str) -> str | None:
+def first_example(choices: list[tuple[str, str]], preferred: str) -> str | None:
     """The choice with ``preferred`` as a path part (examples/toy/night/...), else the first one."""
-    return next((c for c in choices if preferred in Path(c).parts), choices[0] if choices else None)
+    paths = [path for _, path in choices]
+    return next((p for p in paths if preferred in Path(p).parts), paths[0] if paths else None)
 
 
 def side_by_side(left: Image.Image, right: Image.Image, gap: int = 2) -> Image.Image:

@@ -26,8 +26,8 @@ class ImageInputs:
     text: gr.Textbox
     strength: gr.Slider
     steps: gr.Slider
-    guidance: gr.Number
-    image_guidance: gr.Number
+    guidance: gr.Textbox
+    image_guidance: gr.Textbox
     seed: gr.Number
     variations: gr.Slider
     fresh_noise: gr.Checkbox
@@ -61,8 +61,9 @@ def image_inputs(app: App, prefix: str) -> ImageInputs:
         strength = gr.Slider(0, 2, 1, step=0.05, label="Strength", info="0: the init text, 1: as learned")
         steps = gr.Slider(1, 100, 20, step=1, label="Sampling steps")
     with gr.Row():
-        guidance = gr.Number(None, minimum=0, step=0.5, label="Text guidance", info="empty: the file's")
-        image_guidance = gr.Number(None, minimum=0, step=0.1, label="Image guidance", info="empty: the file's")
+        # Textboxes, not numbers: a number field cannot be left empty (the file's own scale).
+        guidance = gr.Textbox(label="Text guidance", placeholder="the file's")
+        image_guidance = gr.Textbox(label="Image guidance", placeholder="the file's")
     with gr.Row():
         seed = gr.Number(0, precision=0, label="Seed")
         variations = gr.Slider(1, MAX_VARIATIONS, 1, step=1, label="Variations", info="seeds seed, seed+1, ...")
@@ -72,17 +73,17 @@ def image_inputs(app: App, prefix: str) -> ImageInputs:
 
 
 def results_view(app: App, prefix: str) -> Results:
-    gallery = gr.Gallery(label="Results", columns=4, height=260, object_fit="contain", format="png",
+    gallery = gr.Gallery(label="Results", columns=5, height=260, object_fit="contain", format="png",
                          elem_classes=app.pixel_class(), elem_id=f"{prefix}-results")
     slider = gr.ImageSlider(label="Before | after (select a result above)", type="filepath", height=300,
-                            elem_classes=app.pixel_class(), interactive=False)
+                            elem_classes=app.pixel_class(), interactive=False, elem_id=f"{prefix}-slider")
     files = gr.File(label="Download", file_count="multiple", height=120, elem_id=f"{prefix}-files")
     return Results(gallery, slider, files)
 
 
 def edit(app: App, session: Session, tab: str, inst: Instruction, source: str, folder: str | None,
-         uploads: list[str] | None, text: str, strength: float, steps: float, guidance: float | None,
-         image_guidance: float | None, seed: float | None, variations: float, fresh_noise: bool) -> tuple:
+         uploads: list[str] | None, text: str, strength: float, steps: float, guidance: str | None,
+         image_guidance: str | None, seed: float | None, variations: float, fresh_noise: bool) -> tuple:
     """Edit the chosen images (every variation) and write the results to the session folder: the outputs of a
     Results view. ``tab``: whose gallery the results fill (its slider follows them)."""
     files, images = open_images(session, uploads if source == UPLOAD else None,
@@ -92,7 +93,8 @@ def edit(app: App, session: Session, tab: str, inst: Instruction, source: str, f
     rows: list[tuple[str, str, str]] = []  # (before, result, caption)
     for v in range(count):
         edited = app.model.apply(inst, images, text=text, strength=float(strength), steps=int(steps),
-                                 guidance=guidance, image_guidance=image_guidance, seed=seed + v,
+                                 guidance=_scale(guidance, "Text guidance"),
+                                 image_guidance=_scale(image_guidance, "Image guidance"), seed=seed + v,
                                  fresh_noise=bool(fresh_noise) or count > 1)
         for f, before, after in zip(files, images, edited):
             name = f"{f.stem}_seed{seed + v}" if count > 1 else f.stem
@@ -105,6 +107,16 @@ def edit(app: App, session: Session, tab: str, inst: Instruction, source: str, f
     return ([(r, caption) for _, r, caption in rows], (rows[0][0], rows[0][1]), [r for _, r, _ in rows])
 
 
+def _scale(value: str | None, label: str) -> float | None:
+    """A guidance scale typed in a text field; empty: None (the file's)."""
+    if not (value or "").strip():
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvertError(f"{label}: expected a number, not {value!r}") from None
+
+
 def build(app: App, learned: gr.State) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
@@ -113,7 +125,7 @@ def build(app: App, learned: gr.State) -> None:
             uploaded = gr.File(file_count="multiple", file_types=[".inst"], label="Or upload .inst files",
                                elem_id="apply-inst-files")
             weights = gr.Textbox(label="Mix weights", placeholder="e.g. 0.7, 0.3 (empty: equal weights)")
-            listing = gr.Markdown()
+            listing = gr.Markdown(elem_id="apply-listing")
             gr.Markdown("### 2. Images")
             inputs = image_inputs(app, "apply")
             run = gr.Button("Apply", variant="primary", elem_id="apply-button")

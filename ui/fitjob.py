@@ -55,8 +55,10 @@ class FitJob:
         """A new job that continues this stopped one, with the same pairs and settings."""
         if self.state is None:
             raise InvertError("there is no stopped fit to resume")
-        return FitJob(self.model, self.pairs, self.method, self.options, self.previews, self.preview_every,
-                      self.state, self.losses)
+        job = FitJob(self.model, self.pairs, self.method, self.options, self.previews, self.preview_every,
+                     self.state, self.losses)
+        job.preview = self.preview
+        return job
 
     def watch(self, every: float = 0.25) -> Iterator[None]:
         """Yield whenever the page has something new to show (at most every ``every`` seconds), until the worker
@@ -91,7 +93,7 @@ class FitJob:
         return self._stop.is_set() or self._snapshot is not None
 
     def _show_preview(self, inst: Instruction, step: int) -> None:
-        if self.previews:
+        if self.previews and self.preview_every:
             self.preview = (step, self.model.apply(inst, self.previews))
             self._changed()
 

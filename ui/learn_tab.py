@@ -43,12 +43,12 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
                                  elem_id="learn-afters")
             heldout = gr.File(file_count="multiple", file_types=["image"], visible=not folders,
                               label="Held-out images for previews (optional; default: the first befores)")
-            pairs_info = gr.Markdown()
+            pairs_info = gr.Markdown(elem_id="invert-learn-info")
             pairs_view = gr.Gallery(label="Pairs: before | after", columns=4, height="auto", object_fit="contain",
                                     format="png", elem_classes=app.pixel_class(), buttons=[], elem_id="learn-pairs")
             with gr.Accordion("InstructBrush's phrases (its init text when Init text is empty)", open=True):
-                phrases_info = gr.Markdown("Shown once the pairs are checked.")
-                phrases_table = gr.Dataframe(headers=["phrase", "side", "sensitivity"], max_height=180,
+                phrases_info = gr.Markdown("Shown once the pairs are checked.", elem_id="invert-phrases")
+                phrases_table = gr.Dataframe(headers=["phrase", "side", "Δ CLIP"], max_height=180,
                                              interactive=False, visible=False, column_widths=["60%", "20%", "20%"])
         with gr.Column(scale=7):
             gr.Markdown("### 2. Learn it")
@@ -59,7 +59,7 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
                 lr = gr.Number(defaults["lr"], minimum=0, step=1e-3, label="Learning rate")
                 guidance = gr.Number(defaults["guidance"], minimum=0, step=0.5, label="Text guidance")
                 preview_every = gr.Number(max(1, int(defaults["steps"]) // 5), precision=0, minimum=0,
-                                          label="Preview every N steps", info="0: at the end only",
+                                          label="Preview every N steps", info="and at the end; 0: none",
                                           elem_id="learn-preview-every")
             with gr.Row():
                 init_text = gr.Textbox(label="Init text", scale=3, placeholder="empty: the method's own choice "
@@ -156,7 +156,7 @@ def _stream(app: App, session: Session, job: FitJob, inputs: list[Image.Image]) 
     for _ in job.watch():
         seconds = time.perf_counter() - started
         loss = job.losses[-1] if job.losses else None
-        previews = gr.skip()
+        previews = []  # a new fit clears the last one's
         if job.preview is not None:
             step, edits = job.preview
             previews = [(side_by_side(i, e), f"step {step}") for i, e in zip(inputs, edits)]

@@ -32,8 +32,10 @@ def build(app: App) -> None:
             inputs = image_inputs(app, "library")
             run = gr.Button("Edit with the library", variant="primary", elem_id="library-button")
         with gr.Column(scale=7):
-            weights = gr.BarPlot(_weights([]), x="instruction", y="weight", height=200, sort="-y",
-                                 label="Weights the library chose", elem_id="library-weights")
+            # No initial data: an empty frame would fix the axes' types as numbers, and the names never show.
+            weights = gr.BarPlot(None, x="instruction", y="weight", height=200, sort="-y", y_lim=[0, 1],
+                                 label="Weights the library chose")
+            chosen_text = gr.Markdown(elem_id="library-weights")
             results = results_view(app, "library")
 
     def apply(library, before, after, temperature, top, method, source, folder, images, text, strength, steps,
@@ -51,10 +53,11 @@ def build(app: App) -> None:
                                                      None if method == ANY_METHOD else method)
         edited = edit(app, session, "library", inst, source, folder, images, text, strength, steps, guidance,
                       image_guidance, seed, variations, fresh_noise)
-        return (_weights(chosen), *edited)
+        listed = " · ".join(f"**{name}** {w:.3f}" for name, w in chosen)
+        return (_weights(chosen), f"Mixed: {listed}", *edited)
 
     run.click(app.handler(apply), [library, before, after, temperature, top, method, *inputs.components()],
-              [weights, *results.components()], api_name="library", **MODEL_EVENT)
+              [weights, chosen_text, *results.components()], api_name="library", **MODEL_EVENT)
     follow_selection(app, "library", results)
 
 
