@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ def ui(host, port, model, device, dtype):
       invert ui --model toy
       invert ui --model ip2p/ --port 8080
     """
+    _check_address(host, port)
     root = Path(tempfile.mkdtemp(prefix="invert-ui-"))
     # Gradio reads these when it is imported: its upload cache inside our folder, and no calls home.
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
@@ -51,6 +53,19 @@ def ui(host, port, model, device, dtype):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _check_address(host: str, port: int) -> None:
+    """Fail at once, not after loading Gradio and the model (a minute for a real one), when the address cannot be
+    listened on."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            probe.bind(address)
+    except OSError as exc:
+        raise InvertError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
+                          "or --host") from None
+
+
 def _serve(root: Path, host: str, port: int, model: str, device: str, dtype: str) -> None:
     from invert.ui.app import App
 
@@ -58,8 +73,9 @@ def _serve(root: Path, host: str, port: int, model: str, device: str, dtype: str
     app = App(model, root, device=device, dtype=dtype)
     try:
         url = app.launch(host, port)
-    except OSError as exc:  # Gradio: "Cannot find empty port in range"
-        raise InvertError(f"cannot listen on {host}:{port} ({exc}); choose another --port") from None
+    except OSError as exc:  # taken meanwhile; Gradio says "Cannot find empty port in range: ..."
+        raise InvertError(f"cannot listen on {host}:{port} ({str(exc).split('. ')[0]}); choose another --port") \
+            from None
     where = ("local: only this computer can open it" if host in LOCAL_HOSTS else
              f"listening on {host}: anyone who can reach this machine's port {port} can use the model")
     click.echo(f"invert ui running at {url} ({where}); Ctrl-C stops it")

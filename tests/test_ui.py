@@ -98,12 +98,26 @@ def test_help_does_not_import_gradio_or_torch():
 def test_without_gradio_it_says_how_to_install(tmp_path):
     # None in sys.modules: `import gradio` fails as if it were not installed. The command alone, without the
     # group's set-up (which imports diffusers), answers in a second.
-    code = "import sys; sys.modules['gradio'] = None; from invert.cli.main import ui; ui(['--model', 'toy'])"
+    code = ("import sys; sys.modules['gradio'] = None; from invert.cli.main import ui; "
+            f"ui(['--model', 'toy', '--port', '{free_port()}'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "TMPDIR": str(tmp_path)})
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines() == ["Error: invert ui needs Gradio, an optional extra: pip install 'invert[ui]'"]
+    assert r.stderr.strip().splitlines() == [
+        "Error: invert ui needs Gradio, an optional extra: pip install 'invert[ui]'"]
     assert not list(tmp_path.glob("invert-ui-*"))  # its temporary folder is gone too
+
+
+def test_a_port_in_use_is_refused_at_once():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = f"from invert.cli.main import ui; ui(['--model', 'toy', '--port', '{port}'])"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); choose "
+                                "another --port or --host")
 
 
 def test_it_listens_locally_and_says_so(server):
@@ -136,7 +150,8 @@ def uploaded_pairs(count: int = 3) -> tuple[list, list]:
 
 
 def test_previews_pause_the_fit_without_changing_it(client):
-    """Previews stop the fit every N steps and resume it: the result is the uninterrupted fit's, exactly."""
+    """Previews stop the fit every N steps and resume it: the result is the uninterrupted fit's, exactly. LoRA,
+    whose adapter is added to the UNet for each stretch of the fit and removed for each preview."""
     import torch
     from gradio_client import handle_file
 
@@ -146,10 +161,10 @@ def test_previews_pause_the_fit_without_changing_it(client):
     held_out = [handle_file(sorted((NIGHT / "test" / "before").iterdir())[0])]
     results = {}
     for every in (0, 3):
-        args = list(fit_args("Upload pairs", None, befores, afters, method="visii", steps=6, preview_every=every))
+        args = list(fit_args("Upload pairs", None, befores, afters, method="lora", steps=6, preview_every=every))
         args[4] = held_out
         status, _, previews, inst_file, *_ = client.predict(*args, api_name="/fit")
-        assert "done: edit-visii" in status
+        assert "done: edit-lora" in status
         results[every] = Instruction.load(inst_file), previews
     assert not results[0][1]
     assert [p["caption"] for p in results[3][1]] == ["step 6"]  # the latest preview: the final instruction's
@@ -191,6 +206,17 @@ def test_api_apply(client, fitted):
     result = Image.open(files[0])
     assert result.size == Image.open(image).size
     assert Image.open(before).size == result.size and Path(after).read_bytes() == Path(files[0]).read_bytes()
+
+    # Mixing an instruction with itself, half and half, is that instruction: the same result.
+    args = list(apply_args([handle_file(fitted[3]), handle_file(fitted[3])], [handle_file(image)]))
+    args[2] = "0.5, 0.5"
+    _, _, mixed = client.predict(*args, api_name="/apply")
+    assert Image.open(mixed[0]).tobytes() == result.tobytes()
+
+    _, _, varied = client.predict(*apply_args([handle_file(fitted[3])], [handle_file(image)], variations=2),
+                                  api_name="/apply")
+    assert [Path(f).name for f in varied] == [f"{image.stem}_seed0.png", f"{image.stem}_seed1.png"]
+    assert Image.open(varied[0]).tobytes() != Image.open(varied[1]).tobytes()  # fresh noise from each seed
 
 
 def cli_message(fn, path: Path) -> str:

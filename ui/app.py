@@ -36,7 +36,7 @@ class App:
     def __init__(self, model: str, root: Path, device: str = "auto", dtype: str = "auto"):
         self.model = Model(model, device, dtype)
         self.root = root
-        self.sessions = Sessions(root / "sessions")
+        self.sessions = Sessions(root / "sessions", Path(gr.utils.get_upload_folder()))
         self.blocks = self._build()
 
     def _build(self) -> gr.Blocks:

@@ -73,7 +73,7 @@ def image_inputs(app: App, prefix: str) -> ImageInputs:
 
 
 def results_view(app: App, prefix: str) -> Results:
-    gallery = gr.Gallery(label="Results", columns=5, height=260, object_fit="contain", format="png",
+    gallery = gr.Gallery(label="Results", columns=5, height="auto", object_fit="contain", format="png",
                          elem_classes=app.pixel_class(), elem_id=f"{prefix}-results")
     slider = gr.ImageSlider(label="Before | after (select a result above)", type="filepath", height=300,
                             elem_classes=app.pixel_class(), interactive=False, elem_id=f"{prefix}-slider")
@@ -173,10 +173,9 @@ def follow_selection(app: App, tab: str, results: Results) -> None:
 
 def _instructions(session: Session, names: list[str] | None, uploads: list[str] | None
                   ) -> list[tuple[str, Instruction]]:
-    """The chosen instructions in order: those learned in this session, then the uploaded files."""
-    paths = [session.instructions[n] for n in names or [] if n in session.instructions]
-    if uploads:
-        paths += session.copy_uploads(uploads, session.new_folder("inst"))
+    """The chosen instructions in order: those learned in this session, then the uploaded files (read where
+    Gradio put them: unlike images, two of one name are fine)."""
+    paths = [session.instructions[n] for n in names or [] if n in session.instructions] + list(uploads or [])
     return [(Path(p).name, load_instruction(p)) for p in paths]
 
 

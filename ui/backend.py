@@ -43,11 +43,14 @@ class Model:
         return self.editor.resolution
 
     def defaults(self) -> dict[str, float | int]:
-        """The Learn tab's starting settings: the CLI's, except on the toy model, which learns well only with a
-        larger learning rate and lower guidance (README's quick start)."""
+        """The Learn tab's starting settings: the library's, except on the toy model, which learns well only with
+        a larger learning rate and lower guidance, in 100 steps (README's quick start)."""
+        from invert.fitting import FitOptions
+
+        d = FitOptions()
         if self.name == "toy":
-            return {"steps": 100, "lr": 1e-2, "guidance": 3.0, "image_guidance": 1.5}
-        return {"steps": 1000, "lr": 1e-3, "guidance": 7.5, "image_guidance": 1.5}
+            return {"steps": 100, "lr": 1e-2, "guidance": 3.0, "image_guidance": d.image_guidance}
+        return {"steps": d.steps, "lr": d.lr, "guidance": d.guidance, "image_guidance": d.image_guidance}
 
     def load_pairs(self, pairs: list[Pair]) -> tuple[list[Image.Image], list[Image.Image]]:
         """Open every pair as ``invert fit`` does (its checks, its one-line errors), at the model's resolution."""

@@ -59,8 +59,8 @@ class Session:
 class Sessions:
     """The sessions of the running app, by Gradio's session hash, each in its own folder under ``root``."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, uploads: Path):
+        self.root, self.uploads = root, uploads  # uploads: Gradio's upload cache
         root.mkdir(parents=True, exist_ok=True)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -82,5 +82,7 @@ class Sessions:
             self.close(key)
 
     def shorten(self, message: str) -> str:
-        """A message with the session folders left out of its paths: 'before/cat.png: not an image ...'."""
-        return re.sub(re.escape(str(self.root)) + r"/session-[^/]+/(?:[a-z]+-\d+/)?", "", message)
+        """A message with the session folders and the upload cache left out of its paths: 'before/cat.png: not an
+        image ...'."""
+        message = re.sub(re.escape(str(self.root)) + r"/session-[^/]+/(?:[a-z]+-\d+/)?", "", message)
+        return re.sub(re.escape(str(self.uploads)) + r"/[^/]+/", "", message)
