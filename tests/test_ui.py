@@ -174,7 +174,11 @@ def test_previews_pause_the_fit_without_changing_it(client):
         assert torch.equal(a.tensors[key], b.tensors[key]), key
 
 
-def test_stop_keeps_the_state_and_resume_finishes(client):
+def test_stop_keeps_the_state_and_resume_finishes(server, client, fitted):
+    """Stop and Resume; meanwhile another page's edit waits in the queue: one model, one job at a time."""
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+
     from invert.checkpoint import FitState
     from invert.instruction import Instruction
 
@@ -183,9 +187,17 @@ def test_stop_keeps_the_state_and_resume_finishes(client):
     while not any("step " in str(out[0]) and " / 60" in str(out[0]) for out in job.outputs()):
         assert time.monotonic() < deadline and not job.done(), "the fit showed no progress"
         time.sleep(0.2)
+    other = Client(server.url, verbose=False, download_files=str(server.cwd.parent / "downloads"))
+    image = sorted((NIGHT / "test" / "before").iterdir())[0]
+    edit = other.submit(*apply_args([handle_file(fitted[3])], [handle_file(image)]), api_name="/apply")
+    while edit.status().code in (Status.STARTING, Status.JOINING_QUEUE, Status.SENDING_DATA):
+        time.sleep(0.1)
+    assert edit.status().code == Status.IN_QUEUE and not job.done()
+
     client.predict(api_name="/stop")
     status, _, _, _, ckpt = job.result(timeout=120)  # the API's outputs leave out buttons and states
     assert "stopped at step" in status
+    assert len(edit.result(timeout=120)[2]) == 1  # its turn came once the fit had stopped
     state = FitState.load(ckpt["value"])
     assert 0 < state.step < 60
 
@@ -368,8 +380,8 @@ def test_browser_learn_apply_and_library(server, browser, library_file, screensh
     page = Page(browser, screenshots)
     api_sessions = set(server.tmp.glob("invert-ui-*/sessions/session-*"))
     browser.get(server.url)
-    page.wait("the exemplar pairs checked", lambda: "10 pairs" in page.text("#invert-learn-info"))
-    page.wait("InstructBrush's phrases", lambda: "would start from" in page.text("#invert-phrases"), timeout=120)
+    page.wait("the exemplar pairs checked", lambda: "10 pairs" in page.text("#learn-info"))
+    page.wait("InstructBrush's phrases", lambda: "would start from" in page.text("#learn-phrases"), timeout=120)
     assert len(page.find("#learn-pairs img")) == 10
 
     # README's screenshots (INVERT_UI_SCREENSHOTS) show the quick start's 100 steps, a finished edit; CI fits 20.

@@ -20,6 +20,7 @@ MODEL_QUEUE = "model"
 MODEL_EVENT = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1}
 HERE = Path(__file__).resolve().parent
 
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate")
 CSS = """
 .pixelated img { image-rendering: pixelated; }
 #invert-header h1 { margin-bottom: 0; }
@@ -110,8 +111,6 @@ class App:
         """Galleries of small images (the toy model's 32 px) are scaled up with sharp pixels, not blurred."""
         return ["pixelated"] if self.model.resolution < 128 else []
 
-
-THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate")
 
 
 def example_folders(pattern: str) -> list[tuple[str, str]]:

@@ -88,14 +88,16 @@ def edit(app: App, session: Session, tab: str, inst: Instruction, source: str, f
     Results view. ``tab``: whose gallery the results fill (its slider follows them)."""
     files, images = open_images(session, uploads if source == UPLOAD else None,
                                 folder if source == FOLDER else None, "images")
+    stems = [f.stem.casefold() for f in files]
+    if len(set(stems)) != len(stems):
+        raise InvertError("two images share a file stem; their results would overwrite each other")
+    scales = {"guidance": _scale(guidance, "Text guidance"), "image_guidance": _scale(image_guidance, "Image guidance")}
     out = session.new_folder("results")
     count, seed = int(variations), int(seed or 0)
     rows: list[tuple[str, str, str]] = []  # (before, result, caption)
     for v in range(count):
-        edited = app.model.apply(inst, images, text=text, strength=float(strength), steps=int(steps),
-                                 guidance=_scale(guidance, "Text guidance"),
-                                 image_guidance=_scale(image_guidance, "Image guidance"), seed=seed + v,
-                                 fresh_noise=bool(fresh_noise) or count > 1)
+        edited = app.model.apply(inst, images, text=text, strength=float(strength), steps=int(steps), seed=seed + v,
+                                 fresh_noise=bool(fresh_noise) or count > 1, **scales)
         for f, before, after in zip(files, images, edited):
             name = f"{f.stem}_seed{seed + v}" if count > 1 else f.stem
             after.save(out / f"{name}.png")

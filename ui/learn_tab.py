@@ -43,11 +43,11 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
                                  elem_id="learn-afters")
             heldout = gr.File(file_count="multiple", file_types=["image"], visible=not folders,
                               label="Held-out images for previews (optional; default: the first befores)")
-            pairs_info = gr.Markdown(elem_id="invert-learn-info")
+            pairs_info = gr.Markdown(elem_id="learn-info")
             pairs_view = gr.Gallery(label="Pairs: before | after", columns=4, height="auto", object_fit="contain",
                                     format="png", elem_classes=app.pixel_class(), buttons=[], elem_id="learn-pairs")
             with gr.Accordion("InstructBrush's phrases (its init text when Init text is empty)", open=True):
-                phrases_info = gr.Markdown("Shown once the pairs are checked.", elem_id="invert-phrases")
+                phrases_info = gr.Markdown("Shown once the pairs are checked.", elem_id="learn-phrases")
                 phrases_table = gr.Dataframe(headers=["phrase", "side", "Δ CLIP"], max_height=180,
                                              interactive=False, visible=False, column_widths=["60%", "20%", "20%"])
         with gr.Column(scale=7):
@@ -99,7 +99,7 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
         return gallery, f"**{len(pairs)} pairs** ({name}), used at {w}x{h}."
 
     def phrases(request: gr.Request):
-        pairs = getattr(app.session(request), "checked", None)
+        pairs = app.session(request).checked
         if not pairs:
             return "Shown once the pairs are checked.", gr.update(visible=False)
         choice = app.model.phrases(pairs)
@@ -153,6 +153,7 @@ def _stream(app: App, session: Session, job: FitJob, inputs: list[Image.Image]) 
     """The page's view of a running fit, sent whenever it changes."""
     started = time.perf_counter()
     running = (gr.update(interactive=False), gr.update(interactive=True), gr.update(interactive=False))
+    loss, seconds, previews = None, 0.0, []
     for _ in job.watch():
         seconds = time.perf_counter() - started
         loss = job.losses[-1] if job.losses else None
