@@ -73,7 +73,7 @@ def image_inputs(app: App, prefix: str) -> ImageInputs:
 
 
 def results_view(app: App, prefix: str) -> Results:
-    gallery = gr.Gallery(label="Results", columns=5, height="auto", object_fit="contain", format="png",
+    gallery = gr.Gallery(label="Results", columns=5, height=150, object_fit="contain", format="png",
                          elem_classes=app.pixel_class(), elem_id=f"{prefix}-results")
     slider = gr.ImageSlider(label="Before | after (select a result above)", type="filepath", height=300,
                             elem_classes=app.pixel_class(), interactive=False, elem_id=f"{prefix}-slider")
