@@ -3,7 +3,7 @@ functions and names, so that a change in the library's API is adapted here, in o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
@@ -14,6 +14,9 @@ from invert.defaults import DEFAULT_TEMPERATURE
 from invert.errors import InvertError
 from invert.instruction import Instruction, mix
 from invert.pairs import Pair, find_pairs, is_image_file, open_image
+
+if TYPE_CHECKING:
+    from invert.phrases import PhraseChoice
 
 __all__ = ["DEFAULT_TEMPERATURE", "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model",
            "Pair", "describe", "find_pairs", "is_image_file", "load_instruction", "mix", "open_image",
@@ -64,7 +67,7 @@ class Model:
 
         return [fit_to_resolution(img, self.resolution) for img in images]
 
-    def phrases(self, pairs: list[Pair]):
+    def phrases(self, pairs: list[Pair]) -> PhraseChoice:
         """InstructBrush's phrase choice for these pairs (``invert phrases``): ``.text``, ``.p_x``, ``.p_y``,
         ``.candidates``."""
         from invert.phrases import unique_phrases
