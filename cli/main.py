@@ -16,6 +16,7 @@ from .import_visii import import_visii_command
 from .inspect import inspect
 from .library import library
 from .phrases import phrases
+from .ui import ui
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,5 +34,5 @@ def cli():
 
 
 for command in (fit, apply, phrases, inspect, eval_command, export_lora, export_embeds, fit_batch,
-                import_visii_command, library, bench):
+                import_visii_command, library, bench, ui):
     cli.add_command(command)

@@ -195,6 +195,16 @@ def mixed_method(instructions: Sequence[Instruction], editor: Editor, weights: S
     return method.hybrid(text) if text else method
 
 
+def mix(instructions: Sequence[Instruction], editor: Editor, weights: Sequence[float] | None = None) -> Instruction:
+    """The weighted mix of ``instructions`` as one instruction (one can save it): the learned state mixed by
+    the method (see :func:`mixed_method`); metadata, preview thumbnails and CLIP key from the first."""
+    method = mixed_method(instructions, editor, weights)
+    first = instructions[0]
+    kept = {k: v for k, v in first.tensors.items() if k.startswith(("exemplar.", "clip."))}
+    meta = {**first.meta, "num_tokens": method.num_tokens, "extra": method.extra_meta() or None}
+    return Instruction(first.method, {**kept, **method.tensors()}, meta, first.path)
+
+
 def _load(instruction: Instruction | str | os.PathLike) -> Instruction:
     return Instruction.load(instruction) if isinstance(instruction, (str, os.PathLike)) else instruction
 
@@ -282,4 +292,4 @@ def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str |
         yield method.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), editor.uncond).embeds.detach()
 
 
-__all__ = ["apply", "fit", "fit_images", "installed", "load_method", "mixed_method", "same_size_batches"]
+__all__ = ["apply", "fit", "fit_images", "installed", "load_method", "mix", "mixed_method", "same_size_batches"]

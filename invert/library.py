@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from .api import load_method
+from .api import load_method, mix
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL, DEFAULT_TEMPERATURE
 from .editor import Editor, load_editor
@@ -233,10 +233,7 @@ def mix_entries(chosen: list[Entry], weights: list[float], editor: Editor
         total = sum(weights[n] for n in keep)
         chosen, methods, weights = [chosen[n] for n in keep], [methods[n] for n in keep], \
             [weights[n] / total for n in keep]
-    mixed = type(methods[0]).mix(methods, weights)
-    best = chosen[0].instruction
-    meta = {**best.meta, "num_tokens": mixed.num_tokens, "extra": mixed.extra_meta() or None}
-    return Instruction(best.method, mixed.tensors(), meta, best.path), chosen, weights
+    return mix([e.instruction for e in chosen], editor, weights), chosen, weights
 
 
 def apply_library(library: Library | str | os.PathLike, images: list[Image.Image], pairs, *,

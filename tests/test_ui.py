@@ -1,0 +1,429 @@
+"""`invert ui`: the command, the app driven through its API (gradio_client) and in a headless browser (Selenium and
+Debian's chromium), all on the shipped toy model. One app serves the whole module: started by the real command in
+a subprocess, in an empty working folder and its own TMPDIR, so that the last test can check what it leaves."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio", reason="the ui extra is not installed (pip install 'invert[ui]')")
+
+ROOT = Path(__file__).resolve().parent.parent
+NIGHT = ROOT / "examples" / "toy" / "night"
+STARTUP_SECONDS = 240  # importing gradio and torch and loading the model; a busy 2-core machine is slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, work: Path):
+        self.cwd, self.tmp = work / "cwd", work / "tmp"
+        self.cwd.mkdir()
+        self.tmp.mkdir()
+        self.log = work / "server.log"
+        env = {**os.environ, "TMPDIR": str(self.tmp), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "invert.cli", "ui", "--model", "toy", "--port",
+                                      str(free_port())], cwd=self.cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=self.log.open("w"), text=True)
+        self.banner = self._wait_for_banner()
+        self.url = self.banner.split(" running at ")[1].split()[0]
+
+    def _wait_for_banner(self) -> str:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith("invert ui running at"):
+                return line.strip()
+            if not line and self.proc.poll() is not None:
+                break
+        self.proc.kill()
+        pytest.fail(f"invert ui did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("ui-server"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False, download_files=str(server.cwd.parent / "downloads"))
+
+
+def fit_args(source="Exemplar folder", folder=str(NIGHT / "train"), befores=None, afters=None, method="brush",
+             steps=10, preview_every=0, init_text=""):
+    """/fit's inputs in order: pairs (source, folder, befores, afters, held-out), method, steps, lr, guidance,
+    image guidance, init text, seed, preview every."""
+    return (source, folder, befores, afters, None, method, steps, 1e-2, 3, 1.5, init_text, 0, preview_every)
+
+
+def apply_args(inst_files, images, source="Upload images", folder=None, text="", variations=1):
+    """/apply's inputs: session instructions, uploaded .inst files, weights, images (source, folder, uploads),
+    text, strength, steps, guidance, image guidance, seed, variations, fresh noise."""
+    return ([], inst_files, "", source, folder, images, text, 1, 20, "", "", 0, variations, False)
+
+
+def test_help_does_not_import_gradio_or_torch():
+    code = ("import sys; from invert.cli.main import cli; "
+            "cli.to_info_dict(cli.make_context('invert', ['ui', '--help'], resilient_parsing=True)); "
+            "print(sorted(m for m in ('gradio', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_without_gradio_it_says_how_to_install(tmp_path):
+    # None in sys.modules: `import gradio` fails as if it were not installed. The command alone, without the
+    # group's set-up (which imports diffusers), answers in a second.
+    code = ("import sys; sys.modules['gradio'] = None; from invert.cli.main import ui; "
+            f"ui(['--model', 'toy', '--port', '{free_port()}'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "Error: invert ui needs Gradio, an optional extra: pip install 'invert[ui]'"]
+    assert not list(tmp_path.glob("invert-ui-*"))  # its temporary folder is gone too
+
+
+def test_a_port_in_use_is_refused_at_once():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = f"from invert.cli.main import ui; ui(['--model', 'toy', '--port', '{port}'])"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); choose "
+                                "another --port or --host")
+
+
+def test_it_listens_locally_and_says_so(server):
+    assert server.url.startswith("http://127.0.0.1:")
+    assert "local: only this computer can open it" in server.banner
+
+
+@pytest.fixture(scope="module")
+def fitted(client):
+    """/fit's outputs for 10 InstructBrush steps on examples/toy/night/train."""
+    return client.predict(*fit_args(steps=10), api_name="/fit")
+
+
+def test_api_fit(fitted):
+    from invert.instruction import Instruction
+
+    status, losses, previews, inst_file, *_ = fitted
+    assert "done: night-brush.inst" in status and "step 10 / 10" in status
+    assert [row[0] for row in losses["data"]] == list(range(1, 11))  # one loss per step: the live curve's data
+    assert not previews  # asked for none
+    inst = Instruction.load(inst_file)
+    assert inst.method == "brush" and int(inst.meta["steps"]) == 10
+
+
+def uploaded_pairs(count: int = 3) -> tuple[list, list]:
+    from gradio_client import handle_file
+
+    return tuple([handle_file(f) for f in sorted((NIGHT / "train" / side).iterdir())[:count]]
+                 for side in ("before", "after"))
+
+
+def test_previews_pause_the_fit_without_changing_it(client):
+    """Previews stop the fit every N steps and resume it: the result is the uninterrupted fit's, exactly. LoRA,
+    whose adapter is added to the UNet for each stretch of the fit and removed for each preview."""
+    import torch
+    from gradio_client import handle_file
+
+    from invert.instruction import Instruction
+
+    befores, afters = uploaded_pairs()
+    held_out = [handle_file(sorted((NIGHT / "test" / "before").iterdir())[0])]
+    results = {}
+    for every in (0, 3):
+        args = list(fit_args("Upload pairs", None, befores, afters, method="lora", steps=6, preview_every=every))
+        args[4] = held_out
+        status, _, previews, inst_file, *_ = client.predict(*args, api_name="/fit")
+        assert "done: edit-lora" in status
+        results[every] = Instruction.load(inst_file), previews
+    assert not results[0][1]
+    assert [p["caption"] for p in results[3][1]] == ["step 6"]  # the latest preview: the final instruction's
+    a, b = results[0][0], results[3][0]
+    assert a.tensors.keys() == b.tensors.keys()
+    for key in a.tensors:
+        assert torch.equal(a.tensors[key], b.tensors[key]), key
+
+
+def test_stop_keeps_the_state_and_resume_finishes(server, client, fitted):
+    """Stop and Resume; meanwhile another page's edit waits in the queue: one model, one job at a time."""
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+
+    from invert.checkpoint import FitState
+    from invert.instruction import Instruction
+
+    job = client.submit(*fit_args(method="visii", steps=60), api_name="/fit")
+    deadline = time.monotonic() + 120
+    while not any("step " in str(out[0]) and " / 60" in str(out[0]) for out in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), "the fit showed no progress"
+        time.sleep(0.2)
+    other = Client(server.url, verbose=False, download_files=str(server.cwd.parent / "downloads"))
+    image = sorted((NIGHT / "test" / "before").iterdir())[0]
+    edit = other.submit(*apply_args([handle_file(fitted[3])], [handle_file(image)]), api_name="/apply")
+    while edit.status().code in (Status.STARTING, Status.JOINING_QUEUE, Status.SENDING_DATA):
+        time.sleep(0.1)
+    assert edit.status().code == Status.IN_QUEUE and not job.done()
+
+    client.predict(api_name="/stop")
+    status, _, _, _, ckpt = job.result(timeout=120)  # the API's outputs leave out buttons and states
+    assert "stopped at step" in status
+    assert len(edit.result(timeout=120)[2]) == 1  # its turn came once the fit had stopped
+    state = FitState.load(ckpt["value"])
+    assert 0 < state.step < 60
+
+    status, losses, _, inst_file, *_ = client.predict(api_name="/resume")
+    assert "done: night-visii" in status and "step 60 / 60" in status
+    assert len(losses["data"]) == 60  # the curve goes on from where it stopped
+    assert int(Instruction.load(inst_file).meta["steps"]) == 60
+
+
+def test_api_apply(client, fitted):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    image = sorted((NIGHT / "test" / "before").iterdir())[0]
+    gallery, (before, after), files = client.predict(*apply_args([handle_file(fitted[3])], [handle_file(image)]),
+                                                      api_name="/apply")
+    assert [Path(f).name for f in files] == [f"{image.stem}.png"] and len(gallery) == 1
+    result = Image.open(files[0])
+    assert result.size == Image.open(image).size
+    assert Image.open(before).size == result.size and Path(after).read_bytes() == Path(files[0]).read_bytes()
+
+    # Mixing an instruction with itself, half and half, is that instruction: the same result.
+    args = list(apply_args([handle_file(fitted[3]), handle_file(fitted[3])], [handle_file(image)]))
+    args[2] = "0.5, 0.5"
+    _, _, mixed = client.predict(*args, api_name="/apply")
+    assert Image.open(mixed[0]).tobytes() == result.tobytes()
+
+    _, _, varied = client.predict(*apply_args([handle_file(fitted[3])], [handle_file(image)], variations=2),
+                                  api_name="/apply")
+    assert [Path(f).name for f in varied] == [f"{image.stem}_seed0.png", f"{image.stem}_seed1.png"]
+    assert Image.open(varied[0]).tobytes() != Image.open(varied[1]).tobytes()  # fresh noise from each seed
+
+
+def cli_message(fn, path: Path) -> str:
+    """The one-line message the CLI prints for ``fn(path)``, naming the file as it was uploaded."""
+    from invert.errors import InvertError
+
+    with pytest.raises(InvertError) as error:
+        fn(path)
+    return str(error.value).replace(str(path), path.name)
+
+
+def test_api_bad_uploads_get_the_cli_message(client, fitted, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from invert.instruction import Instruction
+    from invert.pairs import open_image
+
+    bad = tmp_path / "cat.png"
+    bad.write_text("this is text, not a PNG")
+    expected = cli_message(open_image, bad)
+    assert expected == "cat.png: not an image (Pillow does not recognize its contents)"
+    after = tmp_path / "after" / "cat.png"  # a good after image of the same name
+    after.parent.mkdir()
+    after.write_bytes(sorted((NIGHT / "train" / "after").iterdir())[0].read_bytes())
+    with pytest.raises(AppError) as page:
+        client.predict(*fit_args("Upload pairs", None, [handle_file(bad)], [handle_file(after)]), api_name="/fit")
+    assert str(page.value) == f"before/{expected}"
+
+    with pytest.raises(AppError) as page:
+        client.predict(*apply_args([handle_file(fitted[3])], [handle_file(bad)]), api_name="/apply")
+    assert str(page.value) == expected
+
+    not_inst = tmp_path / "edit.inst"
+    not_inst.write_text("not safetensors")
+    with pytest.raises(AppError) as page:
+        client.predict(*apply_args([handle_file(not_inst)], [handle_file(after)]), api_name="/apply")
+    assert str(page.value) == cli_message(Instruction.load, not_inst)
+
+
+# The browser: Debian's chromium and chromium-driver (.ci/run installs them); nothing is downloaded.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000"]
+FIT_SECONDS = 240
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    import shutil
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("SKIP browser test: no chromium/chromedriver (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(flag)
+    home = tmp_path_factory.mktemp("chromium-home")  # its crash-report settings and dconf go here, not in ~
+    driver = webdriver.Chrome(service=Service(chromedriver, env={**os.environ, "HOME": str(home)}), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def library_file(client, tmp_path_factory) -> Path:
+    """A library of four toy edits, each fitted through the app's API (VISII, 10 steps)."""
+    import shutil
+
+    from invert.library import build_library
+
+    folder = tmp_path_factory.mktemp("library")
+    for edit in ("night", "red_circle", "sepia_frame", "hue90"):
+        inst = client.predict(*fit_args(folder=str(ROOT / "examples" / "toy" / edit / "train"), method="visii"),
+                              api_name="/fit")[3]
+        shutil.copyfile(inst, folder / f"{edit}.inst")
+    build_library([folder]).save(folder / "toy.safetensors")
+    return folder / "toy.safetensors"
+
+
+class Page:
+    """The app in the browser, with waits that fail the test with what they waited for."""
+
+    def __init__(self, driver, shots: Path):
+        self.d, self.shots = driver, shots
+
+    def find(self, css: str):
+        from selenium.webdriver.common.by import By
+
+        return self.d.find_elements(By.CSS_SELECTOR, css)
+
+    def text(self, css: str) -> str:
+        return " ".join(e.text for e in self.find(css))
+
+    def downloads(self, css: str) -> list[str]:
+        """The names of the files a File component offers."""
+        return [Path(a.get_attribute("href")).name for a in self.find(f"{css} a[href]")]
+
+    def wait(self, what: str, condition, timeout: float = 60) -> None:
+        """Wait for ``condition``; on a time-out fail with the page's error messages and a screenshot."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            WebDriverWait(self.d, timeout, poll_frequency=0.25).until(lambda _: condition())
+        except TimeoutException:
+            shot = self.screenshot("failed.png")
+            pytest.fail(f"timed out waiting for {what}; the page says {self.text('.toast-body')!r}; see {shot}")
+
+    def tab(self, name: str) -> None:
+        next(b for b in self.find("button[role=tab]") if b.text.strip() == name).click()
+
+    def type(self, css: str, value: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        field = self.find(css)[0]
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(value, Keys.TAB)
+
+    def upload(self, elem_id: str, path: Path) -> None:
+        self.find(f"#{elem_id} input[type=file]")[0].send_keys(str(path))
+        self.wait(f"{path.name} uploaded to #{elem_id}", lambda: self.downloads(f"#{elem_id}") == [path.name])
+
+    def screenshot(self, name: str) -> Path:
+        """The whole page, beyond the window (Chrome's DevTools capture), as README shows it."""
+        import base64
+
+        size = self.d.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        shot = self.d.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                                                 "clip": {"x": 0, "y": 0, "width": size["width"],
+                                                                          "height": size["height"], "scale": 1}})
+        path = self.shots / name
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    """INVERT_UI_SCREENSHOTS=DIR keeps them (README's come from here); else a temporary folder."""
+    folder = Path(os.environ.get("INVERT_UI_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_browser_learn_apply_and_library(server, browser, library_file, screenshots):
+    page = Page(browser, screenshots)
+    api_sessions = set(server.tmp.glob("invert-ui-*/sessions/session-*"))
+    browser.get(server.url)
+    page.wait("the exemplar pairs checked", lambda: "10 pairs" in page.text("#learn-info"))
+    page.wait("InstructBrush's phrases", lambda: "would start from" in page.text("#learn-phrases"), timeout=120)
+    assert len(page.find("#learn-pairs img")) == 10
+
+    # README's screenshots (INVERT_UI_SCREENSHOTS) show the quick start's 100 steps, a finished edit; CI fits 20.
+    steps = 100 if os.environ.get("INVERT_UI_SCREENSHOTS") else 20
+    page.type("#learn-steps input", str(steps))
+    page.type("#learn-preview-every input", str(steps // 2))
+    page.find("#fit-button")[0].click()
+    page.wait("the fit to finish", lambda: "done: " in page.text("#fit-status") or
+              "failed" in page.text("#fit-status"), timeout=FIT_SECONDS)
+    assert "done: night-brush.inst" in page.text("#fit-status"), page.text("#fit-status")
+    assert f"step {steps} / {steps}" in page.text("#fit-status")
+    assert len(page.find("#fit-previews img")) == 4
+    assert page.downloads("#inst-file") == ["night-brush.inst"]
+    page.screenshot("ui_learn.png")
+
+    page.tab("Apply")
+    page.wait("the learned instruction offered", lambda: "night-brush.inst" in page.text("#apply-listing"))
+    page.find("#apply-button")[0].click()
+    page.wait("five results", lambda: len(page.find("#apply-results img")) == 5, timeout=120)
+    page.wait("the downloads", lambda: len(page.downloads("#apply-files")) == 5)
+    assert page.downloads("#apply-files")[0] == "000.png"
+    assert len(page.find("#apply-slider img")) == 2  # before and after
+    page.screenshot("ui_apply.png")
+
+    page.tab("Library")
+    page.upload("library-file", library_file)
+    page.upload("library-before", NIGHT / "test" / "before" / "001.png")
+    page.upload("library-after", NIGHT / "test" / "after" / "001.png")
+    page.find("#library-button")[0].click()
+    page.wait("the library's results", lambda: len(page.find("#library-results img")) == 5, timeout=120)
+    assert "Mixed: night" in page.text("#library-weights")  # the night pair picks the night instruction first
+    page.screenshot("ui_library.png")
+
+    sessions = set(server.tmp.glob("invert-ui-*/sessions/session-*")) - api_sessions
+    assert len(sessions) == 1  # the page's own folder
+    browser.get("about:blank")
+    page.wait("the closed page's files removed", lambda: not next(iter(sessions)).exists(), timeout=30)
+
+
+def test_stopping_leaves_nothing_behind(server):
+    """Last: SIGTERM stops the app as Ctrl-C does; nothing is left in its working folder or its TMPDIR (but the
+    folder torch itself makes there on import)."""
+    assert server.stop() == 0
+    assert not list(server.cwd.iterdir())
+    assert [p.name for p in server.tmp.iterdir() if p.name != "torchinductor_root"] == []

@@ -1,0 +1,234 @@
+"""The Learn tab: exemplar pairs in, a live fit (progress, loss curve, preview edits, Stop and Resume), an .inst
+file out."""
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Iterator
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from .app import MODEL_EVENT, App, example_folders, first_example, side_by_side
+from .backend import InvertError, Pair, find_pairs, is_image_file, open_image, save_instruction, save_state
+from .fitjob import FitJob
+from .session import Session
+
+FOLDER, UPLOAD = "Exemplar folder", "Upload pairs"
+PREVIEWS = 4  # preview edits shown during a fit
+METHODS = [("VISII: a learned prompt", "visii"), ("InstructBrush: learned attention K/V", "brush"),
+           ("LoRA of change", "lora")]
+
+
+def build(app: App, blocks: gr.Blocks) -> gr.State:
+    """The tab's components and events; returns the names of the session's learned instructions (a State whose
+    changes the Apply tab follows)."""
+    defaults = app.model.defaults()
+    folders = example_folders("toy/*/train")
+    learned = gr.State([])
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            gr.Markdown("### 1. Show the edit\nA few before/after pairs of the same edit.")
+            source = gr.Radio([FOLDER, UPLOAD], value=FOLDER if folders else UPLOAD, show_label=False)
+            folder = gr.Dropdown(folders, value=first_example(folders, "night"), allow_custom_value=True,
+                                 label="Exemplar folder", visible=bool(folders),
+                                 info="A folder with before/ and after/ (files matched by name), or "
+                                      "NAME_before / NAME_after files; any folder on this computer.")
+            with gr.Row(visible=not folders) as uploads:
+                befores = gr.File(file_count="multiple", file_types=["image"], label="Before images",
+                                  elem_id="learn-befores")
+                afters = gr.File(file_count="multiple", file_types=["image"], label="After images",
+                                 elem_id="learn-afters")
+            heldout = gr.File(file_count="multiple", file_types=["image"], visible=not folders,
+                              label="Held-out images for previews (optional; default: the first befores)")
+            pairs_info = gr.Markdown(elem_id="learn-info")
+            pairs_view = gr.Gallery(label="Pairs: before | after", columns=4, height="auto", object_fit="contain",
+                                    format="png", elem_classes=app.pixel_class(), buttons=[], elem_id="learn-pairs")
+            with gr.Accordion("InstructBrush's phrases (its init text when Init text is empty)", open=True):
+                phrases_info = gr.Markdown("Shown once the pairs are checked.", elem_id="learn-phrases")
+                phrases_table = gr.Dataframe(headers=["phrase", "side", "Δ CLIP"], max_height=180,
+                                             interactive=False, visible=False, column_widths=["60%", "20%", "20%"])
+        with gr.Column(scale=7):
+            gr.Markdown("### 2. Learn it")
+            with gr.Row():
+                method = gr.Radio(METHODS, value="brush", label="Method")
+            with gr.Row():
+                steps = gr.Number(defaults["steps"], precision=0, minimum=0, label="Steps", elem_id="learn-steps")
+                lr = gr.Number(defaults["lr"], minimum=0, step=1e-3, label="Learning rate")
+                guidance = gr.Number(defaults["guidance"], minimum=0, step=0.5, label="Text guidance")
+                preview_every = gr.Number(max(1, int(defaults["steps"]) // 5), precision=0, minimum=0,
+                                          label="Preview every N steps", info="and at the end; 0: none",
+                                          elem_id="learn-preview-every")
+            with gr.Row():
+                init_text = gr.Textbox(label="Init text", scale=3, placeholder="empty: the method's own choice "
+                                       "(brush: the phrases; visii: a caption of the afters; lora: none)")
+                seed = gr.Number(0, precision=0, label="Seed", scale=1)
+                image_guidance = gr.Number(defaults["image_guidance"], minimum=0, step=0.1, scale=1,
+                                           label="Image guidance")
+            with gr.Row():
+                fit = gr.Button("Fit", variant="primary", elem_id="fit-button")
+                stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop-button")
+                resume = gr.Button("Resume", interactive=False, elem_id="resume-button")
+            status = gr.HTML(_status_html("", 0, 0), elem_id="fit-status")
+            loss_plot = gr.LinePlot(_losses([]), x="step", y="loss", height=200, label="Loss", x_title="step",
+                                    y_title="loss per step")
+            previews = gr.Gallery(label="Preview edits: input | edit", columns=4, height=190, format="png",
+                                  object_fit="contain", elem_classes=app.pixel_class(), elem_id="fit-previews")
+            with gr.Row():
+                inst_file = gr.File(label="Learned instruction (.inst)", elem_id="inst-file", height=100)
+                ckpt_file = gr.File(label="Stopped fit's state (invert fit --resume)", visible=False, height=100)
+
+    pair_inputs = [source, folder, befores, afters]
+    source.change(lambda s: (gr.update(visible=s == FOLDER), gr.update(visible=s == UPLOAD),
+                             gr.update(visible=s == UPLOAD)), source, [folder, uploads, heldout], queue=False,
+                  api_visibility="private")
+
+    def check(source, folder, befores, afters, request: gr.Request):
+        session = app.session(request)
+        session.checked = None
+        try:
+            pairs, name, _ = _gather(session, source, folder, befores, afters)
+            shown_befores, shown_afters = app.model.load_pairs(pairs)
+        except InvertError as exc:
+            return [], f"⚠️ {app.sessions.shorten(str(exc))}"
+        session.checked = pairs
+        gallery = [(side_by_side(b, a), p.name) for p, b, a in zip(pairs, shown_befores, shown_afters)]
+        w, h = shown_befores[0].size
+        return gallery, f"**{len(pairs)} pairs** ({name}), used at {w}x{h}."
+
+    def phrases(request: gr.Request):
+        pairs = app.session(request).checked
+        if not pairs:
+            return "Shown once the pairs are checked.", gr.update(visible=False)
+        choice = app.model.phrases(pairs)
+        text = f"**{html.escape(choice.text)}**" if choice.text else "none above the threshold: an empty init text"
+        rows = [[c["phrase"], c["side"], round(c["sensitivity"], 4)] for c in choice.candidates]
+        return f"InstructBrush would start from: {text}", gr.update(value=rows, visible=True)
+
+    checked = gr.on([source.change, folder.change, befores.change, afters.change, blocks.load],
+                    app.handler(check), pair_inputs, [pairs_view, pairs_info], api_visibility="private")
+    checked.then(app.handler(phrases), None, [phrases_info, phrases_table], api_visibility="private",
+                 **MODEL_EVENT)
+
+    outputs = [status, loss_plot, previews, inst_file, ckpt_file, fit, stop, resume, learned]
+
+    def start(source, folder, befores, afters, held, method, steps, lr, guidance, image_guidance, init_text,
+              seed, every, request: gr.Request):
+        session = app.session(request)
+        if session.job is not None and session.job.running:
+            raise InvertError("a fit is already running in this page")
+        pairs, name, heldout_dir = _gather(session, source, folder, befores, afters)
+        shown_befores, _ = app.model.load_pairs(pairs)
+        options = {"steps": _whole(steps, "Steps"), "lr": float(lr or 0), "guidance": float(guidance or 0),
+                   "image_guidance": float(image_guidance or 0), "seed": int(seed or 0),
+                   "init_text": (init_text or "").strip() or None}
+        images = _preview_images(app, session, source, held, heldout_dir) or shown_befores[:PREVIEWS]
+        session.job = FitJob(app.model, pairs, method, options, images, _whole(every, "Preview every")).start()
+        session.job_name = f"{name}-{method}"
+        yield from _stream(app, session, session.job, images)
+
+    def resumed(request: gr.Request):
+        session = app.session(request)
+        if session.job is None or session.job.running:
+            raise InvertError("there is no stopped fit to resume")
+        session.job = session.job.resumed().start()
+        yield from _stream(app, session, session.job, session.job.previews)
+
+    def stopped(request: gr.Request):
+        job = app.session(request).job
+        if job is not None:
+            job.stop()
+        return gr.update(interactive=False)
+
+    fit_inputs = [*pair_inputs, heldout, method, steps, lr, guidance, image_guidance, init_text, seed, preview_every]
+    fit.click(app.handler(start), fit_inputs, outputs, api_name="fit", show_progress="hidden", **MODEL_EVENT)
+    resume.click(app.handler(resumed), None, outputs, api_name="resume", show_progress="hidden", **MODEL_EVENT)
+    stop.click(stopped, None, stop, api_name="stop", queue=False)
+    return learned
+
+
+def _stream(app: App, session: Session, job: FitJob, inputs: list[Image.Image]) -> Iterator[tuple]:
+    """The page's view of a running fit, sent whenever it changes."""
+    started = time.perf_counter()
+    running = (gr.update(interactive=False), gr.update(interactive=True), gr.update(interactive=False))
+    loss, seconds, previews = None, 0.0, []
+    for _ in job.watch():
+        seconds = time.perf_counter() - started
+        loss = job.losses[-1] if job.losses else None
+        previews = []  # a new fit clears the last one's
+        if job.preview is not None:
+            step, edits = job.preview
+            previews = [(side_by_side(i, e), f"step {step}") for i, e in zip(inputs, edits)]
+        if job.outcome is None:
+            yield (_status_html("fitting", job.step, job.total, loss, seconds), _losses(job.losses), previews,
+                   gr.skip(), gr.update(visible=False), *running, gr.skip())
+    idle = (gr.update(interactive=True), gr.update(interactive=False))
+    if job.outcome == "failed":  # the buttons back to idle, then the message
+        yield (_status_html("failed", job.step, job.total, loss, seconds), gr.skip(), gr.skip(), gr.skip(),
+               gr.skip(), *idle, gr.update(interactive=False), gr.skip())
+        raise InvertError(job.message)
+    if job.outcome == "stopped":
+        ckpt = save_state(job.state, session.folder / f"{session.job_name}.ckpt")
+        yield (_status_html(f"stopped: {job.message}", job.step, job.total, loss, seconds), _losses(job.losses),
+               previews, gr.skip(), gr.update(value=str(ckpt), visible=True), *idle, gr.update(interactive=True),
+               gr.skip())
+        return
+    path = save_instruction(job.instruction, session.unique_path(f"{session.job_name}.inst"))
+    session.instructions[path.name] = path
+    yield (_status_html(f"done: {path.name}", job.step, job.total, loss, seconds), _losses(job.losses), previews,
+           str(path), gr.update(visible=False), *idle, gr.update(interactive=False), list(session.instructions))
+
+
+def _gather(session: Session, source: str, folder: str | None, befores: list[str] | None,
+            afters: list[str] | None) -> tuple[list[Pair], str, Path | None]:
+    """The exemplar pairs (found and matched as ``invert fit`` does), a name for the edit, and the held-out
+    images' folder of an exemplar folder laid out as examples/toy/EDIT/{train,test}."""
+    if source == UPLOAD:
+        if not befores or not afters:
+            raise InvertError("upload the before images and the after images (matched by file name)")
+        root = session.new_folder("pairs")
+        session.copy_uploads(befores, root / "before")
+        session.copy_uploads(afters, root / "after")
+        return find_pairs(root), "edit", None
+    if not folder:
+        raise InvertError("choose an exemplar folder")
+    path = Path(folder).expanduser()
+    if path.name == "train":
+        return find_pairs(path), path.parent.name, path.parent / "test" / "before"
+    return find_pairs(path), path.name, None
+
+
+def _preview_images(app: App, session: Session, source: str, held: list[str] | None,
+                    heldout_dir: Path | None) -> list[Image.Image]:
+    if source == UPLOAD and held:
+        files = session.copy_uploads(held[:PREVIEWS], session.new_folder("heldout"))
+    elif heldout_dir is not None and heldout_dir.is_dir():
+        files = sorted(f for f in heldout_dir.iterdir() if is_image_file(f))[:PREVIEWS]
+    else:
+        return []
+    return app.model.at_resolution([open_image(f) for f in files])
+
+
+def _whole(value: float | None, label: str) -> int:
+    if value is None or value < 0 or value != int(value):
+        raise InvertError(f"{label}: expected a whole number of at least 0, not {value}")
+    return int(value)
+
+
+def _losses(losses: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})
+
+
+def _status_html(what: str, step: int, total: int, loss: float | None = None, seconds: float | None = None) -> str:
+    share = 100 * step / total if total else 0
+    facts = [f"step {step} / {total}"] if total else []
+    if loss is not None:
+        facts.append(f"loss {loss:.4g}")
+    if seconds is not None:
+        facts.append(f"{seconds:.1f} s")
+    line = " · ".join([html.escape(what)] * bool(what) + facts) or "Press Fit to start."
+    return (f'<div class="fit-bar"><div style="width:{share:.1f}%"></div></div>'
+            f'<div class="fit-line">{line}</div>')
+
