@@ -29,7 +29,7 @@ PEZ_WEIGHT_DECAY = 0.1
 PEZ_BATCH = 1  # images drawn per step for the gradient; the best prompt is judged on all of them
 
 
-class _TextTower:
+class TextTower:
     """What PEZ needs of a CLIP text tower: its token table, special ids, the text features of an id sequence
     whose token embeddings at positions 1..k are replaced by given vectors, and decoding."""
 
@@ -52,11 +52,11 @@ class _TextTower:
             handle.remove()
 
 
-def _tower(clip: Clip) -> _TextTower:
+def text_tower(clip: Clip) -> TextTower:
     if isinstance(clip, TransformersClip):
         model, tok = clip.model, clip.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return _TextTower(model.text_model.embeddings.token_embedding, tok.bos_token_id, tok.eos_token_id, pad,
+        return TextTower(model.text_model.embeddings.token_embedding, tok.bos_token_id, tok.eos_token_id, pad,
                           model.config.text_config.max_position_embeddings,
                           lambda ids: model.text_projection(model.text_model(input_ids=ids).pooler_output),
                           lambda ids: tok.decode(ids).strip())
@@ -64,7 +64,7 @@ def _tower(clip: Clip) -> _TextTower:
             and hasattr(clip.tokenizer, "sot_token_id"):
         tok = clip.tokenizer
         # open_clip pads with 0 and pools at the largest id, the end-of-text token.
-        return _TextTower(clip.model.token_embedding, tok.sot_token_id, tok.eot_token_id, 0, tok.context_length,
+        return TextTower(clip.model.token_embedding, tok.sot_token_id, tok.eot_token_id, 0, tok.context_length,
                           clip.model.encode_text, lambda ids: tok.decode(ids).strip())
     raise InvertError(f"PEZ needs a CLIP text tower with its own token embedding table and CLIP's BPE tokenizer; "
                       f"'{clip.name}' has none")
@@ -74,7 +74,7 @@ def pez_prompt(clip: Clip, images: list[Image.Image], *, tokens: int = PEZ_TOKEN
                lr: float = PEZ_LR, weight_decay: float = PEZ_WEIGHT_DECAY, batch_size: int = PEZ_BATCH,
                seed: int = 0, quiet: bool = True) -> str:
     """A ``tokens``-token hard prompt for ``images`` (VISII: the after images); the same for the same seed."""
-    tower = _tower(clip)
+    tower = text_tower(clip)
     if not 1 <= tokens <= tower.length - 2:
         raise InvertError(f"PEZ prompt length must be 1 to {tower.length - 2} tokens, not {tokens}")
     if steps < 1:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from invert.errors import InvertError
-from invert.pez import _tower, pez_prompt
+from invert.pez import text_tower, pez_prompt
 
 from conftest import float_noise, scene
 
@@ -42,7 +42,7 @@ def test_pez_prompt_beats_random_prompts_and_is_reproducible(clip):
     prompt = pez_prompt(clip, images, steps=100, seed=0)
     assert prompt == pez_prompt(clip, images, steps=100, seed=0)
     assert prompt != pez_prompt(clip, images, steps=100, seed=1)
-    tower = _tower(clip)
+    tower = text_tower(clip)
     gen = torch.Generator().manual_seed(123)
     random_prompts = [tower.decode(torch.randint(49406, (10,), generator=gen).tolist()) for _ in range(50)]
     # Measured with CLIP's own text path on the decoded text, as VISII uses it (re-encoding may merge tokens).
@@ -53,7 +53,7 @@ def test_pez_prompt_beats_random_prompts_and_is_reproducible(clip):
 def test_spliced_token_embeddings_give_the_models_own_text_features(kind, clip, open_clip_tiny):
     """PEZ's forward (token embeddings of positions 1..k replaced) equals the model on those tokens' ids."""
     model = clip if kind == "transformers" else open_clip_tiny
-    tower = _tower(model)
+    tower = text_tower(model)
     tokens = torch.tensor([320, 1929, 539, 7599])  # "a photo of night", say: any ids but the special ones
     ids = torch.full((1, tower.length), tower.pad, dtype=torch.long)
     ids[0, 0], ids[0, len(tokens) + 1] = tower.bos, tower.eos
