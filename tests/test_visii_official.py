@@ -1,10 +1,13 @@
 """invert's VISII loop against an independent transcription of the official training step
 (invert/bench/visii_official.py), and the official clip-by-value rule on a hand-made gradient."""
+import importlib.util
+
 import pytest
 import torch
 
 from invert.bench.visii_official import (OFFICIAL_LOSS_SCALE, OfficialOptions, OfficialVisii, clip_gradient,
                                          clip_value)
+from invert.errors import InvertError
 from invert.fitting import Fitter, FitOptions, clip_direction
 from invert.methods.visii import Visii
 
@@ -34,7 +37,7 @@ def fitted(editor, clip):
 def oracle(editor, fitted, **changes):
     """The official step with invert's optimizer and no clipping, on ``fitted``'s inputs."""
     fitter, init = fitted["fitter"], fitted["init"]
-    options = OfficialOptions(lr=1e-3, grad_clip="none", optimizer="adamw", **changes)
+    options = OfficialOptions(**{"lr": 1e-3, "grad_clip": "none", "optimizer": "adamw", **changes})
     run = OfficialVisii(editor.unet, editor.scheduler.config, init.embeds, init.eos[0], fitter.uncond, fitter.cond,
                         fitter.target, fitter.order[:, 0], fitter.noises, fitted["clip"].project_text,
                         fitted["direction"], options)
@@ -106,3 +109,19 @@ def test_official_clip_rule_on_a_hand_made_gradient():
     unscaled = grad.clone()
     assert clip_gradient(unscaled, 3.0, learned) == (0.0, 0.0)
     assert torch.equal(unscaled, grad)
+
+
+def test_adamw8bit_without_bitsandbytes_is_a_clear_error(editor, fitted):
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed")
+    with pytest.raises(InvertError, match="pip install bitsandbytes"):
+        oracle(editor, fitted, optimizer="adamw8bit")
+
+
+def test_official_run_with_adamw8bit_learns_only_the_tokens_between_bos_and_eos(editor, fitted):
+    pytest.importorskip("bitsandbytes")
+    result = oracle(editor, fitted, optimizer="adamw8bit", grad_clip="official")
+    init, eos = fitted["init"].embeds, fitted["init"].eos[0]
+    assert torch.equal(result.final[:, :1], init[:, :1]) and torch.equal(result.final[:, eos:], init[:, eos:])
+    assert (result.final[0, 1:eos] != init[0, 1:eos]).any(dim=-1).all()
+    assert min(result.clipped) > 0.5, "loss-scaled gradients exceed the official threshold almost everywhere"
