@@ -187,16 +187,18 @@ class OfficialVisii:
         self.best_step: int | None = None
         self._best_mse = OFFICIAL_BEST_START
 
-    def guided_prediction(self, embeds: torch.Tensor, pair: int, t: int, noise: torch.Tensor) -> torch.Tensor:
-        """The guidance-combined noise prediction for target ``pair`` noised with ``noise`` at timestep ``t``."""
+    def guided_prediction(self, embeds: torch.Tensor, cond: torch.Tensor, target: torch.Tensor, t: int,
+                          noise: torch.Tensor) -> torch.Tensor:
+        """The guidance-combined noise prediction for targets (n, 4, h, w) noised with ``noise`` at timestep
+        ``t``, conditioned on ``cond`` and on the (3, 77, d) embedding batch ``embeds``: one UNet call on 3n rows."""
         o, dtype = self.options, self.unet.dtype
         sigma = self.sigmas[t]
-        noisy = self.target[pair:pair + 1] + noise * sigma
+        noisy = target + noise * sigma
         scaled = noisy / (sigma**2 + 1) ** 0.5
-        cond = self.cond[pair:pair + 1]
         x = torch.cat([torch.cat([scaled] * 3), torch.cat([cond, cond, torch.zeros_like(cond)])], dim=1)
         timestep = torch.tensor([float(t)], device=self.device)  # the official code passes a float tensor
-        pred = self.unet(x.to(dtype), timestep, encoder_hidden_states=embeds.to(dtype)).sample.float()
+        hidden = embeds.repeat_interleave(len(target), dim=0).to(dtype)
+        pred = self.unet(x.to(dtype), timestep, encoder_hidden_states=hidden).sample.float()
         text, image, uncond = pred.chunk(3)
         return uncond + o.guidance * (text - image) + o.image_guidance * (image - uncond)
 
@@ -205,8 +207,9 @@ class OfficialVisii:
         o = self.options
         t = int(self.timesteps[step])
         noise = self.noises[t:t + 1]
-        mse = torch.nn.functional.mse_loss(self.guided_prediction(self.embeds, t % len(self.target), t, noise),
-                                           noise)
+        pair = t % len(self.target)
+        pred = self.guided_prediction(self.embeds, self.cond[pair:pair + 1], self.target[pair:pair + 1], t, noise)
+        mse = torch.nn.functional.mse_loss(pred, noise)
         loss = o.mse_weight * mse
         if self.text_projection is not None and o.clip_weight:
             text = self.text_projection(self.embeds[0].mean(0, keepdim=True)).float()
