@@ -37,10 +37,11 @@ from ..errors import InvertError
 # torch.cuda.amp.GradScaler with accelerate's GradScalerKwargs default init_scale=65536.0 (accelerate at the
 # commit their requirements pin, 565152183, and still in accelerate 1.15). Only scaler.update(), called from a
 # prepared optimizer's step, would ever change it; their optimizer is not prepared, so every step's gradients
-# are 2**16 times the true ones. A power of two scales fp32 gradients exactly, so multiplying the loss by it
-# on the CPU gives the same gradients bit for bit (barring overflow, impossible at these magnitudes).
+# are 2**16 times the true ones. Multiplying by a power of two is exact in fp32 (barring overflow, far off at
+# these magnitudes), so scaling the loss here gives exactly 2**16 times the unscaled gradients, as there.
 OFFICIAL_LOSS_SCALE = 2.0**16
-# The official code keeps the first step whose MSE is below this (universal_mse = 100, visii.py:891).
+# A step's embedding becomes the official "best" when its MSE is at most the lowest so far, which starts here
+# (universal_mse = 100, visii.py:891).
 OFFICIAL_BEST_START = 100.0
 GRAD_CLIPS = ("official", "abs", "none")
 OPTIMIZERS = ("adamw", "adamw8bit")
