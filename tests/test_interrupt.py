@@ -69,12 +69,12 @@ def poison(monkeypatch, at_step, what):
     original = Trainer.step_loss
 
     def step_loss(self, step, scale):
-        value = original(self, step, scale)
+        value, mse = original(self, step, scale)
         if step == at_step:
             if what == "loss":
-                return value * float("nan")
+                return value * float("nan"), mse
             next(self.method.parameters()).grad.fill_(float("nan"))
-        return value
+        return value, mse
 
     monkeypatch.setattr(Trainer, "step_loss", step_loss)
 
