@@ -53,7 +53,8 @@ def _option(f: dataclasses.Field, kind: Any) -> Callable:
     if kind is bool:
         return click.option(flag, f.name, is_flag=True, default=default, help=help_text)
     if typing.get_origin(kind) is tuple:
-        return click.option(flag, f.name, multiple=True, default=(), callback=_split_commas,
+        return click.option(flag, f.name, multiple=True, default=(),
+                            callback=_split_commas if meta.get("split_commas", True) else None,
                             metavar=meta.get("metavar"), show_default=",".join(default) if default else False,
                             help=help_text + (" Repeatable, or comma-separated." if default == () else ""))
     if typing.get_origin(kind) is Literal:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -15,18 +16,20 @@ from .checkpoint import FitState, FitStopped
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL
 from .editor import Editor, load_editor
-from .errors import InstructionFileError, InvertError
+from .errors import InstructionFileError, InvertError, InvertWarning
 from .grid import thumbnail_tensor
 from .instruction import Instruction
 from .losses import clip_direction
 from .methods import method_class, settings_for
 from .methods.base import Method
+from .methods.settings import PhraseSettings
 from .methods.two_way import TwoWay
 from .pairs import Pair, file_sha256, find_pairs, load_pairs
-from .phrases import initial_text
+from .phrases import PhraseChoice, init_candidates, initial_text
 from .sampling import sample
 from .settings import FitSettings, as_dict
-from .training import FitData, FitProgress, Trainer
+from .training import FitData, FitProgress, Scoring, Trainer
+from .validation import Validation, best_text, check_fit, held_out, scoring_interval
 
 
 def _as_pairs(pairs) -> list[Pair]:
@@ -67,7 +70,7 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     if clip is None:
         cls = method_class(method)
         clip = _fit_clip(clip_model, editor, cls.needs_clip(method_settings),
-                         settings.init_text is None and init_mode(cls, settings) != "empty")
+                         not settings.init_texts and _own_init(cls, settings) != "empty")
     exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
     return fit_images(editor, befores, afters, method, settings, method_settings, clip=clip, exemplars=exemplars,
                       quiet=quiet, progress=progress, checkpoint=checkpoint, save_every=save_every, resume=resume,
@@ -77,6 +80,13 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
 def init_mode(cls: type[Method], settings: FitSettings) -> str:
     """--init, with auto resolved to the method's own way."""
     return cls.init_from if settings.init == "auto" else settings.init
+
+
+def _own_init(cls: type[Method], settings: FitSettings) -> str:
+    """How the init text is found without a candidate search: --init best searches among texts found with CLIP,
+    and falls back to the method's own way when no CLIP model is at hand."""
+    mode = init_mode(cls, settings)
+    return cls.init_from if mode == "best" else mode
 
 
 def _fit_clip(name: str | None, editor: Editor, needs_clip: bool, for_init: bool) -> Clip | None:
@@ -118,21 +128,49 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     if not settings.lr > 0 or settings.lr == float("inf"):  # NaN fails the first test
         raise InvertError(f"--lr must be a positive number, not {settings.lr}")
     start = time.perf_counter()
-    init = dict(pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens, seed=settings.seed)
-    init_text, phrases = initial_text(init_mode(cls, settings), settings.init_text, settings.vocab, clip,
-                                      editor.model_id, befores, afters, method_settings, **init)
+    # The phrase search's settings: brush's own, the defaults for a method without them.
+    phrase_settings = method_settings if isinstance(method_settings, PhraseSettings) else PhraseSettings()
+
+    def judge(b: list[Image.Image], a: list[Image.Image]) -> Validation:
+        return Validation(editor, b, a, steps=settings.val_steps, guidance=settings.guidance,
+                          image_guidance=settings.image_guidance, seed=settings.seed)
+
+    def choose_init(b: list[Image.Image], a: list[Image.Image]) -> tuple[str, PhraseChoice | None, dict | None]:
+        """The init text for pairs ``b`` -> ``a``, the phrase search's result, and each candidate's score when
+        candidates were compared (applied to every exemplar pair: no training is involved in choosing a text)."""
+        texts, mode = settings.init_texts, init_mode(cls, settings)
+        if len(texts) == 1:
+            return texts[0], None, None
+        if texts or (mode == "best" and clip is not None):
+            found = None
+            if not texts:
+                texts, found = init_candidates(clip, settings.vocab, editor.model_id, b, a, phrase_settings)
+            scorer = judge(b, a)
+            scores = {t: scorer.score(cls.initialize(editor, editor.encode_text([t]), t, method_settings,
+                                                     settings.seed)) for t in texts}
+            return best_text(scores, scorer.no_edit), found, {"no_edit": scorer.no_edit, "texts": scores}
+        text, found = initial_text(_own_init(cls, settings), settings.vocab, clip, editor.model_id, b, a,
+                                   phrase_settings, pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens,
+                                   seed=settings.seed)
+        return text, found, None
+
+    init_text, phrases, init_scores = choose_init(befores, afters)
     learned = cls.initialize(editor, editor.encode_text([init_text]), init_text, method_settings, settings.seed)
     if settings.reverse and learned.needs_reverse_instruction:
-        back_text = initial_text(init_mode(cls, settings), settings.init_text, settings.vocab, clip, editor.model_id,
-                                 afters, befores, method_settings, **init)[0]  # the pairs the other way round
+        back_text = choose_init(afters, befores)[0]  # the pairs the other way round
         back = cls.initialize(editor, editor.encode_text([back_text]), back_text, method_settings, settings.seed)
         learned = TwoWay(learned, back, back_text)
+    # Pairs held out of training to score the fit on (none: it is scored on the pairs it trains on).
+    held = held_out(len(befores), settings.val)
+    train = [i for i in range(len(befores)) if i not in held]
+    train_b, train_a = [befores[i] for i in train], [afters[i] for i in train]
+    validation = judge([befores[i] for i in held], [afters[i] for i in held]) if held else judge(befores, afters)
     # Kept in the file too: evaluation's directional similarity and instruction libraries key on it.
     stored = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0])}
     if clip is not None:
         direction = clip_direction(clip, befores, afters)
         stored["clip.direction"] = direction.detach().float().cpu()
-        learned.set_clip_direction(clip, direction)
+        learned.set_clip_direction(clip, clip_direction(clip, train_b, train_a) if held else direction)
 
     earlier = resume.seconds if resume is not None else 0.0
 
@@ -146,7 +184,9 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
                 "options": {k: v for k, v in {**as_dict(settings), **as_dict(method_settings)}.items() if k != "lr"}}
     if resume is not None:
         resume.check_identity(identity)
-    trainer = Trainer(learned, FitData(editor, befores, afters, settings.seed), settings)
+    trainer = Trainer(learned, FitData(editor, train_b, train_a, settings.seed), settings)
+    every = scoring_interval(trainer.total, settings.val_every)
+    scoring = Scoring(lambda: validation.score(learned, installed=True), every) if every else None
 
     def on_progress(p: FitProgress) -> None:
         if progress is not None:
@@ -156,12 +196,21 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
 
     try:
         history = trainer.run(quiet=quiet, progress=on_progress, resume=resume, should_stop=should_stop,
-                              sync_at=(lambda done: done % save_every == 0) if save_every else None)
+                              sync_at=(lambda done: done % save_every == 0) if save_every else None, scoring=scoring)
     except FitStopped as stopped:
         stopped.state.identity, stopped.state.seconds = identity, earlier + time.perf_counter() - start
         raise
-    kept = {"kept_step": trainer.best_step} if settings.keep == "best-mse" else None
-    return snapshot(history[-1] if history else None, settings.steps, kept)
+    curve = trainer.scores.curve if trainer.scores is not None else []
+    kept_step = trainer.best_step if settings.keep == "best-mse" else \
+        trainer.scores.best_step if settings.keep == "best" and trainer.scores is not None else None
+    check = check_fit(history, curve, validation.no_edit, kept_step, settings.lr)
+    if check.line():
+        warnings.warn(InvertWarning(check.line()))
+    names = [e["name"] for e in exemplars] if exemplars else list(range(len(befores)))
+    report = {"kept_step": kept_step, "fit_check": check.line(), "init_scores": init_scores,
+              "validation": {"pairs": [names[i] for i in held] if held else "train", "steps": settings.val_steps,
+                             "every": every, "no_edit": validation.no_edit, "curve": [list(x) for x in curve]}}
+    return snapshot(history[-1] if history else None, settings.steps, report)
 
 
 def load_method(instruction: Instruction, editor: Editor, strength: float = 1.0, text: str | None = None,

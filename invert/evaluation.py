@@ -7,27 +7,15 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from .clip import Clip
 from .instruction import Instruction
+from .metrics import as_tensor, psnr
 
 METRICS = ("psnr", "ssim", "clip_image", "clip_direction")
-
-
-def as_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """(N, 3, H, W) float in [0, 1]."""
-    return torch.stack([torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)
-                        for img in images])
-
-
-def psnr(results: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [0, 1]."""
-    mse = (results - truths).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -110,3 +98,6 @@ def evaluate(instruction: Instruction | str | os.PathLike, befores: list[Image.I
     scores = score(befores, results, truths, clip, train_direction)
     scores["direction_source"] = source
     return scores, results
+
+
+__all__ = ["METRICS", "as_tensor", "evaluate", "psnr", "score", "ssim", "stored_direction"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -103,19 +104,42 @@ def unique_phrases(clip: Clip, befores: list[Image.Image], afters: list[Image.Im
     return PhraseChoice(text, p_x, p_y, score[x].item() if p_x else None, score[y].item() if p_y else None, rows)
 
 
-def initial_text(init: str, init_text: str | None, vocab: tuple[str, ...], clip: Clip | None, model: str,
-                 befores: list[Image.Image], afters: list[Image.Image], phrase_settings=None, *,
-                 pez_steps: int = 300, pez_tokens: int = 10, seed: int = 0) -> tuple[str, PhraseChoice | None]:
-    """A fit's init text and, for phrase initialization, the phrases found: ``init_text`` when given, else as
-    ``init`` says: "empty", a "caption" of the afters, InstructBrush's "phrases" (``phrase_settings``: top,
-    threshold, relative_threshold, template) or a "pez" hard prompt optimized against the afters."""
+INSTRUCTION_TEMPLATES = ("make it {p}", "turn it into {p}")  # an edit in words, from one phrase
+
+
+def init_candidates(clip: Clip, vocab: tuple[str, ...], model: str, befores: list[Image.Image],
+                    afters: list[Image.Image], phrase_settings: Any, count: int = 3) -> tuple[list[str], PhraseChoice]:
+    """Texts worth trying as a fit's init (``--init best``), each a way this module words an edit: the caption of
+    the afters, InstructBrush's phrase instruction (``phrase_settings``: top, threshold, relative_threshold,
+    template, as :class:`invert.methods.settings.PhraseSettings`), each of the
+    ``count`` phrases whose similarity rises most from the befores to the afters put in an instruction template
+    (and in the phrase template with the phrase that falls most), and the empty text. No duplicates, in that
+    order; also the phrase search's result, which the file records."""
+    from invert.vocab import load_vocab, model_vocab
+
+    phrases = load_vocab(vocab or model_vocab(model))
+    s = phrase_settings
+    choice = unique_phrases(clip, befores, afters, phrases, s.top, s.threshold, s.relative_threshold, s.template)
+    rising = [c["phrase"] for c in choice.candidates if c["side"] == "after"][:count]
+    falling = next((c["phrase"] for c in choice.candidates if c["side"] == "before"), None)
+    texts = [caption(clip, afters, phrases), choice.text]
+    for p in rising:
+        texts += [t.format(p=p) for t in INSTRUCTION_TEMPLATES]
+        if falling is not None and falling != p:
+            texts.append(s.template.format(p_x=falling, p_y=p))
+    return list(dict.fromkeys([*texts, ""])), choice
+
+
+def initial_text(init: str, vocab: tuple[str, ...], clip: Clip | None, model: str, befores: list[Image.Image],
+                 afters: list[Image.Image], phrase_settings: Any, *, pez_steps: int = 300, pez_tokens: int = 10,
+                 seed: int = 0) -> tuple[str, PhraseChoice | None]:
+    """A fit's init text as ``init`` says, and for phrase initialization the phrases found: "empty", a "caption"
+    of the afters, InstructBrush's "phrases" (``phrase_settings``: top, threshold, relative_threshold, template,
+    as :class:`invert.methods.settings.PhraseSettings`) or a "pez" hard prompt optimized against the afters."""
     from invert.vocab import load_vocab, model_vocab
 
     from .errors import InvertError
-    from .methods.settings import PhraseSettings
 
-    if init_text is not None:
-        return init_text, None
     if init == "empty":
         return "", None
     if clip is None:
@@ -126,7 +150,7 @@ def initial_text(init: str, init_text: str | None, vocab: tuple[str, ...], clip:
         return pez_prompt(clip, afters, tokens=pez_tokens, steps=pez_steps, seed=seed), None
     phrases = load_vocab(vocab or model_vocab(model))
     if init == "phrases":
-        s = phrase_settings if isinstance(phrase_settings, PhraseSettings) else PhraseSettings()
+        s = phrase_settings
         choice = unique_phrases(clip, befores, afters, phrases, s.top, s.threshold, s.relative_threshold, s.template)
         return choice.text, choice
     return caption(clip, afters, phrases), None

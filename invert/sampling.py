@@ -4,6 +4,7 @@ it is given. With an untrained instruction it gives diffusers' ``StableDiffusion
 result bit for bit (a test checks it): same image latents, noise draws, guidance batch and scheduler steps."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -70,13 +71,15 @@ def _sigma_up(scheduler, i: int) -> float | None:
 @torch.inference_mode()
 def sample(editor: Editor, method: Method, images: list[Image.Image], *, steps: int = 20, guidance: float = 7.5,
            image_guidance: float = 1.5, seed: int = 0, noise: str = "stream", scheduler: str | None = None,
-           on_step: Callable[[int], None] | None = None) -> list[Image.Image]:
+           on_step: Callable[[int], None] | None = None, install: bool = True) -> list[Image.Image]:
     """Edit ``images`` (all of one size) with ``method``'s instruction.
 
     ``noise`` "stream" and "fresh": each image gets its own CPU generator seeded with ``seed``, so an image's
     result does not depend on the batch it is in, and equals diffusers' pipeline called with
     ``generator=torch.Generator().manual_seed(seed)``. "fit": the fit's own noises (see :class:`FitNoise`),
-    ``seed`` being the fit's. ``on_step(i)`` is called after each of the ``steps`` sampling steps."""
+    ``seed`` being the fit's. ``on_step(i)`` is called after each of the ``steps`` sampling steps. ``install=False``:
+    the method is already on the UNet (a validation inside a fit, whose method stays installed for the whole fit;
+    a LoRA adapter cannot be added twice)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     if noise not in NOISE_MODES:
@@ -96,7 +99,7 @@ def sample(editor: Editor, method: Method, images: list[Image.Image], *, steps: 
                                                                              device=device, dtype=dtype)
     latents = first * sched.init_noise_sigma
     takes_generator = "generator" in _step_parameters(sched)
-    with method.installed():
+    with method.installed() if install else contextlib.nullcontext():
         for i, t in enumerate(sched.timesteps):
             x = torch.cat([latents] * 3) if with_guidance else latents
             x = torch.cat([sched.scale_model_input(x, t), image_latents], dim=1)

@@ -36,6 +36,17 @@ class FitProgress:
     step: int  # steps done
     total: int
     loss: float  # the latest step's loss per row
+    score: float | None = None  # the latest validation score (dB), None before the first or without validation
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """A score of the fit's current state (higher is better), taken before the first step, every ``every``
+    steps and after the last. The API builds ``score`` (it applies the instruction to held-out pairs); the loop
+    only calls it, with the method installed, and keeps what it says."""
+
+    score: Callable[[], float]
+    every: int
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,7 @@ class Trainer:
         self.total = len(self.schedule)
         self.stages = method.stages(self.total)
         self.best_step: int | None = None  # --keep best-mse: the step whose state was kept
+        self.scores: BestScore | None = None  # with scoring: the score curve and, with --keep best, the kept step
 
     def pair(self, step: int) -> int | torch.Tensor:
         """Step ``step``'s pair: cycled by step (within each part of a sequential fit), or, as the official VISII
@@ -184,12 +196,14 @@ class Trainer:
 
     def run(self, quiet: bool = False, progress: Callable[[FitProgress], None] | None = None,
             resume: FitState | None = None, should_stop: Callable[[], bool] | None = None,
-            sync_at: Callable[[int], bool] | None = None) -> list[float]:
+            sync_at: Callable[[int], bool] | None = None, scoring: Scoring | None = None) -> list[float]:
         """Optimize the method in place; return the loss history (per row, one per step).
 
         ``resume`` continues from a saved state. ``should_stop`` is asked after every step; when it says yes,
         FitStopped carries the state to resume from. A non-finite loss or gradient raises FitDiverged with the
-        last state checked good. ``progress`` is called at every refresh; ``sync_at(steps_done)`` asks for one."""
+        last state checked good. ``progress`` is called at every refresh; ``sync_at(steps_done)`` asks for one.
+        ``scoring``: the score curve is kept in ``self.scores``; with --keep best the best-scoring state, the
+        start included, is the one left in the method."""
         method, data, s = self.method, self.data, self.settings
         if data.editor.unet.is_gradient_checkpointing and s.reverse and s.cycle_weight \
                 and not method.direction_in_conditioning:
@@ -199,11 +213,14 @@ class Trainer:
         # Taken before a resumed state is loaded, so a resumed fit clips as the uninterrupted one.
         clip = GradientClip.of(s.grad_clip if s.grad_clip != "auto" else method.default_grad_clip, method, data.uncond)
         best = BestMse(method) if s.keep == "best-mse" else None
+        scores = self.scores = BestScore(method, s.keep == "best") if scoring is not None else None
         start = resume.step if resume is not None else 0
         if resume is not None:
             resume.restore_parameters(method)
             if best is not None:
                 best.load(resume.tracked)
+            if scores is not None:
+                scores.load(resume.tracked)
         history: list[float] = list(resume.history) if resume is not None else []
         device = data.editor.device
         losses = torch.zeros(self.total, device=device)
@@ -212,6 +229,8 @@ class Trainer:
         every = 1 if device.type == "cpu" else 10
         bar = tqdm(total=self.total, initial=start, desc=f"fitting {method.name}", disable=quiet, dynamic_ncols=True)
         with method.installed(), contextlib.closing(bar):
+            if scores is not None and resume is None:  # the start is a candidate: a fit never ends below it
+                scores.update(scoring.score(), 0)
             for stage in self.stages:
                 if stage.stop <= start:
                     continue
@@ -224,7 +243,8 @@ class Trainer:
                 if resume is not None and stage.start <= start:
                     resume.restore_optimizer(opt, scaler, method)
                 def state(done: int) -> FitState:
-                    return FitState.capture(done, method, opt, history, scaler, best.state() if best else None)
+                    tracked = {**(best.state() if best else {}), **(scores.state() if scores else {})}
+                    return FitState.capture(done, method, opt, history, scaler, tracked)
 
                 good = first, (_DeviceCopy(opt, scaler) if every > 1 else None)
                 for step in range(first, stage.stop):
@@ -237,7 +257,8 @@ class Trainer:
                     _update(opt, scaler, stage, clip)
                     if best is not None:
                         best.update(mse, step + 1)
-                    if not (every == 1 or (step + 1) % every == 0 or step + 1 == stage.stop or stop
+                    scored = scoring is not None and ((step + 1) % scoring.every == 0 or step + 1 == self.total)
+                    if not (every == 1 or (step + 1) % every == 0 or step + 1 == stage.stop or stop or scored
                             or (sync_at is not None and sync_at(step + 1))):
                         continue
                     if every > 1:
@@ -247,14 +268,20 @@ class Trainer:
                             raise _diverged(losses, good[0], step, state(good[0]))
                         good = step + 1, _DeviceCopy(opt, scaler)
                     history += losses[len(history):step + 1].tolist()
+                    if scored:
+                        scores.update(scoring.score(), step + 1)
                     bar.update(step + 1 - bar.n)
-                    bar.set_postfix(loss=f"{history[-1]:.4f}")
+                    latest = scores.latest if scores is not None else None
+                    bar.set_postfix(loss=f"{history[-1]:.4f}", **({"val": f"{latest:.2f}dB"} if latest is not None
+                                                                  else {}))
                     if progress is not None:
-                        progress(FitProgress(step + 1, self.total, history[-1]))
+                        progress(FitProgress(step + 1, self.total, history[-1], latest))
                     if stop:
                         raise FitStopped(f"stopped at step {step + 1} of {self.total}", state(step + 1))
         if best is not None:
             self.best_step = best.restore()
+        if scores is not None and s.keep == "best":
+            scores.restore()
         return history
 
 
@@ -360,6 +387,49 @@ class BestMse:
         return step
 
 
+class BestScore:
+    """The validation score curve and, for --keep best, the state with the highest score so far, the start (step
+    0) included; a later state must score strictly higher, so a fit that never beats its start keeps it. Its
+    state goes into a checkpoint's ``tracked`` tensors (prefix ``val.``), so a resumed fit keeps the same."""
+
+    def __init__(self, method: Method, keep_state: bool):
+        self.params = dict(method.named_parameters()) if keep_state else {}
+        self.saved = {n: p.detach().clone() for n, p in self.params.items()}
+        self.curve: list[tuple[int, float]] = []  # (steps done, score)
+        self.best_step: int | None = None
+        self.best = float("-inf")
+
+    @property
+    def latest(self) -> float | None:
+        return self.curve[-1][1] if self.curve else None
+
+    def update(self, score: float, steps_done: int) -> None:
+        self.curve.append((steps_done, score))
+        if score > self.best:  # NaN never is
+            self.best, self.best_step = score, steps_done
+            for name, p in self.params.items():
+                self.saved[name].copy_(p.detach())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        curve = torch.tensor(self.curve, dtype=torch.float64).reshape(-1, 2)
+        return {"val.curve": curve, "val.best": torch.tensor([self.best, -1 if self.best_step is None else
+                                                               self.best_step], dtype=torch.float64),
+                **{f"val.param.{n}": t.cpu() for n, t in self.saved.items()}}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.curve = [(int(step), float(score)) for step, score in state["val.curve"].tolist()]
+        best, step = state["val.best"].tolist()
+        self.best, self.best_step = best, None if step < 0 else int(step)
+        for name in self.saved:
+            self.saved[name].copy_(state[f"val.param.{name}"])
+
+    def restore(self) -> None:
+        """Put the best-scoring state into the parameters."""
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(self.saved[name])
+
+
 def _diverged(losses: torch.Tensor, first: int, step: int, state: FitState) -> FitDiverged:
     window = losses[first:step + 1]
     bad = torch.nonzero(~torch.isfinite(window)).flatten()
@@ -390,4 +460,4 @@ class _DeviceCopy:
             self.scaler.load_state_dict(self.scale)
 
 
-__all__ = ["FitData", "FitProgress", "StepInputs", "Trainer", "predict"]
+__all__ = ["BestScore", "FitData", "FitProgress", "Scoring", "StepInputs", "Trainer", "predict"]

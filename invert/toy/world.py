@@ -320,7 +320,21 @@ HARD_EDITS: dict[str, Edit] = {e.name: e for e in [
     _then(EDITS["background_blue"], EDITS["blur"], "blur_background_blue"),
     _global("hue90", "shift the hue by 90 degrees", hue_rotate(90), "hue shifted"),
     _global("dusk", "make it dusk", night(0.5), "dusk"),
+    # Added with issue 17, one or two of each kind the issue names (3-way compositions, unusual hue angles, partial
+    # strengths, local + global); the quality benchmark reports them apart from the older ones (NEW_HARD_EDITS).
+    _then(_then(EDITS["remove_square"], EDITS["night"], "night_remove_square"), EDITS["frame"],
+          "night_frame_remove_square"),
+    _then(_then(EDITS["grayscale"], EDITS["contrast"], "gray_contrast"), EDITS["frame"], "gray_contrast_frame"),
+    _global("hue30", "shift the hue by 30 degrees", hue_rotate(30), "hue shifted"),
+    _global("hue200", "shift the hue by 200 degrees", hue_rotate(200), "strongly hue shifted"),
+    _global("sepia_half", "make it a little sepia", lambda x: _mix(x, _sepia(x), 0.5), "sepia"),
+    _global("gray_half", "make it half black and white", lambda x: _mix(x, _gray(x), 0.5), "black and white"),
+    _then(EDITS["circle_red"], EDITS["cooler"], "circle_red_cooler"),
+    _then(EDITS["add_star"], EDITS["night"], "add_star_night"),
 ]}
+# The hard edits added with issue 17 (reported apart in the quality table).
+NEW_HARD_EDITS = ("night_frame_remove_square", "gray_contrast_frame", "hue30", "hue200", "sepia_half", "gray_half",
+                  "circle_red_cooler", "add_star_night")
 
 
 def get_edit(name: str) -> Edit:

@@ -1,0 +1,121 @@
+"""A fit that checks itself: held-out exemplar pairs, a score of any instruction on them (the instruction applied
+with few sampling steps and fixed noise, PSNR to the true afters), and the checks that say, in one line, when a
+fit went wrong (its score fell below its start or below the unedited input, its loss did not fall or spiked)
+and what to try.
+
+The loop (invert.training) keeps the score curve and the best state; this module says how a state is scored
+and judged, and the API joins the two."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from .editor import Editor
+from .metrics import as_tensor, psnr
+from .methods.base import Method
+from .sampling import sample
+
+MIN_PAIRS_TO_HOLD_OUT = 8  # below this every pair trains, and the fit is scored on them
+DEFAULT_HELD_OUT = 2
+SCORES_PER_FIT = 10  # --val-every's default: this many scores over a fit (besides its start)
+
+
+def held_out(pairs: int, val: int | None) -> list[int]:
+    """Indices of the pairs held out of training for validation: the last ``val`` (default: 2 of 8 or more pairs,
+    else none); none means the fit is scored on its training pairs. At least one pair always trains."""
+    count = (DEFAULT_HELD_OUT if pairs >= MIN_PAIRS_TO_HOLD_OUT else 0) if val is None else min(val, pairs - 1)
+    return list(range(pairs - count, pairs))
+
+
+def scoring_interval(total_steps: int, val_every: int | None) -> int:
+    """Steps between scores: ``val_every``, or SCORES_PER_FIT scores over the fit; 0: no validation."""
+    if val_every is not None:
+        return val_every
+    return max(1, math.ceil(total_steps / SCORES_PER_FIT))
+
+
+class Validation:
+    """Scores instructions on a fixed set of pairs: mean PSNR (dB) of the instruction's edits of the befores against
+    the afters, sampled with ``steps`` steps and the noise stream of ``seed`` (the noise ``apply`` uses by
+    default), so two states are compared on the same draws."""
+
+    def __init__(self, editor: Editor, befores: list[Image.Image], afters: list[Image.Image], *, steps: int,
+                 guidance: float, image_guidance: float, seed: int):
+        self.editor, self.befores = editor, befores
+        self.truth = as_tensor(afters)
+        self.steps, self.guidance, self.image_guidance, self.seed = steps, guidance, image_guidance, seed
+        self.no_edit = float(psnr(as_tensor(befores), self.truth).mean())  # doing nothing scores this
+
+    def score(self, method: Method, installed: bool = False) -> float:
+        """``installed``: the method is already on the UNet (inside its fit)."""
+        results = sample(self.editor, method, self.befores, steps=self.steps, guidance=self.guidance,
+                         image_guidance=self.image_guidance, seed=self.seed, install=not installed)
+        return float(psnr(as_tensor(results), self.truth).mean())
+
+
+def best_text(scores: dict[str, float], no_edit: float) -> str:
+    """The best-scoring candidate text; the empty one only when no other beats doing nothing (an empty init
+    leaves all of the edit to the optimization)."""
+    worded = {t: v for t, v in scores.items() if t.strip()}
+    pool = worded if any(v > no_edit for v in worded.values()) else scores
+    return max(pool, key=lambda t: pool[t])
+
+
+# Loss checks. The loss of one step depends on its random timestep, so the checks compare means over many steps.
+SPIKE = 10.0  # a step whose loss is this many times the median of the fit's losses is a spike
+STALL = 0.9  # a fit whose last quarter's mean loss is above this fraction of its first quarter's did not learn
+MIN_STEPS_FOR_LOSS_CHECKS = 20
+FALL_MARGIN = 0.1  # dB: a validation score this much below the start has fallen (less is sampling noise)
+
+
+@dataclass
+class FitCheck:
+    """What the checks found in one fit: ``problems`` (each a short clause), ``advice`` (what to try) and the
+    numbers behind them; ``line()`` says it in one line, or None when nothing was found."""
+
+    problems: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+
+    def add(self, problem: str, *advice: str) -> None:
+        self.problems.append(problem)
+        self.advice += [a for a in advice if a not in self.advice]
+
+    def line(self) -> str | None:
+        if not self.problems:
+            return None
+        return "fit check: " + "; ".join(self.problems) + ". Try " + ", or ".join(self.advice)
+
+
+def check_fit(history: list[float], curve: list[tuple[int, float]], no_edit: float | None, kept_step: int | None,
+              lr: float) -> FitCheck:
+    """Judge a finished fit from its loss ``history`` (one per step), its validation ``curve`` ((steps done,
+    score), the start first), the unedited input's score and the step whose state was kept (None: the last)."""
+    check = FitCheck()
+    lower_lr = f"a lower --lr ({lr / 3:.2g})"
+    if curve:
+        start, last = curve[0][1], curve[-1][1]
+        kept = next((v for s, v in curve if s == kept_step), last) if kept_step is not None else last
+        if len(curve) > 1 and last < start - FALL_MARGIN:
+            check.add(f"its validation score fell from {start:.2f} dB at the start to {last:.2f} dB at step "
+                      f"{curve[-1][0]}" + (f" (kept step {kept_step}: {kept:.2f} dB)" if kept_step is not None
+                                          and kept_step != curve[-1][0] else ""), lower_lr, "another init text")
+        if no_edit is not None and kept < no_edit:
+            check.add(f"the kept state scores {kept:.2f} dB, below the unedited input's {no_edit:.2f} dB",
+                      "another init text (--init-text, several to choose from)", "more exemplar pairs")
+    if len(history) >= MIN_STEPS_FOR_LOSS_CHECKS:
+        finite = [x for x in history if math.isfinite(x)]
+        median = sorted(finite)[len(finite) // 2]
+        peak = max(range(len(history)), key=lambda i: history[i])
+        if median > 0 and history[peak] > SPIKE * median:
+            check.add(f"its loss spiked to {history[peak]:.3g} at step {peak + 1} (median {median:.3g})", lower_lr)
+        quarter = len(history) // 4
+        first, final = (sum(history[:quarter]) / quarter, sum(history[-quarter:]) / quarter)
+        if final > STALL * first:
+            check.add(f"its loss did not fall (mean {first:.3g} over the first quarter, {final:.3g} over the last)",
+                      "more --steps", "another init text", lower_lr)
+    return check
+
+
+__all__ = ["FitCheck", "Validation", "best_text", "check_fit", "held_out", "scoring_interval"]

@@ -1,0 +1,160 @@
+"""A fit that checks itself (issue 17): held-out pairs scored while it runs, the best state kept (its start
+included), failures reported in one line, and the init text chosen among candidates by the same score."""
+import warnings
+
+import pytest
+import torch
+
+from invert.checkpoint import FitState, FitStopped
+from invert.errors import InvertWarning
+from invert.methods import method_class, settings_for
+from invert.methods.settings import VisiiSettings
+from invert.sampling import sample
+from invert.training import Scoring
+from invert.validation import Validation, best_text, check_fit, held_out, scoring_interval
+
+from conftest import make_trainer, scene, tiny_fit
+
+BEFORES = [scene(i) for i in range(3)]
+AFTERS = [scene(i, night=True) for i in range(3)]
+
+
+def visii(editor, text="make it night"):
+    return method_class("visii").initialize(editor, editor.encode_text([text]), text, VisiiSettings(clip_weight=0))
+
+
+def test_held_out_pairs_and_scoring_interval():
+    assert held_out(10, None) == [8, 9] and held_out(8, None) == [6, 7]
+    assert held_out(7, None) == [] and held_out(1, None) == []  # few pairs: scored on the training pairs
+    assert held_out(10, 3) == [7, 8, 9] and held_out(10, 0) == []
+    assert held_out(2, 5) == [1], "at least one pair trains"
+    assert scoring_interval(100, None) == 10 and scoring_interval(5, None) == 1 and scoring_interval(0, None) == 1
+    assert scoring_interval(100, 7) == 7 and scoring_interval(100, 0) == 0
+
+
+def test_a_fit_whose_training_makes_its_score_worse_keeps_its_start(editor):
+    """The score here falls with every step away from the start, so the best state is the start itself."""
+    method = visii(editor)
+    start = method.learned.detach().clone()
+    trainer = make_trainer(editor, BEFORES, AFTERS, method, steps=5, lr=1e-2, keep="best")
+    trainer.run(quiet=True, scoring=Scoring(lambda: -float((method.learned - start).norm()), 1))
+    assert trainer.scores.best_step == 0 and [s for s, _ in trainer.scores.curve] == [0, 1, 2, 3, 4, 5]
+    assert torch.equal(method.learned.detach(), start)
+
+
+def test_keep_best_keeps_the_best_scoring_step_and_keep_last_the_last(editor):
+    reference = visii(editor)
+    states = []
+    trainer = make_trainer(editor, BEFORES, AFTERS, reference, steps=6, lr=1e-2, keep="last")
+    trainer.run(quiet=True, scoring=Scoring(lambda: states.append(reference.learned.detach().clone()) or 0.0, 2))
+    assert [s for s, _ in trainer.scores.curve] == [0, 2, 4, 6] and len(states) == 4
+    target = states[2]  # the state after 4 steps scores best
+    method = visii(editor)
+    trainer = make_trainer(editor, BEFORES, AFTERS, method, steps=6, lr=1e-2, keep="best")
+    trainer.run(quiet=True, scoring=Scoring(lambda: -float((method.learned - target).norm()), 2))
+    assert trainer.scores.best_step == 4 and torch.equal(method.learned.detach(), target)
+
+
+def test_scoring_changes_nothing_that_is_learned(editor, clip):
+    """Validation samples with its own generators: the fit's noise, timesteps and updates are untouched."""
+    base = dict(steps=4, lr=1e-2, init_text="make it night", keep="last", val=0)
+    plain = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, val_every=0, **base)
+    scored = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, val_every=1, **base)
+    assert torch.equal(plain.tensors["visii.learned"], scored.tensors["visii.learned"])
+    assert plain.meta["validation"]["curve"] == [] and len(scored.meta["validation"]["curve"]) == 5
+
+
+@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+def test_the_curve_is_the_instruction_applied_to_the_held_out_pairs(editor, clip, method):
+    """The kept state's score is what sampling the saved instruction on the validation pairs gives, and the
+    start's score is the init text's own; with --keep best the kept score is the curve's best."""
+    befores, afters = [scene(i) for i in range(8)], [scene(i, night=True) for i in range(8)]
+    opts = {"parts": 2} if method == "brush" else {}
+    inst = tiny_fit(editor, befores, afters, method, clip=clip, steps=4, lr=1e-2, init_text="make it night",
+                    val_every=2, val_steps=3, **opts)
+    v = inst.meta["validation"]
+    assert v["pairs"] == [6, 7] and v["every"] == 2 and [s for s, _ in v["curve"]] == [0, 2, 4]
+    best_step, best = max(v["curve"], key=lambda c: (c[1], -c[0]))
+    assert inst.meta["kept_step"] == best_step
+    from invert.api import load_method
+
+    judge = Validation(editor, befores[6:], afters[6:], steps=3, guidance=7.5, image_guidance=1.5, seed=0)
+    assert judge.score(load_method(inst, editor)) == pytest.approx(best, abs=1e-4)
+    init = method_class(method).initialize(editor, editor.encode_text(["make it night"]), "make it night",
+                                           settings_for(method, opts)[1], 0)
+    assert judge.score(init) == pytest.approx(v["curve"][0][1], abs=1e-4)
+
+
+def test_sampling_inside_an_installed_method_does_not_install_it_again(editor):
+    """A LoRA adapter cannot be added twice: a validation inside a fit samples with install=False."""
+    from invert.methods.settings import LoraSettings
+
+    lora = method_class("lora").initialize(editor, editor.encode_text([""]), "", LoraSettings(), 0)
+    alone = sample(editor, lora, BEFORES[:1], steps=2)
+    with lora.installed():
+        inside = sample(editor, lora, BEFORES[:1], steps=2, install=False)
+    assert list(alone[0].getdata()) == list(inside[0].getdata())
+
+
+def test_a_resumed_fit_with_validation_equals_the_uninterrupted_one(editor, clip, tmp_path):
+    befores, afters = [scene(i) for i in range(8)], [scene(i, night=True) for i in range(8)]
+    base = dict(steps=6, lr=1e-2, init_text="make it night", val_every=2, val_steps=2, keep="best")
+    whole = tiny_fit(editor, befores, afters, "lora", clip=clip, **base)
+    calls = []
+    with pytest.raises(FitStopped) as stopped:
+        tiny_fit(editor, befores, afters, "lora", clip=clip, should_stop=lambda: calls.append(1) or len(calls) >= 3,
+                 **base)
+    saved = stopped.value.state.save(tmp_path / "state.ckpt")
+    resumed = tiny_fit(editor, befores, afters, "lora", clip=clip, resume=FitState.load(saved), **base)
+    assert whole.meta["validation"] == resumed.meta["validation"]
+    assert whole.meta["kept_step"] == resumed.meta["kept_step"]
+    for key, value in whole.tensors.items():
+        assert torch.equal(value, resumed.tensors[key]), key
+
+
+def test_check_fit_reports_each_failure_with_what_to_try():
+    flat = [1.0 + 0.01 * (i % 3) for i in range(40)]
+    falling = [2.0 - 0.04 * i for i in range(40)]
+    assert check_fit(falling, [(0, 15.0), (40, 18.0)], 12.0, 40, 1e-2).line() is None
+    fell = check_fit(falling, [(0, 15.0), (20, 16.0), (40, 9.0)], 12.0, 20, 1e-2).line()
+    assert "fell from 15.00 dB at the start to 9.00 dB at step 40 (kept step 20: 16.00 dB)" in fell
+    assert "lower --lr (0.0033)" in fell and "\n" not in fell
+    below = check_fit(falling, [(0, 10.0), (40, 11.0)], 12.0, 40, 1e-2).line()
+    assert "kept state scores 11.00 dB, below the unedited input's 12.00 dB" in below
+    stalled = check_fit(flat, [(0, 15.0), (40, 15.0)], 12.0, 0, 1e-2).line()
+    assert "its loss did not fall" in stalled and "more --steps" in stalled
+    spiked = check_fit(falling[:20] + [50.0] + falling[21:], [(0, 15.0), (40, 18.0)], 12.0, 40, 1e-2).line()
+    assert "spiked to 50 at step 21" in spiked
+
+
+def test_the_best_text_is_never_empty_when_a_worded_one_beats_no_edit():
+    assert best_text({"": 20.0, "make it night": 16.0, "a": 14.0}, 15.0) == "make it night"
+    assert best_text({"": 20.0, "make it night": 14.0}, 15.0) == "", "no worded text beats doing nothing"
+    assert best_text({"a": 14.0, "b": 16.0}, 15.0) == "b"
+
+
+def test_several_init_texts_start_from_the_best_scoring_one(editor, clip):
+    texts = ("make it night", "a photo, with a comma", "make it sepia")
+    inst = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, steps=2, lr=1e-2, init_text=texts, val_steps=2)
+    scores = inst.meta["init_scores"]["texts"]
+    assert set(scores) == set(texts) and inst.meta["init_text"] == max(scores, key=scores.get)
+    # Scored on every pair, as the fit's validation is with 3 pairs: the fit starts from the best text's score.
+    assert inst.meta["validation"]["curve"][0][1] == pytest.approx(max(scores.values()), abs=1e-4)
+
+
+def test_init_best_compares_the_candidate_texts(editor, clip):
+    inst = tiny_fit(editor, BEFORES, AFTERS, "brush", clip=clip, steps=0, parts=2, val_steps=2)
+    scores = inst.meta["init_scores"]["texts"]
+    assert len(scores) >= 3 and "" in scores and inst.meta["init_text"] in scores
+    assert inst.meta["init_text"] == best_text(scores, inst.meta["init_scores"]["no_edit"])
+
+
+def test_an_edit_that_changes_nothing_is_reported(editor, clip):
+    """Exemplars whose afters are their befores: every instruction scores below leaving the input as it is."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inst = tiny_fit(editor, BEFORES, BEFORES, "visii", clip=clip, steps=2, init_text="make it night",
+                        val_steps=2)
+    lines = [str(w.message) for w in caught if issubclass(w.category, InvertWarning)]
+    assert len(lines) == 1 and "below the unedited input's 100.00 dB" in lines[0]
+    assert inst.meta["fit_check"] == lines[0]
