@@ -21,6 +21,7 @@ from .instruction import Instruction
 from .losses import clip_direction
 from .methods import method_class, settings_for
 from .methods.base import Method
+from .methods.settings import PhraseSettings
 from .methods.two_way import TwoWay
 from .pairs import Pair, file_sha256, find_pairs, load_pairs
 from .phrases import initial_text
@@ -119,12 +120,14 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
         raise InvertError(f"--lr must be a positive number, not {settings.lr}")
     start = time.perf_counter()
     init = dict(pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens, seed=settings.seed)
+    # a method without phrase options (visii --init phrases) uses the defaults
+    phrase_settings = method_settings if isinstance(method_settings, PhraseSettings) else PhraseSettings()
     init_text, phrases = initial_text(init_mode(cls, settings), settings.init_text, settings.vocab, clip,
-                                      editor.model_id, befores, afters, method_settings, **init)
+                                      editor.model_id, befores, afters, phrase_settings, **init)
     learned = cls.initialize(editor, editor.encode_text([init_text]), init_text, method_settings, settings.seed)
     if settings.reverse and learned.needs_reverse_instruction:
         back_text = initial_text(init_mode(cls, settings), settings.init_text, settings.vocab, clip, editor.model_id,
-                                 afters, befores, method_settings, **init)[0]  # the pairs the other way round
+                                 afters, befores, phrase_settings, **init)[0]  # the pairs the other way round
         back = cls.initialize(editor, editor.encode_text([back_text]), back_text, method_settings, settings.seed)
         learned = TwoWay(learned, back, back_text)
     # Kept in the file too: evaluation's directional similarity and instruction libraries key on it.

@@ -104,7 +104,7 @@ def unique_phrases(clip: Clip, befores: list[Image.Image], afters: list[Image.Im
 
 
 def initial_text(init: str, init_text: str | None, vocab: tuple[str, ...], clip: Clip | None, model: str,
-                 befores: list[Image.Image], afters: list[Image.Image], phrase_settings=None, *,
+                 befores: list[Image.Image], afters: list[Image.Image], phrase_settings, *,
                  pez_steps: int = 300, pez_tokens: int = 10, seed: int = 0) -> tuple[str, PhraseChoice | None]:
     """A fit's init text and, for phrase initialization, the phrases found: ``init_text`` when given, else as
     ``init`` says: "empty", a "caption" of the afters, InstructBrush's "phrases" (``phrase_settings``: top,
@@ -112,7 +112,6 @@ def initial_text(init: str, init_text: str | None, vocab: tuple[str, ...], clip:
     from invert.vocab import load_vocab, model_vocab
 
     from .errors import InvertError
-    from .methods.settings import PhraseSettings
 
     if init_text is not None:
         return init_text, None
@@ -126,7 +125,7 @@ def initial_text(init: str, init_text: str | None, vocab: tuple[str, ...], clip:
         return pez_prompt(clip, afters, tokens=pez_tokens, steps=pez_steps, seed=seed), None
     phrases = load_vocab(vocab or model_vocab(model))
     if init == "phrases":
-        s = phrase_settings if isinstance(phrase_settings, PhraseSettings) else PhraseSettings()
+        s = phrase_settings
         choice = unique_phrases(clip, befores, afters, phrases, s.top, s.threshold, s.relative_threshold, s.template)
         return choice.text, choice
     return caption(clip, afters, phrases), None
