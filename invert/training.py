@@ -242,7 +242,7 @@ class Trainer:
                 first = max(start, stage.start)
                 if resume is not None and stage.start <= start:
                     resume.restore_optimizer(opt, scaler, method)
-                def state(done: int) -> FitState:
+                def state(done: int, opt=opt, scaler=scaler) -> FitState:  # this stage's optimizer and scaler
                     tracked = {**(best.state() if best else {}), **(scores.state() if scores else {})}
                     return FitState.capture(done, method, opt, history, scaler, tracked)
 
@@ -251,12 +251,14 @@ class Trainer:
                     opt.zero_grad(set_to_none=True)
                     loss, mse = self.step_loss(step, scaler.scale)
                     losses[step] = loss / self.schedule.shape[1]
-                    stop = should_stop is not None and should_stop() and step + 1 < self.total
                     if every == 1 and not _finite([losses[step:step + 1]] + _grads(stage)):
                         raise _diverged(losses, step, step, state(step))
                     _update(opt, scaler, stage, clip)
                     if best is not None:
                         best.update(mse, step + 1)
+                    # asked after the step's update and again after the progress callback (which may ask to stop)
+                    can_stop = should_stop is not None and step + 1 < self.total
+                    stop = can_stop and should_stop()
                     scored = scoring is not None and ((step + 1) % scoring.every == 0 or step + 1 == self.total)
                     if not (every == 1 or (step + 1) % every == 0 or step + 1 == stage.stop or stop or scored
                             or (sync_at is not None and sync_at(step + 1))):
@@ -276,7 +278,7 @@ class Trainer:
                                                                   else {}))
                     if progress is not None:
                         progress(FitProgress(step + 1, self.total, history[-1], latest))
-                    if stop:
+                    if stop or (can_stop and should_stop()):
                         raise FitStopped(f"stopped at step {step + 1} of {self.total}", state(step + 1))
         if best is not None:
             self.best_step = best.restore()

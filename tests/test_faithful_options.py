@@ -13,7 +13,7 @@ from invert.schedules import draw_noises
 from invert.settings import OFFICIAL
 from invert.training import OFFICIAL_LOSS_SCALE, GradientClip
 
-from conftest import scene, tiny_fit
+from conftest import scene, stop_at, tiny_fit
 
 
 def night(n=2):
@@ -53,9 +53,8 @@ def test_each_official_option_changes_the_fit(editor, clip):
 def test_keep_best_mse_resumes_to_the_uninterrupted_result(editor, clip, tmp_path):
     base = dict(steps=6, lr=1e-2, init_text="make it night", keep="best-mse", grad_clip="official")
     whole = tiny_fit(editor, *night(), "visii", clip=clip, **base)
-    calls = []
     with pytest.raises(FitStopped) as stopped:
-        tiny_fit(editor, *night(), "visii", clip=clip, should_stop=lambda: calls.append(1) or len(calls) >= 3, **base)
+        tiny_fit(editor, *night(), "visii", clip=clip, **stop_at(3), **base)
     saved = stopped.value.state.save(tmp_path / "state.ckpt")
     resumed = tiny_fit(editor, *night(), "visii", clip=clip, resume=FitState.load(saved), **base)
     assert torch.equal(whole.tensors["visii.learned"], resumed.tensors["visii.learned"])

@@ -13,7 +13,7 @@ from invert.sampling import sample
 from invert.training import Scoring
 from invert.validation import Validation, best_text, check_fit, held_out, scoring_interval
 
-from conftest import make_trainer, scene, tiny_fit
+from conftest import make_trainer, scene, stop_at, tiny_fit
 
 BEFORES = [scene(i) for i in range(3)]
 AFTERS = [scene(i, night=True) for i in range(3)]
@@ -100,9 +100,8 @@ def test_a_resumed_fit_with_validation_equals_the_uninterrupted_one(editor, clip
     befores, afters = [scene(i) for i in range(8)], [scene(i, night=True) for i in range(8)]
     base = dict(steps=6, lr=1e-2, init_text="make it night", val_every=2, val_steps=2, keep="best")
     whole = tiny_fit(editor, befores, afters, "lora", clip=clip, **base)
-    calls = []
     with pytest.raises(FitStopped) as stopped:
-        tiny_fit(editor, befores, afters, "lora", clip=clip, should_stop=lambda: calls.append(1) or len(calls) >= 3,
+        tiny_fit(editor, befores, afters, "lora", clip=clip, **stop_at(2),
                  **base)
     saved = stopped.value.state.save(tmp_path / "state.ckpt")
     resumed = tiny_fit(editor, befores, afters, "lora", clip=clip, resume=FitState.load(saved), **base)

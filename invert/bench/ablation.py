@@ -49,6 +49,7 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "brush --parts-sequential": ("brush", {"parts_sequential": True}, {}),
     "brush, apply --scheduler euler_a_karras": ("brush", {}, {"scheduler": "euler_a_karras"}),
 }
+METHODS = tuple(dict.fromkeys(method for method, _, _ in ROWS.values()))  # in ROWS' order
 NOISE_MODES = ("stream", "fit", "fresh")
 FRESH_SEEDS = (1, 2, 3)  # fresh noise is averaged over three seeds
 
@@ -81,7 +82,7 @@ def run(editor, clip, edits: list[str], rows: list[str], log: Callable[[str], No
                                   "init_text": inst.meta["init_text"], "kept_step": inst.meta.get("kept_step")}
             log(f"{name:22s} {row:52s} psnr {cells['rows'][row]['psnr']:6.2f} (no edit "
                 f"{cells['no_edit']['psnr']:6.2f}) {seconds:5.1f} s")
-        for method in ("visii", "brush"):
+        for method in METHODS:
             inst = fits.get((method, "{}"), (None,))[0]
             if inst is None:
                 continue
@@ -111,7 +112,7 @@ def summarize(per_edit: dict) -> dict:
         for row in rows:
             values = [e["rows"][row] for e in edits if row in e["rows"]]
             cell[row] = {m: float(np.mean([v[m] for v in values])) for m in ("psnr", "ssim", "fit_seconds")}
-        for method in ("visii", "brush"):
+        for method in METHODS:
             for mode in NOISE_MODES:
                 values = [e[f"{method}_noise"][mode] for e in edits if f"{method}_noise" in e]
                 if values:
@@ -130,14 +131,14 @@ def format_table(result: dict) -> str:
             return "" if value is None else format(value, fmt)
         lines.append(f"| {row} | {cell('catalogue', 'psnr')} | {cell('hard', 'psnr')} | {cell('all', 'psnr')} | "
                      f"{cell('all', 'ssim', '.3f')} | {cell('all', 'fit_seconds', '.1f')} |")
-    lines += ["", "| apply noise | visii: PSNR to truth / to input | brush: PSNR to truth / to input |",
-              "|---|---|---|"]
+    lines += ["", "| apply noise | " + " | ".join(f"{m}: PSNR to truth / to input" for m in METHODS) + " |",
+              "|---" * (len(METHODS) + 1) + "|"]
     for mode in NOISE_MODES:
         cells = []
-        for method in ("visii", "brush"):
+        for method in METHODS:
             v = s["all"].get(f"{method} noise {mode}")
             cells.append("" if v is None else f"{v['psnr']:.2f} / {v['psnr_to_input']:.2f}")
-        lines.append(f"| {mode} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     lines.append(f"\nRun time {result['seconds'] / 60:.1f} min.")
     return "\n".join(lines)
 
