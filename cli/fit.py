@@ -1,6 +1,7 @@
 """``invert fit``: learn an instruction from exemplar pairs."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -27,14 +28,16 @@ CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; 
 @click.option("--save-every", default=0, type=click.IntRange(min=0), help="Write OUTPUT.step-N.inst every N steps.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped fit from the state it saved "
               "(OUTPUT.ckpt, written on Ctrl-C, SIGTERM or divergence); give the same arguments otherwise.")
+@click.option("--json", "as_json", is_flag=True, help="Print what the fit found as one JSON object: the init text (and "
+              "each candidate's score), the validation curve, the kept step and the fit check.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
 @model_options(DEFAULT_MODEL)
 @click.pass_context
 @user_errors
-def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resume, quiet, force, low_memory, model,
-        device, dtype, **values):
+def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resume, as_json, quiet, force, low_memory,
+        model, device, dtype, **values):
     """Learn an instruction from exemplar PAIRS and write it to OUTPUT.
 
     PAIRS is a folder with before/ and after/ subfolders (files matched by stem), or a folder of
@@ -65,4 +68,16 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
             raise saved(stopped, state_path, stop.signum) from None
     inst.save(output, force=force)
     click.echo(f"wrote {output} ({inst.method}, init text {inst.meta['init_text']!r}, "
-               f"loss {inst.meta.get('final_loss')}, {float(inst.meta['fit_seconds']):.1f} s)", err=quiet)
+               f"loss {inst.meta.get('final_loss')}, {float(inst.meta['fit_seconds']):.1f} s)", err=quiet or as_json)
+    if as_json:
+        click.echo(json.dumps(fit_report(output, inst.method, inst.meta), indent=2))
+
+
+def fit_report(output: Path, method: str, meta: dict) -> dict:
+    """What ``fit --json`` prints: the fit's outcome and how it checked itself."""
+    loss = meta.get("final_loss")
+    return {"output": str(output), "method": method, "init_text": meta.get("init_text"),
+            "init_scores": meta.get("init_scores"), "steps": int(meta["steps"]),
+            "final_loss": float(loss) if loss else None, "fit_seconds": float(meta["fit_seconds"]),
+            "kept_step": meta.get("kept_step"), "validation": meta.get("validation"),
+            "fit_check": meta.get("fit_check")}

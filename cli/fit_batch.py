@@ -91,9 +91,11 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
         inst.save(output / f"{name}.inst", force=True)
         rows.append({"set": name, "status": "fitted", "method": method, "steps": int(inst.meta["steps"]),
                      "final_loss": float(inst.meta["final_loss"]) if inst.meta.get("final_loss") else None,
-                     "seconds": round(time.perf_counter() - start, 2)})
+                     "seconds": round(time.perf_counter() - start, 2), "fit_check": inst.meta.get("fit_check")})
     rows.sort(key=lambda r: r["set"])
     failed = [r for r in rows if r["status"].startswith("failed")]
+    # Fitted, but the fit's own check found it worse than its start or than no edit, or its loss misbehaved.
+    suspect = [r for r in rows if r.get("fit_check")]
     if as_json:
         click.echo(json.dumps({"shard": f"{k}/{n}", "output": str(output), "sets": rows}, indent=2))
     else:
@@ -104,5 +106,9 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
                        f"{loss:>11s} {r.get('seconds', ''):>8}")
         for r in failed:
             click.echo(f"{r['set']}: {r['status']}", err=True)
+        if suspect:
+            click.echo(f"{len(suspect)} of {len(rows)} sets did not pass the fit check:", err=True)
+            for r in suspect:
+                click.echo(f"  {r['set']}: {r['fit_check']}", err=True)
     if failed:
         raise SystemExit(1)

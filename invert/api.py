@@ -135,9 +135,18 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
         return Validation(editor, b, a, steps=settings.val_steps, guidance=settings.guidance,
                           image_guidance=settings.image_guidance, seed=settings.seed)
 
-    def choose_init(b: list[Image.Image], a: list[Image.Image]) -> tuple[str, PhraseChoice | None, dict | None]:
+    # Pairs held out of training to score the fit on (none: it is scored on the pairs it trains on).
+    held = held_out(len(befores), settings.val)
+    train = [i for i in range(len(befores)) if i not in held]
+    train_b, train_a = [befores[i] for i in train], [afters[i] for i in train]
+    val_b, val_a = ([befores[i] for i in held], [afters[i] for i in held]) if held else (befores, afters)
+
+    def choose_init(b: list[Image.Image], a: list[Image.Image], vb: list[Image.Image],
+                    va: list[Image.Image]) -> tuple[str, PhraseChoice | None, dict | None]:
         """The init text for pairs ``b`` -> ``a``, the phrase search's result, and each candidate's score when
-        candidates were compared (applied to every exemplar pair: no training is involved in choosing a text)."""
+        candidates were compared. Candidates are scored on the validation pairs ``vb`` -> ``va``, by the score
+        the fit's curve starts from, so the fit starts from the best candidate's score (and scoring them on
+        every pair would cost as much as a short fit)."""
         texts, mode = settings.init_texts, init_mode(cls, settings)
         if len(texts) == 1:
             return texts[0], None, None
@@ -145,7 +154,7 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
             found = None
             if not texts:
                 texts, found = init_candidates(clip, settings.vocab, editor.model_id, b, a, phrase_settings)
-            scorer = judge(b, a)
+            scorer = judge(vb, va)
             scores = {t: scorer.score(cls.initialize(editor, editor.encode_text([t]), t, method_settings,
                                                      settings.seed)) for t in texts}
             return best_text(scores, scorer.no_edit), found, {"no_edit": scorer.no_edit, "texts": scores}
@@ -154,17 +163,13 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
                                    seed=settings.seed)
         return text, found, None
 
-    init_text, phrases, init_scores = choose_init(befores, afters)
+    init_text, phrases, init_scores = choose_init(befores, afters, val_b, val_a)
     learned = cls.initialize(editor, editor.encode_text([init_text]), init_text, method_settings, settings.seed)
     if settings.reverse and learned.needs_reverse_instruction:
-        back_text = choose_init(afters, befores)[0]  # the pairs the other way round
+        back_text = choose_init(afters, befores, val_a, val_b)[0]  # the pairs the other way round
         back = cls.initialize(editor, editor.encode_text([back_text]), back_text, method_settings, settings.seed)
         learned = TwoWay(learned, back, back_text)
-    # Pairs held out of training to score the fit on (none: it is scored on the pairs it trains on).
-    held = held_out(len(befores), settings.val)
-    train = [i for i in range(len(befores)) if i not in held]
-    train_b, train_a = [befores[i] for i in train], [afters[i] for i in train]
-    validation = judge([befores[i] for i in held], [afters[i] for i in held]) if held else judge(befores, afters)
+    validation = judge(val_b, val_a)
     # Kept in the file too: evaluation's directional similarity and instruction libraries key on it.
     stored = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0])}
     if clip is not None:

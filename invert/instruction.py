@@ -23,9 +23,10 @@ FORMAT = "invert.inst"
 # one (parts, m, sum of widths) tensor with the widths in extra.layers; version 1 files still load.
 VERSION = 2
 # Metadata keys holding JSON rather than plain strings.
-_JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra"}
+_JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra", "validation", "init_scores"}
 # The JSON type each must have (apply reads into them), and the keys that must hold integers.
-_JSON_TYPES = {"guidance": dict, "exemplars": list, "options": dict, "phrases": dict, "extra": dict}
+_JSON_TYPES = {"guidance": dict, "exemplars": list, "options": dict, "phrases": dict, "extra": dict,
+               "validation": dict, "init_scores": dict}
 _INT_KEYS = {"seed", "noise_seed", "steps", "resolution", "num_tokens"}
 # safetensors' own limit is 100 MB of header JSON; an .inst needs a few kB (1 MB with a huge phrase list).
 MAX_HEADER_BYTES = 16 << 20

@@ -20,6 +20,9 @@ from .sampling import sample
 MIN_PAIRS_TO_HOLD_OUT = 8  # below this every pair trains, and the fit is scored on them
 DEFAULT_HELD_OUT = 2
 SCORES_PER_FIT = 10  # --val-every's default: this many scores over a fit (besides its start)
+# Below this many steps a fit is not scored unless --val-every asks: each score samples the held-out pairs, which
+# would cost more than so short a fit (and such fits are previews and tests, not results).
+MIN_STEPS_TO_SCORE = 20
 
 
 def held_out(pairs: int, val: int | None) -> list[int]:
@@ -30,10 +33,11 @@ def held_out(pairs: int, val: int | None) -> list[int]:
 
 
 def scoring_interval(total_steps: int, val_every: int | None) -> int:
-    """Steps between scores: ``val_every``, or SCORES_PER_FIT scores over the fit; 0: no validation."""
+    """Steps between scores: ``val_every``, or SCORES_PER_FIT scores over a fit of MIN_STEPS_TO_SCORE steps or
+    more; 0: no validation."""
     if val_every is not None:
         return val_every
-    return max(1, math.ceil(total_steps / SCORES_PER_FIT))
+    return max(1, math.ceil(total_steps / SCORES_PER_FIT)) if total_steps >= MIN_STEPS_TO_SCORE else 0
 
 
 class Validation:
@@ -65,7 +69,8 @@ def best_text(scores: dict[str, float], no_edit: float) -> str:
 
 # Loss checks. The loss of one step depends on its random timestep, so the checks compare means over many steps.
 SPIKE = 10.0  # a step whose loss is this many times the median of the fit's losses is a spike
-STALL = 0.9  # a fit whose last quarter's mean loss is above this fraction of its first quarter's did not learn
+STALL = 0.9  # a fit whose last quarter's mean loss is above this fraction of its first quarter's, and whose
+# validation score (when it has one) never rose above its start, did not learn
 MIN_STEPS_FOR_LOSS_CHECKS = 20
 FALL_MARGIN = 0.1  # dB: a validation score this much below the start has fallen (less is sampling noise)
 
@@ -112,7 +117,9 @@ def check_fit(history: list[float], curve: list[tuple[int, float]], no_edit: flo
             check.add(f"its loss spiked to {history[peak]:.3g} at step {peak + 1} (median {median:.3g})", lower_lr)
         quarter = len(history) // 4
         first, final = (sum(history[:quarter]) / quarter, sum(history[-quarter:]) / quarter)
-        if final > STALL * first:
+        # A loss that stays flat while the held-out score rises is a fit that learns what the loss cannot show.
+        rose = len(curve) > 1 and max(v for _, v in curve[1:]) > curve[0][1] + FALL_MARGIN
+        if final > STALL * first and not rose:
             check.add(f"its loss did not fall (mean {first:.3g} over the first quarter, {final:.3g} over the last)",
                       "more --steps", "another init text", lower_lr)
     return check

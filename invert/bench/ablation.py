@@ -101,7 +101,8 @@ def run(editor, clip, edits: list[str], rows: list[str], log: Callable[[str], No
 
 def summarize(per_edit: dict) -> dict:
     """Means per group (catalogue = global + local; hard) of every row and noise mode."""
-    groups = {"catalogue": lambda g: g != "hard", "hard": lambda g: g == "hard", "all": lambda g: True}
+    groups = {"catalogue": lambda g: not g.startswith("hard"), "hard": lambda g: g.startswith("hard"),
+              "all": lambda g: True}
     summary: dict = {}
     rows = sorted({row for e in per_edit.values() for row in e["rows"]}, key=list(ROWS).index)
     for group, member in groups.items():
