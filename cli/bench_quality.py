@@ -14,7 +14,8 @@ from .common import check_output, user_errors
 @click.command("quality")
 @click.option("--model", default="toy", show_default=True, envvar="INVERT_MODEL",
               help="A model trained on the toy world (its folder holds the toy CLIP in clip/).")
-@click.option("--edits", default=None, help="Comma-separated edit names; default: 5 global, 5 local, 4 hard.")
+@click.option("--edits", default=None,
+              help="Comma-separated edit names; default: 5 global, 5 local, 12 hard (8 of them new).")
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(min=0),
               help="Fit steps (InstructBrush: per time part, the parts trained together).")
 @click.option("--shots", default="1,10", show_default=True, help="Comma-separated exemplar counts.")

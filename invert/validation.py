@@ -101,10 +101,11 @@ def check_fit(history: list[float], curve: list[tuple[int, float]], no_edit: flo
     lower_lr = f"a lower --lr ({lr / 3:.2g})"
     if curve:
         start, last = curve[0][1], curve[-1][1]
-        kept = next((v for s, v in curve if s == kept_step), last) if kept_step is not None else last
+        # --keep best-mse may keep a step that was not scored: then the last score stands for it
+        kept = dict(curve).get(kept_step, last) if kept_step is not None else last
         if len(curve) > 1 and last < start - FALL_MARGIN:
             check.add(f"its validation score fell from {start:.2f} dB at the start to {last:.2f} dB at step "
-                      f"{curve[-1][0]}" + (f" (kept step {kept_step}: {kept:.2f} dB)" if kept_step is not None
+                      f"{curve[-1][0]}" + (f" (kept step {kept_step}: {kept:.2f} dB)" if kept_step in dict(curve)
                                           and kept_step != curve[-1][0] else ""), lower_lr, "another init text")
         if no_edit is not None and kept < no_edit:
             check.add(f"the kept state scores {kept:.2f} dB, below the unedited input's {no_edit:.2f} dB",

@@ -122,8 +122,9 @@ def test_help_and_completion_do_not_import_torch():
 def test_brush_fit_phrases_and_mixed_apply(run, tiny_model_dir, pairs_dir, tmp_path):
     a, b = tmp_path / "a.inst", tmp_path / "b.inst"
     for out, seed in ((a, 0), (b, 1)):
+        # --init auto: brush's own phrase initialization (the default, --init best, may choose another text)
         r = run(*fit_args(tiny_model_dir, pairs_dir, out, "--method", "brush", "--steps", 2, "--parts", 3,
-                          "--seed", seed, "--threshold", 0.0))
+                          "--seed", seed, "--threshold", 0.0, "--init", "auto"))
         assert r.exit_code == 0, r.output
     info = json.loads(run("inspect", a, "--json").output)
     k = next(v for name, v in info["tensors"].items() if name.startswith("brush.") and name.endswith(".k"))
@@ -158,7 +159,8 @@ def test_fit_batch_takes_every_option_of_fit():
     fit, batch = options("fit"), options("fit-batch")
     only_fit = {"before", "after", "resume"}  # a set is a folder; fit-batch resumes by skipping finished sets
     assert set(fit) - set(batch) == only_fit
-    for name in set(fit) - only_fit - {"output", "force", "save_every", "quiet"}:  # these say what they do per set
+    per_set = {"output", "force", "save_every", "quiet", "as_json"}  # these say what they do per set
+    for name in set(fit) - only_fit - per_set:
         assert batch[name] == fit[name], name
     assert len(fit) > 35
 

@@ -169,8 +169,8 @@ def format_table(result: dict) -> str:
     lines = []
     for k, rows in result["summary"].items():
         lines += [f"**{k}-shot** (PSNR dB per group; SSIM, CLIP-dir over catalogue / hard edits; fit s per edit)", "",
-                  "| row | Global | Local | All | Hard | Hard new | SSIM all | SSIM hard | CLIP-dir all | CLIP-dir hard "
-                  "| fit s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| row | Global | Local | All | Hard | Hard new | SSIM all | SSIM hard | CLIP-dir all "
+                  "| CLIP-dir hard | fit s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row, cells in rows.items():
             def cell(group: str, metric: str, fmt: str = ".2f") -> str:
                 value = cells.get(group, {}).get(metric)
