@@ -97,7 +97,7 @@ def test_fp16_fit_with_loss_scaling_follows_fp32(tiny_model_dir, editor):
 
 def test_floor_runs_the_rows_a_step_cannot_avoid_and_nothing_else(editor):
     cases = {("visii", "cfg"): [(1, True), (2, False)], ("brush", "cfg"): [(2, True), (4, False)],
-             ("visii", "cond"): [(1, True)], ("lora", "cfg"): [(1, True), (2, True)]}
+             ("visii", "cond"): [(1, True)], ("lora", "cfg"): [(3, True)]}
     for (name, target), expected in cases.items():
         floor = FloorLoop(trainer(editor, make_method(editor, name, 2, False), loss_target=target))
         calls, handle = unet_calls(editor)
@@ -213,3 +213,12 @@ def test_apply_batch_size_and_low_memory_do_not_change_results(editor, clip):
     # Another batch shape changes the order of the CPU kernels' sums: the same image up to one level of rounding.
     assert np.abs(runs[1] - runs[0]).max() <= 1
     assert np.abs(runs[2] - runs[0]).max() <= 1
+
+
+def test_an_adapter_runs_its_three_rows_in_one_call(editor):
+    calls, handle = unet_calls(editor)
+    try:
+        trainer(editor, make_method(editor, "lora", 1, False), steps=2).run(quiet=True)
+    finally:
+        handle.remove()
+    assert calls == [(3, True)] * 2

@@ -181,8 +181,9 @@ def reference_run(trainer: Trainer, steps: int | None = None, on_step=None) -> l
 class FloorLoop:
     """The UNet work one step of ``trainer`` cannot avoid, on its editor as it is (its method installed, if
     the loop runs inside the fit): per timestep row of the step, one conditional row forward and backward to the
-    encoder hidden states, and for the ``cfg`` loss the image-only and unconditional rows forward without autograd
-    (with autograd too for a method that changes every row). Inputs are built once: nothing else is timed."""
+    encoder hidden states, and for the ``cfg`` loss the image-only and unconditional rows forward without
+    autograd; for a method that changes every row (an adapter), all three rows forward and backward in one call.
+    Inputs are built once: nothing else is timed."""
 
     def __init__(self, trainer: Trainer):
         data = trainer.data
@@ -190,30 +191,29 @@ class FloorLoop:
         t = trainer.schedule[0]
         x = data.inputs(t, 0)
         dtype = data.editor.dtype
-        self.cond_x = torch.cat([x.noisy, x.cond], 1).to(dtype)
-        self.t = t
+        text_x = torch.cat([x.noisy, x.cond], 1).to(dtype)
+        others = torch.cat([text_x, torch.cat([x.noisy, torch.zeros_like(x.cond)], 1).to(dtype)])
         width = data.uncond.shape[1:]
-        self.embeds = data.uncond.expand(len(t), *width).clone().requires_grad_(True)
-        self.others = None
+        self.grad_calls = [(text_x, t)]  # (input, timesteps) of each call with autograd
+        self.plain_calls = []
         if trainer.settings.loss_target == "cfg":
-            self.others = (torch.cat([self.cond_x, torch.cat([x.noisy, torch.zeros_like(x.cond)], 1).to(dtype)]),
-                           torch.cat([t, t]), data.uncond.expand(2 * len(t), *width))
-        self.grad_all = trainer.method.conditions_all_rows
+            if trainer.method.conditions_all_rows:
+                self.grad_calls = [(torch.cat([text_x, others]), torch.cat([t, t, t]))]
+            else:
+                self.plain_calls = [(others, torch.cat([t, t]))]
+        self.embeds = [data.uncond.expand(len(x), *width).clone().requires_grad_(True) for x, _ in self.grad_calls]
+        self.plain_embeds = [data.uncond.expand(len(x), *width) for x, _ in self.plain_calls]
 
     def run(self, steps: int) -> float:
         sync(self.device)
         start = time.perf_counter()
         for _ in range(steps):
-            pred = self.unet(self.cond_x, self.t, encoder_hidden_states=self.embeds).sample
-            grad = torch.autograd.grad(pred.float().square().mean(), self.embeds)[0]
-            if self.others is not None:
-                x, t, embeds = self.others
-                with contextlib.nullcontext() if self.grad_all else torch.no_grad():
-                    embeds = embeds.clone().requires_grad_(self.grad_all)
-                    out = self.unet(x, t, encoder_hidden_states=embeds).sample
-                    if self.grad_all:
-                        torch.autograd.grad(out.float().square().mean(), embeds)
-            del grad
+            for (x, t), embeds in zip(self.grad_calls, self.embeds):
+                pred = self.unet(x, t, encoder_hidden_states=embeds).sample
+                torch.autograd.grad(pred.float().square().mean(), embeds)
+            with torch.no_grad():
+                for (x, t), embeds in zip(self.plain_calls, self.plain_embeds):
+                    self.unet(x, t, encoder_hidden_states=embeds)
         sync(self.device)
         return time.perf_counter() - start
 
