@@ -306,15 +306,16 @@ def interleaved(trainer: Trainer, others: list[Callable[[int], float]], warmup: 
 
 
 def benchmark(model: str, options: SpeedOptions, device: str = "auto", dtype: str = "auto",
-              low_memory: bool = False) -> dict:
+              low_memory: bool = False, load: Callable[[str, str, str], Editor] = load_editor) -> dict:
     """Time ours (fit and apply), the reference loop and the floor on ``model``; one flat dict of settings and
-    results (ratios: medians over the interleaved cycles, with their ranges).
+    results (ratios: medians over the interleaved cycles, with their quartiles). ``load(model, device, dtype)``
+    gives each loop's editor (:func:`load_editor` by default).
 
     A "step" is one timestep trained: ours batches InstructBrush's time parts, so one of its optimizer steps
     counts ``parts`` steps. The CLIP direction term (one projection per step, negligible) is in neither loop:
     the benchmark needs no CLIP model."""
     o = options
-    editor = load_editor(model, device, dtype)
+    editor = load(model, device, dtype)
     resolution = o.resolution or editor.resolution
     befores, afters = synthetic_pairs(o.pairs, resolution)
     settings = FitSettings(steps=o.warmup + o.steps, resolution=resolution, init_text=INIT_TEXT,
@@ -327,7 +328,7 @@ def benchmark(model: str, options: SpeedOptions, device: str = "auto", dtype: st
                     "resolution": resolution, "dtype": _name(editor.dtype), "loss_target": o.loss_target,
                     "low_memory": low_memory, "torch": torch.__version__, "block": o.block, "warnings": []}
     others: list[Callable[[int], float]] = []
-    reference = _LazyReference(model, editor, o, befores, afters, settings, low_memory)
+    reference = _LazyReference(model, editor, o, befores, afters, settings, low_memory, load)
     if o.reference:
         others.append(reference.run)
     if o.floor:
@@ -397,8 +398,8 @@ class _LazyReference:
     checkpointing, and a method whose installation nests in ours' (not a LoRA adapter); else it loads its own."""
 
     def __init__(self, model: str, editor: Editor, o: SpeedOptions, befores, afters, settings: FitSettings,
-                 low_memory: bool):
-        self.model, self.editor, self.o = model, editor, o
+                 low_memory: bool, load: Callable[[str, str, str], Editor]):
+        self.model, self.editor, self.o, self.load = model, editor, o, load
         self.befores, self.afters, self.settings = befores, afters, settings
         self.compute = resolve_dtype(o.reference_dtype, editor.device) if o.reference_dtype else editor.dtype
         self.autocast = self.compute != torch.float32
@@ -412,7 +413,7 @@ class _LazyReference:
         device, o = self.editor.device, self.o
         reset_peak_memory(device)
         held = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" and not self.shared else 0.0
-        editor = self.editor if self.shared else load_editor(self.model, str(device), "fp32")
+        editor = self.editor if self.shared else self.load(self.model, str(device), "fp32")
         # The sequential schedule trains the parts one after another; any of its steps costs the same.
         trainer = trainer_for(editor, make_method(editor, o.method, o.parts, sequential=True), self.befores,
                               self.afters, self.settings)
