@@ -91,8 +91,9 @@ def format_speed(r: dict) -> str:
         lines.append(f"{label:<28}{r[key]:>12{fmt}}{'' if ref is None else format(ref, fmt):>12}")
     if "speedup_vs_reference" in r:
         low, high = r["speedup_vs_reference_quartiles"]
+        autocast = " autocast" if r["reference_autocast"] else ""
         lines.append(f"ours/reference: {r['speedup_vs_reference']:.2f}x faster (median; quartiles "
-                     f"{low:.2f}-{high:.2f}), reference in {r['reference_dtype']}{' autocast' if r['reference_autocast'] else ''}")
+                     f"{low:.2f}-{high:.2f}), reference in {r['reference_dtype']}{autocast}")
     if "ours_over_floor" in r:
         low, high = r["ours_over_floor_quartiles"]
         lines.append(f"ours/floor: {r['ours_over_floor']:.2f}x the bare UNet work (median; quartiles "

@@ -155,7 +155,6 @@ def run(out: Path, tiny: bool = False, budget: float = 480.0, device: str = "aut
 
     plan = TINY if tiny else FULL
     r = Run(out, plan, budget, device)
-    p = plan.fit
     quick = dict(steps=plan.memory_steps, block=plan.memory_steps, warmup=1, reference=False, floor=False,
                  apply_steps=plan.apply_steps, apply_batches=1)
     # Drawing random weights for 1.1B parameters takes a while: once, before the first time box.
@@ -204,8 +203,9 @@ def markdown(summary: dict) -> str:
             found[m["name"], m.get("method"), m.get("precision")] = m["result"]
     lines = [f"GPU speed on {summary['device']} (host {summary['host']}), torch {summary['torch']}, model "
              f"{summary['model']}; {summary['elapsed_seconds']:.0f} s of a {summary['budget_seconds']:.0f} s budget.",
-             "", "| precision | method | ours steps/s | reference steps/s | ours/reference, median (quartiles) | ours/floor | "
-             "whole fit s (ours / reference) | fit peak MB (default / --low-memory) | apply images/s (batch 1 / 4) |",
+             "", "| precision | method | ours steps/s | reference steps/s | ours/reference, median (quartiles) | "
+             "ours/floor | whole fit s (ours / reference) | fit peak MB (default / --low-memory) | "
+             "apply images/s (batch 1 / 4) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for precision in PRECISIONS:
         for method in METHODS:
@@ -215,7 +215,8 @@ def markdown(summary: dict) -> str:
                 continue
             lines.append(f"| {precision} | {method} | {_f(fit, 'steps_per_s')} | {_f(fit, 'reference_steps_per_s')} | "
                          f"{_ratio(fit, 'speedup_vs_reference')} | {_ratio(fit, 'ours_over_floor')} | "
-                         f"{_f(fit, 'projected_fit_seconds', '.0f')} / {_f(fit, 'reference_projected_fit_seconds', '.0f')} | "
+                         f"{_f(fit, 'projected_fit_seconds', '.0f')} / "
+                         f"{_f(fit, 'reference_projected_fit_seconds', '.0f')} | "
                          f"{_f(alone, 'peak_memory_mb', '.0f')} / {_f(alone, 'low_memory_peak_memory_mb', '.0f')} | "
                          f"{_f(fit, 'apply_images_per_s')} / {_f(alone, 'apply_batch_4_images_per_s')} |")
     vs32 = found.get(("fit_vs_fp32_reference", "visii", "fp16"))

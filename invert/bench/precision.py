@@ -24,16 +24,13 @@ import argparse
 import contextlib
 import json
 import statistics
-import time
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable
 
 import torch
 
 from ..editor import Editor, load_editor
-from ..sampling import sample
-from .speed import INIT_TEXT, device_name, make_method, sync, synthetic_pairs, trainer_for
-from ..settings import FitSettings
+from .speed import apply_block, device_name, fit_block, synthetic_pairs
 
 MODES = ("fp32", "bf16-autocast", "bf16")
 
@@ -73,49 +70,6 @@ def editors_for(model: str, modes: tuple[str, ...], device: str) -> dict[str, Ed
     return {mode: load_editor(model, device, "bf16") if mode == "bf16" else fp32 for mode in modes}
 
 
-def _first_call_clock(editor: Editor) -> tuple[list[float], Callable[[], None]]:
-    """A list that receives the time of the UNet's first call from now on, and the function that stops that."""
-    first: list[float] = []
-    handle = editor.unet.register_forward_pre_hook(lambda module, args: None if first else
-                                                   first.append(time.perf_counter()))
-    return first, handle.remove
-
-
-def fit_seconds_per_step(editor: Editor, mode: str, method: str, resolution: int, steps: int) -> float:
-    """A fresh fit of ``steps`` steps in ``mode``: seconds per step, from its first UNet call to its last step."""
-    befores, afters = synthetic_pairs(1, resolution)
-    trainer = trainer_for(editor, make_method(editor, method, 5, False), befores, afters,
-                          FitSettings(steps=steps, resolution=resolution, init_text=INIT_TEXT))
-    first, stop = _first_call_clock(editor)
-    marks: list[float] = []
-    try:
-        with precision(mode, editor):
-            trainer.run(quiet=True, progress=lambda p: marks.append(time.perf_counter()),
-                        sync_at=lambda done: done == steps)
-    finally:
-        stop()
-    return (marks[-1] - first[0]) / steps
-
-
-def apply_seconds_per_step(editor: Editor, mode: str, method: str, resolution: int, steps: int) -> float:
-    """One sampling call of ``steps`` steps on one image in ``mode``: seconds per sampling step (VAE excluded)."""
-    images = synthetic_pairs(1, resolution)[0]
-    learned = make_method(editor, method, 5, False)
-    first, stop = _first_call_clock(editor)
-    marks: list[float] = []
-
-    def mark(step: int) -> None:
-        sync(editor.device)
-        marks.append(time.perf_counter())
-
-    try:
-        with precision(mode, editor):
-            sample(editor, learned, images, steps=steps, on_step=mark)
-    finally:
-        stop()
-    return (marks[-1] - first[0]) / steps
-
-
 def speed(model: str, modes: tuple[str, ...] = MODES, resolution: int | None = None, steps: int = 5,
           apply_steps: int = 4, cycles: int = 5, warmup_cycles: int = 1, method: str = "visii",
           device: str = "cpu", log: Callable[[str], None] = print) -> dict:
@@ -128,8 +82,9 @@ def speed(model: str, modes: tuple[str, ...] = MODES, resolution: int | None = N
     apply: dict[str, list[float]] = {m: [] for m in modes}
     for cycle in range(warmup_cycles + cycles):
         for mode in modes:
-            f = fit_seconds_per_step(editors[mode], mode, method, resolution, steps)
-            a = apply_seconds_per_step(editors[mode], mode, method, resolution, apply_steps)
+            with precision(mode, editors[mode]):
+                f = fit_block(editors[mode], method, *synthetic_pairs(1, resolution), steps)
+                a = apply_block(editors[mode], method, synthetic_pairs(1, resolution)[0], apply_steps)[0]
             when = "warm-up" if cycle < warmup_cycles else f"cycle {cycle + 1 - warmup_cycles}"
             log(f"{when} {mode}: fit {f:.3g} s/step, apply {a:.3g} s/step")
             if cycle >= warmup_cycles:
@@ -150,7 +105,8 @@ def speed(model: str, modes: tuple[str, ...] = MODES, resolution: int | None = N
 
 
 def quality(model: str = "toy", modes: tuple[str, ...] = ("fp32", "bf16-autocast"), edits: list[str] | None = None,
-            shots: tuple[int, ...] = (10,), rows: tuple[str, ...] = ("no_edit", "oracle_text", "visii", "brush", "lora"),
+            shots: tuple[int, ...] = (10,),
+            rows: tuple[str, ...] = ("no_edit", "oracle_text", "visii", "brush", "lora"),
             noise_seed: int = 1, device: str = "cpu", log: Callable[[str], None] = print) -> dict:
     """The quality benchmark (its default settings, the given edits, shots and rows) once per mode, and once
     more in fp32 with seed ``noise_seed``: per mode and row, the mean PSNR/SSIM/CLIP-dir over the edits and the
@@ -207,7 +163,8 @@ def format_speed(out: dict) -> str:
 
 def format_quality(out: dict) -> str:
     lines = [f"{out['model']}: edits {', '.join(out['edits'])}; shots {', '.join(map(str, out['shots']))}",
-             "| run | row | PSNR | SSIM | CLIP-dir | mean abs PSNR diff to fp32 | minutes |", "|---|---|---|---|---|---|---|"]
+             "| run | row | PSNR | SSIM | CLIP-dir | mean abs PSNR diff to fp32 | minutes |",
+             "|---|---|---|---|---|---|---|"]
     for name, rows in out["table"].items():
         for row, m in rows.items():
             if row != "minutes" and m:

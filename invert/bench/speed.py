@@ -242,6 +242,52 @@ def time_apply(editor: Editor, method: Method, images: list[Image.Image], steps:
     return batches * len(images) / (time.perf_counter() - start), peak_memory_mb(editor.device)
 
 
+def first_call_clock(editor: Editor) -> tuple[list[float], Callable[[], None]]:
+    """A list that receives the time of the UNet's first call from now on, and the function that stops that:
+    a block timed from there leaves out its setup (encoding the exemplars, building the method)."""
+    first: list[float] = []
+    handle = editor.unet.register_forward_pre_hook(lambda module, args: None if first else
+                                                   first.append(time.perf_counter()))
+    return first, handle.remove
+
+
+def fit_block(editor: Editor, method: str, befores: list[Image.Image], afters: list[Image.Image], steps: int,
+              parts: int = 5) -> float:
+    """A fresh fit of ``method`` on the pairs for ``steps`` steps: seconds per optimizer step, from its first UNet
+    call to the end of its last step (the last refresh waits for the device)."""
+    trainer = trainer_for(editor, make_method(editor, method, parts, False), befores, afters,
+                          FitSettings(steps=steps, resolution=befores[0].width, init_text=INIT_TEXT))
+    first, stop = first_call_clock(editor)
+    marks: list[float] = []
+    try:
+        trainer.run(quiet=True, progress=lambda p: marks.append(time.perf_counter()),
+                    sync_at=lambda done: done == steps)
+    finally:
+        stop()
+    return (marks[-1] - first[0]) / steps
+
+
+def apply_block(editor: Editor, method: str, images: list[Image.Image], steps: int) -> tuple[float, float]:
+    """One sampling call of ``steps`` steps on ``images`` with ``method``'s untrained instruction: seconds per
+    sampling step (from the first UNet call to the last step's end: the VAE left out), and seconds of the whole
+    call (the VAE's encode and decode in)."""
+    learned = make_method(editor, method, 5, False)
+    first, stop = first_call_clock(editor)
+    marks: list[float] = []
+
+    def mark(step: int) -> None:
+        sync(editor.device)
+        marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    try:
+        sample(editor, learned, images, steps=steps, on_step=mark)
+    finally:
+        stop()
+    sync(editor.device)
+    return (marks[-1] - first[0]) / steps, time.perf_counter() - start
+
+
 @dataclass
 class Ratio:
     """A ratio measured once per cycle: every cycle's value, their median and quartiles."""
@@ -426,6 +472,6 @@ class _LazyReference:
         return seconds
 
 
-__all__ = ["FloorLoop", "INIT_TEXT", "ReferenceLoop", "SpeedOptions", "benchmark", "device_name", "interleaved",
-           "make_method", "peak_memory_mb", "reference_loss", "reference_run", "reset_peak_memory", "sync",
-           "synthetic_pairs", "time_apply", "trainer_for"]
+__all__ = ["FloorLoop", "INIT_TEXT", "ReferenceLoop", "SpeedOptions", "apply_block", "benchmark", "device_name",
+           "first_call_clock", "fit_block", "interleaved", "make_method", "peak_memory_mb", "reference_loss",
+           "reference_run", "reset_peak_memory", "sync", "synthetic_pairs", "time_apply", "trainer_for"]
