@@ -37,10 +37,13 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` is fp16 on cuda and mps, fp32 on the cpu."""
+    """``auto`` is fp16 on cuda and mps, fp32 on the cpu, whatever bf16 units the cpu has."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
+        # bf16 on the cpu was measured (invert.bench.precision, README "What --dtype auto picks on the CPU") only
+        # on a cpu without bf16 units, where torch emulates it: several times slower than fp32. It becomes auto's
+        # pick only where it has been measured at least as fast and as good, which no cpu here has shown yet.
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}' (use auto, fp32, fp16 or bf16)")

@@ -32,3 +32,14 @@ def test_an_instruction_fitted_in_bf16_applies_in_fp32(tiny_model_dir, editor):
     assert inst.meta["model_fingerprint"] == editor.fingerprint
     out = invert.apply(inst, scene(1), editor=editor, steps=1)  # refused before: "learned on base model ..."
     assert out.size == (TINY_RES, TINY_RES)
+
+
+@pytest.mark.parametrize("units", [{}, {"avx512_bf16": True, "amx_bf16": True}])
+def test_auto_is_fp32_on_the_cpu_with_or_without_bf16_units(monkeypatch, units):
+    # bf16 was several times slower than fp32 on the CPU measured (README); auto must not pick it until a CPU
+    # with bf16 units has been measured at least as fast and as good.
+    from invert.editor import resolve_dtype
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: units, raising=False)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16

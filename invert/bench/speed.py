@@ -449,7 +449,10 @@ class _LazyReference:
         self.befores, self.afters, self.settings = befores, afters, settings
         self.compute = resolve_dtype(o.reference_dtype, editor.device) if o.reference_dtype else editor.dtype
         self.autocast = self.compute != torch.float32
-        self.shared = editor.dtype == torch.float32 and not low_memory and o.method != "lora"
+        # An adapter (a method that changes every row) wraps the UNet's own layers: a second one would wrap the
+        # first's, so such a reference loads its own model.
+        nests = not method_class(o.method).conditions_all_rows
+        self.shared = editor.dtype == torch.float32 and not low_memory and nests
         self.loop: ReferenceLoop | None = None
         self.peak_memory_mb: float | None = None
 
