@@ -65,7 +65,8 @@ def grow(dimension: str, values: list[int], model: str = "toy", method: str = "v
             if cycle == 0:
                 memory[value] = peak_memory_mb(editor.device)
             when = "warm-up" if cycle < warmup_cycles else f"cycle {cycle + 1 - warmup_cycles}"
-            log(f"{when} {dimension} {value}: {step:.3g} s/step" + (f", {whole:.3g} s/call" if whole is not None else ""))
+            call = "" if whole is None else f", {whole:.3g} s/call"
+            log(f"{when} {dimension} {value}: {step:.3g} s/step{call}")
             if cycle >= warmup_cycles:
                 seconds[value].append(step)
                 if whole is not None:

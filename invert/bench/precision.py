@@ -17,6 +17,7 @@ is judged against.
     python -m invert.bench.precision speed --model toy --steps 5 --cycles 5 --json out.json
     python -m invert.bench.precision speed --model random --resolution 512 --steps 1 --cycles 1 --warmup-cycles 0
     python -m invert.bench.precision quality --edits night,circle_red,hue90 --json quality.json
+    python -m invert.bench.precision matmul --size 1024 --cycles 5
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -62,6 +64,27 @@ def precision(mode: str, editor: Editor):
         yield
     finally:
         del unet.forward  # the class's own again
+
+
+def matmul(size: int = 1024, cycles: int = 5, reps: int = 3) -> dict:
+    """GFLOP/s of a ``size`` x ``size`` matmul in fp32 and in bf16 on the CPU, the two timed in turn for
+    ``cycles`` cycles after one untimed; the median of bf16's time over fp32's (above 1: bf16 slower). The raw
+    arithmetic the fit and apply figures rest on: without bf16 units torch emulates bf16."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    pairs = {"fp32": (a, b), "bf16": (a.bfloat16(), b.bfloat16())}
+    seconds: dict[str, list[float]] = {name: [] for name in pairs}
+    for cycle in range(cycles + 1):
+        for name, (x, y) in pairs.items():
+            start = time.perf_counter()
+            for _ in range(reps):
+                x @ y
+            if cycle:
+                seconds[name].append((time.perf_counter() - start) / reps)
+    flops = 2 * size**3
+    return {"size": size, "cycles": cycles, "threads": torch.get_num_threads(), "cpu_bf16": cpu_bf16_support(),
+            "capability": torch.backends.cpu.get_cpu_capability(),
+            "gflops": {name: flops / statistics.median(v) / 1e9 for name, v in seconds.items()},
+            "bf16_vs_fp32": statistics.median(x / y for x, y in zip(seconds["bf16"], seconds["fp32"]))}
 
 
 def editors_for(model: str, modes: tuple[str, ...], device: str) -> dict[str, Editor]:
@@ -185,6 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
     s.add_argument("--apply-steps", type=int, default=4, help="sampling steps per block")
     s.add_argument("--cycles", type=int, default=5)
     s.add_argument("--warmup-cycles", type=int, default=1)
+    m = sub.add_parser("matmul", help="fp32 and bf16 matmul GFLOP/s on the CPU, interleaved")
+    m.add_argument("--size", type=int, default=1024)
+    m.add_argument("--cycles", type=int, default=5)
     q = sub.add_parser("quality", help="the quality benchmark per precision, and fp32 with another seed")
     q.add_argument("--model", default="toy")
     q.add_argument("--modes", default="fp32,bf16-autocast")
@@ -193,14 +219,21 @@ def main(argv: list[str] | None = None) -> dict:
     q.add_argument("--rows", default="no_edit,oracle_text,visii,brush,lora")
     for a in (s, q):
         a.add_argument("--device", default="cpu")
+    for a in (s, q, m):
         a.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    modes = tuple(args.modes.split(","))
-    if args.what == "speed":
+    if args.what == "matmul":
+        out = matmul(args.size, args.cycles)
+        print(f"{out['size']}x{out['size']} matmul, {out['threads']} thread(s), {out['capability']}: fp32 "
+              f"{out['gflops']['fp32']:.1f} GFLOP/s, bf16 {out['gflops']['bf16']:.1f} GFLOP/s; bf16 time / fp32 "
+              f"time {out['bf16_vs_fp32']:.2f}x (median of {out['cycles']} cycles)")
+    elif args.what == "speed":
+        modes = tuple(args.modes.split(","))
         out = speed(args.model, modes, args.resolution, args.steps, args.apply_steps, args.cycles, args.warmup_cycles,
                     args.method, args.device)
         print(format_speed(out))
     else:
+        modes = tuple(args.modes.split(","))
         out = quality(args.model, modes, args.edits.split(",") if args.edits else None,
                       tuple(int(k) for k in args.shots.split(",")), tuple(args.rows.split(",")), device=args.device)
         print(format_quality(out))
