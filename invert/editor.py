@@ -37,10 +37,13 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` is fp16 on cuda and mps, fp32 on the cpu."""
+    """``auto`` is fp16 on cuda and mps, fp32 on the cpu, whatever bf16 units the cpu has."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
+        # bf16 on the cpu was measured (invert.bench.precision, README "What --dtype auto picks on the CPU") only
+        # on a cpu without bf16 units, where torch emulates it: several times slower than fp32. It becomes auto's
+        # pick only where it has been measured at least as fast and as good, which no cpu here has shown yet.
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}' (use auto, fp32, fp16 or bf16)")
@@ -105,7 +108,9 @@ def fingerprint(*modules: torch.nn.Module) -> str:
     """A short hash of the weights an instruction depends on, independent of device and of fp16/fp32 loading.
 
     Hashes every parameter's name and shape and a strided sample of its values rounded to fp16: cheap on an
-    860M-parameter UNet, yet any retrained or different checkpoint changes it."""
+    860M-parameter UNet, yet any retrained or different checkpoint changes it. Weights already rounded to bf16
+    (8 significant bits, fp16 keeps 11) hash differently, so :func:`load_editor` hashes a bf16 model before
+    its cast."""
     h = hashlib.sha256()
     for module in modules:
         for name, param in module.named_parameters():
@@ -125,7 +130,9 @@ class TextEncoding:
 class Editor:
     """A frozen InstructPix2Pix pipeline plus the encodings that fitting and applying share."""
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
+        """``fingerprint``: the model's, when it was taken before a cast that changes it (see :func:`fingerprint`);
+        by default computed from the weights when first asked for."""
         self.pipe = pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -133,7 +140,7 @@ class Editor:
         self.model_id = model_id
         self.device = device
         self.dtype = dtype
-        self._fingerprint: str | None = None
+        self._fingerprint = fingerprint
         self._uncond: torch.Tensor | None = None
 
     unet = property(lambda self: self.pipe.unet)
@@ -211,10 +218,16 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     ``random:FOLDER`` (random weights from diffusers configs; ``random`` alone is the full IP2P architecture)."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    # A bf16 model is loaded in fp32, fingerprinted and then cast, so that an instruction fitted in bf16 records,
+    # and one fitted in any dtype is checked against, the fingerprint of fp32 and fp16 loading.
+    load = torch.float32 if dt == torch.bfloat16 else dt
     if model.startswith("random"):
         folder = model.partition(":")[2] or IP2P_CONFIGS
-        pipe = build_from_configs(folder, dtype=dt)
+        pipe = build_from_configs(folder, dtype=load)
     else:
-        pipe = _load_pipeline(model, dt)
-    return Editor(pipe, model, dev, dt)
+        pipe = _load_pipeline(model, load)
+    if load == dt:
+        return Editor(pipe, model, dev, dt)
+    taken = fingerprint(pipe.unet, pipe.text_encoder)
+    return Editor(pipe.to(dtype=dt), model, dev, dt, fingerprint=taken)
 
