@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 import invert
-from invert.defaults import DEFAULT_TEMPERATURE, SCHEDULERS
+from invert.defaults import DEFAULT_TEMPERATURE, NOISE_MODES, SCHEDULERS
 from invert.errors import InvertError
 
 from .common import IMAGE_SUFFIXES, check_output, make_folder, user_errors
@@ -61,6 +61,10 @@ def _weights(mix: str | None) -> list[float] | None:
 @click.option("--image-guidance", default=None, type=float, help="Image guidance; default: the file's.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Noise seed with --fresh-noise.")
 @click.option("--fresh-noise", is_flag=True, help="Draw new noise from --seed instead of the fit's stored noise.")
+@click.option("--noise", default=None, type=click.Choice(list(NOISE_MODES)),
+              help="stream: drawn in order from the fit's seed (the default); fit: the noise the fit drew for each "
+                   "timestep, reused (the VISII paper's fixed noise); fresh: from --seed, as diffusers' pipeline "
+                   "with that seed's generator.")
 @click.option("--scheduler", default=None, type=click.Choice(list(SCHEDULERS)),
               help="Sampler; default: the model's own (Euler ancestral for IP2P).")
 @click.option("--strength", default=1.0, show_default=True, type=float,
@@ -80,7 +84,7 @@ def _weights(mix: str | None) -> list[float] | None:
 @click.option("--low-memory", is_flag=True, help="VAE slicing: less memory, slower.")
 @model_options(None)
 @user_errors
-def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fresh_noise, scheduler,
+def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fresh_noise, noise, scheduler,
           strength, reverse, resolution, grid, allow_model_mismatch, force, keep_going, batch_size, low_memory, model,
           device, dtype, library_file, befores, afters, temperature, top, method):
     """Edit images with a learned instruction: INPUTS are one or more .inst files, then image files or folders.
@@ -147,7 +151,8 @@ def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fres
     if opened:
         invert.apply(insts, opened, weights=weights, editor=editor, model=model,
                      device=device, dtype=dtype, text=text, steps=steps, guidance=guidance,
-                     image_guidance=image_guidance, seed=seed, fresh_noise=fresh_noise, scheduler=scheduler,
+                     image_guidance=image_guidance, seed=seed, fresh_noise=fresh_noise, noise=noise,
+                     scheduler=scheduler,
                      strength=strength, allow_model_mismatch=allow_model_mismatch, batch_size=batch_size,
                      low_memory=low_memory, reverse=reverse, on_images=write)
     summary = failures.summary(len(files))

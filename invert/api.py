@@ -22,6 +22,7 @@ from .instruction import Instruction
 from .losses import clip_direction
 from .methods import method_class, settings_for
 from .methods.base import Method
+from .methods.settings import PhraseSettings
 from .methods.two_way import TwoWay
 from .model_info import fit_defaults, recorded_model
 from .pairs import Pair, file_sha256, find_pairs, load_pairs
@@ -70,7 +71,7 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     if clip is None:
         cls = method_class(method)
         clip = _fit_clip(clip_model, editor, cls.needs_clip(method_settings),
-                         settings.init_text is None and cls.init_from != "empty")
+                         settings.init_text is None and init_mode(cls, settings) != "empty")
     exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
     return fit_images(editor, befores, afters, method, settings, method_settings, clip=clip, exemplars=exemplars,
                       quiet=quiet, progress=progress, checkpoint=checkpoint, save_every=save_every, resume=resume,
@@ -85,6 +86,11 @@ def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str
 
     known = {f.name for cls in (FitSettings, SETTINGS.get(method)) if cls is not None for f in dataclasses.fields(cls)}
     return {k: v for k, v in fit_defaults(model).items() if k in known and k not in options}
+
+
+def init_mode(cls: type[Method], settings: FitSettings) -> str:
+    """--init, with auto resolved to the method's own way."""
+    return cls.init_from if settings.init == "auto" else settings.init
 
 
 def _fit_clip(name: str | None, editor: Editor, needs_clip: bool, for_init: bool) -> Clip | None:
@@ -128,12 +134,15 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     if not settings.lr > 0 or settings.lr == float("inf"):  # NaN fails the first test
         raise InvertError(f"--lr must be a positive number, not {settings.lr}")
     start = time.perf_counter()
-    init_text, phrases = initial_text(cls.init_from, settings.init_text, settings.vocab, clip, editor.model_id,
-                                      befores, afters, method_settings)
+    init = dict(pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens, seed=settings.seed)
+    # a method without phrase options (visii --init phrases) uses the defaults
+    phrase_settings = method_settings if isinstance(method_settings, PhraseSettings) else PhraseSettings()
+    init_text, phrases = initial_text(init_mode(cls, settings), settings.init_text, settings.vocab, clip,
+                                      editor.model_id, befores, afters, phrase_settings, **init)
     learned = cls.initialize(editor, editor.encode_text([init_text]), init_text, method_settings, settings.seed)
     if settings.reverse and learned.needs_reverse_instruction:
-        back_text = initial_text(cls.init_from, settings.init_text, settings.vocab, clip, editor.model_id, afters,
-                                 befores, method_settings)[0]  # the pairs the other way round
+        back_text = initial_text(init_mode(cls, settings), settings.init_text, settings.vocab, clip, editor.model_id,
+                                 afters, befores, phrase_settings, **init)[0]  # the pairs the other way round
         back = cls.initialize(editor, editor.encode_text([back_text]), back_text, method_settings, settings.seed)
         learned = TwoWay(learned, back, back_text)
     # Kept in the file too: evaluation's directional similarity and instruction libraries key on it.
@@ -145,11 +154,11 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
 
     earlier = resume.seconds if resume is not None else 0.0
 
-    def snapshot(loss: float | None, steps_done: int) -> Instruction:
+    def snapshot(loss: float | None, steps_done: int, extra_meta: dict | None = None) -> Instruction:
         return make_instruction(learned, editor, settings, method_settings, clip_name=clip.name if clip else "",
                                 init_text=init_text, final_loss=loss, seconds=earlier + time.perf_counter() - start,
                                 exemplars=exemplars, steps_done=steps_done, stored=stored, phrases=phrases,
-                                extra_meta={"model_defaults": model_defaults or None})
+                                extra_meta={"model_defaults": model_defaults or None, **(extra_meta or {})})
 
     identity = {"method": method, "model": editor.fingerprint, "init_text": init_text, "exemplars": exemplars or [],
                 "options": {k: v for k, v in {**as_dict(settings), **as_dict(method_settings)}.items() if k != "lr"}}
@@ -169,7 +178,8 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     except FitStopped as stopped:
         stopped.state.identity, stopped.state.seconds = identity, earlier + time.perf_counter() - start
         raise
-    return snapshot(history[-1] if history else None, settings.steps)
+    kept = {"kept_step": trainer.best_step} if settings.keep == "best-mse" else None
+    return snapshot(history[-1] if history else None, settings.steps, kept)
 
 
 def load_method(instruction: Instruction, editor: Editor, strength: float = 1.0, text: str | None = None,
@@ -238,15 +248,18 @@ def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | 
           editor: Editor | None = None, pipe=None, model: str | None = None, device: str = "auto",
           dtype: str = "auto", text: str | None = None, steps: int = 20, guidance: float | None = None,
           image_guidance: float | None = None, seed: int | None = None, fresh_noise: bool = False,
-          scheduler: str | None = None, strength: float = 1.0, allow_model_mismatch: bool = False,
+          noise: str | None = None, scheduler: str | None = None, strength: float = 1.0,
+          allow_model_mismatch: bool = False,
           batch_size: int | None = None, low_memory: bool = False, reverse: bool = False,
           on_images: Callable[[list[Image.Image]], None] | None = None,
           on_step: Callable[[int], None] | None = None) -> list[Image.Image] | Image.Image:
     """Edit ``images`` (one PIL image, or a list) with a learned instruction, alone or followed by ``text`` (a
     hybrid instruction); a list of instructions is mixed with ``weights`` (equal by default).
 
-    By default the noise is the fit's own (drawn from the seed stored in the file); ``fresh_noise`` draws it
-    from ``seed`` exactly as diffusers' pipeline does with ``generator=torch.Generator().manual_seed(seed)``.
+    ``noise``: "stream" (the default) draws it in order from a generator of the fit's seed, stored in the file;
+    "fit" reuses the noise the fit drew for each timestep (the VISII paper's fixed noise); "fresh" (or
+    ``fresh_noise``) draws it from ``seed`` exactly as diffusers' pipeline does with
+    ``generator=torch.Generator().manual_seed(seed)``.
     Guidance scales default to those stored in the file. ``reverse`` undoes the edit. ``editor``: an editor
     already loaded; ``pipe``: your own ``StableDiffusionInstructPix2PixPipeline`` to edit with. Images of one
     size go through the model together, ``batch_size`` at a most; ``on_images`` receives each batch's results
@@ -263,14 +276,15 @@ def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | 
         i.check_model(editor.fingerprint, allow_model_mismatch, i.path or "")
     method = mixed_method(insts, editor, weights, strength, text, reverse)
     stored = inst.meta.get("guidance") or {}
-    noise_seed = (seed if seed is not None else 0) if fresh_noise else int(inst.meta.get("noise_seed", 0))
+    noise = noise or ("fresh" if fresh_noise else "stream")
+    noise_seed = (seed if seed is not None else 0) if noise == "fresh" else int(inst.meta.get("noise_seed", 0))
     results: list[Image.Image] = []
     # Every image has its own noise generator, so its result does not depend on the batch it is in.
     for group in same_size_batches(images, batch_size):
         done = sample(editor, method, group, steps=steps,
                       guidance=guidance if guidance is not None else stored.get("text", 7.5),
                       image_guidance=image_guidance if image_guidance is not None else stored.get("image", 1.5),
-                      seed=noise_seed, scheduler=scheduler, on_step=on_step)
+                      seed=noise_seed, noise=noise, scheduler=scheduler, on_step=on_step)
         results += done
         if on_images is not None:
             on_images(done)

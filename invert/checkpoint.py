@@ -45,10 +45,12 @@ class FitState:
     scaler: dict[str, Any] = field(default_factory=dict)  # fp16 loss scale; empty when no scaler is in use
     identity: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    tracked: dict[str, torch.Tensor] = field(default_factory=dict)  # what the loop tracks (--keep best-mse)
 
     @classmethod
     def capture(cls, step: int, method: torch.nn.Module, opt: torch.optim.Optimizer, history: list[float],
-                scaler: torch.amp.GradScaler | None = None) -> "FitState":
+                scaler: torch.amp.GradScaler | None = None, tracked: dict[str, torch.Tensor] | None = None
+                ) -> "FitState":
         names = {id(p): n for n, p in method.named_parameters()}
         ordered = [p for group in opt.param_groups for p in group["params"]]
         saved = opt.state_dict()  # indexes parameters by their position in the param groups
@@ -58,7 +60,8 @@ class FitState:
                   for group in saved["param_groups"]]
         return cls(step, {n: p.detach().cpu().clone() for n, p in method.named_parameters()},
                    {"state": state, "param_groups": groups}, list(history),
-                   scaler.state_dict() if scaler is not None and scaler.is_enabled() else {})
+                   scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+                   tracked=dict(tracked or {}))
 
     def restore_parameters(self, method: torch.nn.Module) -> None:
         """Load the parameters into a freshly initialized method of the same fit."""
@@ -109,6 +112,7 @@ class FitState:
         tensors = {f"param.{n}": p.contiguous() for n, p in self.params.items()}
         for name, entries in self.optimizer["state"].items():
             tensors.update({f"optimizer.{name}.{k}": v.contiguous() for k, v in entries.items() if torch.is_tensor(v)})
+        tensors.update({f"tracked.{k}": v.contiguous() for k, v in self.tracked.items()})
         meta = {"format": FORMAT, "version": str(VERSION), "step": str(self.step), "seconds": f"{self.seconds:.3f}",
                 "history": json.dumps(self.history), "identity": json.dumps(self.identity),
                 "scaler": json.dumps(self.scaler), "param_groups": json.dumps(self.optimizer["param_groups"]),
@@ -131,8 +135,9 @@ class FitState:
                     name, _, entry = key[len("optimizer."):].rpartition(".")
                     state.setdefault(name, {})[entry] = t
             groups = json.loads(meta["param_groups"])
+            tracked = {k[len("tracked."):]: t for k, t in tensors.items() if k.startswith("tracked.")}
             return cls(int(meta["step"]), params, {"state": state, "param_groups": groups},
                        [float(x) for x in json.loads(meta["history"])], json.loads(meta["scaler"]),
-                       json.loads(meta["identity"]), float(meta["seconds"]))
+                       json.loads(meta["identity"]), float(meta["seconds"]), tracked)
         except (KeyError, ValueError, TypeError) as exc:
             raise InvertError(f"{path}: not {KIND} (incomplete: {exc})") from None

@@ -3,14 +3,22 @@
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 
-# --scheduler names -> diffusers scheduler classes
+# --scheduler names -> diffusers scheduler classes. euler_a_karras: Euler ancestral on Karras et al.'s sigmas, the
+# InstructBrush paper's sampler (diffusers' ancestral Euler has no Karras option: invert sets the sigmas itself).
 SCHEDULERS = {
     "euler_a": "EulerAncestralDiscreteScheduler",
+    "euler_a_karras": "EulerAncestralDiscreteScheduler",
     "euler": "EulerDiscreteScheduler",
     "ddim": "DDIMScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
+KARRAS = {"euler_a_karras"}
+
+# apply's noise: "stream" draws the initial latent and each ancestral step's noise, in order, from a generator of
+# the fit's seed (what diffusers' pipeline does with generator=torch.Generator().manual_seed(seed)); "fit" reuses
+# the noise the fit drew for each timestep (VISII paper, Fig. 8); "fresh" is the stream of --seed.
+NOISE_MODES = ("stream", "fit", "fresh")
 
 # Instruction libraries' softmax temperature. The best mean PSNR on the toy world over held-out compositions and
 # catalogue edits, from 1 and 10 pairs, of 0.01, 0.03, 0.1 and 0.3 (invert.bench.library, README): 0.1 and

@@ -103,24 +103,28 @@ def unique_phrases(clip: Clip, befores: list[Image.Image], afters: list[Image.Im
     return PhraseChoice(text, p_x, p_y, score[x].item() if p_x else None, score[y].item() if p_y else None, rows)
 
 
-def initial_text(init_from: str, init_text: str | None, vocab: tuple[str, ...], clip: Clip | None, model: str,
-                 befores: list[Image.Image], afters: list[Image.Image], phrase_settings=None
-                 ) -> tuple[str, PhraseChoice | None]:
-    """A fit's init text and, for phrase initialization, the phrases found: ``init_text`` when given, else the
-    method's own way (``init_from``): "empty", a "caption" of the afters, or InstructBrush's "phrases" (with
-    ``phrase_settings``: top, threshold, relative_threshold, template)."""
+def initial_text(init: str, init_text: str | None, vocab: tuple[str, ...], clip: Clip | None, model: str,
+                 befores: list[Image.Image], afters: list[Image.Image], phrase_settings, *,
+                 pez_steps: int = 300, pez_tokens: int = 10, seed: int = 0) -> tuple[str, PhraseChoice | None]:
+    """A fit's init text and, for phrase initialization, the phrases found: ``init_text`` when given, else as
+    ``init`` says: "empty", a "caption" of the afters, InstructBrush's "phrases" (``phrase_settings``: top,
+    threshold, relative_threshold, template) or a "pez" hard prompt optimized against the afters."""
     from invert.vocab import load_vocab, model_vocab
 
     from .errors import InvertError
 
     if init_text is not None:
         return init_text, None
-    if init_from == "empty":
+    if init == "empty":
         return "", None
     if clip is None:
-        raise InvertError("no --init-text and no CLIP model to initialize from")
+        raise InvertError(f"--init {init} needs a CLIP model (or give --init-text)")
+    if init == "pez":
+        from .pez import pez_prompt
+
+        return pez_prompt(clip, afters, tokens=pez_tokens, steps=pez_steps, seed=seed), None
     phrases = load_vocab(vocab or model_vocab(model))
-    if init_from == "phrases":
+    if init == "phrases":
         s = phrase_settings
         choice = unique_phrases(clip, befores, afters, phrases, s.top, s.threshold, s.relative_threshold, s.template)
         return choice.text, choice

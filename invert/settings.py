@@ -43,6 +43,35 @@ class FitSettings:
     reverse: bool = option(False, "Also learn the inverse edit (after -> before) with a cycle term, stored in the "
                                   "same file for 'apply --reverse' (for lora: the negated adapter).")
     cycle_weight: float = option(1.0, "--reverse: weight of the cycle term.")
+    init: Literal["auto", "caption", "phrases", "pez", "empty"] = option(
+        "auto", "How to find the init text when --init-text is not given: auto (the method's own: caption for visii, "
+                "phrases for brush, empty for lora), a CLIP-ranked caption of the afters, InstructBrush's phrases, "
+                "a PEZ hard prompt optimized against the afters (the official VISII code's), or empty.")
+    pez_steps: int = option(300, "--init pez: optimization steps (the official code: 3000).", minimum=1)
+    pez_tokens: int = option(10, "--init pez: prompt length in tokens (the official code: 10).", minimum=1)
+    grad_clip: Literal["auto", "official", "abs", "none"] = option(
+        "auto", "Gradient clipping by value. official: the official VISII code's (gradients of its fp16 loss scale "
+                "65,536, never unscaled, clipped at the signed max of the initial prompt batch: nearly a sign "
+                "update); abs: unscaled gradients at the initial parameters' largest |entry|; none; auto: the "
+                "method's own (abs for visii, none for brush and lora).")
+    optimizer: Literal["adamw", "adamw8bit"] = option(
+        "adamw", "adamw: torch's, fp32 state; adamw8bit: bitsandbytes' AdamW8bit, as the official VISII code (needs "
+                 "pip install bitsandbytes).")
+    keep: Literal["last", "best-mse"] = option(
+        "last", "Which state the file keeps: the last step's, or best-mse, the official VISII code's "
+                "prompt_embeds_best: the state after the step whose noise MSE (before its update) was the lowest.")
+    pair_order: Literal["cycle", "timestep"] = option(
+        "cycle", "Which exemplar pair a step trains on: cycle (step s: pair s mod n) or timestep (timestep t: pair t "
+                 "mod n, as the official VISII code).")
+    official: bool = option(False, "visii: every setting of the official VISII code (thaoshibe/visii): --init pez "
+                                   "--pez-steps 3000 --grad-clip official --optimizer adamw8bit --keep best-mse "
+                                   "--pair-order timestep, 1000 steps at lr 1e-3; options you give still win.")
+
+
+# What --official sets, unless given: the official VISII code's training (README: how invert differs).
+OFFICIAL = {"init": "pez", "pez_steps": 3000, "pez_tokens": 10, "grad_clip": "official", "optimizer": "adamw8bit",
+            "keep": "best-mse", "pair_order": "timestep", "steps": 1000, "lr": 1e-3, "loss_target": "cfg",
+            "guidance": 7.5, "image_guidance": 1.5, "mse_weight": 4.0, "clip_weight": 0.1, "clip_clamp": 0.5}
 
 
 def settings_fields(cls: type) -> list[dataclasses.Field]:
@@ -80,4 +109,4 @@ def as_dict(settings: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()}
 
 
-__all__ = ["FitSettings", "as_dict", "build_settings", "check_value", "field_type", "option", "settings_fields"]
+__all__ = ["OFFICIAL", "FitSettings", "as_dict", "build_settings", "check_value", "field_type", "option", "settings_fields"]

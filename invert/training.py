@@ -77,18 +77,25 @@ class FitData:
             self._reversed = self.editor.condition_latents(afters), self.editor.target_latents(befores)
         return self._reversed
 
-    def inputs(self, t: torch.Tensor, pair: int, reverse: bool = False) -> StepInputs:
+    def inputs(self, t: torch.Tensor, pair: int | torch.Tensor, reverse: bool = False) -> StepInputs:
         """The pair's conditioning, its target noised at timesteps ``t`` with their own noises, and what the UNet
-        should predict; ``reverse``: the same with after and before exchanged. DDPM forward noising (equal to
-        Euler's noising followed by its input scaling), computed directly: a per-step ``scale_model_input`` on
-        an Euler scheduler would reuse its first step's sigma."""
+        should predict; ``pair``: one pair for every row, or each row's. ``reverse``: the same with after and
+        before exchanged. DDPM forward noising (equal to Euler's noising followed by its input scaling),
+        computed directly: a per-step ``scale_model_input`` on an Euler scheduler would reuse its first step's
+        sigma."""
         cond, target = self.reversed_pairs() if reverse else (self.cond, self.target)
         noise = self.noises[t].float()
         a = self.alphas[t].view(-1, 1, 1, 1)
-        x0 = target[pair:pair + 1].float()
+        x0 = rows_of(target, pair, len(t)).float()
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        return StepInputs(t, cond[pair:pair + 1].expand(len(t), -1, -1, -1), noisy,
-                          objective(self.prediction_type, noise, x0, a), a)
+        return StepInputs(t, rows_of(cond, pair, len(t)), noisy, objective(self.prediction_type, noise, x0, a), a)
+
+
+def rows_of(tensor: torch.Tensor, pair: int | torch.Tensor, rows: int) -> torch.Tensor:
+    """``tensor``'s entry of ``pair`` for each of ``rows`` rows: one pair for all, or one per row."""
+    if isinstance(pair, int):
+        return tensor[pair:pair + 1].expand(rows, *tensor.shape[1:])
+    return tensor.index_select(0, pair)
 
 
 def predict(method: Method, data: FitData, settings: FitSettings, noisy: torch.Tensor, cond: torch.Tensor,
@@ -122,24 +129,32 @@ class Trainer:
         self.schedule = method.schedule(settings.steps, data.num_train_timesteps, settings.seed).to(data.editor.device)
         self.total = len(self.schedule)
         self.stages = method.stages(self.total)
+        self.best_step: int | None = None  # --keep best-mse: the step whose state was kept
 
-    def pair(self, step: int) -> int:
-        return (step % max(1, self.settings.steps)) % len(self.data)  # cycled within each part of a sequential fit
+    def pair(self, step: int) -> int | torch.Tensor:
+        """Step ``step``'s pair: cycled by step (within each part of a sequential fit), or, as the official VISII
+        code, timestep t's is pair t mod n (one per row)."""
+        if self.settings.pair_order == "timestep":
+            return self.schedule[step] % len(self.data)
+        return (step % max(1, self.settings.steps)) % len(self.data)
 
-    def step_loss(self, step: int, scale: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def step_loss(self, step: int, scale: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Run step ``step``'s forward and backward passes (gradients accumulate in the parameters); return its
-        loss (on the device, detached). ``scale`` is the loss scaler's."""
+        loss and the noise MSE of its first term (on the device, detached). ``scale`` is the loss scaler's."""
         method, data, s = self.method, self.data, self.settings
         t, pair = self.schedule[step], self.pair(step)
         total = torch.zeros((), device=data.editor.device)
+        mse = None
         for reverse, weight in method.loss_terms(step):
             with method.direction(reverse):
                 x = data.inputs(t, pair, reverse)
                 pred = predict(method, data, s, x.noisy, x.cond, t, reverse)
+                rows = row_mse(pred, x.objective)
                 # The sum over rows: each time part's gradient is its own loss's.
-                loss = weight * s.mse_weight * row_mse(pred, x.objective).sum()
+                loss = weight * s.mse_weight * rows.sum()
                 scale(loss).backward()
             total = total + loss.detach()
+            mse = rows.detach().mean() if mse is None else mse
         if s.reverse and s.cycle_weight:
             loss = s.cycle_weight * self.cycle(t, pair)
             scale(loss).backward()
@@ -148,7 +163,7 @@ class Trainer:
         if extra is not None:
             scale(extra).backward()
             total = total + extra.detach()
-        return total
+        return total, mse
 
     def cycle(self, t: torch.Tensor, pair: int) -> torch.Tensor:
         """Cycle edit consistency in one denoising step: the forward edit's estimate of the after, used as the
@@ -164,8 +179,8 @@ class Trainer:
         with method.direction(True):
             back = clean_estimate(data.prediction_type, predict(method, data, s, r.noisy, cond, t, reverse=True),
                                   r.noisy, r.alpha_bar)
-        before = data.reversed_pairs()[1][pair:pair + 1].float()
-        return (x.alpha_bar.flatten() * row_mse(back, before.expand_as(back))).sum()
+        before = rows_of(data.reversed_pairs()[1], pair, len(t)).float()
+        return (x.alpha_bar.flatten() * row_mse(back, before)).sum()
 
     def run(self, quiet: bool = False, progress: Callable[[FitProgress], None] | None = None,
             resume: FitState | None = None, should_stop: Callable[[], bool] | None = None,
@@ -181,12 +196,14 @@ class Trainer:
             raise InvertError(f"--low-memory cannot fit a {method.name} instruction with --reverse and a cycle term: "
                               "its reverse direction is UNet state that the recomputed forward pass would not see; "
                               "drop --low-memory or use --cycle-weight 0")
-        # Gradients are clipped by value at the initial parameters' largest entry, as the official VISII code
-        # (taken before a resumed state is loaded, so a resumed fit clips as the uninterrupted one).
-        clip_value = max((float(p.detach().abs().max()) for p in method.parameters()), default=0.0)
+        # Taken before a resumed state is loaded, so a resumed fit clips as the uninterrupted one.
+        clip = GradientClip.of(s.grad_clip if s.grad_clip != "auto" else method.default_grad_clip, method, data.uncond)
+        best = BestMse(method) if s.keep == "best-mse" else None
         start = resume.step if resume is not None else 0
         if resume is not None:
             resume.restore_parameters(method)
+            if best is not None:
+                best.load(resume.tracked)
         history: list[float] = list(resume.history) if resume is not None else []
         device = data.editor.device
         losses = torch.zeros(self.total, device=device)
@@ -198,7 +215,7 @@ class Trainer:
             for stage in self.stages:
                 if stage.stop <= start:
                     continue
-                opt = torch.optim.AdamW(stage.parameters, lr=s.lr)
+                opt = make_optimizer(s.optimizer, stage.parameters, s.lr)
                 # fp16: scale the loss so that small gradients do not flush to zero in the UNet's backward pass
                 # (measured on the tiny model: 0.03% of the gradient entries without it); bf16 and fp32 need none.
                 scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10,
@@ -206,15 +223,22 @@ class Trainer:
                 first = max(start, stage.start)
                 if resume is not None and stage.start <= start:
                     resume.restore_optimizer(opt, scaler, method)
-                state = lambda done: FitState.capture(done, method, opt, history, scaler)  # noqa: E731
+                def state(done: int, opt=opt, scaler=scaler) -> FitState:  # this stage's optimizer and scaler
+                    return FitState.capture(done, method, opt, history, scaler, best.state() if best else None)
+
                 good = first, (_DeviceCopy(opt, scaler) if every > 1 else None)
                 for step in range(first, stage.stop):
                     opt.zero_grad(set_to_none=True)
-                    losses[step] = self.step_loss(step, scaler.scale) / self.schedule.shape[1]
-                    stop = should_stop is not None and should_stop() and step + 1 < self.total
+                    loss, mse = self.step_loss(step, scaler.scale)
+                    losses[step] = loss / self.schedule.shape[1]
                     if every == 1 and not _finite([losses[step:step + 1]] + _grads(stage)):
                         raise _diverged(losses, step, step, state(step))
-                    _update(opt, scaler, stage, clip_value)
+                    _update(opt, scaler, stage, clip)
+                    if best is not None:
+                        best.update(mse, step + 1)
+                    # asked after the step's update and again after the progress callback (which may ask to stop)
+                    can_stop = should_stop is not None and step + 1 < self.total
+                    stop = can_stop and should_stop()
                     if not (every == 1 or (step + 1) % every == 0 or step + 1 == stage.stop or stop
                             or (sync_at is not None and sync_at(step + 1))):
                         continue
@@ -229,8 +253,10 @@ class Trainer:
                     bar.set_postfix(loss=f"{history[-1]:.4f}")
                     if progress is not None:
                         progress(FitProgress(step + 1, self.total, history[-1]))
-                    if stop:
+                    if stop or (can_stop and should_stop()):
                         raise FitStopped(f"stopped at step {step + 1} of {self.total}", state(step + 1))
+        if best is not None:
+            self.best_step = best.restore()
         return history
 
 
@@ -244,11 +270,96 @@ def _finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([t.detach().float().sum() for t in tensors])).all())
 
 
-def _update(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, stage: Stage, clip_value: float) -> None:
+def _update(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, stage: Stage, clip: "GradientClip") -> None:
     scaler.unscale_(opt)
-    torch.nn.utils.clip_grad_value_([p for p in stage.parameters if p.grad is not None], clip_value)
+    clip([p for p in stage.parameters if p.grad is not None])
     scaler.step(opt)  # with loss scaling an overflowed gradient skips the step and lowers the scale
     scaler.update()
+
+
+# The official VISII code's loss scale: Accelerator(mixed_precision="fp16") on a GPU multiplies the loss by its
+# GradScaler's initial 65,536 (accelerate's default) and, its optimizer never prepared, never unscales or updates
+# it (invert/bench/visii_official.py cites the lines). A power of two: scaling fp32 gradients by it is exact.
+OFFICIAL_LOSS_SCALE = 2.0**16
+
+
+@dataclass(frozen=True)
+class GradientClip:
+    """Gradient clipping by value, by rule (--grad-clip): ``official`` multiplies the gradients by the official
+    code's loss scale, then clips at the signed max of its initial prompt batch; ``abs`` clips the unscaled
+    gradients at the initial parameters' largest |entry|; ``none``."""
+
+    value: float | None = None
+    scale: float = 1.0
+
+    @classmethod
+    def of(cls, rule: str, method: Method, uncond: torch.Tensor) -> "GradientClip":
+        if rule == "official":
+            return cls(float(method.official_clip_reference(uncond).max()), OFFICIAL_LOSS_SCALE)
+        if rule == "abs":
+            return cls(max((float(p.detach().abs().max()) for p in method.parameters()), default=0.0))
+        return cls()
+
+    def __call__(self, params: list[torch.Tensor]) -> None:
+        if self.value is None or not params:
+            return
+        if self.scale != 1.0:
+            torch._foreach_mul_([p.grad for p in params], self.scale)
+        torch.nn.utils.clip_grad_value_(params, self.value)
+
+
+def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """AdamW (torch's defaults: betas 0.9/0.999, eps 1e-8, weight decay 0.01), or bitsandbytes' AdamW8bit with
+    the same hyper-parameters, as the official VISII code."""
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise InvertError("--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes), or use --optimizer "
+                              "adamw (the same hyper-parameters, fp32 state)") from None
+        return bitsandbytes.optim.AdamW8bit(params, lr=lr)
+    return torch.optim.AdamW(params, lr=lr)
+
+
+class BestMse:
+    """--keep best-mse, the official VISII code's prompt_embeds_best: the state after the step whose noise MSE
+    (before its update) was the lowest so far, ties to the later step, from a threshold of 100 (as there).
+    Tracked on the device: a step costs one masked copy of the parameters and no host sync."""
+
+    THRESHOLD = 100.0
+
+    def __init__(self, method: Method):
+        self.params = dict(method.named_parameters())
+        device = next(iter(self.params.values())).device
+        self.saved = {n: p.detach().clone() for n, p in self.params.items()}
+        self.mse = torch.tensor(self.THRESHOLD, device=device)
+        self.step = torch.tensor(-1, device=device)
+
+    def update(self, mse: torch.Tensor, steps_done: int) -> None:
+        better = mse <= self.mse
+        self.mse = torch.where(better, mse, self.mse)
+        self.step = torch.where(better, torch.tensor(steps_done, device=self.step.device), self.step)
+        for name, p in self.params.items():
+            self.saved[name] = torch.where(better, p.detach(), self.saved[name])
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"mse": self.mse.cpu(), "step": self.step.cpu(),
+                **{f"param.{n}": t.cpu() for n, t in self.saved.items()}}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        device = self.mse.device
+        self.mse, self.step = state["mse"].to(device), state["step"].to(device)
+        self.saved = {n: state[f"param.{n}"].to(device) for n in self.saved}
+
+    def restore(self) -> int | None:
+        """Put the best state into the parameters; return its step (None: no step beat the threshold)."""
+        step = int(self.step)
+        if step < 0:
+            return None
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(self.saved[name])
+        return step
 
 
 def _diverged(losses: torch.Tensor, first: int, step: int, state: FitState) -> FitDiverged:

@@ -138,6 +138,17 @@ def tiny_fit(editor, befores, afters, method="visii", *, clip=None, **options):
     return fit_images(editor, befores, afters, method, *settings_for(method, options), clip=clip, quiet=quiet, **extra)
 
 
+def stop_at(step: int) -> dict:
+    """``progress`` and ``should_stop`` for a fit that stops after ``step`` steps, as a Stop button pressed then
+    would (should_stop may be asked more than once per step, so it must not count its calls)."""
+    done = [0]
+
+    def progress(p) -> None:
+        done[0] = p.step
+
+    return {"progress": progress, "should_stop": lambda: done[0] >= step}
+
+
 def make_trainer(editor, befores, afters, method, **options):
     """A Trainer for ``method`` (an initialized Method) on opened images, settings by name."""
     from invert.settings import FitSettings

@@ -15,7 +15,7 @@ from invert.instruction import Instruction
 from invert.signals import stop_on_signals
 from invert.training import Trainer
 
-from conftest import scene, tiny_fit
+from conftest import scene, stop_at, tiny_fit
 
 BEFORES = [scene(i) for i in range(2)]
 AFTERS = [scene(i, night=True) for i in range(2)]
@@ -26,11 +26,6 @@ def fit(editor, clip, method, **kw):
     extra = {"parts": 2} if method == "brush" else {}
     options = {"steps": STEPS, "init_text": "make it night", **extra, **kw.pop("opts", {}), **kw}
     return tiny_fit(editor, BEFORES, AFTERS, method, clip=clip, **options)
-
-
-def stop_after(n):
-    calls = []
-    return lambda: calls.append(1) or len(calls) >= n
 
 
 def same_instruction(a: Instruction, b: Instruction):
@@ -45,7 +40,7 @@ def same_instruction(a: Instruction, b: Instruction):
 def test_a_stopped_fit_resumes_to_the_uninterrupted_result(editor, clip, tmp_path, method):
     whole = fit(editor, clip, method)
     with pytest.raises(FitStopped) as stopped:
-        fit(editor, clip, method, should_stop=stop_after(3))
+        fit(editor, clip, method, **stop_at(3))
     assert stopped.value.state.step == 3 and "stopped at step 3 of 6" in str(stopped.value)
     saved = stopped.value.state.save(tmp_path / "state.ckpt")
     resumed = fit(editor, clip, method, resume=FitState.load(saved))
@@ -54,7 +49,7 @@ def test_a_stopped_fit_resumes_to_the_uninterrupted_result(editor, clip, tmp_pat
 
 def test_resume_refuses_another_fit_but_allows_a_new_lr(editor, clip):
     with pytest.raises(FitStopped) as stopped:
-        fit(editor, clip, "visii", should_stop=stop_after(2))
+        fit(editor, clip, "visii", **stop_at(2))
     state = stopped.value.state
     with pytest.raises(InvertError, match=r"differs in .*--seed \(0 there, 1 here\)"):
         fit(editor, clip, "visii", resume=state, opts={"seed": 1})
@@ -69,12 +64,12 @@ def poison(monkeypatch, at_step, what):
     original = Trainer.step_loss
 
     def step_loss(self, step, scale):
-        value = original(self, step, scale)
+        value, mse = original(self, step, scale)
         if step == at_step:
             if what == "loss":
-                return value * float("nan")
+                return value * float("nan"), mse
             next(self.method.parameters()).grad.fill_(float("nan"))
-        return value
+        return value, mse
 
     monkeypatch.setattr(Trainer, "step_loss", step_loss)
 
@@ -83,7 +78,7 @@ def poison(monkeypatch, at_step, what):
                                          ("gradient", "a gradient became NaN or inf at step 4")])
 def test_divergence_stops_with_the_last_good_state(editor, clip, monkeypatch, what, words):
     with pytest.raises(FitStopped) as clean:
-        fit(editor, clip, "visii", should_stop=stop_after(3))
+        fit(editor, clip, "visii", **stop_at(3))
     poison(monkeypatch, 3, what)
     with pytest.raises(FitDiverged, match=words) as diverged:
         fit(editor, clip, "visii")

@@ -5,7 +5,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from invert.api import apply
 from invert.errors import InstructionFileError, InvertError
 from invert.api import load_method
 from invert.instruction import Instruction

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import invert
-from invert.api import load_method, mixed_method
+from invert.api import mixed_method
 from invert.errors import InstructionFileError, InvertError
 from invert.guidance import Rows
 from invert.instruction import Instruction

@@ -123,3 +123,30 @@ def test_official_run_with_adamw8bit_learns_only_the_tokens_between_bos_and_eos(
     assert torch.equal(result.final[:, :1], init[:, :1]) and torch.equal(result.final[:, eos:], init[:, eos:])
     assert (result.final[0, 1:eos] != init[0, 1:eos]).any(dim=-1).all()
     assert min(result.clipped) > 0.5, "loss-scaled gradients exceed the official threshold almost everywhere"
+
+
+def test_official_mode_equals_the_official_step(editor, clip):
+    """invert in official mode (the official code's clip on loss-scaled gradients, its pairing of timestep t with
+    pair t mod n, its best step kept) against the transcription, on two pairs, with plain AdamW (bitsandbytes is
+    not installed in CI; the optimizer choice is the only official setting not compared here)."""
+    befores, afters = [scene(0), scene(1)], [scene(0, night=True), scene(1, night=True)]
+    init = editor.encode_text(["make it night"])
+    method = Visii.initialize(editor, init, "make it night")
+    trainer = make_trainer(editor, befores, afters, method, steps=STEPS, lr=1e-3, loss_target="cfg",
+                           grad_clip="official", keep="best-mse", pair_order="timestep")
+    direction = clip_direction(clip, befores, afters)
+    method.set_clip_direction(clip, direction)
+    losses: list[float] = []
+    data = trainer.data
+    run = OfficialVisii(editor.unet, editor.scheduler.config, init.embeds, init.eos[0], data.uncond, data.cond,
+                        data.target, trainer.schedule[:, 0], data.noises, clip.project_text, direction,
+                        OfficialOptions(lr=1e-3, grad_clip="official", optimizer="adamw"))
+    result = run.run()
+    trainer.run(quiet=True, progress=lambda p: losses.append(p.loss))
+    assert min(result.clipped) > 0.5, "the official clip acts on most entries"
+    loss_tol = float_noise(torch.tensor(losses), gain=2 * GUIDANCE_GAIN)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(result.losses), rtol=0, atol=loss_tol)
+    # Clipped entries are exactly +-threshold in both; Adam then moves every entry by about lr per step.
+    assert trainer.best_step == result.best_step + 1, "the kept step (steps done) is the official best step"
+    torch.testing.assert_close(method.prompt_embeds().detach(), result.best, rtol=0,
+                               atol=float_noise(init.embeds))

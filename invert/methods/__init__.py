@@ -6,7 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvertError
-from ..settings import FitSettings, build_settings, settings_fields
+from ..settings import OFFICIAL, FitSettings, build_settings, settings_fields
 from .settings import BrushSettings, LoraSettings, VisiiSettings
 
 if TYPE_CHECKING:
@@ -28,7 +28,11 @@ def method_class(name: str) -> type["Method"]:
 def settings_for(method: str, options: dict[str, Any]) -> tuple[FitSettings, Any]:
     """The loop's settings and ``method``'s own from option values by name. A name no method has is an error
     listing the options; another method's option is an error naming its method."""
-    method_class(method)  # an unknown method is refused first
+    cls = method_class(method)  # an unknown method is refused first
+    if options.get("official"):
+        if not cls.has_official_code:
+            raise InvertError(f"--official is the official VISII code's training; {method} has no official code")
+        options = {**OFFICIAL, **options}
     shared = {f.name for f in settings_fields(FitSettings)}
     own = {f.name for f in settings_fields(SETTINGS[method])}
     for name in options:

@@ -48,6 +48,8 @@ class Method(nn.Module):
     # loss may combine both directions in one graph even when the UNet recomputes its forward in the backward.
     direction_in_conditioning: ClassVar[bool] = True
     exports: ClassVar[dict[str, str]] = {}  # export kind -> what it writes (see :meth:`export`)
+    has_official_code: ClassVar[bool] = False  # --official reproduces its authors' released training code
+    default_grad_clip: ClassVar[str] = "none"  # what --grad-clip auto means for the method
 
     def __init__(self, editor: Editor):
         super().__init__()
@@ -133,6 +135,11 @@ class Method(nn.Module):
     def extra_loss(self) -> torch.Tensor | None:
         """A loss of the method's own besides the noise loss (VISII's CLIP direction term)."""
         return None
+
+    def official_clip_reference(self, uncond: torch.Tensor) -> torch.Tensor:
+        """What --grad-clip official takes the signed maximum of: the official VISII code's whole initial prompt
+        batch; for other methods, their initial parameters."""
+        return torch.cat([p.detach().flatten() for p in self.parameters()])
 
     def set_clip_direction(self, clip, direction: torch.Tensor) -> None:
         """The exemplars' CLIP direction, for a method with a CLIP loss (weighted by its own settings)."""

@@ -20,6 +20,7 @@ class TwoWay(Method):
         self.init_from = forward.init_from
         self.conditions_all_rows = forward.conditions_all_rows
         self.direction_in_conditioning = forward.direction_in_conditioning
+        self.default_grad_clip = forward.default_grad_clip
 
     @property
     def num_tokens(self) -> int:
@@ -50,6 +51,9 @@ class TwoWay(Method):
         """The reverse instruction's CLIP direction is the exemplars' direction negated."""
         self.edit.set_clip_direction(clip, direction)
         self.undo.set_clip_direction(clip, -direction)
+
+    def official_clip_reference(self, uncond: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.edit.official_clip_reference(uncond), self.undo.official_clip_reference(uncond)])
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self.edit.tensors(), **{REVERSE + k: v for k, v in self.undo.tensors().items()}}

@@ -24,6 +24,8 @@ EMBEDS_FORMAT = "invert.prompt_embeds"
 
 class Visii(Method):
     name = "visii"
+    has_official_code = True
+    default_grad_clip = "abs"
     exports = {"embeds": "the prompt embedding (1, 77, width) as a safetensors file for a plain diffusers "
                          "pipeline's prompt_embeds"}
 
@@ -58,6 +60,11 @@ class Visii(Method):
 
     def conditioning(self, rows: Rows, uncond: torch.Tensor, reverse: bool = False) -> Conditioning:
         return Conditioning(rows.embeds(self.prompt_embeds().to(self.editor.dtype), uncond))
+
+    def official_clip_reference(self, uncond: torch.Tensor) -> torch.Tensor:
+        """The official code clips at the signed max of its whole (3, 77, d) parameter: the prompt's encoding and
+        twice the empty prompt's."""
+        return torch.cat([self.prompt_embeds().detach().flatten(), uncond.float().flatten()])
 
     def set_clip_direction(self, clip: Clip, direction: torch.Tensor) -> None:
         weight, clamp = self.settings.clip_weight, self.settings.clip_clamp
