@@ -1,6 +1,7 @@
 """The speed benchmark on the tiny model: the reference loop is a faithful port (same loss, one three-row UNet
 call per step), --low-memory learns the same tensors, fp16 fits with loss scaling, and the command's output."""
 import json
+import os
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ FAST = ("--resolution", RES, "--steps", 1, "--warmup", 1, "--apply-steps", 2, "-
 def test_bench_speed_json(bench, tiny_model_dir):
     r = bench("--model", tiny_model_dir, *FAST, "--method", "brush", "--parts", 2, "--batch-size", 2, "--json")
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["method"] == "brush" and out["model"] == str(tiny_model_dir) and out["resolution"] == RES
     assert out["device"].startswith("cpu") and out["batch_size"] == 2
     for key in ("steps_per_s", "reference_steps_per_s", "peak_memory_mb", "reference_peak_memory_mb",
@@ -125,8 +126,17 @@ def test_bench_speed_table_and_no_reference(bench, tiny_model_dir):
     assert r.exit_code == 0, r.output
     assert "steps/s" in r.output and "x faster" in r.output and "images/s" in r.output
     r = bench("--model", tiny_model_dir, *FAST, "--no-reference", "--low-memory", "--json")
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["low_memory"] is True and "reference_steps_per_s" not in out
+
+
+@pytest.mark.parametrize("load, warned", [(3.5, True), (0.2, False)])
+def test_bench_speed_says_when_the_machine_was_busy(bench, tiny_model_dir, monkeypatch, load, warned):
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    r = bench("--model", tiny_model_dir, *FAST, "--no-reference", "--apply-steps", 1, "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["load_average"] == load
+    assert ("warning: the machine was busy before the benchmark (1-minute load average 3.5" in r.stderr) == warned
 
 
 def test_bench_speed_bad_model_is_a_one_line_error(bench, tmp_path):
