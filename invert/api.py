@@ -83,9 +83,12 @@ def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str
     :func:`invert.model_info.fit_defaults`) that ``options`` does not set and ``method`` has: they come between
     the options given and the library's defaults."""
     from .methods import SETTINGS
+    from .settings import OFFICIAL
 
     known = {f.name for cls in (FitSettings, SETTINGS.get(method)) if cls is not None for f in dataclasses.fields(cls)}
-    return {k: v for k, v in fit_defaults(model).items() if k in known and k not in options}
+    # --official asks for the official code's values: a model's own preference does not override them
+    taken = {*options, *(OFFICIAL if options.get("official") else ())}
+    return {k: v for k, v in fit_defaults(model).items() if k in known and k not in taken}
 
 
 def init_mode(cls: type[Method], settings: FitSettings) -> str:

@@ -158,6 +158,12 @@ def test_the_toy_model_needs_no_learning_rate_or_guidance(run, tmp_path):
     assert r.exit_code == 0, r.output
     meta = Instruction.load(tmp_path / "night.inst").meta
     assert meta["model_defaults"] == {"lr": 0.01, "guidance": 3.0} and meta["guidance"]["text"] == 3.0
+    r = run("fit", pairs, "-o", tmp_path / "official.inst", "--model", "toy", "--steps", 0, "--init-text", "night",
+            "--quiet", "--official")
+    assert r.exit_code == 0, r.output
+    meta = Instruction.load(tmp_path / "official.inst").meta
+    assert meta["options"]["lr"] == 1e-3 and meta["guidance"]["text"] == 7.5, "--official is the official code's"
+    assert meta.get("model_defaults") is None
 
 
 def test_a_config_file_gives_defaults_the_command_line_overrides(run, tiny_model_dir, pairs_dir, tmp_path):
