@@ -6,7 +6,7 @@ best single catalogue instruction (chosen on the test pairs themselves, so an up
 InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
 template. Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to the true edits, per edit group.
 
-    invert bench quality --json bench.json          # or: python -m invert.bench.quality
+    invert bench quality -o bench.json             # or: python -m invert.bench.quality
 """
 from __future__ import annotations
 
