@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
-from .common import user_errors
+from .common import quiet_option, user_errors
 from .options import model_options
+
+
+BUSY_LOAD = 1.0  # a load average of one: another process keeping a whole core busy
 
 
 @click.group()
@@ -45,10 +49,11 @@ def bench():
               help="The reference's compute precision. Default: ours', so that the ratio is about how the work is "
                    "done; another compares precisions too.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@quiet_option
 @model_options("random")
 @user_errors
 def speed(method, resolution, steps, block, warmup, pairs, parts, loss_target, fit_steps, apply_steps, batch_size,
-          apply_batches, low_memory, no_reference, no_floor, reference_dtype, as_json, model, device, dtype):
+          apply_batches, low_memory, no_reference, no_floor, reference_dtype, as_json, quiet, model, device, dtype):
     """Time fit steps and apply: ours, the reference loop and the floor, interleaved in one run.
 
     The reference does per step what VISII's official code does (batch 1, the three-way guidance batch in one
@@ -64,11 +69,18 @@ def speed(method, resolution, steps, block, warmup, pairs, parts, loss_target, f
     """
     from invert.bench.speed import SpeedOptions, benchmark
 
+    # Other work on the machine slows every timing (several-fold on a loaded CPU): said, so a number far from
+    # README's is not taken for invert's. Read before the benchmark, whose own threads raise the load.
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     options = SpeedOptions(method=method, resolution=resolution, steps=steps, block=block, warmup=warmup, pairs=pairs,
                            parts=parts, loss_target=loss_target, fit_steps=fit_steps, apply_steps=apply_steps,
                            batch_size=batch_size, apply_batches=apply_batches, reference=not no_reference,
                            floor=not no_floor, reference_dtype=reference_dtype)
     result = benchmark(model, options, device=device, dtype=dtype, low_memory=low_memory)
+    result["load_average"] = round(load, 2)
+    if load >= BUSY_LOAD:
+        click.echo(f"warning: the machine was busy before the benchmark (1-minute load average {load:.1f} on "
+                   f"{os.cpu_count()} cores): these timings are of a shared machine, not invert's alone", err=True)
     for warning in result["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if as_json:

@@ -2,6 +2,7 @@
 call per step), the floor runs exactly the UNet work a step cannot avoid, the loops alternate in blocks,
 --low-memory learns the same tensors, fp16 fits with loss scaling, and the command's output."""
 import json
+import os
 
 import pytest
 import torch
@@ -161,7 +162,7 @@ FAST = ("--resolution", RES, "--steps", 2, "--block", 1, "--warmup", 1, "--apply
 def test_bench_speed_json(bench, tiny_model_dir):
     r = bench("--model", tiny_model_dir, *FAST, "--method", "brush", "--parts", 2, "--batch-size", 2, "--json")
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output[r.output.index("{"):])
+    out = json.loads(r.stdout)
     assert out["method"] == "brush" and out["model"] == str(tiny_model_dir) and out["resolution"] == RES
     assert out["device"].startswith("cpu") and out["batch_size"] == 2
     for key in ("steps_per_s", "reference_steps_per_s", "floor_steps_per_s", "peak_memory_mb",
@@ -180,14 +181,23 @@ def test_bench_speed_table_and_no_reference(bench, tiny_model_dir):
     for text in ("steps/s", "x faster", "ours/floor", "structural ceiling", "images/s"):
         assert text in r.output, text
     r = bench("--model", tiny_model_dir, *FAST, "--no-reference", "--no-floor", "--low-memory", "--json")
-    out = json.loads(r.output[r.output.index("{"):])
+    out = json.loads(r.stdout)
     assert out["low_memory"] is True and "reference_steps_per_s" not in out and "ours_over_floor" not in out
 
 
 def test_bench_speed_resolution_defaults_to_the_models_own(bench, tiny_model_dir):
     fast = [a for i, a in enumerate(FAST) if "--resolution" not in FAST[max(0, i - 1):i + 1]]
     r = bench("--model", tiny_model_dir, *fast, "--no-reference", "--no-floor", "--json")
-    assert json.loads(r.output[r.output.index("{"):])["resolution"] == 32  # the tiny UNet's 16 latents x 2
+    assert json.loads(r.stdout)["resolution"] == 32  # the tiny UNet's 16 latents x 2
+
+
+@pytest.mark.parametrize("load, warned", [(3.5, True), (0.2, False)])
+def test_bench_speed_says_when_the_machine_was_busy(bench, tiny_model_dir, monkeypatch, load, warned):
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    r = bench("--model", tiny_model_dir, *FAST, "--no-reference", "--apply-steps", 1, "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["load_average"] == load
+    assert ("warning: the machine was busy before the benchmark (1-minute load average 3.5" in r.stderr) == warned
 
 
 def test_bench_speed_bad_model_is_a_one_line_error(bench, tmp_path):
