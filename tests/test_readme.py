@@ -35,9 +35,14 @@ SKIPPED = {  # the start of an example -> why it is not run here
     "torchrun": "one process per GPU",
     "accelerate launch": "one process per GPU",
     "sbatch": "needs a SLURM cluster",
-    "invert bench speed --method visii --resolution 512": "the full-size IP2P at 512: a GPU's work (minutes a step "
-                                                          "on a CPU)",
-    "invert bench speed --method brush --resolution 512": "the full-size IP2P at 512: a GPU's work",
+    "invert bench speed --method visii --steps 2": "the full-size IP2P at 512: a GPU's work (minutes a step on a CPU)",
+    "invert bench speed --method brush --low-memory": "the full-size IP2P at 512: a GPU's work",
+    "OMP_NUM_THREADS=1 invert bench speed --model toy": "a timing run of minutes (its --steps must be a multiple of "
+                                                        "--block); tests/test_speed.py runs the command on the tiny "
+                                                        "model",
+    "OMP_NUM_THREADS=1 python -m invert.bench.": "benchmarks of minutes to hours; tests/test_bench_precision.py and "
+                                                 "tests/test_bench_growth.py run each on the toy or tiny model",
+    "python -m invert.bench.growth fit-batch": "a benchmark of minutes (tests/test_bench_growth.py runs it tiny)",
     "invert bench quality -o quality.json": "the whole benchmark: 25 minutes",
     "python -m invert.toy.train": "trains the toy model: an hour",
     "examples/apply_every_instruction.sh": "20 invert processes over the 4 toy sets, minutes; "
