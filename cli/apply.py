@@ -1,16 +1,45 @@
 """``invert apply``: edit images with learned instructions (alone, mixed, with text, or from a library)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 import invert
-from invert.defaults import DEFAULT_TEMPERATURE, NOISE_MODES, SCHEDULERS
+from invert.defaults import DEFAULT_TEMPERATURE, SCHEDULERS
 from invert.errors import InvertError
 
-from .common import IMAGE_SUFFIXES, check_output, make_folder, user_errors
-from .options import model_options
+from .common import make_folder, quiet_option, user_errors
+from .options import model_options, noise_mode, noise_options
+from .progress import sampling
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+SAME = "same"  # an output made with this run's settings: skipped, or (with its grid missing) made again
+
+
+@dataclass
+class Job:
+    """One result to make: an input, the seed of its noise, where it goes and how it is made."""
+
+    source: Path
+    seed: int | None  # None: the fit's own noise
+    target: Path
+    grid: Path | None
+    prompt: str
+    values: dict
+    image: Image.Image | None = None  # the opened input, once it is to be made
+
+
+def _split_inputs(inputs: tuple[Path, ...]) -> tuple[list[Path], list[Path]]:
+    """.inst files (known by their content, whatever their name) and the images or folders to edit."""
+    from invert.instruction import is_instruction_file
+
+    insts = [p for p in inputs if p.suffix == ".inst" or (p.is_file() and is_instruction_file(p))]
+    return insts, [p for p in inputs if p not in insts]
 
 
 def _inputs(paths: list[Path]) -> list[Path]:
@@ -38,6 +67,21 @@ def _weights(mix: str | None) -> list[float] | None:
         raise InvertError(f"--mix {mix!r}: expected comma-separated numbers such as 0.7,0.3") from None
 
 
+def _state(path: Path, wanted: str) -> str | None:
+    """None for an output still to make; SAME for one this run's settings made; else why it is in the way."""
+    from invert.parameters import differences, read_parameters
+
+    if not path.exists():
+        return None
+    stored = read_parameters(path)
+    if stored is None:
+        return f"{path}: already exists (use --force to overwrite)"
+    differ = differences(stored, wanted)
+    if differ:
+        return f"{path}: made with other settings ({'; '.join(differ)}); use --force to overwrite"
+    return SAME
+
+
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
@@ -53,18 +97,16 @@ def _weights(mix: str | None) -> list[float] | None:
               help="--library: an exemplar after image.")
 @click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True, type=float,
               help="--library: softmax temperature over the key cosines; lower mixes fewer instructions.")
-@click.option("--top", default=None, type=click.IntRange(min=1), help="--library: mix only the K best matches.")
+@click.option("--best", default=None, type=click.IntRange(min=1),
+              help="--library: mix only the K instructions whose keys match best (default: all).")
 @click.option("--method", default=None, help="--library: which method's instructions to mix (when it holds several).")
 @click.option("--text", default=None, help="Extra instruction text after the learned one (a hybrid instruction).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--guidance", default=None, type=float, help="Text guidance; default: the file's.")
 @click.option("--image-guidance", default=None, type=float, help="Image guidance; default: the file's.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Noise seed with --fresh-noise.")
-@click.option("--fresh-noise", is_flag=True, help="Draw new noise from --seed instead of the fit's stored noise.")
-@click.option("--noise", default=None, type=click.Choice(list(NOISE_MODES)),
-              help="stream: drawn in order from the fit's seed (the default); fit: the noise the fit drew for each "
-                   "timestep, reused (the VISII paper's fixed noise); fresh: from --seed, as diffusers' pipeline "
-                   "with that seed's generator.")
+@noise_options
+@click.option("--num-variations", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Results per input, from seeds SEED, SEED+1, ... (fresh noise), written as STEM_seedS.png.")
 @click.option("--scheduler", default=None, type=click.Choice(list(SCHEDULERS)),
               help="Sampler; default: the model's own (Euler ancestral for IP2P).")
 @click.option("--strength", default=1.0, show_default=True, type=float,
@@ -73,88 +115,177 @@ def _weights(mix: str | None) -> list[float] | None:
               "(a lora instruction's negated adapter).")
 @click.option("--resolution", default=None, type=click.IntRange(min=8),
               help="Resize and centre-crop inputs to this square size; default: keep the size (rounded down to 8).")
-@click.option("--grid", is_flag=True, help="Also write STEM_grid.png: exemplar pair | input | result.")
+@click.option("--grid", is_flag=True, help="Also write STEM_grid.png: exemplar pair | input | result, titled.")
 @click.option("--allow-model-mismatch", is_flag=True, help="Use an instruction learned on other base weights.")
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--keep-going", is_flag=True, help="Skip inputs that fail (unreadable, output exists) and edit the "
-              "others; list the failures at the end (the exit status is still non-zero).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs (without it, those made with the same "
+              "settings are skipped and others refused).")
+@click.option("--keep-going", is_flag=True, help="Skip inputs that fail (unreadable, output in the way) and edit "
+              "the others; list the failures at the end (the exit status is still non-zero).")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
               help="Images per sampling batch (same-size images only); results do not depend on it (up to one "
                    "level of rounding).")
 @click.option("--low-memory", is_flag=True, help="VAE slicing: less memory, slower.")
+@quiet_option
 @model_options(None)
+@click.pass_context
 @user_errors
-def apply(inputs, output, mix, text, steps, guidance, image_guidance, seed, fresh_noise, noise, scheduler,
-          strength, reverse, resolution, grid, allow_model_mismatch, force, keep_going, batch_size, low_memory, model,
-          device, dtype, library_file, befores, afters, temperature, top, method):
+def apply(ctx, inputs, output, mix, text, steps, guidance, image_guidance, seed, fresh_noise, noise, num_variations,
+          scheduler, strength, reverse, resolution, grid, allow_model_mismatch, force, keep_going, batch_size,
+          low_memory, quiet, model, device, dtype, library_file, befores, afters, temperature, best, method):
     """Edit images with a learned instruction: INPUTS are one or more .inst files, then image files or folders.
+
+    Each result is written as soon as its batch is done, with how it was made in its metadata (A1111's
+    'parameters'). A re-run skips the results made with the same settings and refuses others (--force
+    overwrites). Ctrl-C or SIGTERM stops after the current sampling step and keeps the results done.
 
     \b
       invert apply sketch.inst photo.jpg -o photo_sketch.png
       invert apply sketch.inst photos/ -o out/ --text "at night"
-      invert apply sketch.inst photo.jpg -o out/ --fresh-noise --seed 3 --grid
-      invert apply a.inst b.inst photo.jpg -o out/ --mix 0.7,0.3
+      invert apply sketch.inst photo.jpg -o variations/ --seed 3 --num-variations 4 --grid
+      invert apply a.inst b.inst photo.jpg -o mixed/ --mix 0.7,0.3
       invert apply sketch.inst result.png -o undone.png --reverse
       invert apply --library lib.safetensors --before a.jpg --after b.jpg photo.jpg -o out/
     """
-    from invert.batch import Failures, output_name
-    from invert.grid import preview_grid, save_image
+    from invert.batch import Failures
     from invert.instruction import Instruction
+    from invert.model_info import recorded_model
     from invert.pairs import fit_to_resolution, open_image
 
-    inst_paths = [p for p in inputs if p.suffix == ".inst"]
-    images = [p for p in inputs if p.suffix != ".inst"]
+    inst_paths, images = _split_inputs(inputs)
     editor = None
     if library_file is not None or befores or afters:
         from .library import instruction_from_library
 
-        editor, insts = instruction_from_library(library_file, inst_paths, images, mix, befores, afters, method,
-                                                 temperature, top, model, device, dtype, allow_model_mismatch)
-        insts = [insts]
+        editor, inst = instruction_from_library(library_file, inst_paths, images, mix, befores, afters, method,
+                                                temperature, best, model, device, dtype, allow_model_mismatch)
+        insts, sources = [inst], [library_file, *befores, *afters]
     elif not inst_paths or not images:
         raise InvertError("give one or more .inst files followed by images or folders")
     else:
-        insts = [Instruction.load(p) for p in inst_paths]
-    weights = _weights(mix)
-    files = _inputs(images)
-    single_file = output.suffix.lower() in IMAGE_SUFFIXES
-    if single_file and len(files) > 1:
-        raise InvertError(f"{output}: one output file for {len(files)} images; give a folder")
-    targets = [output] if single_file else [output / output_name(f) for f in files]
-    if len({t.name.casefold() for t in targets}) != len(targets):  # casefold: macOS and Windows ignore case
-        raise InvertError("two inputs share a file stem; their results would overwrite each other")
-    if not single_file:
-        make_folder(output)
+        insts, sources = [Instruction.load(p) for p in inst_paths], inst_paths
+    options = dict(weights=_weights(mix), text=text, steps=steps, guidance=guidance, image_guidance=image_guidance,
+                   scheduler=scheduler, strength=strength, reverse=reverse, batch_size=batch_size,
+                   low_memory=low_memory, allow_model_mismatch=allow_model_mismatch)
+    options["noise"] = noise_mode(ctx, noise, fresh_noise, num_variations)
+    seeds = [seed + k for k in range(num_variations)] if options["noise"] == "fresh" else [None]
+    common = _parameters(insts[0], sources, options, mix=mix, resolution=resolution, model=model,
+                         library=library_file)
+    jobs = _plan(_inputs(images), seeds, output, grid, text or "", common, int(insts[0].meta.get("noise_seed", 0)))
     failures = Failures(keep_going, lambda line: click.echo(line, err=True))
-    opened, kept = [], []
-    for f, target in zip(files, targets):
+    todo, skipped = [], 0
+    for job in jobs:
         with failures.record():
-            check_output(target, force)
-            img = open_image(f)
-            opened.append(fit_to_resolution(img, resolution) if resolution else img)
-            kept.append(target)
-    written = 0
-
-    def write(results) -> None:  # each batch as soon as it is done
-        nonlocal written
-        for img in results:
-            src, target = opened[written], kept[written]
-            written += 1
-            with failures.record():
-                save_image(img, target, force)
-                click.echo(f"wrote {target}")
-                if grid:
-                    grid_path = target.with_name(f"{target.stem}_grid.png")
-                    save_image(preview_grid(insts[0], src, img), grid_path, force)
-                    click.echo(f"wrote {grid_path}")
-
-    if opened:
-        invert.apply(insts, opened, weights=weights, editor=editor, model=model,
-                     device=device, dtype=dtype, text=text, steps=steps, guidance=guidance,
-                     image_guidance=image_guidance, seed=seed, fresh_noise=fresh_noise, noise=noise,
-                     scheduler=scheduler,
-                     strength=strength, allow_model_mismatch=allow_model_mismatch, batch_size=batch_size,
-                     low_memory=low_memory, reverse=reverse, on_images=write)
-    summary = failures.summary(len(files))
+            states = [_state(path, _text(job)) for path in (job.target, job.grid) if path is not None]
+            in_the_way = [s for s in states if s not in (None, SAME)]
+            if in_the_way and not force:
+                raise InvertError(in_the_way[0])
+            if set(states) == {SAME} and not force:
+                skipped += 1
+                continue
+            img = open_image(job.source)
+            job.image = fit_to_resolution(img, resolution) if resolution else img
+            todo.append(job)
+    if skipped:
+        click.echo(f"skipped {skipped} result{'s' * (skipped > 1)} made with these settings before "
+                   "(--force makes them again)", err=True)
+    if todo:
+        editor = editor or invert.load_editor(
+            model or recorded_model(insts[0].meta.get("base_model"), insts[0].path), device, dtype)
+        stopped = _run(todo, insts, editor, options, quiet, failures)
+        if stopped is not None:
+            raise stopped
+    summary = failures.summary(len(jobs))
     if summary:
         raise InvertError(summary)
+
+
+def _parameters(inst, sources: list[Path], options: dict, **recorded) -> dict:
+    """What every result of the run records of how it was made (A1111's names where it has them)."""
+    import hashlib
+
+    from invert.model_info import local_folder
+    from invert.pairs import file_sha256
+
+    stored = inst.meta.get("guidance") or {}
+    guidance, image_guidance = options["guidance"], options["image_guidance"]
+    library = recorded["library"]
+    return {"Steps": options["steps"], "Sampler": options["scheduler"] or "model's",
+            "CFG scale": guidance if guidance is not None else stored.get("text", 7.5),
+            "Image CFG scale": image_guidance if image_guidance is not None else stored.get("image", 1.5),
+            "Seed": None, "Input": None,  # each result's own (see _plan); here for their place
+            "Noise": options["noise"],
+            "Strength": options["strength"], "Reverse": "yes" if options["reverse"] else None, "Mix": recorded["mix"],
+            "Resolution": recorded["resolution"],
+            "Model": local_folder(recorded["model"]) if recorded["model"] else inst.meta.get("base_model"),
+            "Method": inst.method,
+            "Instruction": f"{library.name} (library)" if library else ", ".join(p.name for p in sources),
+            # the files the instruction comes from (for a library, with the exemplars that chose its mix)
+            "Instruction hash": hashlib.sha256("".join(map(file_sha256, sources)).encode()).hexdigest()[:12],
+            "invert": invert.__version__}
+
+
+def _plan(files: list[Path], seeds: list[int | None], output: Path, grid: bool, prompt: str, common: dict,
+          fit_seed: int) -> list[Job]:
+    """Every result of the run, one per input and seed, with where it goes and what it records."""
+    from invert.batch import output_name
+    from invert.pairs import IMAGE_EXTENSIONS
+
+    single_file = output.suffix.lower() in IMAGE_EXTENSIONS
+    if single_file and len(files) > 1:
+        raise InvertError(f"{output}: one output file for {len(files)} images; give a folder")
+    make_folder(output.parent if single_file else output)
+    jobs = []
+    for f in files:
+        for s in seeds:
+            target = output if single_file else output / output_name(f)
+            if len(seeds) > 1:
+                target = target.with_name(f"{target.stem}_seed{s}{target.suffix}")
+            values = {**common, "Seed": fit_seed if s is None else s, "Input": f.name}
+            jobs.append(Job(f, s, target, target.with_name(f"{target.stem}_grid.png") if grid else None, prompt,
+                            values))
+    names = [p.name.casefold() for j in jobs for p in (j.target, j.grid) if p is not None]
+    if len(set(names)) != len(names):  # casefold: macOS and Windows ignore case
+        raise InvertError("two inputs share a file stem; their results would overwrite each other")
+    return jobs
+
+
+def _text(job: Job, size: tuple[int, int] | None = None) -> str:
+    from invert.parameters import format_parameters
+
+    return format_parameters(job.prompt, {**job.values, **({"Size": f"{size[0]}x{size[1]}"} if size else {})})
+
+
+def _run(todo: list[Job], insts, editor, options: dict, quiet: bool, failures) -> click.ClickException | None:
+    """Make the results, each seed's with one ``invert.apply``, each batch written as soon as it is done. Returns
+    the error to end with when a signal stopped the run, else None."""
+    from invert.api import same_size_batches
+    from invert.grid import preview_grid, save_image
+
+    by_seed: dict[int | None, list[Job]] = {}
+    for job in todo:
+        by_seed.setdefault(job.seed, []).append(job)
+    sizes = [len(b) for jobs in by_seed.values()
+             for b in same_size_batches([j.image for j in jobs], options["batch_size"])]
+    with sampling(sizes, options["steps"], quiet, "apply") as progress:
+        for seed, jobs in by_seed.items():
+            pending = iter(jobs)
+
+            def write(results) -> None:
+                for img in results:
+                    job = next(pending)
+                    with failures.record():
+                        parameters = _text(job, img.size)
+                        # force: an output in the way was refused before any work, so one here is ours (or --force)
+                        save_image(img, job.target, True, parameters)
+                        progress.echo(f"wrote {job.target}")
+                        if job.grid is not None:
+                            save_image(preview_grid(insts[0], job.image, img), job.grid, True, parameters)
+                            progress.echo(f"wrote {job.grid}")
+                progress.finished(len(results))
+
+            invert.apply(insts, [j.image for j in jobs], editor=editor, seed=seed,
+                         on_images=write, on_step=progress.on_step, **options)
+    if progress.signum is None:
+        return None
+    return progress.interrupted(f"{progress.done} of {len(todo)} results written; run the same command again to "
+                                "make the rest")

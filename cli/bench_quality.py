@@ -8,7 +8,7 @@ import click
 
 from invert.errors import InvertError
 
-from .common import check_output, user_errors
+from .common import check_output, quiet_option, threads_option, user_errors
 
 
 @click.command("quality")
@@ -23,25 +23,31 @@ from .common import check_output, user_errors
 @click.option("--n-test", default=5, show_default=True, type=click.IntRange(min=1), help="Held-out pairs per edit.")
 @click.option("--rows", default=None, help="Comma-separated rows; default: all.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the full result (per edit, per row) to this file.")
-@click.option("--force", is_flag=True, help="Overwrite --json if it exists.")
+@click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE",
+              help="auto, cuda, cuda:1, mps or cpu. [env: INVERT_DEVICE]")
+@threads_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the full result (per edit, per row) as one JSON object instead of the table.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Also write the full result as JSON to this file.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@quiet_option
 @user_errors
-def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, device, json_path, force):
+def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, device, as_json, output, force, quiet):
     """Fit and apply every method on held-out scenes of the toy world and print the TOP-Bench-style table.
 
     \b
       invert bench quality                             # the README table (about 25 min on a 2-core CPU)
-      invert bench quality --edits night,hue90 --shots 10 --steps 50 --json q.json
+      invert bench quality --edits night,hue90 --shots 10 --steps 50 -o q.json
+      invert bench quality --edits night --shots 1 --steps 20 --json | jq .edits.night
     """
     from invert.clip import clip_name_for, load_clip
     from invert.editor import load_editor
     from invert.bench import quality as benchmark
     from invert.toy import world
 
-    if json_path is not None:
-        check_output(json_path, force)
+    if output is not None:
+        check_output(output, force)
     names = edits.split(",") if edits else None
     for name in names or []:
         if name not in world.EDITS and name not in world.HARD_EDITS:
@@ -57,11 +63,11 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, device,
     editor = load_editor(model, device)
     clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
     settings = benchmark.QualitySettings(steps=steps, shots=shot_counts, n_test=n_test, apply_steps=apply_steps, seed=seed, rows=chosen_rows)
-    result = benchmark.run(editor, clip, names, settings, log=lambda line: click.echo(line, err=True))
+    result = benchmark.run(editor, clip, names, settings, log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
     result["model"] = model
-    click.echo(benchmark.format_table(result))
-    if json_path is not None:
+    click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))
+    if output is not None:
         from invert.instruction import write_atomically
 
-        write_atomically(json_path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"), force)
-        click.echo(f"wrote {json_path}", err=True)
+        write_atomically(output, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"), force)
+        click.echo(f"wrote {output}", err=True)

@@ -1,8 +1,9 @@
-"""What every command shares: library errors as one-line messages, output checks, stop signals. Importing this
-module imports no torch (``invert --help`` stays fast)."""
+"""What every command shares: library errors as one-line messages, invert's own messages, --quiet and --threads,
+output checks, stop signals. Importing this module imports no torch (``invert --help`` stays fast)."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -13,22 +14,30 @@ from typing import TYPE_CHECKING
 import click
 
 from invert.errors import InvertError, InvertWarning
+from invert.threads import ENV as THREADS_ENV
 
 if TYPE_CHECKING:
     from invert.checkpoint import FitStopped
 
 OUT_OF_MEMORY = "out of GPU memory; try --low-memory or a smaller --resolution"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+THREADS = "invert.threads"  # ctx.meta key: set (maybe to None) by --threads, on the commands that run a model
 
 
 def user_errors(fn):
-    """Run a command's body with the libraries' logging quiet, library errors (and running out of GPU memory)
-    turned into one-line Click errors with a non-zero exit, and the library's warnings into one-line
+    """Run a command's body with the libraries' logging quiet, invert's own messages ("loading ...") on stderr
+    unless --quiet, torch's CPU threads set (commands with --threads), library errors (and running out of GPU
+    memory) turned into one-line Click errors with a non-zero exit, and the library's warnings into one-line
     'warning:' messages."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        show_messages(bool(kwargs.get("quiet")))
         quiet_libraries()
+        meta = click.get_current_context().meta
+        if THREADS in meta:
+            from invert.threads import use_threads
+
+            use_threads(meta[THREADS])
         with warnings.catch_warnings():
             warnings.simplefilter("always", InvertWarning)  # one per file, even when the text repeats
             warnings.showwarning = _show_warning
@@ -60,6 +69,39 @@ def quiet_libraries() -> None:
     huggingface_hub.utils.enable_progress_bars()  # transformers' switch turns the hub's download bars off too
 
 
+class _Echo(logging.Handler):
+    """invert's log records as plain lines on stderr, through Click (so that tests capture them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+_ECHO = _Echo()
+
+
+def show_messages(quiet: bool) -> None:
+    """invert's info messages (what is loading, from where) on stderr; with --quiet only warnings."""
+    log = logging.getLogger("invert")
+    if _ECHO not in log.handlers:
+        log.addHandler(_ECHO)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def quiet_option(fn):
+    return click.option("--quiet", is_flag=True, help="No progress bar and no loading messages.")(fn)
+
+
+def threads_option(fn):
+    """--threads, read when the command runs (parsing imports no torch)."""
+    def remember(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+        ctx.meta[THREADS] = value
+
+    return click.option("--threads", type=click.IntRange(min=1), default=None, envvar=THREADS_ENV,
+                        expose_value=False, callback=remember,
+                        help="CPU threads for torch. Default: OMP_NUM_THREADS if set, else the cores other work leaves "
+                             f"free (cores minus the load average, at least 1). [env: {THREADS_ENV}]")(fn)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, InvertWarning):
         click.echo(f"warning: {message}", err=True)
@@ -68,12 +110,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def check_output(path: Path, force: bool) -> None:
-    """Refuse, before any work, an output that exists (without --force) or a folder that cannot take it."""
+    """Refuse, before any work, an output that exists (without --force) or a folder that cannot take it; create
+    its folder, as every command does for its outputs."""
     if path.exists() and not force:
         raise InvertError(f"{path}: already exists (use --force to overwrite)")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InvertError(f"{parent}: output folder does not exist")
+    make_folder(parent)
     if not os.access(parent, os.W_OK):
         raise InvertError(f"{parent}: output folder is not writable")
 

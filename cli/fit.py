@@ -10,8 +10,8 @@ import invert
 from invert.defaults import DEFAULT_MODEL
 from invert.signals import stop_on_signals
 
-from .common import announce_stop, check_output, saved, user_errors
-from .options import fit_settings_options, given_settings, method_option, model_options, pop_settings
+from .common import announce_stop, check_output, quiet_option, saved, user_errors
+from .options import config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings
 
 CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; default: the model folder's clip/ "
                    "if it has one, else openai/clip-vit-large-patch14.")
@@ -30,10 +30,11 @@ CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; 
               "(OUTPUT.ckpt, written on Ctrl-C, SIGTERM or divergence); give the same arguments otherwise.")
 @click.option("--json", "as_json", is_flag=True, help="Print what the fit found as one JSON object: the init text (and "
               "each candidate's score), the validation curve, the kept step and the fit check.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
 @model_options(DEFAULT_MODEL)
+@config_option
 @click.pass_context
 @user_errors
 def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resume, as_json, quiet, force, low_memory,
@@ -41,13 +42,16 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
     """Learn an instruction from exemplar PAIRS and write it to OUTPUT.
 
     PAIRS is a folder with before/ and after/ subfolders (files matched by stem), or a folder of
-    NAME_before.EXT / NAME_after.EXT files; or give one pair with --before and --after.
+    NAME_before.EXT / NAME_after.EXT files; or give one pair with --before and --after. Options not given come
+    from --config, then from the model folder's invert.json (the toy model's: --lr 1e-2 --guidance 3), then
+    from the defaults shown.
 
     \b
       invert fit pairs/ -o sketch.inst
       invert fit --before a.jpg --after b.jpg -o sketch.inst --steps 500
       invert fit pairs/ -o sketch.inst --method brush --threshold 1 --relative-threshold
       invert fit pairs/ -o sketch.inst --method lora --lora-rank 8 --reverse
+      invert fit pairs/ -o sketch.inst --config fit.toml      # fit.toml: steps = 500 and so on
     """
     from invert.checkpoint import FitStopped
 

@@ -7,15 +7,14 @@ import time
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 import invert
 from invert.defaults import DEFAULT_MODEL
 from invert.errors import InvertError
 
-from .common import user_errors
+from .common import quiet_option, user_errors
 from .fit import CLIP_MODEL_HELP
-from .options import fit_settings_options, given_settings, method_option, model_options, pop_settings
+from .options import config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings
 
 
 @click.command("fit-batch")
@@ -29,10 +28,11 @@ from .options import fit_settings_options, given_settings, method_option, model_
 @click.option("--shard", default=None, help="K/N: fit every N-th set starting at K. Default: from RANK and "
               "WORLD_SIZE under torchrun or accelerate launch, else all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 @click.option("--force", is_flag=True, help="Refit sets whose SET.inst was fitted with other settings.")
 @click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
 @model_options(DEFAULT_MODEL)
+@config_option
 @click.pass_context
 @user_errors
 def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json, quiet, force, low_memory, model,
@@ -48,13 +48,17 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
       invert fit-batch sets/ -o insts/ --shard 1/4          # the second of 4 independent workers
       torchrun --nproc-per-node 2 -m invert.cli fit-batch sets/ -o insts/   # one shard per GPU
     """
+    from tqdm import tqdm
+
+    from invert.api import model_defaults
     from invert.batch import exemplar_sets, fitted_otherwise, parse_shard
     from invert.clip import clip_name_for, load_clip
     from invert.editor import load_editor
     from invert.methods import settings_for
 
     options = given_settings(ctx, pop_settings(values))
-    settings = settings_for(method, options)  # a bad option is refused before any set
+    # a bad option is refused before any set; the model's own defaults count, as invert.fit will use them
+    settings = settings_for(method, {**model_defaults(model, method, options), **options})
     k, n = parse_shard(shard, dict(os.environ))
     if device == "auto" and n > 1 and "LOCAL_RANK" in os.environ:
         import torch

@@ -7,7 +7,7 @@ import click
 
 from invert.defaults import DEFAULT_MODEL
 
-from .common import check_output, user_errors
+from .common import check_output, quiet_option, user_errors
 from .options import model_options
 
 
@@ -17,9 +17,10 @@ from .options import model_options
 @click.option("--init-text", default=None, help="The prompt the VISII fit started from; default: the run's "
               "learned_prompt.txt beside FILE or one folder up.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@quiet_option
 @model_options(DEFAULT_MODEL)
 @user_errors
-def import_visii_command(file, output, init_text, force, model, device, dtype):
+def import_visii_command(file, output, init_text, force, quiet, model, device, dtype):
     """Convert FILE, a prompt embedding saved by the official VISII code (prompt_embeds_N.pt), to OUTPUT.
 
     FILE is a torch pickle; it is read with torch.load(weights_only=True), which loads plain tensors only and

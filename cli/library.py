@@ -89,7 +89,7 @@ def _row(entry) -> dict:
             "init_text": meta.get("init_text", ""), "steps": meta.get("steps", "")}
 
 
-def instruction_from_library(library_file, inst_paths, images, mix, befores, afters, method, temperature, top, model,
+def instruction_from_library(library_file, inst_paths, images, mix, befores, afters, method, temperature, best, model,
                              device, dtype, allow_model_mismatch):
     """``invert apply --library``: the library's mix for the --before/--after pairs, and the editor it loaded.
     Prints the chosen weights, one line per instruction, to stderr (stdout lists the files written)."""
@@ -97,6 +97,7 @@ def instruction_from_library(library_file, inst_paths, images, mix, befores, aft
     from invert.editor import load_editor
     from invert.errors import InvertError
     from invert.library import Library
+    from invert.model_info import recorded_model
     from invert.pairs import load_pairs
 
     if library_file is None:
@@ -110,10 +111,10 @@ def instruction_from_library(library_file, inst_paths, images, mix, befores, aft
                           f"and {len(afters)})")
     lib = Library.load(library_file)
     pairs = [invert.find_pairs(before=b, after=a)[0] for b, a in zip(befores, afters)]
-    editor = load_editor(model or lib.base_model, device, dtype)
+    editor = load_editor(model or recorded_model(lib.base_model, library_file), device, dtype)
     size = int(lib.entries[0].instruction.meta.get("resolution") or editor.resolution)
     inst, chosen, weights = lib.instruction_for(*load_pairs(pairs, size), editor=editor, method=method,
-                                                temperature=temperature, top=top,
+                                                temperature=temperature, top=best,
                                                 allow_model_mismatch=allow_model_mismatch)
     click.echo(f"{library_file}: {len(chosen)} {chosen[0].method} instructions mixed (temperature {temperature:g}):",
                err=True)

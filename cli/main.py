@@ -30,6 +30,15 @@ def cli():
       invert apply sketch.inst photo.jpg -o out/ --text "at night"
       invert inspect sketch.inst
       invert phrases pairs/
+
+    \b
+    Environment (an option given on the command line wins):
+      INVERT_MODEL    --model: hub id, local diffusers folder, or 'toy'
+      INVERT_DEVICE   --device: auto, cpu, cuda, cuda:N or mps
+      INVERT_DTYPE    --dtype: auto, fp32, fp16 or bf16
+      INVERT_THREADS  --threads: torch's CPU threads (default: the cores other work
+                      leaves free; OMP_NUM_THREADS if set)
+      INVERT_CACHE    where phrase embeddings are cached (default ~/.cache/invert)
     """
 
 

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import click
 from click.core import ParameterSource
 
-from invert.defaults import DEFAULT_MODEL
+from invert.defaults import DEFAULT_MODEL, NOISE_MODES
+from invert.errors import InvertError
 from invert.methods import METHOD_NAMES, SETTINGS
 from invert.methods.settings import PhraseSettings
 from invert.settings import FitSettings
+
+from .common import threads_option
 
 MODEL_HELP = "Base IP2P: hub id, local diffusers folder, or 'toy'."
 
 
 def model_options(default_model: str | None):
-    """--model, --device and --dtype, each also read from INVERT_MODEL / INVERT_DEVICE / INVERT_DTYPE."""
+    """--model, --device, --dtype and --threads, each also read from INVERT_MODEL / INVERT_DEVICE / INVERT_DTYPE /
+    INVERT_THREADS."""
     def decorate(fn):
+        fn = threads_option(fn)
         fn = click.option("--dtype", default="auto", show_default=True, envvar="INVERT_DTYPE",
                           type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
                           help="auto: fp16 on cuda, fp32 on cpu. [env: INVERT_DTYPE]")(fn)
@@ -34,6 +40,62 @@ def model_options(default_model: str | None):
         return fn
 
     return decorate
+
+
+def noise_options(fn):
+    """--seed, --noise and --fresh-noise (apply and eval): read them with :func:`noise_mode`."""
+    fn = click.option("--noise", default=None, type=click.Choice(list(NOISE_MODES)),
+                      help="stream: drawn in order from the fit's seed (the default without --seed); fit: the noise "
+                           "the fit drew for each timestep, reused (the VISII paper's fixed noise); fresh: from "
+                           "--seed, as diffusers' pipeline with that seed's generator (the default with --seed).")(fn)
+    fn = click.option("--fresh-noise", is_flag=True, help="The same as --noise fresh (kept for older scripts).")(fn)
+    return click.option("--seed", default=0, type=int,
+                        help="Draw fresh noise from this seed, as diffusers does with generator=torch.Generator()."
+                             "manual_seed(SEED): giving --seed means --noise fresh. Without it the fit's seed is "
+                             "used (0 with --noise fresh alone).")(fn)
+
+
+def noise_mode(ctx: click.Context, noise: str | None, fresh_noise: bool, num_variations: int = 1) -> str:
+    """--noise as given, else fresh when a seed (or variations) was asked for, as a diffusers or A1111 user expects
+    a seed to change the result; else the fit's stream. A seed with noise that ignores it is refused, not ignored."""
+    seed_given = ctx.get_parameter_source("seed") not in (ParameterSource.DEFAULT, None)
+    if fresh_noise and noise not in (None, "fresh"):
+        raise InvertError(f"--fresh-noise and --noise {noise} contradict each other; give one")
+    if noise in (None, "fresh") and (fresh_noise or seed_given or num_variations > 1):
+        return "fresh"
+    if noise is not None and noise != "fresh":
+        asked = "--seed" if seed_given else "--num-variations" if num_variations > 1 else None
+        if asked:
+            raise InvertError(f"{asked} draws fresh noise, but --noise {noise} uses the fit's; drop {asked} or use "
+                              "--noise fresh")
+        return noise
+    return "stream"
+
+
+def config_option(fn):
+    """--config FILE.toml: option values (``steps = 500``, ``method = "brush"``, ``vocab = ["default", "mediums"]``)
+    as the command's defaults, through Click's default_map: the command line and the environment still win."""
+    def load(ctx: click.Context, param: click.Parameter, path: Path | None) -> None:
+        if path is None:
+            return
+        import tomllib
+
+        try:
+            values = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise click.BadParameter(f"{path}: not a readable TOML file ({exc})", ctx, param) from None
+        known = {p.name for p in ctx.command.params if p.name != "config" and p.expose_value}
+        names = {key: key.replace("-", "_") for key in values}
+        unknown = sorted(key for key, name in names.items() if name not in known)
+        if unknown:
+            raise click.BadParameter(f"{path}: unknown option {', '.join(map(repr, unknown))} (the options of "
+                                     f"'invert {ctx.command.name}' are its flags without the dashes)", ctx, param)
+        ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in values.items()}}
+
+    return click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
+                        expose_value=False, callback=load,
+                        help="A TOML file of option values (steps = 500, method = \"brush\"), used as defaults: "
+                             "the command line and the environment override them.")(fn)
 
 
 def _split_commas(ctx, param, value):
@@ -112,5 +174,5 @@ def pop_settings(values: dict[str, Any]) -> dict[str, Any]:
     return {name: values.pop(name) for name in list(values) if name in SETTING_NAMES}
 
 
-__all__ = ["DEFAULT_MODEL", "fit_settings_options", "given_settings", "method_option", "model_options",
-           "phrase_options", "pop_settings", "settings_options"]
+__all__ = ["DEFAULT_MODEL", "config_option", "fit_settings_options", "given_settings", "method_option", "model_options",
+           "noise_mode", "noise_options", "phrase_options", "pop_settings", "settings_options"]

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 import invert
+from invert.defaults import DEFAULT_MODEL
 
-from .common import user_errors
+from .common import quiet_option, threads_option, user_errors
 from .options import phrase_options
 
 
@@ -17,15 +18,20 @@ from .options import phrase_options
 @click.option("--before", type=click.Path(path_type=Path), help="A single pair: the before image ...")
 @click.option("--after", type=click.Path(path_type=Path), help="... and the after image.")
 @phrase_options
-@click.option("--resolution", default=512, show_default=True, type=click.IntRange(min=8))
+@click.option("--resolution", default=None, type=click.IntRange(min=8),
+              help="Square size the pairs are brought to; default: the model's own, as fit (512 for IP2P, 32 for toy).")
 @click.option("--clip-model", default=None, help="As for fit; default: openai/clip-vit-large-patch14.")
 @click.option("--model", default=None, envvar="INVERT_MODEL",
-              help="Use this base model folder's own clip/ (as the toy model has) when --clip-model is not given.")
-@click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE")
+              help="The base model fit would use: its folder's own clip/ (as the toy model has) when --clip-model is "
+                   f"not given, its vocab.txt, its image size. Default: {DEFAULT_MODEL}. [env: INVERT_MODEL]")
+@click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE",
+              help="auto, cuda, cuda:1, mps or cpu. [env: INVERT_DEVICE]")
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@quiet_option
 @user_errors
 def phrases(pairs, before, after, vocab, top, threshold, relative_threshold, template, resolution, clip_model, model,
-            device, as_json):
+            device, as_json, quiet):
     """Rank vocabulary phrases for exemplar PAIRS and show InstructBrush's initial instruction.
 
     \b
@@ -34,11 +40,14 @@ def phrases(pairs, before, after, vocab, top, threshold, relative_threshold, tem
     """
     from invert.clip import clip_name_for, load_clip
     from invert.editor import resolve_device
+    from invert.model_info import model_resolution
     from invert.pairs import load_pairs
     from invert.phrases import unique_phrases
     from invert.vocab import load_vocab, model_vocab
 
-    befores, afters = load_pairs(invert.find_pairs(pairs, before, after), resolution)
+    # IP2P's 512 when the configs of a hub model are not in the cache (fit would download them)
+    size = resolution or model_resolution(model or DEFAULT_MODEL) or 512
+    befores, afters = load_pairs(invert.find_pairs(pairs, before, after), size)
     clip = load_clip(clip_name_for(clip_model, model), resolve_device(device))
     choice = unique_phrases(clip, befores, afters, load_vocab(vocab or model_vocab(model)), top, threshold,
                             relative_threshold, template)

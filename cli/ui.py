@@ -2,12 +2,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import click
@@ -39,6 +34,9 @@ def ui(host, port, model, device, dtype):
       invert ui --model toy
       invert ui --model ip2p/ --port 8080
     """
+    import shutil
+    import tempfile  # here, like the rest: `invert ui --help` answers at once
+
     _check_address(host, port)
     root = Path(tempfile.mkdtemp(prefix="invert-ui-"))
     # Gradio reads these when it is imported: its upload cache inside our folder, and no calls home.
@@ -57,6 +55,8 @@ def ui(host, port, model, device, dtype):
 def _check_address(host: str, port: int) -> None:
     """Fail at once, not after loading Gradio and the model (a minute for a real one), when the address cannot be
     listened on."""
+    import socket
+
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
@@ -68,6 +68,9 @@ def _check_address(host: str, port: int) -> None:
 
 
 def _serve(root: Path, host: str, port: int, model: str, device: str, dtype: str) -> None:
+    import signal
+    import time
+
     from invert.ui.app import App
 
     click.echo(f"loading {model} ...", err=True)

@@ -5,7 +5,7 @@
 #     TESTS   folder of sets NAME/test/{before,after}/ (the layout of examples/toy)
 #     OUT     gets OUT/INST/SET/*.png for every pair, and OUT/INST/INST.{json,sheet.png} where a set has
 #             the instruction's name
-#   e.g. invert fit-batch examples/toy -o insts --model toy --method brush --steps 100 --guidance 3
+#   e.g. invert fit-batch examples/toy -o insts --model toy --method brush --steps 100
 #        examples/apply_every_instruction.sh insts examples/toy out --model toy
 # The flags go to both commands, so only ones they share: --model, --device, --dtype, --steps, --seed,
 # --fresh-noise, --allow-model-mismatch, --force.  A re-run skips the work already done unless --force.

@@ -8,6 +8,6 @@ INVERT="${INVERT:-invert}"
 PAIRS="$(cd "$(dirname "$0")" && pwd)/toy/night"
 mkdir -p "$OUT"
 
-"$INVERT" fit "$PAIRS/train" -o "$OUT/night.inst" --model toy --method brush --steps 100 --lr 1e-2 --guidance 3 --force
+"$INVERT" fit "$PAIRS/train" -o "$OUT/night.inst" --model toy --method brush --steps 100 --force
 "$INVERT" apply "$OUT/night.inst" "$PAIRS/test/before" -o "$OUT/night" --grid --force
 "$INVERT" eval "$OUT/night.inst" "$PAIRS/test" --sheet "$OUT/night_sheet.png" --force

@@ -3,6 +3,7 @@ mixed, with extra text, or inside a user's own diffusers pipeline)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import warnings
@@ -24,6 +25,7 @@ from .methods import method_class, settings_for
 from .methods.base import Method
 from .methods.settings import PhraseSettings
 from .methods.two_way import TwoWay
+from .model_info import fit_defaults, recorded_model
 from .pairs import Pair, file_sha256, find_pairs, load_pairs
 from .phrases import PhraseChoice, init_candidates, initial_text
 from .sampling import sample
@@ -58,7 +60,8 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     >>> inst = invert.fit("examples/toy/night/train", model="toy", steps=100)   # doctest: +SKIP
     >>> inst.save("night.inst")                                                 # doctest: +SKIP
     """
-    settings, method_settings = settings_for(method, options)
+    from_model = model_defaults(editor.model_id if editor is not None else model, method, options)
+    settings, method_settings = settings_for(method, {**from_model, **options})
     if isinstance(resume, (str, os.PathLike)):
         resume = FitState.load(resume)
     found = _as_pairs(pairs)
@@ -74,7 +77,20 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
     return fit_images(editor, befores, afters, method, settings, method_settings, clip=clip, exemplars=exemplars,
                       quiet=quiet, progress=progress, checkpoint=checkpoint, save_every=save_every, resume=resume,
-                      should_stop=should_stop)
+                      should_stop=should_stop, model_defaults=from_model)
+
+
+def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The fit options the base model's folder recommends for itself (its ``invert.json``, see
+    :func:`invert.model_info.fit_defaults`) that ``options`` does not set and ``method`` has: they come between
+    the options given and the library's defaults."""
+    from .methods import SETTINGS
+    from .settings import OFFICIAL
+
+    known = {f.name for cls in (FitSettings, SETTINGS.get(method)) if cls is not None for f in dataclasses.fields(cls)}
+    # --official asks for the official code's values: a model's own preference does not override them
+    taken = {*options, *(OFFICIAL if options.get("official") else ())}
+    return {k: v for k, v in fit_defaults(model).items() if k in known and k not in taken}
 
 
 def init_mode(cls: type[Method], settings: FitSettings) -> str:
@@ -112,12 +128,14 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
                exemplars: list[dict] | None = None, quiet: bool = False,
                progress: Callable[[FitProgress], None] | None = None,
                checkpoint: Callable[[Instruction, int], None] | None = None, save_every: int = 0,
-               resume: FitState | None = None, should_stop: Callable[[], bool] | None = None) -> Instruction:
+               resume: FitState | None = None, should_stop: Callable[[], bool] | None = None,
+               model_defaults: dict[str, Any] | None = None) -> Instruction:
     """Fit an instruction to already-opened exemplar images (all at the fit's resolution).
 
     ``resume``: a state saved from a stopped fit of the same exemplars, method, model and settings (``lr`` may
     differ). A fit stopped by ``should_stop`` or by divergence raises FitStopped / FitDiverged whose ``state``
-    (with this fit's identity) can be saved and resumed."""
+    (with this fit's identity) can be saved and resumed. ``model_defaults``: the settings that came from the
+    model's own defaults, recorded in the file."""
     from dataclasses import replace
 
     cls = method_class(method)
@@ -183,7 +201,7 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
         return make_instruction(learned, editor, settings, method_settings, clip_name=clip.name if clip else "",
                                 init_text=init_text, final_loss=loss, seconds=earlier + time.perf_counter() - start,
                                 exemplars=exemplars, steps_done=steps_done, stored=stored, phrases=phrases,
-                                extra_meta=extra_meta)
+                                extra_meta={"model_defaults": model_defaults or None, **(extra_meta or {})})
 
     identity = {"method": method, "model": editor.fingerprint, "init_text": init_text, "exemplars": exemplars or [],
                 "options": {k: v for k, v in {**as_dict(settings), **as_dict(method_settings)}.items() if k != "lr"}}
@@ -276,7 +294,7 @@ def _editor(inst: Instruction, editor: Editor | None, pipe, model: str | None, d
         return editor
     if pipe is not None:
         return Editor(pipe, inst.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
-    return load_editor(model or inst.meta.get("base_model", DEFAULT_MODEL), device, dtype)
+    return load_editor(model or recorded_model(inst.meta.get("base_model"), inst.path or "instruction"), device, dtype)
 
 
 def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | str | os.PathLike],
@@ -358,4 +376,5 @@ def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str |
         yield method.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), editor.uncond).embeds.detach()
 
 
-__all__ = ["apply", "fit", "fit_images", "installed", "load_method", "mix", "mixed_method", "same_size_batches"]
+__all__ = ["apply", "fit", "fit_images", "installed", "load_method", "mix", "mixed_method", "model_defaults",
+           "same_size_batches"]

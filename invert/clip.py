@@ -1,12 +1,14 @@
 """CLIP features for the direction loss, phrase ranking and metrics, from transformers or open_clip."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .errors import ModelLoadError
+from .model_info import resolve_model_path, where
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -92,8 +94,8 @@ def _transformers_clip(name: str, device: torch.device) -> TransformersClip:
         if folder.is_dir():
             raise ModelLoadError(f"{folder}: not a transformers CLIPModel folder ({str(exc).splitlines()[0]})") from None
         raise ModelLoadError(f"cannot load CLIP model '{name}': not in the Hugging Face cache and the hub cannot be "
-                             f"reached; download it (huggingface-cli download {name} --local-dir clip) and pass "
-                             "--clip-model clip") from None
+                             f"reached; download it where there is network (hf download {name} --local-dir clip) and "
+                             "pass --clip-model clip") from None
     size = model.config.vision_config.image_size
     try:
         processor = CLIPImageProcessor.from_pretrained(name)
@@ -114,8 +116,6 @@ def clip_name_for(clip_model: str | None, model: str | None) -> str:
     if clip_model:
         return clip_model
     if model:
-        from .editor import resolve_model_path
-
         folder = Path(resolve_model_path(model)) / "clip"
         if (folder / "config.json").exists():
             return str(folder)
@@ -125,6 +125,8 @@ def clip_name_for(clip_model: str | None, model: str | None) -> str:
 def load_clip(name: str = DEFAULT_CLIP, device: torch.device | str = "cpu") -> Clip:
     """A transformers CLIPModel (hub id or folder), or ``open_clip:ARCH/PRETRAINED``."""
     device = torch.device(device)
+    logging.getLogger("invert").info("loading CLIP %s (%s) ...", name, "open_clip's cache" if
+                                     name.startswith(OPEN_CLIP_PREFIX) else where(name))
     if name.startswith(OPEN_CLIP_PREFIX):
         return OpenClip(name, device)
     return _transformers_clip(name, device)

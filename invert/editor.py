@@ -3,6 +3,7 @@ shipped configs), device and dtype, and the encodings every method needs. Nothin
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,25 +12,39 @@ from PIL import Image
 
 from .defaults import DEFAULT_MODEL
 from .errors import ModelLoadError
+from .model_info import local_folder, looks_like_path, resolve_model_path, where
 
-TOY_MODEL = "toy"
 CONFIGS = Path(__file__).parent / "configs"
 IP2P_CONFIGS = CONFIGS / "instruct-pix2pix"
+log = logging.getLogger("invert")
 
 
-def toy_model_path() -> Path:
-    return Path(__file__).parent / "toy" / "model"
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu."""
+    """``auto`` picks cuda, then mps, then cpu. A device that is no device, or one this machine does not have, is
+    a one-line error (not torch's traceback at the first tensor moved there)."""
     if device in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"--device {device}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ModelLoadError(f"--device {device}: CUDA is not available on this machine ({why}); use --device cpu "
+                             "or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not _mps_available():
+        raise ModelLoadError(f"--device {device}: Apple's MPS is not available on this machine; use --device cpu")
+    return dev
 
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -37,25 +52,17 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` is fp16 on cuda and mps, fp32 on the cpu."""
+    """``auto`` is fp16 on cuda and mps, fp32 on the cpu, whatever bf16 units the cpu has."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
+        # bf16 on the cpu was measured (invert.bench.precision, README "What --dtype auto picks on the CPU") only
+        # on a cpu without bf16 units, where torch emulates it: several times slower than fp32. It becomes auto's
+        # pick only where it has been measured at least as fast and as good, which no cpu here has shown yet.
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}' (use auto, fp32, fp16 or bf16)")
     return _DTYPES[dtype]
-
-
-def resolve_model_path(model: str) -> str:
-    """``toy`` names the model shipped with invert; anything else is a hub id or a folder."""
-    if model == TOY_MODEL:
-        path = toy_model_path()
-        if not (path / "model_index.json").exists():
-            raise ModelLoadError(f"{path}: the toy model is not in this installation "
-                                 f"(train it with 'python -m invert.toy.train --out {path}')")
-        return str(path)
-    return model
 
 
 def _load_pipeline(model: str, dtype: torch.dtype):
@@ -63,7 +70,7 @@ def _load_pipeline(model: str, dtype: torch.dtype):
 
     source = resolve_model_path(model)
     is_folder = Path(source).is_dir()
-    if not is_folder and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+    if not is_folder and looks_like_path(source):
         raise ModelLoadError(f"{source}: no such model folder")
     try:
         return StableDiffusionInstructPix2PixPipeline.from_pretrained(
@@ -73,9 +80,9 @@ def _load_pipeline(model: str, dtype: torch.dtype):
             raise ModelLoadError(f"{source}: not a diffusers InstructPix2Pix folder ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
         raise ModelLoadError(
-            f"cannot load '{source}': it is not in the Hugging Face cache and the hub cannot be reached. Download it "
-            f"where there is network (huggingface-cli download {source} --local-dir ip2p) and pass --model ip2p"
-        ) from None
+            f"cannot load '{source}': it is no local folder, not in the Hugging Face cache, and the hub cannot be "
+            f"reached. Download it where there is network (hf download {source} --local-dir ip2p) and pass --model "
+            "ip2p") from None
 
 
 def build_from_configs(folder: str | Path = IP2P_CONFIGS, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -105,7 +112,9 @@ def fingerprint(*modules: torch.nn.Module) -> str:
     """A short hash of the weights an instruction depends on, independent of device and of fp16/fp32 loading.
 
     Hashes every parameter's name and shape and a strided sample of its values rounded to fp16: cheap on an
-    860M-parameter UNet, yet any retrained or different checkpoint changes it."""
+    860M-parameter UNet, yet any retrained or different checkpoint changes it. Weights already rounded to bf16
+    (8 significant bits, fp16 keeps 11) hash differently, so :func:`load_editor` hashes a bf16 model before
+    its cast."""
     h = hashlib.sha256()
     for module in modules:
         for name, param in module.named_parameters():
@@ -125,7 +134,9 @@ class TextEncoding:
 class Editor:
     """A frozen InstructPix2Pix pipeline plus the encodings that fitting and applying share."""
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
+        """``fingerprint``: the model's, when it was taken before a cast that changes it (see :func:`fingerprint`);
+        by default computed from the weights when first asked for."""
         self.pipe = pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -133,7 +144,7 @@ class Editor:
         self.model_id = model_id
         self.device = device
         self.dtype = dtype
-        self._fingerprint: str | None = None
+        self._fingerprint = fingerprint
         self._uncond: torch.Tensor | None = None
 
     unet = property(lambda self: self.pipe.unet)
@@ -211,10 +222,18 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     ``random:FOLDER`` (random weights from diffusers configs; ``random`` alone is the full IP2P architecture)."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    # A bf16 model is loaded in fp32, fingerprinted and then cast, so that an instruction fitted in bf16 records,
+    # and one fitted in any dtype is checked against, the fingerprint of fp32 and fp16 loading.
+    load = torch.float32 if dt == torch.bfloat16 else dt
+    log.info("loading %s (%s) ...", model, where(model))
     if model.startswith("random"):
         folder = model.partition(":")[2] or IP2P_CONFIGS
-        pipe = build_from_configs(folder, dtype=dt)
+        pipe = build_from_configs(folder, dtype=load)
     else:
-        pipe = _load_pipeline(model, dt)
-    return Editor(pipe, model, dev, dt)
+        pipe = _load_pipeline(model, load)
+    name = local_folder(model)
+    if load == dt:
+        return Editor(pipe, name, dev, dt)
+    taken = fingerprint(pipe.unet, pipe.text_encoder)
+    return Editor(pipe.to(dtype=dt), name, dev, dt, fingerprint=taken)
 

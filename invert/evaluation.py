@@ -47,15 +47,17 @@ def ssim(results: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
 
 def score(befores: list[Image.Image], results: list[Image.Image], truths: list[Image.Image],
           clip: Clip | None = None, train_direction: torch.Tensor | None = None) -> dict:
-    """Per-image rows and their means.
+    """Per-image rows, the mean of each column, and (with ``clip``) TOP-Bench's set score.
 
-    ``clip_image``: cosine of the CLIP image features of result and truth. ``clip_direction`` (TOP-Bench): the
-    cosine between the average direction from inputs to results (mean result feature - mean input feature) and
-    ``train_direction`` (that of the training pairs; default: the test pairs' own before -> truth direction);
-    per image, the same with that image's own direction."""
+    ``clip_image``: cosine of the CLIP image features of result and truth. ``clip_direction`` per image: the
+    cosine between that image's input -> result direction and ``train_direction`` (that of the training pairs;
+    default: the test pairs' own before -> truth direction); ``mean`` holds its mean like every column's.
+    ``clip_direction_of_means`` is TOP-Bench's directional similarity: the same cosine for the direction between
+    the mean input and mean result features, which is not the mean of the column (averaging the features first
+    cancels what differs between images, so it is usually higher)."""
     r, t = as_tensor(results), as_tensor(truths)
     columns = {"psnr": psnr(r, t), "ssim": ssim(r, t)}
-    mean_direction = None
+    of_means = None
     if clip is not None:
         f_before, f_result, f_truth = (F.normalize(clip.image_features(x).float().cpu(), dim=-1)
                                        for x in (befores, results, truths))
@@ -64,12 +66,12 @@ def score(befores: list[Image.Image], results: list[Image.Image], truths: list[I
         train_direction = F.normalize(train_direction.float().cpu(), dim=-1)
         columns["clip_image"] = (f_result * f_truth).sum(-1)
         columns["clip_direction"] = F.normalize(f_result - f_before, dim=-1) @ train_direction
-        mean_direction = float(F.normalize(f_result.mean(0) - f_before.mean(0), dim=-1) @ train_direction)
+        of_means = float(F.normalize(f_result.mean(0) - f_before.mean(0), dim=-1) @ train_direction)
     images = [{k: float(v[i]) for k, v in columns.items()} for i in range(len(results))]
-    mean = {k: float(v.mean()) for k, v in columns.items()}
-    if mean_direction is not None:
-        mean["clip_direction"] = mean_direction
-    return {"mean": mean, "images": images}
+    scores = {"mean": {k: float(v.mean()) for k, v in columns.items()}, "images": images}
+    if of_means is not None:
+        scores["clip_direction_of_means"] = of_means
+    return scores
 
 
 def stored_direction(instruction: Instruction, clip: Clip) -> torch.Tensor | None:
@@ -79,25 +81,30 @@ def stored_direction(instruction: Instruction, clip: Clip) -> torch.Tensor | Non
     return None
 
 
+def score_instruction(instruction: Instruction, befores: list[Image.Image], results: list[Image.Image],
+                      truths: list[Image.Image], *, clip: Clip | None = None,
+                      train_direction: torch.Tensor | None = None) -> dict:
+    """:func:`score` for results of ``instruction``. The training direction for ``clip_direction`` is, in order:
+    ``train_direction``, the one stored in the file (same CLIP model), the test pairs' own; ``direction_source``
+    says which."""
+    source = None if clip is None else "given"
+    if clip is not None and train_direction is None:
+        train_direction = stored_direction(instruction, clip)
+        source = "test pairs" if train_direction is None else "instruction"
+    return {**score(befores, results, truths, clip, train_direction), "direction_source": source}
+
+
 def evaluate(instruction: Instruction | str | os.PathLike, befores: list[Image.Image], truths: list[Image.Image],
              *, clip: Clip | None = None, train_direction: torch.Tensor | None = None, **apply_options
              ) -> tuple[dict, list[Image.Image]]:
-    """Apply ``instruction`` to ``befores`` and score the results against ``truths``; returns (scores, results).
-
-    ``apply_options`` go to :func:`invert.apply` (editor, model, steps, seed, ...). The training direction for
-    ``clip_direction`` is, in order: ``train_direction``, the one stored in the file (same CLIP model), the test
-    pairs' own."""
+    """Apply ``instruction`` to ``befores`` and score the results against ``truths`` (see
+    :func:`score_instruction`); returns (scores, results). ``apply_options`` go to :func:`invert.apply`
+    (editor, model, steps, seed, ...)."""
     from .api import apply
 
     inst = Instruction.load(instruction) if isinstance(instruction, (str, os.PathLike)) else instruction
     results = apply(inst, befores, **apply_options)
-    source = None if clip is None else "given"
-    if clip is not None and train_direction is None:
-        train_direction = stored_direction(inst, clip)
-        source = "test pairs" if train_direction is None else "instruction"
-    scores = score(befores, results, truths, clip, train_direction)
-    scores["direction_source"] = source
-    return scores, results
+    return score_instruction(inst, befores, results, truths, clip=clip, train_direction=train_direction), results
 
 
-__all__ = ["METRICS", "as_tensor", "evaluate", "psnr", "score", "ssim", "stored_direction"]
+__all__ = ["METRICS", "as_tensor", "evaluate", "psnr", "score", "score_instruction", "ssim", "stored_direction"]

@@ -23,10 +23,10 @@ FORMAT = "invert.inst"
 # one (parts, m, sum of widths) tensor with the widths in extra.layers; version 1 files still load.
 VERSION = 2
 # Metadata keys holding JSON rather than plain strings.
-_JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra", "validation", "init_scores"}
+_JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra", "model_defaults", "validation", "init_scores"}
 # The JSON type each must have (apply reads into them), and the keys that must hold integers.
 _JSON_TYPES = {"guidance": dict, "exemplars": list, "options": dict, "phrases": dict, "extra": dict,
-               "validation": dict, "init_scores": dict}
+               "model_defaults": dict, "validation": dict, "init_scores": dict}
 _INT_KEYS = {"seed", "noise_seed", "steps", "resolution", "num_tokens"}
 # safetensors' own limit is 100 MB of header JSON; an .inst needs a few kB (1 MB with a huge phrase list).
 MAX_HEADER_BYTES = 16 << 20
@@ -56,12 +56,30 @@ def write_atomically(path: Path, write, force: bool = False) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file 0600 (and a writer may replace it with a private file of its own): the result
+        # gets the mode any new file gets, so that a group, a web server or a shared folder can read it as the
+        # user's umask allows.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):  # a full disk, a vanished folder: one line, and nothing half-written
             raise InvertError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
+
+
+def _umask() -> int:
+    """The process's umask. Linux reports it in /proc; elsewhere it can only be read by setting it, which is not
+    thread-safe (the web app writes from threads), so that is the fallback."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @dataclass
@@ -168,12 +186,39 @@ def check_safetensors_header(path: Path, kind: str = "an .inst file") -> None:
                                    "prompt embedding can be converted with 'invert import-visii')")
     if len(head) < 8:
         raise InstructionFileError(f"{path}: truncated ({size} bytes; not {kind})")
+    if len(head) == 9 and head[8:9] != b"{":  # a safetensors header is JSON: whatever this is, it is not one
+        raise InstructionFileError(f"{path}: not {kind} ({'an image' if _is_image(path) else 'not a safetensors file'})")
     header = int.from_bytes(head[:8], "little")
     if header > MAX_HEADER_BYTES:
         raise InstructionFileError(f"{path}: header of {header} bytes is over the {MAX_HEADER_BYTES}-byte limit "
                                    f"(not {kind}, or a tampered one)")
     if 8 + header > size:
         raise InstructionFileError(f"{path}: truncated (the header needs {8 + header} bytes, the file has {size})")
+
+
+def _is_image(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
+def is_instruction_file(path: Path) -> bool:
+    """Whether ``path`` is an .inst file by its content (a safetensors header of format invert.inst), whatever
+    its name: an .inst renamed (or sent as a .bin) is still one."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES or f.read(1) != b"{":
+                return False
+            header = json.loads(b"{" + f.read(size - 1))
+    except (OSError, ValueError):  # unreadable, or not JSON (UnicodeDecodeError is a ValueError)
+        return False
+    return isinstance(header, dict) and isinstance(header.get("__metadata__"), dict) \
+        and header["__metadata__"].get("format") == FORMAT
 
 
 def _check_metadata_types(path: Path, meta: dict[str, Any]) -> None:

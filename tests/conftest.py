@@ -125,6 +125,12 @@ def run():
     return lambda *args: runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+def messages(output: str) -> list[str]:
+    """A command's output lines less invert's "loading X (where) ..." lines (said before a model loads, so they
+    precede an error found once it has): what a one-line-error check looks at."""
+    return [line for line in output.strip().splitlines() if not line.startswith("loading ")]
+
+
 def tiny_fit(editor, befores, afters, method="visii", *, clip=None, **options):
     """invert.api.fit_images on opened images at the tiny model's resolution; ``options`` by name (the loop's
     and the method's settings), as invert.fit takes them."""

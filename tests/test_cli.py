@@ -49,8 +49,11 @@ def test_fit_inspect_apply(run, tiny_model_dir, pairs_dir, tmp_path):
     assert Image.open(out / "small.png").size == (36, 28), "rounded down to a multiple of the VAE factor"
     assert (out / "small_grid.png").exists()
 
+    r = run("apply", inst, inputs, "-o", out, "--steps", 2, "--text", "with stars", "--grid")
+    assert r.exit_code == 0 and "skipped 2 results made with these settings" in r.output, "a re-run continues"
     r = run("apply", inst, inputs, "-o", out, "--steps", 2)
-    assert r.exit_code == 1 and "already exists" in r.output and "--force" in r.output
+    assert r.exit_code == 1 and "made with other settings (Text 'with stars' there, '' here)" in r.output
+    assert "--force" in r.output
     assert run("apply", inst, inputs, "-o", out, "--steps", 2, "--force").exit_code == 0
 
 
@@ -93,8 +96,10 @@ def test_unreachable_hub_model_is_one_line(run, tmp_path, monkeypatch, pairs_dir
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     r = run("fit", pairs_dir, "-o", tmp_path / "x.inst", "--model", "someone/not-cached-model", "--init-text", "x")
     assert r.exit_code == 1
-    line = r.output.strip()
-    assert "\n" not in line and "someone/not-cached-model" in line and "--model" in line
+    loading, error = r.stderr.strip().split("\n")
+    assert loading == "loading someone/not-cached-model (Hugging Face cache, offline) ..."
+    assert "someone/not-cached-model" in error and "--model" in error
+    assert "hf download someone/not-cached-model --local-dir ip2p" in error, "huggingface_hub 2 has no huggingface-cli"
 
 
 def test_missing_local_folder(run, tmp_path, pairs_dir):
@@ -136,7 +141,7 @@ def test_brush_fit_phrases_and_mixed_apply(run, tiny_model_dir, pairs_dir, tmp_p
 
     r = run("phrases", pairs_dir, "--model", tiny_model_dir, "--resolution", 32, "--threshold", 0.0, "--json")
     assert r.exit_code == 0, r.output
-    shown = json.loads(r.output)
+    shown = json.loads(r.stdout)
     assert shown["init_text"] == info["meta"]["init_text"]
 
     image = tmp_path / "x.png"

@@ -165,6 +165,7 @@ def test_out_of_memory_suggests_what_to_change(run, pairs_dir, tmp_path, monkeyp
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
 
     monkeypatch.setattr(invert, command, oom)
+    monkeypatch.setattr(invert, "load_editor", lambda *args, **kwargs: None)  # apply loads its model first
     if command == "fit":
         r = run("fit", pairs_dir, "-o", tmp_path / "x.inst", "--init-text", "x")
     else:

@@ -11,7 +11,7 @@ from invert.instruction import Instruction
 from invert.library import Entry, Library, build_library, mix_entries
 from invert.losses import clip_direction
 
-from conftest import float_noise, scene, tiny_fit
+from conftest import float_noise, messages, scene, tiny_fit
 
 EDITS = {  # name -> (method, init text, after image of scene i); the init texts differ in token count
     "night": ("brush", "make it night", lambda i: scene(i, night=True)),
@@ -175,7 +175,7 @@ def test_cli_build_inspect_apply(run, insts, tmp_path):
     r = run("apply", "--library", lib, *pairs, image, "-o", out, "--method", "brush", "--steps", 2)
     assert r.exit_code == 0, r.output
     assert out.exists() and f"wrote {out}" in r.stdout
-    lines = r.stderr.splitlines()
+    lines = messages(r.stderr)
     assert "2 brush instructions mixed" in lines[0], r.stderr
     assert lines[1].split()[1] == "night" and float(lines[1].split()[0]) > float(lines[2].split()[0])
     r = run("apply", "--library", lib, *pairs, image, "-o", tmp_path / "out2.png", "--steps", 2)

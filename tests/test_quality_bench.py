@@ -15,7 +15,7 @@ def test_quality_table(tiny_model_dir, tmp_path):
     out = tmp_path / "q.json"
     r = CliRunner().invoke(cli, ["bench", "quality", "--model", str(tiny_model_dir),
                                  "--edits", "night,circle_red,hue90", "--steps", "1", "--shots", "1,2",
-                                 "--n-test", "2", "--apply-steps", "2", "--json", str(out)])
+                                 "--n-test", "2", "--apply-steps", "2", "-o", str(out)])
     assert r.exit_code == 0, r.output
     result = json.loads(out.read_text())
     assert "| brush_no_parts |" in r.stdout and "**2-shot**" in r.stdout

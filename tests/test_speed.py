@@ -1,12 +1,15 @@
 """The speed benchmark on the tiny model: the reference loop is a faithful port (same loss, one three-row UNet
-call per step), --low-memory learns the same tensors, fp16 fits with loss scaling, and the command's output."""
+call per step), the floor runs exactly the UNet work a step cannot avoid, the loops alternate in blocks,
+--low-memory learns the same tensors, fp16 fits with loss scaling, and the command's output."""
 import json
+import os
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from invert.bench.speed import INIT_TEXT, make_method, reference_loss, reference_run, synthetic_pairs, trainer_for
+from invert.bench.speed import (INIT_TEXT, FloorLoop, Ratio, ReferenceLoop, _check_spread, interleaved, make_method,
+                                reference_loss, reference_run, synthetic_pairs, trainer_for)
 from invert.cli.main import cli
 from invert.editor import load_editor
 from invert.losses import clip_direction
@@ -93,6 +96,56 @@ def test_fp16_fit_with_loss_scaling_follows_fp32(tiny_model_dir, editor):
     assert torch.nn.functional.cosine_similarity(fp16.flatten(), fp32.flatten(), dim=0) > 0.98
 
 
+def test_floor_runs_the_rows_a_step_cannot_avoid_and_nothing_else(editor):
+    cases = {("visii", "cfg"): [(1, True), (2, False)], ("brush", "cfg"): [(2, True), (4, False)],
+             ("visii", "cond"): [(1, True)], ("lora", "cfg"): [(3, True)]}
+    for (name, target), expected in cases.items():
+        floor = FloorLoop(trainer(editor, make_method(editor, name, 2, False), loss_target=target))
+        calls, handle = unet_calls(editor)
+        try:
+            floor.run(2)
+        finally:
+            handle.remove()
+        assert calls == expected * 2, (name, target)
+
+
+def test_loops_alternate_in_blocks_after_their_warm_ups(editor):
+    calls, handle = unet_calls(editor)  # ours: two UNet calls per step
+    log = []
+
+    def other(name):
+        return lambda steps: log.append((name, steps, len(calls) // 2)) or 1.0
+
+    try:
+        t = trainer(editor, make_method(editor, "visii", 1, False), steps=2 + 6)
+        ours, (ref, floor) = interleaved(t, [other("ref"), other("floor")], warmup=2, steps=6, block=3)
+    finally:
+        handle.remove()
+    # (loop, its steps, ours' steps done by then): each loop warms up once, then a block of each per block of ours.
+    assert log == [("ref", 2, 2), ("floor", 2, 2), ("ref", 3, 5), ("floor", 3, 5), ("ref", 3, 8), ("floor", 3, 8)]
+    assert len(ours) == 2 and ref == floor == [1.0, 1.0] and all(s > 0 for s in ours)
+
+
+def test_reference_autocast_computes_in_half_precision_with_fp32_weights(editor):
+    dtypes = []
+    handle = editor.unet.conv_in.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+    try:
+        ReferenceLoop(trainer(editor, make_method(editor, "visii", 1, False)), torch.bfloat16).run(1)
+    finally:
+        handle.remove()
+    assert dtypes == [torch.bfloat16] and editor.unet.conv_in.weight.dtype == torch.float32
+
+
+def test_a_wide_spread_or_a_single_cycle_is_warned_about():
+    result = {"warnings": []}
+    _check_spread(result, "steady", Ratio([1.0, 1.02, 0.99, 1.01, 1.6]))  # one disturbed cycle: the IQR ignores it
+    assert result["warnings"] == []
+    _check_spread(result, "busy", Ratio([0.7, 1.0, 1.3, 0.8, 1.2]))
+    _check_spread(result, "once", Ratio([1.0]))
+    assert len(result["warnings"]) == 2 and result["warnings"][0].startswith("busy: the middle half of 5 cycles")
+    assert "one cycle" in result["warnings"][1]
+
+
 @pytest.fixture
 def bench():
     runner = CliRunner()
@@ -103,30 +156,48 @@ def bench():
     return invoke
 
 
-FAST = ("--resolution", RES, "--steps", 1, "--warmup", 1, "--apply-steps", 2, "--device", "cpu")
+FAST = ("--resolution", RES, "--steps", 2, "--block", 1, "--warmup", 1, "--apply-steps", 2, "--device", "cpu")
 
 
 def test_bench_speed_json(bench, tiny_model_dir):
     r = bench("--model", tiny_model_dir, *FAST, "--method", "brush", "--parts", 2, "--batch-size", 2, "--json")
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["method"] == "brush" and out["model"] == str(tiny_model_dir) and out["resolution"] == RES
     assert out["device"].startswith("cpu") and out["batch_size"] == 2
-    for key in ("steps_per_s", "reference_steps_per_s", "peak_memory_mb", "reference_peak_memory_mb",
-                "apply_images_per_s"):
+    for key in ("steps_per_s", "reference_steps_per_s", "floor_steps_per_s", "peak_memory_mb",
+                "reference_peak_memory_mb", "apply_images_per_s", "ours_over_floor", "ceiling_vs_reference"):
         assert out[key] > 0, key
-    assert out["speedup_vs_reference"] == pytest.approx(out["steps_per_s"] / out["reference_steps_per_s"])
-    assert out["timed_steps"] == 2  # one optimizer step trains both parts
+    assert out["cycles"] == 2 and len(out["speedup_vs_reference_cycles"]) == 2
+    assert out["speedup_vs_reference"] == pytest.approx(sum(out["speedup_vs_reference_cycles"]) / 2)  # a median
+    assert out["reference_dtype"] == "float32" and not out["reference_autocast"]
+    assert out["timed_steps"] == 4  # one optimizer step trains both parts
     assert out["projected_fit_seconds"] == pytest.approx(2 * 1000 / out["steps_per_s"])
 
 
 def test_bench_speed_table_and_no_reference(bench, tiny_model_dir):
     r = bench("--model", tiny_model_dir, *FAST)
     assert r.exit_code == 0, r.output
-    assert "steps/s" in r.output and "x faster" in r.output and "images/s" in r.output
-    r = bench("--model", tiny_model_dir, *FAST, "--no-reference", "--low-memory", "--json")
-    out = json.loads(r.output)
-    assert out["low_memory"] is True and "reference_steps_per_s" not in out
+    for text in ("steps/s", "x faster", "ours/floor", "structural ceiling", "images/s"):
+        assert text in r.output, text
+    r = bench("--model", tiny_model_dir, *FAST, "--no-reference", "--no-floor", "--low-memory", "--json")
+    out = json.loads(r.stdout)
+    assert out["low_memory"] is True and "reference_steps_per_s" not in out and "ours_over_floor" not in out
+
+
+def test_bench_speed_resolution_defaults_to_the_models_own(bench, tiny_model_dir):
+    fast = [a for i, a in enumerate(FAST) if "--resolution" not in FAST[max(0, i - 1):i + 1]]
+    r = bench("--model", tiny_model_dir, *fast, "--no-reference", "--no-floor", "--json")
+    assert json.loads(r.stdout)["resolution"] == 32  # the tiny UNet's 16 latents x 2
+
+
+@pytest.mark.parametrize("load, warned", [(3.5, True), (0.2, False)])
+def test_bench_speed_says_when_the_machine_was_busy(bench, tiny_model_dir, monkeypatch, load, warned):
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    r = bench("--model", tiny_model_dir, *FAST, "--no-reference", "--apply-steps", 1, "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["load_average"] == load
+    assert ("warning: the machine was busy before the benchmark (1-minute load average 3.5" in r.stderr) == warned
 
 
 def test_bench_speed_bad_model_is_a_one_line_error(bench, tmp_path):
@@ -152,3 +223,12 @@ def test_apply_batch_size_and_low_memory_do_not_change_results(editor, clip):
     # Another batch shape changes the order of the CPU kernels' sums: the same image up to one level of rounding.
     assert np.abs(runs[1] - runs[0]).max() <= 1
     assert np.abs(runs[2] - runs[0]).max() <= 1
+
+
+def test_an_adapter_runs_its_three_rows_in_one_call(editor):
+    calls, handle = unet_calls(editor)
+    try:
+        trainer(editor, make_method(editor, "lora", 1, False), steps=2).run(quiet=True)
+    finally:
+        handle.remove()
+    assert calls == [(3, True)] * 2

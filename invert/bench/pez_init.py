@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..clip import Clip, clip_name_for, load_clip
-from ..editor import TOY_MODEL
+from ..model_info import TOY_MODEL
 from ..phrases import caption
 from ..pez import PEZ_TOKENS, text_tower, pez_prompt
 from ..tokenizer import clip_tokenizer

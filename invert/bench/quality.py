@@ -6,7 +6,7 @@ best single catalogue instruction (chosen on the test pairs themselves, so an up
 InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
 template. Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to the true edits, per edit group.
 
-    invert bench quality --json bench.json          # or: python -m invert.bench.quality
+    invert bench quality -o bench.json             # or: python -m invert.bench.quality
 """
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ def _text_edit(editor: Editor, text: str, befores: list[Image.Image], s: Quality
 
 
 def _metrics(befores, results, truths, clip, direction) -> dict:
-    return score(befores, results, truths, clip, direction)["mean"]
+    scores = score(befores, results, truths, clip, direction)
+    return {**scores["mean"], "clip_direction": scores["clip_direction_of_means"]}  # TOP-Bench's, as its table
 
 
 def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,

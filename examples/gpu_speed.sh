@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole GPU speed table on a machine with one CUDA GPU, offline, in at most 8 minutes (visii, brush and
+# lora at 512 px on the full IP2P architecture with random weights; fp16 and bf16).
+# Writes OUT/gpu_speed.json and OUT/gpu_speed.md.
+# Usage: gpu_speed.sh [OUT] [--budget SECONDS] [--tiny] [--methods visii,brush,lora] [--precisions fp16,bf16]
+# (--tiny: the toy model on any device, a few steps; CI runs it on the CPU to check the script works)
+set -euo pipefail
+out=${1:-gpu-speed}
+shift $(( $# > 0 ? 1 : 0 ))
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+python -m invert.bench.gpu --out "$out" "$@"

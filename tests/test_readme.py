@@ -1,0 +1,213 @@
+"""README's shell examples run as written, on the shipped toy model.
+
+Every line of every shell code block in README.md is run, block by block, each block in a fresh folder that holds
+the files the examples name (pairs/, photo.jpg, sketch.inst, ...) but those the block itself writes. What is
+substituted: the model (INVERT_MODEL=toy; the README's TINY is the tiny test model), tiny step counts (--steps 2,
+appended to fit, fit-batch, apply and eval when a line has none, and --apply-steps 2 for bench quality). The
+examples that are not run are listed in SKIPPED, with why; a listed example that README no longer has fails the
+test, so the list stays true."""
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from invert.cli.main import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = ROOT / "examples" / "toy"
+STEPS = "2"
+SKIPPED = {  # the start of an example -> why it is not run here
+    "python3 -m venv .venv": "installs invert (CI runs it: tests/test_setup_contract.py)",
+    ".venv/bin/python -m pytest": "runs this test suite",
+    "source .venv/bin/activate": "this test's PATH has the environment's commands already",
+    ".venv/bin/pip install": "installs the UI extra",
+    ".venv/bin/invert ui": "a server that runs until stopped (tests/test_ui.py starts and drives it)",
+    "hf download": "needs the Hugging Face hub",
+    "invert fit pairs/ -o edit.inst --model ip2p": "needs the real IP2P weights (the hub)",
+    "invert import-visii": "needs the real IP2P weights and a file the official VISII code wrote",
+    "torchrun": "one process per GPU",
+    "accelerate launch": "one process per GPU",
+    "sbatch": "needs a SLURM cluster",
+    "invert bench speed --method visii --steps 2": "the full-size IP2P at 512: a GPU's work (minutes a step on a CPU)",
+    "invert bench speed --method brush --low-memory": "the full-size IP2P at 512: a GPU's work",
+    "OMP_NUM_THREADS=1 invert bench speed --model toy": "a timing run of minutes (its --steps must be a multiple of "
+                                                        "--block); tests/test_speed.py runs the command on the tiny "
+                                                        "model",
+    "OMP_NUM_THREADS=1 python -m invert.bench.": "benchmarks of minutes to hours; tests/test_bench_precision.py and "
+                                                 "tests/test_bench_growth.py run each on the toy or tiny model",
+    "python -m invert.bench.growth fit-batch": "a benchmark of minutes (tests/test_bench_growth.py runs it tiny)",
+    "invert bench quality -o quality.json": "the whole benchmark: 25 minutes",
+    "python -m invert.toy.train": "trains the toy model: an hour",
+    "examples/apply_every_instruction.sh": "20 invert processes over the 4 toy sets, minutes; "
+                                           "tests/test_examples.py runs it end to end on two small sets",
+    "examples/quickstart.sh": "three invert processes: it runs the commands of the block after it, which run here "
+                              "(test_quickstart_script_runs_the_next_block checks they are the same)",
+}
+SHELLS = {'eval "$(_INVERT_COMPLETE=zsh_source': "zsh", "_INVERT_COMPLETE=fish_source": "fish"}  # run by them
+
+
+def shell_blocks() -> list[tuple[str, list[str]]]:
+    """(heading, lines) of every code block without a language (README's shell examples), in order."""
+    blocks, heading = [], ""
+    fence = re.compile(r"^( *)```(\w*)$")
+    lines = (ROOT / "README.md").read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("#"):
+            heading = lines[i].lstrip("# ")
+        match = fence.match(lines[i])
+        if match:
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+            if match.group(2) == "":
+                body = [line.strip() for line in lines[i + 1:end] if line.strip()]
+                blocks.append((f"{heading} #{sum(h == heading for h, _ in blocks) + 1}", body))
+            i = end
+        i += 1
+    return blocks
+
+
+BLOCKS = shell_blocks()
+
+
+def skipped(line: str) -> str | None:
+    return next((why for start, why in SKIPPED.items() if line.startswith(start)), None)
+
+
+def test_the_skip_list_names_only_examples_readme_has():
+    lines = [line for _, block in BLOCKS for line in block]
+    assert all(any(line.startswith(start) for line in lines) for start in [*SKIPPED, *SHELLS])
+    assert not any("huggingface-cli" in line for line in lines), "huggingface_hub 2 ships `hf`"
+
+
+def test_quickstart_script_runs_the_next_block():
+    script = (ROOT / "examples" / "quickstart.sh").read_text()
+    names = {"INVERT": "invert", "OUT": "quickstart-out", "PAIRS": "examples/toy/night"}  # the script's defaults
+    commands = [re.sub(r'"\$(\w+)([^"]*)"', lambda m: names[m[1]] + m[2], line).replace(" --force", "")
+                for line in script.splitlines() if line.startswith('"$INVERT"')]
+    block = next(lines for _, lines in BLOCKS if lines and lines[0].startswith("invert fit examples/toy/night/train"))
+    assert commands == block
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The files README's examples name, and the instructions they apply, made on the toy model."""
+    root = tmp_path_factory.mktemp("readme")
+    night = TOY / "night"
+    for side in ("before", "after"):
+        (root / "pairs" / side).mkdir(parents=True)
+        (root / "test" / side).mkdir(parents=True)
+        for name in ("000.png", "001.png", "002.png"):
+            shutil.copy(night / "train" / side / name, root / "pairs" / side / name)
+            shutil.copy(night / "test" / side / name, root / "test" / side / name)
+    for name in ("sketch", "watercolor"):  # sets of fit-batch, named unlike examples/toy's
+        shutil.copytree(root / "pairs", root / "sets" / name)
+    befores = sorted((night / "test" / "before").iterdir())
+    for i, name in enumerate(["photo", "img", "a", "a1", "a2"]):
+        Image.open(befores[i]).save(root / f"{name}.jpg")
+        Image.open(night / "test" / "after" / befores[i].name).save(root / f"{name.replace('a', 'b')}.jpg")
+    (root / "photos").mkdir()
+    for i, path in enumerate(befores[:2]):
+        shutil.copy(path, root / "photos" / f"street{i}.png")
+    (root / "fit.toml").write_text('steps = 500\nmethod = "brush"\n')
+    os.symlink(ROOT / "examples", root / "examples")
+
+    runner, pairs = CliRunner(), str(root / "pairs")
+
+    def invert(*args: str) -> None:
+        r = runner.invoke(cli, [*args, "--model", "toy", "--device", "cpu", "--quiet"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+
+    # what the examples do with them needs no training: untrained instructions of the right kinds
+    invert("fit", pairs, "-o", str(root / "sketch.inst"), "--steps", "0", "--init-text", "a sketch", "--reverse")
+    invert("fit", pairs, "-o", str(root / "watercolor.inst"), "--steps", "0", "--init-text", "make it blue")
+    invert("fit", pairs, "-o", str(root / "night.inst"), "--steps", "0", "--init-text", "make it night")
+    r = runner.invoke(cli, ["library", "build", str(root / "watercolor.inst"), str(root / "night.inst"), "-o",
+                            str(root / "lib.safetensors")])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def written_by(block: list[str]) -> set[str]:
+    """The first part of every -o path of the block: what it makes, so its fresh folder must not hold it."""
+    names = set()
+    for line in block:
+        words = shlex.split(line, comments=True)
+        names |= {Path(words[i + 1]).parts[0] for i, w in enumerate(words[:-1]) if w in ("-o", "--output")}
+    return names
+
+
+def substituted(words: list[str], tiny_model: Path) -> list[str]:
+    """Tiny step counts, and README's TINY model."""
+    words = [str(tiny_model) if w == "TINY" else w for w in words]
+    words = [STEPS if i and words[i - 1] == "--steps" else w for i, w in enumerate(words)]
+    command = words[1] if len(words) > 1 else ""
+    if command in ("fit", "fit-batch", "apply", "eval") and "--steps" not in words:
+        words.append("--steps")
+        words.append(STEPS)
+    if words[1:3] == ["bench", "quality"]:
+        words += ["--apply-steps", STEPS]
+    return words
+
+
+def run_invert(line: str, tiny_model: Path, monkeypatch) -> str | None:
+    """An `invert ...` line (maybe after VAR=value, maybe piped into a command) in this process; why the rest of
+    it could not run, if so."""
+    words = shlex.split(line, comments=True)
+    while "=" in words[0]:
+        name, _, value = words.pop(0).partition("=")
+        monkeypatch.setenv(name, value)
+    pipe = words.index("|") if "|" in words else len(words)
+    words, after = substituted(words[:pipe], tiny_model), words[pipe + 1:]
+    r = CliRunner().invoke(cli, words[1:], catch_exceptions=False)
+    assert r.exit_code == 0, f"{line}\nran as: {shlex.join(words)}\n{r.output[-3000:]}"
+    if after and shutil.which(after[0]) is None:
+        return f"{line}: {after[0]} is not installed"
+    if after:
+        proc = subprocess.run(after, input=r.stdout, capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout.strip() not in ("", "null"), f"{line}\n{proc.stderr}"
+    return None
+
+
+def run_shell(line: str, folder: Path) -> str | None:
+    """A line for a shell: bash, or the shell it is written for (why not, when it is not installed).
+    quickstart.sh runs invert through $INVERT, here a wrapper that makes its step counts tiny."""
+    shell = next((s for start, s in SHELLS.items() if line.startswith(start)), "bash")
+    if shutil.which(shell) is None:
+        return f"{line}: {shell} is not installed"
+    wrapper = folder / ".invert"
+    wrapper.write_text(f'#!/bin/bash\nargs=() previous=\nfor a in "$@"; do [ "$previous" = --steps ] && a={STEPS}; '
+                       f'args+=("$a"); previous=$a; done\nexec {shlex.quote(sys.executable)} -m invert "${{args[@]}}"\n')
+    wrapper.chmod(0o755)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", INVERT=str(wrapper),
+               OMP_NUM_THREADS="1", INVERT_MODEL="toy", INVERT_DEVICE="cpu")
+    proc = subprocess.run([shell, "-c", line], cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return None
+
+
+@pytest.mark.parametrize("heading, block", BLOCKS, ids=[h for h, _ in BLOCKS])
+def test_readme_examples_run_as_written(heading, block, workspace, tiny_model_dir, tmp_path, monkeypatch):
+    runnable = [line for line in block if not skipped(line)]
+    if not runnable:
+        pytest.skip("; ".join(sorted({skipped(line) for line in block})))
+    folder = tmp_path / "work"
+    made = written_by(block)
+    shutil.copytree(workspace, folder, symlinks=True, ignore=lambda d, names: made if Path(d) == workspace else ())
+    monkeypatch.chdir(folder)
+    for name, value in (("INVERT_MODEL", "toy"), ("INVERT_DEVICE", "cpu")):
+        monkeypatch.setenv(name, value)
+    not_run = []
+    for line in runnable:
+        if not any(line.startswith(start) for start in SHELLS) and re.match(r"^(\w+=\S+ )*invert ", line):
+            not_run.append(run_invert(line, tiny_model_dir, monkeypatch))
+        else:
+            not_run.append(run_shell(line, folder))
+    if any(not_run):
+        pytest.skip("the others ran; not run: " + "; ".join(filter(None, not_run)))
