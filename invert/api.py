@@ -82,15 +82,20 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
 
 def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str, Any]:
     """The fit options the base model's folder recommends for itself (its ``invert.json``, see
-    :func:`invert.model_info.fit_defaults`) that ``options`` does not set and ``method`` has: they come between
-    the options given and the library's defaults."""
+    :func:`invert.model_info.fit_defaults`; values for every method, and an object per method whose values win
+    for that method) that ``options`` does not set and ``method`` has: they come between the options given and
+    the library's defaults."""
     from .methods import SETTINGS
     from .settings import OFFICIAL
 
     known = {f.name for cls in (FitSettings, SETTINGS.get(method)) if cls is not None for f in dataclasses.fields(cls)}
     # --official asks for the official code's values: a model's own preference does not override them
     taken = {*options, *(OFFICIAL if options.get("official") else ())}
-    return {k: v for k, v in fit_defaults(model).items() if k in known and k not in taken}
+    recommended = fit_defaults(model)
+    shared = {k: v for k, v in recommended.items() if not isinstance(v, dict)}
+    own = recommended.get(method)  # an object named after the method: its own values win over the shared ones
+    return {k: v for k, v in {**shared, **(own if isinstance(own, dict) else {})}.items()
+            if k in known and k not in taken}
 
 
 def init_mode(cls: type[Method], settings: FitSettings) -> str:

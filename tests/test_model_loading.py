@@ -130,12 +130,15 @@ def test_a_model_folder_ships_its_fit_defaults(run, tiny_model_dir, pairs_dir, t
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    (model / "invert.json").write_text(json.dumps({"fit": {"lr": 0.02, "guidance": 4.0, "parts": 3}}))
+    (model / "invert.json").write_text(json.dumps({"fit": {"lr": 0.02, "guidance": 4.0, "parts": 3,
+                                                            "lora": {"lr": 0.001}}}))
     inst = invert.fit(pairs_dir, "visii", model=str(model), resolution=32, steps=0, init_text="x", guidance=5.0)
     options = inst.meta["options"]
     assert options["lr"] == 0.02 and options["guidance"] == 5.0, "given options win over the model's"
     assert inst.meta["model_defaults"] == {"lr": 0.02}, "recorded; parts is not a visii option"
     assert Instruction.load(inst.save(tmp_path / "x.inst")).meta["model_defaults"] == {"lr": 0.02}
+    lora = invert.fit(pairs_dir, "lora", model=str(model), resolution=32, steps=0, init_text="x")
+    assert lora.meta["model_defaults"] == {"lr": 0.001, "guidance": 4.0}, "a method's own object wins for it"
 
     sets = tmp_path / "sets"
     shutil.copytree(pairs_dir, sets / "night")
