@@ -43,7 +43,10 @@ def make_instruction(method: Method, editor: Editor, settings: FitSettings, meth
                                                   "score_y": phrases.score_y, "candidates": phrases.candidates},
         **(extra_meta or {}),
     }
-    return Instruction(method.name, {**method.tensors(), **(stored or {})}, meta)
+    # Copies: a method's tensors share storage with its parameters, and an instruction made mid-fit (a checkpoint
+    # handed to the caller) must stay the state of its step while the fit goes on.
+    tensors = {k: v.clone() for k, v in method.tensors().items()}
+    return Instruction(method.name, {**tensors, **(stored or {})}, meta)
 
 
 __all__ = ["make_instruction"]

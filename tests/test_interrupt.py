@@ -199,3 +199,20 @@ def test_sigint_to_a_real_fit_then_resume(run, tiny_model_dir, pairs_dir, tmp_pa
     rest[rest.index("-o") + 1] = str(whole)
     assert run(*rest).exit_code == 0
     same_instruction(Instruction.load(whole), Instruction.load(tmp_path / "x.inst"))
+
+
+@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+def test_a_checkpoint_handed_to_the_caller_stays_the_state_of_its_step(editor, clip, method):
+    """The instruction a fit hands to ``checkpoint`` every ``save_every`` steps is a copy: a caller that keeps it
+    (the steps study does) still holds that step's state when the fit has gone on, equal to a fit that stopped
+    there (it once shared storage with the live parameters, so every kept checkpoint became the last state)."""
+    befores, afters = [scene(i) for i in range(2)], [scene(i, night=True) for i in range(2)]
+    common = dict(clip=clip, lr=5e-2, init_text="make it night", **({"parts": 2} if method == "brush" else {}))
+    kept = {}
+    tiny_fit(editor, befores, afters, method, steps=3, save_every=1,
+             checkpoint=lambda inst, step: kept.update({step: inst}), **common)
+    one = tiny_fit(editor, befores, afters, method, steps=1, **common)
+    assert sorted(kept) == [1, 2]
+    learned = [k for k in one.tensors if not k.endswith(".init") and not k.startswith("clip.")]
+    assert learned and all(torch.equal(kept[1].tensors[k], one.tensors[k]) for k in learned)
+    assert any(not torch.equal(kept[1].tensors[k], kept[2].tensors[k]) for k in learned)
