@@ -26,13 +26,9 @@ from ..clip import clip_name_for, load_clip
 from ..editor import load_editor
 from ..evaluation import as_tensor, psnr, score
 from ..methods import settings_for
-from .quality import DEFAULT_EDITS, QualitySettings, edit_pairs, group_of
+from .quality import BEFORE_SELF_CHECK, DEFAULT_EDITS, QualitySettings, edit_pairs, group_of
 
 BENCH = QualitySettings()
-# The ablation was measured before the fit checked itself (issue 17): its rows change one official option each from
-# the fit as it was then (the last state, the method's own init text, no held-out pairs), which these pin; the
-# --official row sets its own.
-BEFORE_SELF_CHECK = {"keep": "last", "init": "auto", "val": 0, "val_every": 0}
 BASE = {"steps": BENCH.steps, "lr": 1e-2, "guidance": BENCH.guidance[0], "image_guidance": BENCH.guidance[1],
         "seed": BENCH.seed}
 # row -> (method, options changed from the default, apply options)
@@ -77,6 +73,8 @@ def run(editor, clip, edits: list[str], rows: list[str], log: Callable[[str], No
             key = (method, json.dumps(options, sort_keys=True))
             start = time.perf_counter()
             if key not in fits:
+                # measured before the self-check: each row changes one option from the fit as it was then (the
+                # --official row sets its own)
                 pinned = {} if options.get("official") else BEFORE_SELF_CHECK
                 fit_settings, method_settings = settings_for(
                     method, {**pinned, **BASE, "resolution": editor.resolution, **options})
