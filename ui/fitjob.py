@@ -25,6 +25,7 @@ class FitJob:
         self.step = state.step if state is not None else 0
         self.total = int(options.get("steps", 0))
         self.losses: list[float] = list(losses or [])
+        self.score: float | None = None  # the latest validation score (dB), once the fit has one
         self.preview: tuple[int, list[Image.Image]] | None = None  # (step, edited preview images)
         self.outcome: str | None = None  # "done", "stopped" or "failed" once the worker has ended
         self.message = ""
@@ -84,6 +85,8 @@ class FitJob:
     def _progress(self, p: FitProgress) -> None:
         self.step, self.total = p.step, p.total
         self.losses.append(p.loss)
+        if p.score is not None:
+            self.score = p.score
         self._changed()
 
     def _checkpoint(self, inst: Instruction, step: int) -> None:

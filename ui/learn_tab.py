@@ -162,7 +162,7 @@ def _stream(app: App, session: Session, job: FitJob, inputs: list[Image.Image]) 
             step, edits = job.preview
             previews = [(side_by_side(i, e), f"step {step}") for i, e in zip(inputs, edits)]
         if job.outcome is None:
-            yield (_status_html("fitting", job.step, job.total, loss, seconds), _losses(job.losses), previews,
+            yield (_status_html("fitting", job.step, job.total, loss, seconds, job.score), _losses(job.losses), previews,
                    gr.skip(), gr.update(visible=False), *running, gr.skip())
     idle = (gr.update(interactive=True), gr.update(interactive=False))
     if job.outcome == "failed":  # the buttons back to idle, then the message
@@ -177,7 +177,9 @@ def _stream(app: App, session: Session, job: FitJob, inputs: list[Image.Image]) 
         return
     path = save_instruction(job.instruction, session.unique_path(f"{session.job_name}.inst"))
     session.instructions[path.name] = path
-    yield (_status_html(f"done: {path.name}", job.step, job.total, loss, seconds), _losses(job.losses), previews,
+    check = job.instruction.meta.get("fit_check")  # the fit's one-line warning, if its self-check found one
+    yield (_status_html(f"done: {path.name}" + (f" · {check}" if check else ""), job.step, job.total, loss, seconds,
+                        job.score), _losses(job.losses), previews,
            str(path), gr.update(visible=False), *idle, gr.update(interactive=False), list(session.instructions))
 
 
@@ -221,11 +223,14 @@ def _losses(losses: list[float]) -> pd.DataFrame:
     return pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})
 
 
-def _status_html(what: str, step: int, total: int, loss: float | None = None, seconds: float | None = None) -> str:
+def _status_html(what: str, step: int, total: int, loss: float | None = None, seconds: float | None = None,
+                 score: float | None = None) -> str:
     share = 100 * step / total if total else 0
     facts = [f"step {step} / {total}"] if total else []
     if loss is not None:
         facts.append(f"loss {loss:.4g}")
+    if score is not None:
+        facts.append(f"val {score:.2f} dB")  # as the CLI's progress bar
     if seconds is not None:
         facts.append(f"{seconds:.1f} s")
     line = " · ".join([html.escape(what)] * bool(what) + facts) or "Press Fit to start."

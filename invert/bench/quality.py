@@ -119,17 +119,27 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
         shots = train[:k]
         direction = clip_direction(clip, [b for b, _ in shots], [a for _, a in shots])
         rows = {}
+        common = {"seed": s.seed, "resolution": size, "guidance": s.guidance[0], "image_guidance": s.guidance[1]}
+        search = None
         for row, (method, options, init_text) in FITTED.items():
             if row not in s.rows:
                 continue
+            if init_text is None and search is None:
+                # --init best's search, run once for every row: its candidate texts and their scores do not depend
+                # on the method (each method's start edits as its text does), so each row gets the text its own
+                # search would choose, and its fit seconds include the search's.
+                start = time.perf_counter()
+                zero = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], "visii",
+                                  *settings_for("visii", {**common, "steps": 0}), clip=clip, quiet=True)
+                search = {"text": zero.meta["init_text"], "scores": zero.meta["init_scores"],
+                          "seconds": time.perf_counter() - start}
             start = time.perf_counter()
-            given = {"steps": s.steps, "seed": s.seed, "resolution": size, "guidance": s.guidance[0],
-                     "image_guidance": s.guidance[1], "init_text": init_text, **options,
-                     **({"lr": s.lr[method]} if method in s.lr else {})}
+            given = {**common, "steps": s.steps, **options, "init_text": search["text"] if init_text is None
+                     else init_text, **({"lr": s.lr[method]} if method in s.lr else {})}
             inst = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], method,
                               *settings_for(method, {**model_defaults(editor.model_id, method, given), **given}),
                               clip=clip, quiet=True)
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start + (search["seconds"] if init_text is None else 0.0)
             results = apply(inst, befores, editor=editor, steps=s.apply_steps)
             rows[row] = {**_metrics(befores, results, truths, clip, direction), "fit_seconds": seconds,
                          "init_text": inst.meta["init_text"]}
@@ -137,6 +147,8 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
                 f"(no edit {text_rows.get('no_edit', {}).get('psnr', float('nan')):6.2f}, "
                 f"oracle {text_rows.get('oracle_text', {}).get('psnr', float('nan')):6.2f}) {seconds:5.1f} s")
         result["shots"][str(k)] = rows
+        if search is not None:
+            result.setdefault("init_search", {})[str(k)] = search
     return result
 
 
