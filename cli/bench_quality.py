@@ -16,8 +16,9 @@ from .common import check_output, quiet_option, threads_option, user_errors
               help="A model trained on the toy world (its folder holds the toy CLIP in clip/).")
 @click.option("--edits", default=None,
               help="Comma-separated edit names; default: 5 global, 5 local, 12 hard (8 of them new).")
-@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=0),
-              help="Fit steps (InstructBrush: per time part, the parts trained together).")
+@click.option("--steps", default=None, type=click.IntRange(min=0),
+              help="Fit steps (InstructBrush: per time part, the parts trained together); default: the model's own "
+                   "(the toy model's: 300).")
 @click.option("--shots", default="1,10", show_default=True, help="Comma-separated exemplar counts.")
 @click.option("--apply-steps", default=20, show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
 @click.option("--n-test", default=5, show_default=True, type=click.IntRange(min=1), help="Held-out pairs per edit.")

@@ -52,7 +52,9 @@ VALIDATION_SEED = 4 * 10**6
 
 @dataclass
 class QualitySettings:
-    steps: int = 100  # fit steps (per time part for InstructBrush, all parts trained together)
+    # fit steps (InstructBrush: per time part, the parts trained together); None: the model's own (its invert.json),
+    # else the library's default
+    steps: int | None = None
     # per method; a method not named here fits at the model's own lr (its invert.json), else the library default
     lr: dict[str, float] = field(default_factory=dict)
     shots: tuple[int, ...] = (1, 10)
@@ -134,7 +136,7 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
                 search = {"text": zero.meta["init_text"], "scores": zero.meta["init_scores"],
                           "seconds": time.perf_counter() - start}
             start = time.perf_counter()
-            given = {**common, "steps": s.steps, **options, "init_text": search["text"] if init_text is None
+            given = {**common, **({"steps": s.steps} if s.steps is not None else {}), **options, "init_text": search["text"] if init_text is None
                      else init_text, **({"lr": s.lr[method]} if method in s.lr else {})}
             inst = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], method,
                               *settings_for(method, {**model_defaults(editor.model_id, method, given), **given}),
