@@ -160,7 +160,7 @@ def test_the_toy_model_needs_no_learning_rate_or_guidance(run, tmp_path):
             "--quiet")
     assert r.exit_code == 0, r.output
     meta = Instruction.load(tmp_path / "night.inst").meta
-    assert meta["model_defaults"] == {"lr": 0.01, "guidance": 3.0} and meta["guidance"]["text"] == 3.0
+    assert meta["model_defaults"] == {"lr": 0.03, "guidance": 3.0} and meta["guidance"]["text"] == 3.0  # visii's lr
     r = run("fit", pairs, "-o", tmp_path / "official.inst", "--model", "toy", "--steps", 0, "--init-text", "night",
             "--quiet", "--official")
     assert r.exit_code == 0, r.output

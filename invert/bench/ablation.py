@@ -29,7 +29,7 @@ from ..methods import settings_for
 from .quality import BEFORE_SELF_CHECK, DEFAULT_EDITS, QualitySettings, edit_pairs, group_of
 
 BENCH = QualitySettings()
-BASE = {"steps": BENCH.steps, "lr": 1e-2, "guidance": BENCH.guidance[0], "image_guidance": BENCH.guidance[1],
+BASE = {"steps": 100, "lr": 1e-2, "guidance": BENCH.guidance[0], "image_guidance": BENCH.guidance[1],
         "seed": BENCH.seed}
 # row -> (method, options changed from the default, apply options)
 ROWS: dict[str, tuple[str, dict, dict]] = {
