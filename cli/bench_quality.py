@@ -18,7 +18,7 @@ from .common import check_output, quiet_option, threads_option, user_errors
               help="Comma-separated edit names; default: 5 global, 5 local, 12 hard (8 of them new).")
 @click.option("--steps", default=None, type=click.IntRange(min=0),
               help="Fit steps (InstructBrush: per time part, the parts trained together); default: the model's own "
-                   "(the toy model's: 300).")
+                   "(the toy model's: 300 for visii and lora, 100 for brush).")
 @click.option("--shots", default="1,10", show_default=True, help="Comma-separated exemplar counts.")
 @click.option("--apply-steps", default=20, show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
 @click.option("--n-test", default=5, show_default=True, type=click.IntRange(min=1), help="Held-out pairs per edit.")

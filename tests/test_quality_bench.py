@@ -31,6 +31,11 @@ def test_quality_table(tiny_model_dir, tmp_path):
     for k in ("1", "2"):
         assert set(night["shots"][k]) == {"visii", "brush", "brush_no_parts", "brush_no_phrase_init", "lora"}
     assert night["shots"]["1"]["brush_no_phrase_init"]["init_text"] == ""
+    # --init best's search runs once per edit and shot count, and every row without its own text starts from it
+    for k in ("1", "2"):
+        chosen = night["init_search"][k]["text"]
+        assert chosen in night["init_search"][k]["scores"]["texts"]
+        assert {night["shots"][k][row]["init_text"] for row in ("visii", "brush", "brush_no_parts", "lora")} == {chosen}
 
     summary = result["summary"]["2"]
     assert summary["visii"]["all"]["psnr"] == pytest.approx(np.mean(
@@ -42,3 +47,22 @@ def test_quality_table(tiny_model_dir, tmp_path):
 def test_quality_rejects_unknown_names(tiny_model_dir):
     r = CliRunner().invoke(cli, ["bench", "quality", "--model", str(tiny_model_dir), "--edits", "night,teleport"])
     assert r.exit_code == 1 and "unknown edit 'teleport'" in r.output
+
+
+def test_the_steps_study_scores_each_snapshot_as_the_fit_that_stopped_there(editor, clip):
+    """invert.bench.steps_lr fits once to the largest step count and scores its snapshots: the snapshot at step 1
+    must score what a 1-step fit scores (the learning rate is constant and the schedule a prefix)."""
+    from invert.api import apply, fit_images
+    from invert.bench.steps_lr import study
+    from invert.methods import settings_for
+
+    rows = study(editor, clip, "visii", 1e-2, ["night"], [1, 3], shots=2, n_val=2, log=lambda line: None)["night"]
+    assert {"0", "1", "3", "no_edit", "init_text"} <= set(rows)
+    train, val = benchmark.edit_pairs("night", 2, 2, editor.resolution, test_seed=benchmark.VALIDATION_SEED)
+    options = {"steps": 1, "lr": 1e-2, "seed": 0, "guidance": 3.0, "image_guidance": 1.5, "keep": "last",
+               "val_every": 0, "resolution": editor.resolution}
+    one = fit_images(editor, [b for b, _ in train], [a for _, a in train], "visii", *settings_for("visii", options),
+                     clip=clip, quiet=True)
+    results = apply(one, [b for b, _ in val], editor=editor, steps=20)
+    assert rows["1"] == pytest.approx(psnr(as_tensor(results), as_tensor([a for _, a in val])).mean().item(), abs=1e-4)
+    assert rows["1"] != rows["3"], "snapshots of different steps are different states"
