@@ -90,7 +90,11 @@ def config_option(fn):
         if unknown:
             raise click.BadParameter(f"{path}: unknown option {', '.join(map(repr, unknown))} (the options of "
                                      f"'invert {ctx.command.name}' are its flags without the dashes)", ctx, param)
-        ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in values.items()}}
+        # a repeatable option (init-text, vocab) takes one value or a list of them, as on the command line
+        repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
+        values = {names[k]: [v] if names[k] in repeatable and not isinstance(v, list) else v
+                  for k, v in values.items()}
+        ctx.default_map = {**(ctx.default_map or {}), **values}
 
     return click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
                         expose_value=False, callback=load,
