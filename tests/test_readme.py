@@ -3,7 +3,8 @@
 Every line of every shell code block in README.md is run, block by block, each block in a fresh folder that holds
 the files the examples name (pairs/, photo.jpg, sketch.inst, ...) but those the block itself writes. What is
 substituted: the model (INVERT_MODEL=toy; the README's TINY is the tiny test model), tiny step counts (--steps 2,
-appended to fit, fit-batch, apply and eval when a line has none, and --apply-steps 2 for bench quality). The
+appended to fit, fit-batch, apply and eval when a line has none, --init auto to fit and fit-batch when a line
+gives no init, and --apply-steps 2 for bench quality). The
 examples that are not run are listed in SKIPPED, with why; a listed example that README no longer has fails the
 test, so the list stays true."""
 import os
@@ -151,6 +152,8 @@ def substituted(words: list[str], tiny_model: Path) -> list[str]:
     if command in ("fit", "fit-batch", "apply", "eval") and "--steps" not in words:
         words.append("--steps")
         words.append(STEPS)
+    if command in ("fit", "fit-batch") and not {"--init", "--init-text", "--official"} & set(words):
+        words += ["--init", "auto"]  # no candidate search (its cost is that of a short fit; tests/test_validation.py)
     if words[1:3] == ["bench", "quality"]:
         words += ["--apply-steps", STEPS]
     return words
