@@ -38,7 +38,7 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, device,
     """Fit and apply every method on held-out scenes of the toy world and print the TOP-Bench-style table.
 
     \b
-      invert bench quality                             # the README table (about 25 min on a 2-core CPU)
+      invert bench quality                             # the README table (hours on a 2-core CPU)
       invert bench quality --edits night,hue90 --shots 10 --steps 50 -o q.json
       invert bench quality --edits night --shots 1 --steps 20 --json | jq .edits.night
     """

@@ -44,7 +44,7 @@ SKIPPED = {  # the start of an example -> why it is not run here
     "OMP_NUM_THREADS=1 python -m invert.bench.": "benchmarks of minutes to hours; tests/test_bench_precision.py and "
                                                  "tests/test_bench_growth.py run each on the toy or tiny model",
     "python -m invert.bench.growth fit-batch": "a benchmark of minutes (tests/test_bench_growth.py runs it tiny)",
-    "invert bench quality -o quality.json": "the whole benchmark: 25 minutes",
+    "invert bench quality -o quality.json": "the whole benchmark: hours of CPU at the toy model's defaults",
     "python -m invert.toy.train": "trains the toy model: an hour",
     "examples/apply_every_instruction.sh": "20 invert processes over the 4 toy sets, minutes; "
                                            "tests/test_examples.py runs it end to end on two small sets",
