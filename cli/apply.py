@@ -69,7 +69,7 @@ def _weights(mix: str | None) -> list[float] | None:
 
 def _state(path: Path, wanted: str) -> str | None:
     """None for an output still to make; SAME for one this run's settings made; else why it is in the way."""
-    from invert.parameters import differences, read_parameters
+    from .parameters import differences, read_parameters
 
     if not path.exists():
         return None
@@ -146,10 +146,11 @@ def apply(ctx, inputs, output, mix, text, steps, guidance, image_guidance, seed,
       invert apply sketch.inst result.png -o undone.png --reverse
       invert apply --library lib.safetensors --before a.jpg --after b.jpg photo.jpg -o out/
     """
-    from invert.batch import Failures
+    from invert.backbones.model_info import recorded_model
     from invert.instruction import Instruction
-    from invert.model_info import recorded_model
     from invert.pairs import fit_to_resolution, open_image
+
+    from .batch import Failures
 
     inst_paths, images = _split_inputs(inputs)
     editor = None
@@ -203,7 +204,7 @@ def _parameters(inst, sources: list[Path], options: dict, **recorded) -> dict:
     """What every result of the run records of how it was made (A1111's names where it has them)."""
     import hashlib
 
-    from invert.model_info import local_folder
+    from invert.backbones.model_info import local_folder
     from invert.pairs import file_sha256
 
     stored = inst.meta.get("guidance") or {}
@@ -227,8 +228,9 @@ def _parameters(inst, sources: list[Path], options: dict, **recorded) -> dict:
 def _plan(files: list[Path], seeds: list[int | None], output: Path, grid: bool, prompt: str, common: dict,
           fit_seed: int) -> list[Job]:
     """Every result of the run, one per input and seed, with where it goes and what it records."""
-    from invert.batch import output_name
     from invert.pairs import IMAGE_EXTENSIONS
+
+    from .batch import output_name
 
     single_file = output.suffix.lower() in IMAGE_EXTENSIONS
     if single_file and len(files) > 1:
@@ -250,7 +252,7 @@ def _plan(files: list[Path], seeds: list[int | None], output: Path, grid: bool, 
 
 
 def _text(job: Job, size: tuple[int, int] | None = None) -> str:
-    from invert.parameters import format_parameters
+    from .parameters import format_parameters
 
     return format_parameters(job.prompt, {**job.values, **({"Size": f"{size[0]}x{size[1]}"} if size else {})})
 
@@ -259,7 +261,8 @@ def _run(todo: list[Job], insts, editor, options: dict, quiet: bool, failures) -
     """Make the results, each seed's with one ``invert.apply``, each batch written as soon as it is done. Returns
     the error to end with when a signal stopped the run, else None."""
     from invert.api import same_size_batches
-    from invert.grid import preview_grid, save_image
+
+    from .grid import preview_grid, save_image
 
     by_seed: dict[int | None, list[Job]] = {}
     for job in todo:

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 import click
 
 from invert.errors import InvertError, InvertWarning
-from invert.threads import ENV as THREADS_ENV
+
+from .threads import ENV as THREADS_ENV
 
 if TYPE_CHECKING:
-    from invert.checkpoint import FitStopped
+    from invert.fitting.checkpoint import FitStopped
 
 OUT_OF_MEMORY = "out of GPU memory; try --low-memory or a smaller --resolution"
-THREADS = "invert.threads"  # ctx.meta key: set (maybe to None) by --threads, on the commands that run a model
+THREADS = "invert.cli.threads"  # ctx.meta key: set (maybe to None) by --threads, on the commands that run a model
 
 
 def user_errors(fn):
@@ -35,7 +36,7 @@ def user_errors(fn):
         quiet_libraries()
         meta = click.get_current_context().meta
         if THREADS in meta:
-            from invert.threads import use_threads
+            from .threads import use_threads
 
             use_threads(meta[THREADS])
         with warnings.catch_warnings():
@@ -135,7 +136,7 @@ def announce_stop(signum: int) -> None:
 
 def saved(stopped: "FitStopped", path: Path, signum: int | None) -> click.ClickException:
     """Write a stopped fit's state and say how to resume it; a signal's exit status is 128 + its number."""
-    from invert.checkpoint import FitDiverged
+    from invert.fitting.checkpoint import FitDiverged
 
     stopped.state.save(path)
     error = click.ClickException(f"{stopped}; saved the state to {path}: run the same command with "

@@ -61,14 +61,15 @@ def eval_command(ctx, instruction, test_pairs, as_json, as_csv, sheet, steps, se
       invert eval night.inst test/ --csv --sheet night_sheet.png
     """
     from invert.api import same_size_batches
+    from invert.backbones.editor import load_editor
+    from invert.backbones.model_info import recorded_model
     from invert.clip import clip_name_for, load_clip
-    from invert.editor import load_editor
     from invert.evaluation import METRICS, score_instruction
-    from invert.grid import contact_sheet, save_image
+    from invert.fitting.losses import clip_direction
     from invert.instruction import Instruction
-    from invert.losses import clip_direction
-    from invert.model_info import recorded_model
     from invert.pairs import load_pairs
+
+    from .grid import contact_sheet, save_image
 
     if as_json and as_csv:
         raise InvertError("choose one of --json and --csv")

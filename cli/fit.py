@@ -8,10 +8,10 @@ import click
 
 import invert
 from invert.defaults import DEFAULT_MODEL
-from invert.signals import stop_on_signals
 
 from .common import announce_stop, check_output, quiet_option, saved, user_errors
 from .options import config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings
+from .signals import stop_on_signals
 
 CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; default: the model folder's clip/ "
                    "if it has one, else openai/clip-vit-large-patch14.")
@@ -53,7 +53,7 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
       invert fit pairs/ -o sketch.inst --method lora --lora-rank 8 --reverse
       invert fit pairs/ -o sketch.inst --config fit.toml      # fit.toml: steps = 500 and so on
     """
-    from invert.checkpoint import FitStopped
+    from invert.fitting.checkpoint import FitStopped
 
     options = given_settings(ctx, pop_settings(values))
     check_output(output, force)  # before any work, not after the fit

@@ -51,10 +51,11 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
     from tqdm import tqdm
 
     from invert.api import model_defaults
-    from invert.batch import exemplar_sets, fitted_otherwise, parse_shard
+    from invert.backbones.editor import load_editor
     from invert.clip import clip_name_for, load_clip
-    from invert.editor import load_editor
     from invert.methods import settings_for
+
+    from .batch import exemplar_sets, fitted_otherwise, parse_shard
 
     options = given_settings(ctx, pop_settings(values))
     # a bad option is refused before any set; the model's own defaults count, as invert.fit will use them

@@ -94,10 +94,10 @@ def instruction_from_library(library_file, inst_paths, images, mix, befores, aft
     """``invert apply --library``: the library's mix for the --before/--after pairs, and the editor it loaded.
     Prints the chosen weights, one line per instruction, to stderr (stdout lists the files written)."""
     import invert
-    from invert.editor import load_editor
+    from invert.backbones.editor import load_editor
+    from invert.backbones.model_info import recorded_model
     from invert.errors import InvertError
     from invert.library import Library
-    from invert.model_info import recorded_model
     from invert.pairs import load_pairs
 
     if library_file is None:

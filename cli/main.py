@@ -7,7 +7,6 @@ import click
 import invert
 
 from .apply import apply
-from .bench import bench
 from .evaluate import eval_command
 from .export import export_embeds, export_lora
 from .fit import fit
@@ -43,5 +42,5 @@ def cli():
 
 
 for command in (fit, apply, phrases, inspect, eval_command, export_lora, export_embeds, fit_batch,
-                import_visii_command, library, bench, ui):
+                import_visii_command, library, ui):
     cli.add_command(command)

@@ -38,11 +38,11 @@ def phrases(pairs, before, after, vocab, top, threshold, relative_threshold, tem
       invert phrases pairs/
       invert phrases pairs/ --vocab default --vocab mediums --threshold 1 --relative-threshold --json
     """
+    from invert.backbones.editor import resolve_device
+    from invert.backbones.model_info import model_resolution
     from invert.clip import clip_name_for, load_clip
-    from invert.editor import resolve_device
-    from invert.model_info import model_resolution
+    from invert.fitting.phrases import unique_phrases
     from invert.pairs import load_pairs
-    from invert.phrases import unique_phrases
     from invert.vocab import load_vocab, model_vocab
 
     # IP2P's 512 when the configs of a hub model are not in the cache (fit would download them)

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import click
 
-from invert.signals import StopRequest, stop_on_signals
+from .signals import StopRequest, stop_on_signals
 
 
 class Interrupted(Exception):

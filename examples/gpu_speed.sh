@@ -8,4 +8,4 @@ set -euo pipefail
 out=${1:-gpu-speed}
 shift $(( $# > 0 ? 1 : 0 ))
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-python -m invert.bench.gpu --out "$out" "$@"
+python -m benchmarks.gpu --out "$out" "$@"

@@ -12,26 +12,26 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from .assembly import make_instruction
-from .checkpoint import FitState, FitStopped
+from .backbones.editor import Editor, load_editor
+from .backbones.model_info import fit_defaults, recorded_model
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL
-from .editor import Editor, load_editor
 from .errors import InstructionFileError, InvertError, InvertWarning
-from .grid import thumbnail_tensor
+from .fitting.assembly import make_instruction
+from .fitting.checkpoint import FitState, FitStopped
+from .fitting.loop import FitData, FitProgress, Scoring, Trainer
+from .fitting.losses import clip_direction
+from .fitting.phrases import PhraseChoice, init_candidates, initial_text
+from .fitting.validation import Validation, best_text, check_fit, held_out, scoring_interval
 from .instruction import Instruction
-from .losses import clip_direction
+from .instruction.thumbnails import thumbnail_tensor
 from .methods import method_class, settings_for
 from .methods.base import Method
 from .methods.settings import PhraseSettings
 from .methods.two_way import TwoWay
-from .model_info import fit_defaults, recorded_model
 from .pairs import Pair, file_sha256, find_pairs, load_pairs
-from .phrases import PhraseChoice, init_candidates, initial_text
 from .sampling import sample
 from .settings import FitSettings, as_dict
-from .training import FitData, FitProgress, Scoring, Trainer
-from .validation import Validation, best_text, check_fit, held_out, scoring_interval
 
 
 def _as_pairs(pairs) -> list[Pair]:
@@ -55,7 +55,7 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     error. ``progress`` receives a :class:`FitProgress` (step, total, loss) at every refresh; ``checkpoint(inst,
     step)`` every ``save_every`` steps. ``resume``: a :class:`FitState` (or its file) of a stopped fit with the
     same inputs. ``should_stop``: asked after every step; when it says yes, or the fit diverges,
-    ``invert.checkpoint.FitStopped`` holds the state to resume.
+    ``invert.fitting.checkpoint.FitStopped`` holds the state to resume.
 
     >>> inst = invert.fit("examples/toy/night/train", model="toy", steps=100)   # doctest: +SKIP
     >>> inst.save("night.inst")                                                 # doctest: +SKIP
@@ -82,7 +82,7 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
 
 def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str, Any]:
     """The fit options the base model's folder recommends for itself (its ``invert.json``, see
-    :func:`invert.model_info.fit_defaults`; values for every method, and an object per method whose values win
+    :func:`invert.backbones.model_info.fit_defaults`; values for every method, and an object per method whose values win
     for that method) that ``options`` does not set and ``method`` has: they come between the options given and
     the library's defaults."""
     from .methods import SETTINGS
@@ -374,7 +374,7 @@ def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str |
     editor = Editor(pipe, inst.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
     inst.check_model(editor.fingerprint, allow_model_mismatch, inst.path or "")
     method = load_method(inst, editor, strength, text, reverse)
-    from .guidance import Rows
+    from .backbones.guidance import Rows
 
     with method.in_pipeline(pipe):
         yield method.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), editor.uncond).embeds.detach()

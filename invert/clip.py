@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .backbones.model_info import resolve_model_path, where
 from .errors import ModelLoadError
-from .model_info import resolve_model_path, where
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -85,7 +85,7 @@ class OpenClip(Clip):
 def _transformers_clip(name: str, device: torch.device) -> TransformersClip:
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from .tokenizer import clip_tokenizer
+    from .backbones.tokenizer import clip_tokenizer
 
     folder = Path(name)
     try:

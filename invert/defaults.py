@@ -21,7 +21,7 @@ KARRAS = {"euler_a_karras"}
 NOISE_MODES = ("stream", "fit", "fresh")
 
 # Instruction libraries' softmax temperature. The best mean PSNR on the toy world over held-out compositions and
-# catalogue edits, from 1 and 10 pairs, of 0.01, 0.03, 0.1 and 0.3 (invert.bench.library, README): 0.1 and
+# catalogue edits, from 1 and 10 pairs, of 0.01, 0.03, 0.1 and 0.3 (benchmarks.library, README): 0.1 and
 # 0.03 tie on the mean; 0.1 edits the compositions better (mixing helps there), 0.03 the edits the library holds
 # (picking one helps there).
 DEFAULT_TEMPERATURE = 0.1

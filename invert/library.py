@@ -22,13 +22,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from .api import load_method, mix
+from .backbones.editor import Editor, load_editor
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL, DEFAULT_TEMPERATURE
-from .editor import Editor, load_editor
 from .errors import InstructionFileError, InvertError, InvertWarning
-from .grid import thumbnail_tensor
-from .losses import clip_direction
+from .fitting.losses import clip_direction
 from .instruction import Instruction, read_verified, tensors_sha256, write_atomically
+from .instruction.thumbnails import thumbnail_tensor
 
 FORMAT = "invert.library"
 VERSION = 1

@@ -1,5 +1,5 @@
 """Sampling with the frozen IP2P: the InstructPix2Pix pipeline's own loop, written out so that the layout of
-every UNet batch is said explicitly (:class:`~invert.guidance.Rows`) and a method changes only the conditioning
+every UNet batch is said explicitly (:class:`~invert.backbones.guidance.Rows`) and a method changes only the conditioning
 it is given. With an untrained instruction it gives diffusers' ``StableDiffusionInstructPix2PixPipeline``
 result bit for bit (a test checks it): same image latents, noise draws, guidance batch and scheduler steps."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from .backbones.editor import Editor
+from .backbones.guidance import Rows, guided, is_guided
 from .defaults import KARRAS, NOISE_MODES, SCHEDULERS
-from .editor import Editor
 from .errors import InvertError
-from .guidance import Rows, guided, is_guided
 from .methods.base import Method
 from .schedules import draw_noises
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from .editor import Editor
+from .backbones.editor import Editor
 from .errors import InstructionFileError, InvertError
-from .assembly import make_instruction
+from .fitting.assembly import make_instruction
 from .instruction import Instruction
-from .settings import FitSettings
 from .methods.visii import Visii
 from .pairs import file_sha256
+from .settings import FitSettings
 
 LEARNED_PROMPT = "learned_prompt.txt"
 # The official code restores BOS and the positions from EOS on after every step, so they are the model's own

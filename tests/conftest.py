@@ -37,7 +37,7 @@ def get_dummy_components():
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 
-    from invert.tokenizer import clip_tokenizer
+    from invert.backbones.tokenizer import clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -82,7 +82,7 @@ def tiny_model_dir(tmp_path_factory, _isolated_cache):
 
 @pytest.fixture(scope="session")
 def editor(tiny_model_dir):
-    from invert.editor import load_editor
+    from invert.backbones.editor import load_editor
 
     return load_editor(str(tiny_model_dir), device="cpu", dtype="fp32")
 
@@ -157,8 +157,8 @@ def stop_at(step: int) -> dict:
 
 def make_trainer(editor, befores, afters, method, **options):
     """A Trainer for ``method`` (an initialized Method) on opened images, settings by name."""
+    from invert.fitting.loop import FitData, Trainer
     from invert.settings import FitSettings
-    from invert.training import FitData, Trainer
 
     settings = FitSettings(**{"resolution": TINY_RES, **options})
     return Trainer(method, FitData(editor, befores, afters, settings.seed), settings)

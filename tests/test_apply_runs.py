@@ -9,12 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import scene
 from PIL import Image
 
 import invert
-from invert.parameters import parse_parameters, read_parameters
-
-from conftest import scene
+from invert.cli.parameters import parse_parameters, read_parameters
 
 
 @pytest.fixture(scope="module")

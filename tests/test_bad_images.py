@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import messages, scene
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from invert.errors import InvertError, InvertWarning
 from invert.pairs import find_pairs, load_pairs, open_image
-
-from conftest import messages, scene
 
 
 def noisy(size=(48, 40), mode="RGB"):

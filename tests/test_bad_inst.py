@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import messages, scene
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from invert.api import load_method
 from invert.errors import InstructionFileError, InvertError
 from invert.instruction import MAX_HEADER_BYTES, Instruction, tensors_sha256
-
-from conftest import messages, scene
 
 WIDTH = 32  # the tiny text encoder's
 

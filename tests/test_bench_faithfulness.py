@@ -1,7 +1,7 @@
 """The faithfulness benchmarks run end to end on small models: clip rules (tiny model) and PEZ init (toy CLIP)."""
-from invert.bench import pez_init, visii_clip_rules
-
 from conftest import scene
+
+from benchmarks import pez_init, visii_clip_rules
 
 
 def test_clip_rules_bench_on_the_tiny_model(editor, clip):

@@ -1,10 +1,10 @@
-"""The growth benchmark (invert.bench.growth) on the tiny model: each dimension's values run, interleaved, with
+"""The growth benchmark (benchmarks.growth) on the tiny model: each dimension's values run, interleaved, with
 their figures relative to the first; fit-batch runs its shards as separate processes."""
 import shutil
 
 import pytest
 
-from invert.bench import growth
+from benchmarks import growth
 
 
 @pytest.mark.parametrize("dimension", ["pairs", "parts", "apply-batch"])

@@ -1,6 +1,6 @@
-"""The precision benchmark's raw-arithmetic line (invert.bench.precision matmul): fp32 and bf16 timed in turn,
+"""The precision benchmark's raw-arithmetic line (benchmarks.precision matmul): fp32 and bf16 timed in turn,
 their throughput and ratio reported."""
-from invert.bench import precision
+from benchmarks import precision
 
 
 def test_matmul_times_fp32_and_bf16_in_turn_and_reports_their_ratio(capsys):

@@ -2,16 +2,15 @@
 import numpy as np
 import pytest
 import torch
+from conftest import float_noise, make_trainer, scene, tiny_fit
 from diffusers import StableDiffusionInstructPix2PixPipeline
 
 import invert
 from invert.api import load_method, mixed_method
-from invert.guidance import Rows
+from invert.backbones.guidance import Rows
 from invert.methods.brush import Brush, cross_attention_layers
 from invert.methods.settings import BrushSettings
-from invert.schedules import parts_schedule, part_timesteps, time_part
-
-from conftest import float_noise, make_trainer, scene, tiny_fit
+from invert.schedules import part_timesteps, parts_schedule, time_part
 
 
 def night(n=3):

@@ -4,11 +4,10 @@ import json
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import scene
 from PIL import Image
 
 from invert.cli.main import cli
-
-from conftest import scene
 
 
 @pytest.fixture

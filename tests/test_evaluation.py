@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import scene
 from PIL import Image
 
 from invert.cli.main import cli
 from invert.evaluation import as_tensor, psnr, score, ssim
-
-from conftest import scene
 
 
 def noisy(img: Image.Image, sigma: float, seed: int = 0) -> Image.Image:

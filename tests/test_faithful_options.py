@@ -3,17 +3,16 @@ InstructBrush's Karras sampler, on the tiny model."""
 import numpy as np
 import pytest
 import torch
+from conftest import scene, stop_at, tiny_fit
 
 import invert
-from invert.checkpoint import FitState, FitStopped
 from invert.errors import InvertError
+from invert.fitting.checkpoint import FitState, FitStopped
+from invert.fitting.loop import OFFICIAL_LOSS_SCALE, GradientClip
 from invert.methods import settings_for
 from invert.sampling import FitNoise, make_scheduler, set_timesteps
 from invert.schedules import draw_noises
 from invert.settings import OFFICIAL
-from invert.training import OFFICIAL_LOSS_SCALE, GradientClip
-
-from conftest import scene, stop_at, tiny_fit
 
 
 def night(n=2):

@@ -20,8 +20,8 @@ def toy():
 
 @pytest.fixture
 def two_threads():
-    """The fixtures' images were made with torch on 2 threads; with 1 (OMP_NUM_THREADS=1, as a shared machine
-    runs the suite) the matmuls sum in another order and one pixel of lora's image comes out 1 level apart."""
+    """The fixtures' images were made with torch on 2 threads (on an AMD EPYC); with 1 the matmuls sum in another
+    order and one pixel of lora's image comes out 1 level apart."""
     import torch
 
     before = torch.get_num_threads()
@@ -38,7 +38,12 @@ def test_a_version_1_instruction_edits_as_it_did(toy, name, two_threads):
     for reverse, expected in cases:
         ours = np.asarray(invert.apply(inst, image, editor=toy, steps=20, reverse=reverse), dtype=np.int16)
         theirs = np.asarray(Image.open(V1 / expected).convert("RGB"), dtype=np.int16)
-        assert np.abs(ours - theirs).max() == 0, f"{expected}: differs by up to {np.abs(ours - theirs).max()}"
+        # The file must load to the same instruction: a wrong load moves most pixels by many levels. Another CPU's
+        # kernels (AVX2 against AVX-512) sum in another order and can round a few pixels one level the other way
+        # (seen: lora.png, one level, on an Intel Xeon), which the PNG keeps.
+        diff = np.abs(ours - theirs)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, f"{expected}: differs by up to {diff.max()} on " \
+                                                              f"{(diff > 0).mean():.1%} of the values"
 
 
 def test_a_version_1_file_saved_again_is_the_current_version(toy, tmp_path):

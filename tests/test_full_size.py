@@ -21,9 +21,9 @@ def full_editor():
 def full_clip():
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+    from invert.backbones.editor import CONFIGS
+    from invert.backbones.tokenizer import clip_tokenizer
     from invert.clip import TransformersClip
-    from invert.editor import CONFIGS
-    from invert.tokenizer import clip_tokenizer
 
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig.from_pretrained(CONFIGS / "clip-vit-large-patch14"))

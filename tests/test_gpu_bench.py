@@ -1,4 +1,4 @@
-"""The prepared GPU run (examples/gpu_speed.sh, invert.bench.gpu) on its CPU path: the script as a user runs it,
+"""The prepared GPU run (examples/gpu_speed.sh, benchmarks.gpu) on its CPU path: the script as a user runs it,
 on the toy model, every measurement of the table, the JSON and Markdown it writes; and its robustness: a failing
 or overlong measurement is recorded, the run goes on."""
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from invert.bench import gpu
+from benchmarks import gpu
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "gpu_speed.sh"
 

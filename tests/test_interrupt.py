@@ -8,14 +8,13 @@ import time
 
 import pytest
 import torch
-
-from invert.checkpoint import FitDiverged, FitState, FitStopped
-from invert.errors import InvertError
-from invert.instruction import Instruction
-from invert.signals import stop_on_signals
-from invert.training import Trainer
-
 from conftest import scene, stop_at, tiny_fit
+
+from invert.cli.signals import stop_on_signals
+from invert.errors import InvertError
+from invert.fitting.checkpoint import FitDiverged, FitState, FitStopped
+from invert.fitting.loop import Trainer
+from invert.instruction import Instruction
 
 BEFORES = [scene(i) for i in range(2)]
 AFTERS = [scene(i, night=True) for i in range(2)]

@@ -2,11 +2,10 @@
 from pathlib import Path
 
 import pytest
+from conftest import scene
 from PIL import Image
 
-from invert.batch import output_name
-
-from conftest import scene
+from invert.cli.batch import output_name
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,14 @@ import json
 
 import pytest
 import torch
+from conftest import float_noise, messages, scene, tiny_fit
 from safetensors.torch import load_file, save_file
 
-from invert.errors import InstructionFileError, InvertError
 from invert.api import load_method
+from invert.errors import InstructionFileError, InvertError
+from invert.fitting.losses import clip_direction
 from invert.instruction import Instruction
 from invert.library import Entry, Library, build_library, mix_entries
-from invert.losses import clip_direction
-
-from conftest import float_noise, messages, scene, tiny_fit
 
 EDITS = {  # name -> (method, init text, after image of scene i); the init texts differ in token count
     "night": ("brush", "make it night", lambda i: scene(i, night=True)),

@@ -3,16 +3,15 @@ fit is reproducible (with and without --low-memory), mixing is exact, and an exp
 in a plain diffusers pipeline."""
 import pytest
 import torch
+from conftest import float_noise, make_trainer, scene, tiny_fit
 
 import invert
 from invert.api import mixed_method
+from invert.backbones.guidance import Rows
 from invert.errors import InstructionFileError, InvertError
-from invert.guidance import Rows
 from invert.instruction import Instruction
 from invert.methods.lora import Lora
 from invert.methods.settings import LoraSettings
-
-from conftest import float_noise, make_trainer, scene, tiny_fit
 
 
 def night_pairs(n=3):

@@ -6,11 +6,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import scene
 
 from invert.errors import ModelLoadError
 from invert.instruction import Instruction
-
-from conftest import scene
 
 QUICK_FIT = ("--resolution", 32, "--steps", 0, "--init-text", "night", "--quiet")
 
@@ -39,7 +38,7 @@ def test_what_loads_and_from_where_is_said_and_the_hub_bars_stay(run, tiny_model
 
 
 def test_where_a_model_comes_from(monkeypatch, tmp_path):
-    from invert.model_info import where
+    from invert.backbones.model_info import where
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -91,7 +90,7 @@ def test_a_device_this_machine_has_not_got_is_one_line(run, tiny_model_dir, pair
 
 
 def test_default_threads_leave_the_busy_cores_alone(monkeypatch):
-    from invert.threads import default_threads
+    from invert.cli.threads import default_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert default_threads(cores=8, load=0.2) == 8
@@ -107,7 +106,9 @@ def test_threads_option_environment_and_default(run, tiny_model_dir, pairs_dir, 
 
     runs_a_model = {"fit", "fit-batch", "apply", "eval", "phrases", "import-visii", "ui"}
     assert all("threads" in {p.name for p in cli.commands[c].params} for c in runs_a_model)
-    assert all("threads" in {p.name for p in cli.commands["bench"].commands[c].params} for c in ("speed", "quality"))
+    from benchmarks.cli import bench
+
+    assert all("threads" in {p.name for p in bench.commands[c].params} for c in ("speed", "quality"))
     before = torch.get_num_threads()
     try:
         assert run("fit", pairs_dir, "-o", tmp_path / "a.inst", "--model", tiny_model_dir, "--threads", 3,

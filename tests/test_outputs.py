@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import scene
 from PIL import Image
 
 from invert.cli.main import cli
-
-from conftest import scene
 
 TOY = Path(__file__).resolve().parent.parent / "examples" / "toy" / "night"
 
@@ -63,7 +62,7 @@ def test_inspect_of_an_image_says_it_is_not_an_instruction(run, tmp_path):
 
 
 def test_previews_are_readable_and_titled(run, tiny_model_dir, pairs_dir, tmp_path):
-    from invert.grid import COLUMNS, GAP, READABLE
+    from invert.cli.grid import COLUMNS, GAP, READABLE
 
     inst, out = tmp_path / "x.inst", tmp_path / "out"
     assert run("fit", pairs_dir, "-o", inst, "--model", tiny_model_dir, "--resolution", 32, "--steps", 0,
@@ -93,8 +92,13 @@ def test_previews_are_readable_and_titled(run, tiny_model_dir, pairs_dir, tmp_pa
     assert (image[:, 3 * height + 16:] < 128).any(), "each row's name and PSNR beside it"
 
 
-def test_bench_quality_prints_json_to_stdout_and_writes_it_with_output(run, tmp_path):
-    args = ("bench", "quality", "--edits", "night", "--shots", 1, "--n-test", 1, "--rows", "no_edit", "--apply-steps",
+def test_bench_quality_prints_json_to_stdout_and_writes_it_with_output(tmp_path):
+    from click.testing import CliRunner
+
+    from benchmarks.cli import bench
+
+    run = lambda *args: CliRunner().invoke(bench, [str(a) for a in args], catch_exceptions=False)  # noqa: E731
+    args = ("quality", "--edits", "night", "--shots", 1, "--n-test", 1, "--rows", "no_edit", "--apply-steps",
             1, "--device", "cpu")
     r = run(*args, "--json", "-o", tmp_path / "q.json")
     assert r.exit_code == 0, r.output
@@ -105,7 +109,9 @@ def test_bench_quality_prints_json_to_stdout_and_writes_it_with_output(run, tmp_
 def test_every_long_command_has_quiet_and_apply_top_is_now_best():
     long = {"fit", "fit-batch", "apply", "eval", "phrases", "import-visii"}
     assert all("quiet" in {p.name for p in cli.commands[c].params} for c in long)
-    assert all("quiet" in {p.name for p in cli.commands["bench"].commands[c].params} for c in ("speed", "quality"))
+    from benchmarks.cli import bench
+
+    assert all("quiet" in {p.name for p in bench.commands[c].params} for c in ("speed", "quality"))
     apply_flags = {o for p in cli.commands["apply"].params for o in p.opts}
     assert "--best" in apply_flags and "--top" not in apply_flags, "--top is fit's phrases per image"
 

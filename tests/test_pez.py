@@ -3,11 +3,10 @@ import json
 
 import pytest
 import torch
+from conftest import float_noise, scene
 
 from invert.errors import InvertError
-from invert.pez import text_tower, pez_prompt
-
-from conftest import float_noise, scene
+from invert.fitting.pez import pez_prompt, text_tower
 
 
 def afters():

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from invert.clip import Clip
-from invert.phrases import caption, unique_phrases
+from invert.fitting.phrases import caption, unique_phrases
 from invert.vocab import load_vocab, vocab_path
 
 PHRASES = ["daylight", "night", "a red square", "a blue square", "noise one", "noise two"]

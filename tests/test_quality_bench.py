@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from invert.cli.main import cli
+from benchmarks import quality as benchmark
+from benchmarks.cli import bench
 from invert.evaluation import as_tensor, psnr
-from invert.bench import quality as benchmark
 from invert.toy import world
 
 
 def test_quality_table(tiny_model_dir, tmp_path):
     out = tmp_path / "q.json"
-    r = CliRunner().invoke(cli, ["bench", "quality", "--model", str(tiny_model_dir),
+    r = CliRunner().invoke(bench, ["quality", "--model", str(tiny_model_dir),
                                  "--edits", "night,circle_red,hue90", "--steps", "1", "--shots", "1,2",
                                  "--n-test", "2", "--apply-steps", "2", "-o", str(out)])
     assert r.exit_code == 0, r.output
@@ -45,15 +45,15 @@ def test_quality_table(tiny_model_dir, tmp_path):
 
 
 def test_quality_rejects_unknown_names(tiny_model_dir):
-    r = CliRunner().invoke(cli, ["bench", "quality", "--model", str(tiny_model_dir), "--edits", "night,teleport"])
+    r = CliRunner().invoke(bench, ["quality", "--model", str(tiny_model_dir), "--edits", "night,teleport"])
     assert r.exit_code == 1 and "unknown edit 'teleport'" in r.output
 
 
 def test_the_steps_study_scores_each_snapshot_as_the_fit_that_stopped_there(editor, clip):
-    """invert.bench.steps_lr fits once to the largest step count and scores its snapshots: the snapshot at step 1
+    """benchmarks.steps_lr fits once to the largest step count and scores its snapshots: the snapshot at step 1
     must score what a 1-step fit scores (the learning rate is constant and the schedule a prefix)."""
+    from benchmarks.steps_lr import study
     from invert.api import apply, fit_images
-    from invert.bench.steps_lr import study
     from invert.methods import settings_for
 
     rows = study(editor, clip, "visii", 1e-2, ["night"], [1, 3], shots=2, n_val=2, log=lambda line: None)["night"]

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from benchmarks.cli import bench
 from invert.cli.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,16 +37,16 @@ SKIPPED = {  # the start of an example -> why it is not run here
     "torchrun": "one process per GPU",
     "accelerate launch": "one process per GPU",
     "sbatch": "needs a SLURM cluster",
-    "invert bench speed --method visii --steps 2": "the full-size IP2P at 512: a GPU's work (minutes a step on a CPU)",
-    "invert bench speed --method brush --low-memory": "the full-size IP2P at 512: a GPU's work",
-    "OMP_NUM_THREADS=1 invert bench speed --model toy": "a timing run of minutes (its --steps must be a multiple of "
+    "python -m benchmarks speed --method visii --steps 2": "the full-size IP2P at 512: a GPU's work (minutes a step on a CPU)",
+    "python -m benchmarks speed --method brush --low-memory": "the full-size IP2P at 512: a GPU's work",
+    "OMP_NUM_THREADS=1 python -m benchmarks speed --model toy": "a timing run of minutes (its --steps must be a multiple of "
                                                         "--block); tests/test_speed.py runs the command on the tiny "
                                                         "model",
-    "OMP_NUM_THREADS=1 python -m invert.bench.": "benchmarks of minutes to hours; tests/test_bench_precision.py and "
+    "OMP_NUM_THREADS=1 python -m benchmarks.": "benchmarks of minutes to hours; tests/test_bench_precision.py and "
                                                  "tests/test_bench_growth.py run each on the toy or tiny model",
-    "python -m invert.bench.growth fit-batch": "a benchmark of minutes (tests/test_bench_growth.py runs it tiny)",
-    "invert bench quality -o quality.json": "the whole benchmark: hours of CPU at the toy model's defaults",
-    "python -m invert.toy.train": "trains the toy model: an hour",
+    "python -m benchmarks.growth fit-batch": "a benchmark of minutes (tests/test_bench_growth.py runs it tiny)",
+    "python -m benchmarks quality -o quality.json": "the whole benchmark: hours of CPU at the toy model's defaults",
+    "python -m benchmarks.toy_train": "trains the toy model: an hour",
     "examples/apply_every_instruction.sh": "20 invert processes over the 4 toy sets, minutes; "
                                            "tests/test_examples.py runs it end to end on two small sets",
     "examples/quickstart.sh": "three invert processes: it runs the commands of the block after it, which run here "
@@ -166,9 +167,12 @@ def run_invert(line: str, tiny_model: Path, monkeypatch) -> str | None:
     while "=" in words[0]:
         name, _, value = words.pop(0).partition("=")
         monkeypatch.setenv(name, value)
+    if words[:3] == ["python", "-m", "benchmarks"]:  # the benchmarks' group, run here as `invert bench ...` would be
+        words = ["invert", "bench", *words[3:]]
     pipe = words.index("|") if "|" in words else len(words)
     words, after = substituted(words[:pipe], tiny_model), words[pipe + 1:]
-    r = CliRunner().invoke(cli, words[1:], catch_exceptions=False)
+    group, args = (bench, words[2:]) if words[1] == "bench" else (cli, words[1:])
+    r = CliRunner().invoke(group, args, catch_exceptions=False)
     assert r.exit_code == 0, f"{line}\nran as: {shlex.join(words)}\n{r.output[-3000:]}"
     if after and shutil.which(after[0]) is None:
         return f"{line}: {after[0]} is not installed"
@@ -208,7 +212,7 @@ def test_readme_examples_run_as_written(heading, block, workspace, tiny_model_di
         monkeypatch.setenv(name, value)
     not_run = []
     for line in runnable:
-        if not any(line.startswith(start) for start in SHELLS) and re.match(r"^(\w+=\S+ )*invert ", line):
+        if not any(line.startswith(start) for start in SHELLS) and re.match(r"^(\w+=\S+ )*(invert|python -m benchmarks) ", line):
             not_run.append(run_invert(line, tiny_model_dir, monkeypatch))
         else:
             not_run.append(run_shell(line, folder))

@@ -2,13 +2,12 @@
 apply --reverse; the cycle term couples the two."""
 import pytest
 import torch
+from conftest import scene, tiny_fit
 
 import invert
 from invert.api import load_method
 from invert.errors import InstructionFileError
 from invert.instruction import Instruction
-
-from conftest import scene, tiny_fit
 
 
 def night_pairs(n=3):
@@ -86,8 +85,9 @@ def test_cli_reverse(run, tiny_model_dir, pairs_dir, tmp_path):
 def test_low_memory_computes_the_gradients_of_a_plain_two_way_fit(editor, clip):
     """Regression: the reverse instruction's K/V must be the ones a recomputed forward pass uses too (it used to
     recompute with the forward instruction's processors installed: learned tensors differed by 0.005)."""
-    from invert.methods.brush import Brush
     from test_lora import assert_same_gradients, step_gradients
+
+    from invert.methods.brush import Brush
 
     def two_way():
         forward = Brush.initialize(editor, editor.encode_text(["make it night"]), "make it night")

@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import float_noise, scene, tiny_fit
 from diffusers import StableDiffusionInstructPix2PixPipeline
 
 import invert
 from invert.api import load_method
-from invert.guidance import Rows
-
-from conftest import float_noise, scene, tiny_fit
+from invert.backbones.guidance import Rows
 
 
 def text_embeds(method, editor):

@@ -7,15 +7,25 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
-
-from invert.bench.speed import (INIT_TEXT, FloorLoop, Ratio, ReferenceLoop, _check_spread, interleaved, make_method,
-                                reference_loss, reference_run, synthetic_pairs, trainer_for)
-from invert.cli.main import cli
-from invert.editor import load_editor
-from invert.losses import clip_direction
-from invert.settings import FitSettings
-
 from conftest import GUIDANCE_GAIN, float_noise, tiny_fit
+
+from benchmarks.cli import bench as bench_group
+from benchmarks.speed import (
+    INIT_TEXT,
+    FloorLoop,
+    Ratio,
+    ReferenceLoop,
+    _check_spread,
+    interleaved,
+    make_method,
+    reference_loss,
+    reference_run,
+    synthetic_pairs,
+    trainer_for,
+)
+from invert.backbones.editor import load_editor
+from invert.fitting.losses import clip_direction
+from invert.settings import FitSettings
 
 RES = 32
 
@@ -151,7 +161,7 @@ def bench():
     runner = CliRunner()
 
     def invoke(*args):
-        return runner.invoke(cli, ["bench", "speed", *map(str, args)], catch_exceptions=False)
+        return runner.invoke(bench_group, ["speed", *map(str, args)], catch_exceptions=False)
 
     return invoke
 

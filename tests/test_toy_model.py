@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import invert
+from invert.api import fit_images
 from invert.clip import clip_name_for, load_clip
 from invert.evaluation import as_tensor, psnr
-from invert.api import fit_images
 from invert.methods import settings_for
 from invert.toy import world
 from invert.vocab import model_vocab

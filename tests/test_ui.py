@@ -179,7 +179,7 @@ def test_stop_keeps_the_state_and_resume_finishes(server, client, fitted):
     from gradio_client import Client, handle_file
     from gradio_client.utils import Status
 
-    from invert.checkpoint import FitState
+    from invert.fitting.checkpoint import FitState
     from invert.instruction import Instruction
 
     job = client.submit(*fit_args(method="visii", steps=60), api_name="/fit")

@@ -4,16 +4,15 @@ import warnings
 
 import pytest
 import torch
+from conftest import make_trainer, scene, stop_at, tiny_fit
 
-from invert.checkpoint import FitState, FitStopped
 from invert.errors import InvertWarning
+from invert.fitting.checkpoint import FitState, FitStopped
+from invert.fitting.loop import Scoring
+from invert.fitting.validation import Validation, best_text, check_fit, held_out, scoring_interval
 from invert.methods import method_class, settings_for
 from invert.methods.settings import VisiiSettings
 from invert.sampling import sample
-from invert.training import Scoring
-from invert.validation import Validation, best_text, check_fit, held_out, scoring_interval
-
-from conftest import make_trainer, scene, stop_at, tiny_fit
 
 BEFORES = [scene(i) for i in range(3)]
 AFTERS = [scene(i, night=True) for i in range(3)]

@@ -1,13 +1,12 @@
 """VISII fitting on the tiny model: the loss falls, only the learned positions move, runs are reproducible."""
 import torch
+from conftest import GUIDANCE_GAIN, float_noise, make_trainer, scene, tiny_fit
 
-from invert.guidance import Rows
+from invert.backbones.guidance import Rows
+from invert.fitting.loop import predict
 from invert.methods.settings import VisiiSettings
 from invert.methods.visii import Visii
 from invert.schedules import draw_noises, timestep_order
-from invert.training import predict
-
-from conftest import GUIDANCE_GAIN, float_noise, make_trainer, scene, tiny_fit
 
 
 def night_pairs(n=3):

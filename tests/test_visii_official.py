@@ -4,14 +4,12 @@ import importlib.util
 
 import pytest
 import torch
-
-from invert.bench.visii_official import (OFFICIAL_LOSS_SCALE, OfficialOptions, OfficialVisii, clip_gradient,
-                                         clip_value)
-from invert.errors import InvertError
-from invert.losses import clip_direction
-from invert.methods.visii import Visii
-
 from conftest import GUIDANCE_GAIN, float_noise, make_trainer, scene
+
+from benchmarks.visii_official import OFFICIAL_LOSS_SCALE, OfficialOptions, OfficialVisii, clip_gradient, clip_value
+from invert.errors import InvertError
+from invert.fitting.losses import clip_direction
+from invert.methods.visii import Visii
 
 STEPS = 10
 

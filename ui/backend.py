@@ -9,14 +9,14 @@ from PIL import Image
 
 import invert
 from invert.api import FitProgress
-from invert.checkpoint import FitState, FitStopped
 from invert.defaults import DEFAULT_TEMPERATURE
 from invert.errors import InvertError
+from invert.fitting.checkpoint import FitState, FitStopped
 from invert.instruction import Instruction
 from invert.pairs import Pair, find_pairs, is_image_file, open_image
 
 if TYPE_CHECKING:
-    from invert.phrases import PhraseChoice
+    from invert.fitting.phrases import PhraseChoice
 
 __all__ = ["DEFAULT_TEMPERATURE", "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model",
            "Pair", "describe", "find_pairs", "is_image_file", "load_instruction", "open_image", "save_instruction",
@@ -70,7 +70,7 @@ class Model:
     def phrases(self, pairs: list[Pair]) -> PhraseChoice:
         """InstructBrush's phrase choice for these pairs (``invert phrases``): ``.text``, ``.p_x``, ``.p_y``,
         ``.candidates``."""
-        from invert.phrases import unique_phrases
+        from invert.fitting.phrases import unique_phrases
         from invert.vocab import load_vocab, model_vocab
 
         befores, afters = self.load_pairs(pairs)

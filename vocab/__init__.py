@@ -49,7 +49,7 @@ def model_vocab(model: str | None) -> tuple[str, ...]:
     """The default vocabulary for a base model: its folder's own ``vocab.txt`` (the toy model ships one, as the
     default list describes photos, not its world), else ``default``."""
     if model:
-        from invert.model_info import resolve_model_path
+        from ..backbones.model_info import resolve_model_path
 
         own = Path(resolve_model_path(model)) / "vocab.txt"
         if own.is_file():

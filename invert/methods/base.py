@@ -2,7 +2,7 @@
 the module's), and how that state conditions the frozen UNet.
 
 The fitting loop and the sampler are shared and never ask which method they run: they pass a method the
-layout of each UNet batch (:class:`~invert.guidance.Rows`) and use the conditioning it returns. A method owns
+layout of each UNet batch (:class:`~invert.backbones.guidance.Rows`) and use the conditioning it returns. A method owns
 everything else about itself: initialization, the file's tensors, hybrid text, strength, widening to more
 token positions, mixing, its reverse (the edit undone) and its exports."""
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, ClassVar, ContextManager
 import torch
 from torch import nn
 
-from ..editor import Editor, TextEncoding
+from ..backbones.editor import Editor, TextEncoding
+from ..backbones.guidance import Rows
 from ..errors import InstructionFileError, InvertError
-from ..guidance import Rows
 
 DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's instructions have about 10 tokens)
 REVERSE = "reverse."  # prefix of a two-way instruction's reverse tensors in the file

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..editor import Editor, TextEncoding
+from ..backbones.editor import Editor, TextEncoding
+from ..backbones.guidance import Rows
 from ..errors import InstructionFileError, InvertError
-from ..guidance import Rows
 from ..schedules import parts_schedule, time_part
 from .base import DEFAULT_TOKENS, Conditioning, Method, Stage, append_text, check_mixable, check_prompt_tensors
 from .settings import BrushSettings

@@ -19,9 +19,9 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
-from ..editor import Editor, TextEncoding
+from ..backbones.editor import Editor, TextEncoding
+from ..backbones.guidance import Rows
 from ..errors import InstructionFileError, InvertError
-from ..guidance import Rows
 from .base import Conditioning, Method, check_mixable, check_prompt_tensors
 from .settings import LoraSettings
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..guidance import Rows
+from ..backbones.guidance import Rows
 from .base import REVERSE, Conditioning, Method, Stage
 
 

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..backbones.editor import Editor, TextEncoding
+from ..backbones.guidance import Rows
 from ..clip import Clip
-from ..editor import Editor, TextEncoding
 from ..errors import InstructionFileError, InvertError
-from ..guidance import Rows
 from .base import DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors
 from .settings import VisiiSettings
 

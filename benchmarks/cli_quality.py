@@ -1,0 +1,74 @@
+"""``python -m benchmarks quality``: the toy world's quality table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from invert.cli.common import check_output, quiet_option, threads_option, user_errors
+from invert.errors import InvertError
+
+
+@click.command("quality")
+@click.option("--model", default="toy", show_default=True, envvar="INVERT_MODEL",
+              help="A model trained on the toy world (its folder holds the toy CLIP in clip/).")
+@click.option("--edits", default=None,
+              help="Comma-separated edit names; default: 5 global, 5 local, 12 hard (8 of them new).")
+@click.option("--steps", default=None, type=click.IntRange(min=0),
+              help="Fit steps (InstructBrush: per time part, the parts trained together); default: the model's own "
+                   "(the toy model's: 300 for visii and lora, 100 for brush).")
+@click.option("--shots", default="1,10", show_default=True, help="Comma-separated exemplar counts.")
+@click.option("--apply-steps", default=20, show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
+@click.option("--n-test", default=5, show_default=True, type=click.IntRange(min=1), help="Held-out pairs per edit.")
+@click.option("--rows", default=None, help="Comma-separated rows; default: all.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE",
+              help="auto, cuda, cuda:1, mps or cpu. [env: INVERT_DEVICE]")
+@threads_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the full result (per edit, per row) as one JSON object instead of the table.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Also write the full result as JSON to this file.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@quiet_option
+@user_errors
+def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, device, as_json, output, force, quiet):
+    """Fit and apply every method on held-out scenes of the toy world and print the TOP-Bench-style table.
+
+    \b
+      python -m benchmarks quality                             # the README table (hours on a 2-core CPU)
+      python -m benchmarks quality --edits night,hue90 --shots 10 --steps 50 -o q.json
+      python -m benchmarks quality --edits night --shots 1 --steps 20 --json | jq .edits.night
+    """
+    from invert.backbones.editor import load_editor
+    from invert.clip import clip_name_for, load_clip
+    from invert.toy import world
+
+    from . import quality as benchmark
+
+    if output is not None:
+        check_output(output, force)
+    names = edits.split(",") if edits else None
+    for name in names or []:
+        if name not in world.EDITS and name not in world.HARD_EDITS:
+            raise InvertError(f"unknown edit '{name}' (known: {', '.join([*world.EDITS, *world.HARD_EDITS])})")
+    chosen_rows = tuple(rows.split(",")) if rows else benchmark.ROWS
+    unknown = set(chosen_rows) - set(benchmark.ROWS)
+    if unknown:
+        raise InvertError(f"unknown rows {', '.join(sorted(unknown))} (known: {', '.join(benchmark.ROWS)})")
+    try:
+        shot_counts = tuple(int(k) for k in shots.split(","))
+    except ValueError:
+        raise InvertError(f"--shots {shots!r}: expected comma-separated integers such as 1,10") from None
+    editor = load_editor(model, device)
+    clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
+    settings = benchmark.QualitySettings(steps=steps, shots=shot_counts, n_test=n_test, apply_steps=apply_steps, seed=seed, rows=chosen_rows)
+    result = benchmark.run(editor, clip, names, settings, log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
+    result["model"] = model
+    click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))
+    if output is not None:
+        from invert.instruction import write_atomically
+
+        write_atomically(output, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"), force)
+        click.echo(f"wrote {output}", err=True)

@@ -1,2 +1,0 @@
-"""Benchmarks and reference loops: speed and quality measurements that import the core; the core never
-imports them."""

@@ -1,0 +1,235 @@
+"""The ``.inst`` file: a safetensors file of learned tensors plus string metadata, checked on load.
+
+Metadata values are strings (safetensors' rule); structured values are JSON. ``tensor_sha256`` covers every
+tensor's name, dtype, shape and bytes, so a changed byte is detected on load."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import InstructionFileError, InvertError
+
+FORMAT = "invert.inst"
+# 2: InstructBrush's K/V stored per cross-attention layer by name (brush.<processor>.k), where version 1 stored
+# one (parts, m, sum of widths) tensor with the widths in extra.layers; version 1 files still load.
+VERSION = 2
+# Metadata keys holding JSON rather than plain strings.
+_JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra", "model_defaults", "validation", "init_scores"}
+# The JSON type each must have (apply reads into them), and the keys that must hold integers.
+_JSON_TYPES = {"guidance": dict, "exemplars": list, "options": dict, "phrases": dict, "extra": dict,
+               "model_defaults": dict, "validation": dict, "init_scores": dict}
+_INT_KEYS = {"seed", "noise_seed", "steps", "resolution", "num_tokens"}
+# safetensors' own limit is 100 MB of header JSON; an .inst needs a few kB (1 MB with a huge phrase list).
+MAX_HEADER_BYTES = 16 << 20
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # reshape: a 0-dim tensor cannot be viewed as bytes (the bytes of other tensors are the same)
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def write_atomically(path: Path, write, force: bool = False) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a half-written file."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise InvertError(f"{path}: already exists (use --force to overwrite)")
+    if not path.parent.exists():
+        raise InvertError(f"{path.parent}: output folder does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InvertError(f"{path.parent}: cannot write there ({exc.strerror or exc})") from None
+    os.close(fd)
+    try:
+        write(tmp)
+        # mkstemp makes the file 0600 (and a writer may replace it with a private file of its own): the result
+        # gets the mode any new file gets, so that a group, a web server or a shared folder can read it as the
+        # user's umask allows.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a vanished folder: one line, and nothing half-written
+            raise InvertError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise
+
+
+def _umask() -> int:
+    """The process's umask. Linux reports it in /proc; elsewhere it can only be read by setting it, which is not
+    thread-safe (the web app writes from threads), so that is the fallback."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@dataclass
+class Instruction:
+    """A learned instruction: its method, its tensors and what is needed to apply and audit it."""
+
+    method: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False)  # the file it was loaded from, for error messages
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write atomically; refuse to overwrite an existing file unless ``force``."""
+        path = Path(path)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
+        meta = self.stored_metadata()
+        meta.update(format=FORMAT, version=str(VERSION), method=self.method, tensor_sha256=tensors_sha256(tensors))
+        write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=meta), force=force)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Instruction":
+        """Read and verify an .inst file: its format, version, header size, tensor checksum, finite values and
+        metadata types. Only safetensors is parsed; nothing is unpickled."""
+        path = Path(path)
+        tensors, meta = read_verified(path, FORMAT, VERSION)
+        for key in ("format", "version"):
+            meta.pop(key)
+        return cls.from_stored(tensors, meta, path)
+
+    def stored_metadata(self) -> dict[str, str]:
+        """The metadata as the file stores it (strings; JSON where structured), without format, version, method
+        and checksum."""
+        return {k: (json.dumps(v, sort_keys=True) if k in _JSON_KEYS else str(v)) for k, v in self.meta.items()
+                if v is not None}
+
+    @classmethod
+    def from_stored(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> "Instruction":
+        """An instruction from stored tensors and metadata strings (``method`` among them), checked as ``load``
+        checks a file: finite values, JSON and types of the metadata. Instruction libraries store them so too."""
+        for name, t in tensors.items():
+            if t.is_floating_point() and not torch.isfinite(t.float()).all():  # float() as fp8 has no isfinite
+                raise InstructionFileError(f"{path}: tensor '{name}' holds NaN or inf values")
+        parsed: dict[str, Any] = {}
+        for key, value in meta.items():
+            if key in _JSON_KEYS:
+                try:
+                    parsed[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    raise InstructionFileError(f"{path}: metadata '{key}' is not valid JSON") from None
+            else:
+                parsed[key] = value
+        _check_metadata_types(path, parsed)
+        method = parsed.pop("method", None)
+        return cls(method, tensors, parsed, path)
+
+    def check_model(self, fingerprint: str, allow_mismatch: bool = False, path: str | os.PathLike = "") -> None:
+        """Refuse an instruction learned on other base weights unless ``allow_mismatch``."""
+        expected = self.meta.get("model_fingerprint")
+        if expected and expected != fingerprint and not allow_mismatch:
+            raise InstructionFileError(
+                f"{path or 'instruction'}: learned on base model '{self.meta.get('base_model')}' (fingerprint "
+                f"{expected}), not on the loaded one ({fingerprint}); pass --allow-model-mismatch to use it anyway")
+
+
+def read_verified(path: Path, fmt: str, version: int, kind: str = "an .inst file"
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and string metadata of a safetensors file of format ``fmt`` (up to ``version``), with its
+    header size and tensor checksum verified; ``kind`` names such files in errors."""
+    if not path.is_file():
+        raise InstructionFileError(f"{path}: no such file")
+    check_safetensors_header(path, kind)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InstructionFileError(f"{path}: not {kind} (unreadable safetensors: {exc})") from None
+    if meta.get("format") != fmt:
+        raise InstructionFileError(f"{path}: not {kind} (format is {meta.get('format')!r})")
+    try:
+        found = int(meta.get("version", ""))
+    except ValueError:
+        raise InstructionFileError(f"{path}: bad format version {meta.get('version')!r}") from None
+    if found > version:
+        raise InstructionFileError(f"{path}: written by a newer invert (format version {found}; this reads "
+                                   f"{version}); upgrade invert")
+    if meta.pop("tensor_sha256", None) != tensors_sha256(tensors):
+        raise InstructionFileError(f"{path}: tensor checksum mismatch (the file is corrupted or was modified)")
+    return tensors, meta
+
+
+def check_safetensors_header(path: Path, kind: str = "an .inst file") -> None:
+    """Refuse, before any parsing, a file that is empty, truncated, a pickle, or announces a huge header."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # torch.save's zip archive, or a raw pickle (whose protocol byte could also start a header length: a
+    # safetensors header is JSON, so byte 8 tells them apart)
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[8:9] != b"{"):
+        raise InstructionFileError(f"{path}: not {kind} but a PyTorch pickle; invert never unpickles files (a VISII "
+                                   "prompt embedding can be converted with 'invert import-visii')")
+    if len(head) < 8:
+        raise InstructionFileError(f"{path}: truncated ({size} bytes; not {kind})")
+    if len(head) == 9 and head[8:9] != b"{":  # a safetensors header is JSON: whatever this is, it is not one
+        raise InstructionFileError(f"{path}: not {kind} ({'an image' if _is_image(path) else 'not a safetensors file'})")
+    header = int.from_bytes(head[:8], "little")
+    if header > MAX_HEADER_BYTES:
+        raise InstructionFileError(f"{path}: header of {header} bytes is over the {MAX_HEADER_BYTES}-byte limit "
+                                   f"(not {kind}, or a tampered one)")
+    if 8 + header > size:
+        raise InstructionFileError(f"{path}: truncated (the header needs {8 + header} bytes, the file has {size})")
+
+
+def _is_image(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
+def is_instruction_file(path: Path) -> bool:
+    """Whether ``path`` is an .inst file by its content (a safetensors header of format invert.inst), whatever
+    its name: an .inst renamed (or sent as a .bin) is still one."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES or f.read(1) != b"{":
+                return False
+            header = json.loads(b"{" + f.read(size - 1))
+    except (OSError, ValueError):  # unreadable, or not JSON (UnicodeDecodeError is a ValueError)
+        return False
+    return isinstance(header, dict) and isinstance(header.get("__metadata__"), dict) \
+        and header["__metadata__"].get("format") == FORMAT
+
+
+def _check_metadata_types(path: Path, meta: dict[str, Any]) -> None:
+    for key, kind in _JSON_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise InstructionFileError(f"{path}: metadata '{key}' should be a JSON {kind.__name__}")
+    guidance = meta.get("guidance", {})
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in guidance.values()):
+        raise InstructionFileError(f"{path}: metadata 'guidance' should hold numbers")
+    for key in _INT_KEYS & meta.keys():
+        try:
+            int(meta[key])
+        except ValueError:
+            raise InstructionFileError(f"{path}: metadata '{key}' should be an integer, not {meta[key]!r}") from None
