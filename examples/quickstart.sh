@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README quick start, on the toy model that ships with invert (CPU, no network, under 2 minutes):
+# The README quick start, on the toy model that ships with invert (CPU, no network, a few minutes):
 # learn "make it night" from 10 exemplar pairs, apply it to 5 new images, and score the results.
 #   examples/quickstart.sh [OUTPUT_FOLDER]        (default ./quickstart-out; uses `invert` from PATH or $INVERT)
 set -euo pipefail
