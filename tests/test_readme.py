@@ -1,12 +1,12 @@
-"""README's shell examples run as written, on the shipped toy model.
+"""The shell examples of README.md and docs/*.md run as written, on the shipped toy model.
 
-Every line of every shell code block in README.md is run, block by block, each block in a fresh folder that holds
-the files the examples name (pairs/, photo.jpg, sketch.inst, ...) but those the block itself writes. What is
-substituted: the model (INVERT_MODEL=toy; the README's TINY is the tiny test model), tiny step counts (--steps 2,
-appended to fit, fit-batch, apply and eval when a line has none, --init auto to fit and fit-batch when a line
-gives no init, and --apply-steps 2 for bench quality). The
-examples that are not run are listed in SKIPPED, with why; a listed example that README no longer has fails the
-test, so the list stays true."""
+Every line of every shell code block (a block without a language) of README.md and of each page of docs/ is run,
+block by block, each block in a fresh folder that holds the files the examples name (pairs/, photo.jpg,
+sketch.inst, ...) but those the block itself writes. What is substituted: the model (INVERT_MODEL=toy; the
+README's TINY is the tiny test model), tiny step counts (--steps 2, appended to fit, fit-batch, apply and eval when
+a line has none, --init auto to fit and fit-batch when a line gives no init, and --apply-steps 2 for bench
+quality). The examples that are not run are listed in SKIPPED, with why and the test that covers them instead; a
+listed example that no page has any more fails the test, so the list stays true."""
 import os
 import re
 import shlex
@@ -33,33 +33,53 @@ SKIPPED = {  # the start of an example -> why it is not run here
     ".venv/bin/invert ui": "a server that runs until stopped (tests/test_ui.py starts and drives it)",
     "hf download": "needs the Hugging Face hub",
     "invert fit pairs/ -o edit.inst --model ip2p": "needs the real IP2P weights (the hub)",
-    "invert import-visii": "needs the real IP2P weights and a file the official VISII code wrote",
-    "torchrun": "one process per GPU",
+    "invert import-visii": "needs the real IP2P weights and a file the official VISII code wrote "
+                           "(tests/test_bad_inst.py imports one on the tiny model)",
+    "torchrun": "one process per GPU (tests/test_fit_batch.py runs torchrun with two CPU processes)",
     "accelerate launch": "one process per GPU",
     "sbatch": "needs a SLURM cluster",
+    "examples/gpu_speed.sh": "needs a CUDA GPU (tests/test_gpu_bench.py runs the script's --tiny path on the CPU)",
     "python -m benchmarks speed --method visii --steps 2": "the full-size IP2P at 512: a GPU's work (minutes a step on a CPU)",
     "python -m benchmarks speed --method brush --low-memory": "the full-size IP2P at 512: a GPU's work",
     "OMP_NUM_THREADS=1 python -m benchmarks speed --model toy": "a timing run of minutes (its --steps must be a multiple of "
                                                         "--block); tests/test_speed.py runs the command on the tiny "
                                                         "model",
-    "OMP_NUM_THREADS=1 python -m benchmarks.": "benchmarks of minutes to hours; tests/test_bench_precision.py and "
-                                                 "tests/test_bench_growth.py run each on the toy or tiny model",
+    "OMP_NUM_THREADS=1 python -m benchmarks.precision": "minutes to hours; tests/test_bench_precision.py runs "
+                                                        "`precision matmul` small (`speed` and `quality` have no test)",
+    "OMP_NUM_THREADS=1 python -m benchmarks.growth": "minutes; tests/test_bench_growth.py runs pairs, parts and "
+                                                     "apply-batch on the tiny model (resolution has no test)",
     "python -m benchmarks.growth fit-batch": "a benchmark of minutes (tests/test_bench_growth.py runs it tiny)",
-    "python -m benchmarks quality -o quality.json": "the whole benchmark: hours of CPU at the toy model's defaults",
-    "python -m benchmarks.toy_train": "trains the toy model: an hour",
+    "python -m benchmarks quality --shots 10": "the table at the defaults: hours of CPU (tests/test_quality_bench.py "
+                                               "runs the benchmark small, and docs/reference.md's short lines run "
+                                               "here)",
+    "OMP_NUM_THREADS=1 python -m benchmarks.steps_lr": "the steps x lr study: over an hour (tests/test_quality_bench.py "
+                                                       "runs its snapshot scoring small)",
+    "OMP_NUM_THREADS=1 python -m benchmarks.ablation": "81 minutes; no test runs this benchmark "
+                                                       "(tests/test_faithful_options.py tests each option it compares)",
+    "python -m benchmarks.library": "minutes; no test runs this benchmark (tests/test_library.py tests libraries)",
+    "python -m benchmarks.lora_and_reverse": "minutes; no test runs this benchmark (tests/test_lora.py and "
+                                             "tests/test_reverse.py test what it measures)",
+    "python -m benchmarks.visii_clip_rules": "minutes (tests/test_bench_faithfulness.py runs it on the tiny model)",
+    "python -m benchmarks.pez_init": "PEZ at 3000 steps: minutes (tests/test_bench_faithfulness.py runs it on the toy "
+                                     "CLIP)",
+    "python -m benchmarks.oracle": "minutes of sampling over 34 edits; no test runs it",
+    "python -m benchmarks.toy_train": "trains the toy model: an hour; no test runs it",
+    "python examples/toy/make_examples.py": "rewrites examples/toy/ in the checkout (tests/test_toy_world.py checks "
+                                            "write_pair_folder, which it calls)",
     "examples/apply_every_instruction.sh": "20 invert processes over the 4 toy sets, minutes; "
                                            "tests/test_examples.py runs it end to end on two small sets",
-    "examples/quickstart.sh": "three invert processes: it runs the commands of the block after it, which run here "
+    "examples/quickstart.sh": "three invert processes: README runs the commands of the block after it, which run here "
                               "(test_quickstart_script_runs_the_next_block checks they are the same)",
+    "time examples/quickstart.sh": "the quick start, timed: README's quick-start commands run here",
 }
 SHELLS = {'eval "$(_INVERT_COMPLETE=zsh_source': "zsh", "_INVERT_COMPLETE=fish_source": "fish"}  # run by them
 
 
-def shell_blocks() -> list[tuple[str, list[str]]]:
-    """(heading, lines) of every code block without a language (README's shell examples), in order."""
+def shell_blocks(path: Path) -> list[tuple[str, list[str]]]:
+    """(heading, lines) of every code block without a language (a page's shell examples), in order."""
     blocks, heading = [], ""
     fence = re.compile(r"^( *)```(\w*)$")
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = path.read_text().splitlines()
     i = 0
     while i < len(lines):
         if lines[i].startswith("#"):
@@ -69,22 +89,31 @@ def shell_blocks() -> list[tuple[str, list[str]]]:
             end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
             if match.group(2) == "":
                 body = [line.strip() for line in lines[i + 1:end] if line.strip()]
-                blocks.append((f"{heading} #{sum(h == heading for h, _ in blocks) + 1}", body))
+                blocks.append((f"{heading} #{sum(h.rsplit(' #', 1)[0] == heading for h, _ in blocks) + 1}", body))
             i = end
         i += 1
     return blocks
 
 
-BLOCKS = shell_blocks()
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [(f"{page.relative_to(ROOT)}: {heading}", block) for page in PAGES for heading, block in shell_blocks(page)]
+README_BLOCKS = shell_blocks(ROOT / "README.md")
 
 
 def skipped(line: str) -> str | None:
     return next((why for start, why in SKIPPED.items() if line.startswith(start)), None)
 
 
-def test_the_skip_list_names_only_examples_readme_has():
+def test_the_pages_are_read():
+    names = {str(page.relative_to(ROOT)) for page in PAGES}
+    assert {"README.md", "docs/reference.md"} <= names
+    assert any(heading.startswith("docs/") for heading, _ in BLOCKS), "no shell example found in docs/"
+
+
+def test_the_skip_list_names_only_examples_the_pages_have():
     lines = [line for _, block in BLOCKS for line in block]
-    assert all(any(line.startswith(start) for line in lines) for start in [*SKIPPED, *SHELLS])
+    gone = [start for start in [*SKIPPED, *SHELLS] if not any(line.startswith(start) for line in lines)]
+    assert not gone, f"listed in SKIPPED or SHELLS but in no page's shell examples: {gone}"
     assert not any("huggingface-cli" in line for line in lines), "huggingface_hub 2 ships `hf`"
 
 
@@ -93,7 +122,7 @@ def test_quickstart_script_runs_the_next_block():
     names = {"INVERT": "invert", "OUT": "quickstart-out", "PAIRS": "examples/toy/night"}  # the script's defaults
     commands = [re.sub(r'"\$(\w+)([^"]*)"', lambda m: names[m[1]] + m[2], line).replace(" --force", "")
                 for line in script.splitlines() if line.startswith('"$INVERT"')]
-    block = next(lines for _, lines in BLOCKS if lines and lines[0].startswith("invert fit examples/toy/night/train"))
+    block = next(lines for _, lines in README_BLOCKS if lines and lines[0].startswith("invert fit examples/toy/night/train"))
     assert commands == block
 
 
@@ -200,7 +229,7 @@ def run_shell(line: str, folder: Path) -> str | None:
 
 
 @pytest.mark.parametrize("heading, block", BLOCKS, ids=[h for h, _ in BLOCKS])
-def test_readme_examples_run_as_written(heading, block, workspace, tiny_model_dir, tmp_path, monkeypatch):
+def test_shell_examples_run_as_written(heading, block, workspace, tiny_model_dir, tmp_path, monkeypatch):
     runnable = [line for line in block if not skipped(line)]
     if not runnable:
         pytest.skip("; ".join(sorted({skipped(line) for line in block})))
