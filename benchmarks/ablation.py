@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from invert.api import apply, fit_images
-from invert.backbones.editor import load_editor
+from invert.backbones import load_editor
 from invert.clip import clip_name_for, load_clip
 from invert.evaluation import as_tensor, psnr, score
 from invert.methods import settings_for

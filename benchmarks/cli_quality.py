@@ -41,7 +41,7 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, device,
       python -m benchmarks quality --edits night,hue90 --shots 10 --steps 50 -o q.json
       python -m benchmarks quality --edits night --shots 1 --steps 20 --json | jq .edits.night
     """
-    from invert.backbones.editor import load_editor
+    from invert.backbones import load_editor
     from invert.clip import clip_name_for, load_clip
     from invert.toy import world
 

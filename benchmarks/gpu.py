@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from invert.backbones.editor import Editor, load_editor, resolve_device, resolve_dtype
+from invert.backbones import Editor, load_editor, resolve_device, resolve_dtype
 
 from .speed import SpeedOptions, benchmark, device_name
 

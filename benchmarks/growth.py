@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from invert.backbones.editor import load_editor
+from invert.backbones import load_editor
 
 from .speed import apply_block, device_name, fit_block, peak_memory_mb, reset_peak_memory, synthetic_pairs
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from invert.api import apply, fit, fit_images
-from invert.backbones.editor import load_editor
+from invert.backbones import load_editor
 from invert.clip import clip_name_for, load_clip
 from invert.evaluation import score
 from invert.fitting.losses import clip_direction

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from invert.api import apply, fit_images
-from invert.backbones.editor import load_editor
+from invert.backbones import load_editor
 from invert.clip import clip_name_for, load_clip
 from invert.errors import InstructionFileError
 from invert.evaluation import as_tensor, psnr

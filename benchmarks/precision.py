@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from invert.backbones.editor import Editor, load_editor
+from invert.backbones import Editor, load_editor
 
 from .speed import apply_block, device_name, fit_block, synthetic_pairs
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from invert.api import fit_images, model_defaults
-from invert.backbones.editor import Editor
+from invert.backbones import Editor
 from invert.clip import Clip
 from invert.evaluation import score
 from invert.fitting.losses import clip_direction

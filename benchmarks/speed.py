@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from invert.backbones.editor import Editor, load_editor, resolve_dtype
-from invert.backbones.guidance import Rows, guided
+from invert.backbones import Editor, load_editor, resolve_dtype
+from invert.backbones.rows import Rows
 from invert.errors import InvertError
 from invert.fitting.loop import FitData, FitProgress, Trainer
 from invert.fitting.losses import row_mse
@@ -128,11 +128,11 @@ def reference_loss(trainer: Trainer, step: int) -> torch.Tensor:
     editor = data.editor
     latents = torch.cat([x.noisy] * 3)
     image = torch.cat([x.cond, x.cond, torch.zeros_like(x.cond)])
-    rows = Rows.ip2p(1, t, True, editor.device)
+    rows = Rows.of(editor.guidance_groups(), t)
     c = method.conditioning(rows, data.uncond)
     pred = editor.unet(torch.cat([latents, image], 1).to(editor.dtype), rows.timesteps, encoder_hidden_states=c.embeds,
                        cross_attention_kwargs=c.attention).sample.float()
-    loss = s.mse_weight * row_mse(guided(*pred.chunk(3), s.guidance, s.image_guidance), x.objective).sum()
+    loss = s.mse_weight * row_mse(editor.combine(list(pred.chunk(3)), s.guidance, s.image_guidance), x.objective).sum()
     extra = method.extra_loss()
     return loss if extra is None else loss + extra
 
@@ -193,7 +193,8 @@ class FloorLoop:
         dtype = data.editor.dtype
         text_x = torch.cat([x.noisy, x.cond], 1).to(dtype)
         others = torch.cat([text_x, torch.cat([x.noisy, torch.zeros_like(x.cond)], 1).to(dtype)])
-        width = data.uncond.shape[1:]
+        uncond = data.uncond.embeds
+        width = uncond.shape[1:]
         self.grad_calls = [(text_x, t)]  # (input, timesteps) of each call with autograd
         self.plain_calls = []
         if trainer.settings.loss_target == "cfg":
@@ -201,8 +202,8 @@ class FloorLoop:
                 self.grad_calls = [(torch.cat([text_x, others]), torch.cat([t, t, t]))]
             else:
                 self.plain_calls = [(others, torch.cat([t, t]))]
-        self.embeds = [data.uncond.expand(len(x), *width).clone().requires_grad_(True) for x, _ in self.grad_calls]
-        self.plain_embeds = [data.uncond.expand(len(x), *width) for x, _ in self.plain_calls]
+        self.embeds = [uncond.expand(len(x), *width).clone().requires_grad_(True) for x, _ in self.grad_calls]
+        self.plain_embeds = [uncond.expand(len(x), *width) for x, _ in self.plain_calls]
 
     def run(self, steps: int) -> float:
         sync(self.device)

@@ -1,5 +1,5 @@
 """How much the official VISII run's gradient clipping and optimizer change a fit, measured with the reference
-loop (invert/bench/visii_official.py) on any model:
+loop (benchmarks/visii_official.py) on any model:
 
 - the fraction of the learned entries' gradient that each clip rule changes, per step;
 - where each run ends: its training loss, the guided MSE of its final and "best" embeddings on a fixed
@@ -22,7 +22,7 @@ from dataclasses import asdict
 import torch
 from PIL import Image
 
-from invert.backbones.editor import Editor, load_editor
+from invert.backbones import Editor, load_editor
 from invert.clip import Clip, clip_name_for, load_clip
 from invert.fitting.loop import FitData, Trainer
 from invert.fitting.losses import clip_direction
@@ -100,7 +100,7 @@ def measure(editor: Editor, clip: Clip, befores: list[Image.Image], afters: list
     direction = clip_direction(clip, befores, afters)
     sets = {"train": (data.cond, data.target)}
     if eval_pairs is not None:
-        sets["test"] = (editor.condition_latents(eval_pairs[0]), editor.target_latents(eval_pairs[1]))
+        sets["test"] = (editor.condition(eval_pairs[0]), editor.target(eval_pairs[1]))
     out = {"init_text": init_text, "eos": init.eos[0], "pairs": len(befores), "steps": steps, "seed": seed,
            "clip_values": {}, "runs": []}
     for lr in lrs:
@@ -108,7 +108,7 @@ def measure(editor: Editor, clip: Clip, befores: list[Image.Image], afters: list
         for grad_clip, optimizer in runs or configs():
             options = OfficialOptions(lr=lr, grad_clip=grad_clip, optimizer=optimizer)
             start = time.perf_counter()
-            run = OfficialVisii(editor.unet, editor.scheduler.config, init.embeds, init.eos[0], data.uncond,
+            run = OfficialVisii(editor.unet, editor.scheduler.config, init.embeds, init.eos[0], data.uncond.embeds,
                                 data.cond, data.target, order, data.noises, clip.project_text, direction, options)
             result = run.run()
             row = {"lr": lr, "grad_clip": grad_clip, "optimizer": optimizer,

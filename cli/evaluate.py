@@ -61,7 +61,7 @@ def eval_command(ctx, instruction, test_pairs, as_json, as_csv, sheet, steps, se
       invert eval night.inst test/ --csv --sheet night_sheet.png
     """
     from invert.api import same_size_batches
-    from invert.backbones.editor import load_editor
+    from invert.backbones import load_editor
     from invert.backbones.model_info import recorded_model
     from invert.clip import clip_name_for, load_clip
     from invert.evaluation import METRICS, score_instruction

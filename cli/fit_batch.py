@@ -51,7 +51,7 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
     from tqdm import tqdm
 
     from invert.api import model_defaults
-    from invert.backbones.editor import load_editor
+    from invert.backbones import load_editor
     from invert.clip import clip_name_for, load_clip
     from invert.methods import settings_for
 

@@ -31,7 +31,7 @@ def import_visii_command(file, output, init_text, force, quiet, model, device, d
     \b
       invert import-visii logs/exp/prompt_embeds_999.pt -o visii.inst --model ip2p
     """
-    from invert.backbones.editor import load_editor
+    from invert.backbones import load_editor
     from invert.visii_import import import_visii
 
     check_output(output, force)

@@ -94,7 +94,7 @@ def instruction_from_library(library_file, inst_paths, images, mix, befores, aft
     """``invert apply --library``: the library's mix for the --before/--after pairs, and the editor it loaded.
     Prints the chosen weights, one line per instruction, to stderr (stdout lists the files written)."""
     import invert
-    from invert.backbones.editor import load_editor
+    from invert.backbones import load_editor
     from invert.backbones.model_info import recorded_model
     from invert.errors import InvertError
     from invert.library import Library

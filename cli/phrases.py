@@ -38,7 +38,7 @@ def phrases(pairs, before, after, vocab, top, threshold, relative_threshold, tem
       invert phrases pairs/
       invert phrases pairs/ --vocab default --vocab mediums --threshold 1 --relative-threshold --json
     """
-    from invert.backbones.editor import resolve_device
+    from invert.backbones import resolve_device
     from invert.backbones.model_info import model_resolution
     from invert.clip import clip_name_for, load_clip
     from invert.fitting.phrases import unique_phrases

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "fit": "api", "apply": "api", "installed": "api", "load_method": "api",
-    "Editor": "backbones.editor", "load_editor": "backbones.editor",
+    "Editor": "backbones", "load_editor": "backbones",
     "InvertError": "errors",
     "FitSettings": "settings",
     "Instruction": "instruction",
@@ -29,7 +29,7 @@ __all__ = [*_EXPORTS, "__version__"]
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    try:  # a submodule, as ``invert.backbones.editor`` after a plain ``import invert``
+    try:  # a submodule, as ``invert.backbones`` after a plain ``import invert``
         return importlib.import_module(f".{name}", __name__)
     except ModuleNotFoundError:
         raise AttributeError(f"module 'invert' has no attribute {name!r}") from None

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from .backbones.editor import Editor, load_editor
+from .backbones import Editor, backbone_for_pipeline, load_editor
 from .backbones.model_info import fit_defaults, recorded_model
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL
@@ -246,6 +246,10 @@ def load_method(instruction: Instruction, editor: Editor, strength: float = 1.0,
     followed by ``text`` (a hybrid instruction); ``reverse``: the edit undone (the reverse instruction of a fit
     with --reverse; a LoRA's negated adapter)."""
     where = instruction.path or "instruction"
+    recorded = instruction.meta.get("backbone") or "ip2p"  # files from before the backbones are all IP2P's
+    if recorded != editor.name:
+        raise InstructionFileError(f"{where}: learned on a {recorded} model; this model is {editor.name} "
+                                   f"({editor.model_id}): an instruction applies on the architecture it was learned on")
     try:
         cls = method_class(instruction.method)
     except InvertError:
@@ -297,7 +301,7 @@ def _editor(inst: Instruction, editor: Editor | None, pipe, model: str | None, d
     if editor is not None:
         return editor
     if pipe is not None:
-        return Editor(pipe, inst.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
+        return editor_of(pipe, inst.meta.get("base_model", ""))
     return load_editor(model or recorded_model(inst.meta.get("base_model"), inst.path or "instruction"), device, dtype)
 
 
@@ -371,13 +375,19 @@ def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str |
     ...     image = pipe(prompt_embeds=embeds, image=photo, num_inference_steps=30).images[0]
     """
     inst = _load(instruction)
-    editor = Editor(pipe, inst.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
+    editor = editor_of(pipe, inst.meta.get("base_model", ""))
     inst.check_model(editor.fingerprint, allow_model_mismatch, inst.path or "")
     method = load_method(inst, editor, strength, text, reverse)
-    from .backbones.guidance import Rows
+    from .backbones.rows import Rows
 
     with method.in_pipeline(pipe):
         yield method.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), editor.uncond).embeds.detach()
+
+
+def editor_of(pipe, model_id: str) -> Editor:
+    """A user's own diffusers pipeline as an editor of its architecture."""
+    cls = backbone_for_pipeline(type(pipe).__name__, "pipe")
+    return cls(pipe, model_id, pipe.device, cls.fingerprinted(pipe)[0].dtype)
 
 
 __all__ = ["apply", "fit", "fit_images", "installed", "load_method", "mix", "mixed_method", "model_defaults",

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from .api import load_method, mix
-from .backbones.editor import Editor, load_editor
+from .backbones import Editor, load_editor
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL, DEFAULT_TEMPERATURE
 from .errors import InstructionFileError, InvertError, InvertWarning

@@ -15,10 +15,12 @@ def time_part(timesteps: torch.Tensor, parts: int, num_train_timesteps: int) -> 
     return part.clamp(0, parts - 1)
 
 
-def part_timesteps(part: int, parts: int, num_train_timesteps: int) -> torch.Tensor:
-    """The training timesteps whose time part is ``part``, ascending."""
+def part_timesteps(part: int, parts: int, num_train_timesteps: int, values: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """The training timesteps whose time part is ``part``, ascending; ``values``: the denoiser's timestep of each
+    (the part is taken of it; by default the timestep itself)."""
     t = torch.arange(num_train_timesteps)
-    return t[time_part(t, parts, num_train_timesteps) == part]
+    return t[time_part(t if values is None else values, parts, num_train_timesteps) == part]
 
 
 def shuffled_passes(values: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
@@ -34,11 +36,13 @@ def timestep_order(steps: int, num_train_timesteps: int, seed: int) -> torch.Ten
     return shuffled_passes(torch.arange(num_train_timesteps), steps, seed)
 
 
-def parts_schedule(steps: int, parts: int, num_train_timesteps: int, seed: int, sequential: bool) -> torch.Tensor:
+def parts_schedule(steps: int, parts: int, num_train_timesteps: int, seed: int, sequential: bool,
+                   values: torch.Tensor | None = None) -> torch.Tensor:
     """(fit steps, rows) timesteps for time-parted training: ``steps`` draws from each part's own timesteps
-    (each used once per pass, shuffled). Batched: one row per part, all parts each step. Sequential (the
-    paper's schedule): one row, the parts one after another."""
-    per_part = [shuffled_passes(part_timesteps(p, parts, num_train_timesteps), steps, seed + p) for p in range(parts)]
+    (each used once per pass, shuffled; ``values`` as for :func:`part_timesteps`). Batched: one row per part, all
+    parts each step. Sequential (the paper's schedule): one row, the parts one after another."""
+    per_part = [shuffled_passes(part_timesteps(p, parts, num_train_timesteps, values), steps, seed + p)
+                for p in range(parts)]
     return torch.cat(per_part)[:, None] if sequential else torch.stack(per_part, dim=1)
 
 

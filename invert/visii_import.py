@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .backbones.editor import Editor
+from .backbones import Editor
 from .errors import InstructionFileError, InvertError
 from .fitting.assembly import make_instruction
 from .instruction import Instruction

@@ -82,7 +82,7 @@ def tiny_model_dir(tmp_path_factory, _isolated_cache):
 
 @pytest.fixture(scope="session")
 def editor(tiny_model_dir):
-    from invert.backbones.editor import load_editor
+    from invert.backbones import load_editor
 
     return load_editor(str(tiny_model_dir), device="cpu", dtype="fp32")
 

@@ -109,9 +109,7 @@ def test_tensors_of_the_wrong_shape_for_the_model(editor, tmp_path, init_shape, 
 
 
 def test_brush_tensors_of_the_wrong_shape(editor, tmp_path):
-    from invert.methods.brush import cross_attention_layers
-
-    layers = cross_attention_layers(editor.unet)
+    layers = list(editor.instruction_kv_layers())
     kv = {f"brush.{n}.{x}": torch.randn(2, 3, 5) for n in layers for x in "kv"}
     inst = Instruction("brush", {"brush.init": torch.randn(1, 77, 8), **kv}, {}, path="x.inst")
     with pytest.raises(InstructionFileError, match=r"x.inst: its prompt embedding has shape \(1, 77, 8\)"):

@@ -7,8 +7,8 @@ from diffusers import StableDiffusionInstructPix2PixPipeline
 
 import invert
 from invert.api import load_method, mixed_method
-from invert.backbones.guidance import Rows
-from invert.methods.brush import Brush, cross_attention_layers
+from invert.backbones.rows import Rows
+from invert.methods.brush import Brush
 from invert.methods.settings import BrushSettings
 from invert.schedules import part_timesteps, parts_schedule, time_part
 
@@ -24,7 +24,7 @@ def pixels(img):
 def test_untouched_kv_equals_plain_ip2p_on_the_init_text(editor, tiny_model_dir):
     prompt, seed = "make it night", 4
     inst = tiny_fit(editor, *night(1), "brush", steps=0, init_text=prompt)
-    layers = cross_attention_layers(editor.unet)
+    layers = editor.cross_attention_layers()
     assert inst.tensors[f"brush.{layers[0]}.k"].shape[:2] == (5, 3), "5 parts x the init text's 3 tokens"
     image = scene(9)
     ours = invert.apply(inst, [image], editor=editor, fresh_noise=True, seed=seed, steps=4)[0]
@@ -97,7 +97,7 @@ def test_only_the_rows_marked_conditional_change(editor):
     assert not torch.allclose(plain[0], learned[0])
     assert torch.equal(plain[1:], learned[1:])
     assert torch.equal(plain, unmarked)
-    assert len(cross_attention_layers(editor.unet)) == 4  # down 1, mid 1, up 2
+    assert len(editor.cross_attention_layers()) == 4  # down 1, mid 1, up 2
     assert all(type(p).__name__ == "AttnProcessor2_0" for p in editor.unet.attn_processors.values()), \
         "the UNet's own processors are back after the block"
 
@@ -228,7 +228,7 @@ def test_version_1_files_load_as_the_same_instruction(editor, tmp_path):
     """A file written by version 1 (one (parts, m, sum of widths) tensor and the widths in extra.layers)
     loads to the K/V of each layer."""
     inst = tiny_fit(editor, *night(1), "brush", steps=2, lr=5e-2, init_text="make it night")
-    layers = cross_attention_layers(editor.unet)
+    layers = editor.cross_attention_layers()
     v1 = {k: v for k, v in inst.tensors.items() if not k.endswith((".k", ".v"))}
     v1["brush.k"] = torch.cat([inst.tensors[f"brush.{n}.k"] for n in layers], dim=-1)
     v1["brush.v"] = torch.cat([inst.tensors[f"brush.{n}.v"] for n in layers], dim=-1)

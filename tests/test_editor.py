@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import TINY_RES, scene, tiny_fit
 
-from invert.backbones.editor import load_editor
+from invert.backbones import load_editor
 
 # The shipped toy model's fingerprint under fp32 loading as every earlier version computed it: .inst files
 # record it and apply checks it, so it must not change.
@@ -37,7 +37,7 @@ def test_an_instruction_fitted_in_bf16_applies_in_fp32(tiny_model_dir, editor):
 def test_auto_is_fp32_on_the_cpu_with_or_without_bf16_units(monkeypatch, units):
     # bf16 was several times slower than fp32 on the CPU measured (README); auto must not pick it until a CPU
     # with bf16 units has been measured at least as fast and as good.
-    from invert.backbones.editor import resolve_dtype
+    from invert.backbones import resolve_dtype
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: units, raising=False)
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32

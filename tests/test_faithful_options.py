@@ -10,7 +10,7 @@ from invert.errors import InvertError
 from invert.fitting.checkpoint import FitState, FitStopped
 from invert.fitting.loop import OFFICIAL_LOSS_SCALE, GradientClip
 from invert.methods import settings_for
-from invert.sampling import FitNoise, make_scheduler, set_timesteps
+from invert.backbones.ip2p_sampling import FitNoise, make_scheduler, set_timesteps
 from invert.schedules import draw_noises
 from invert.settings import OFFICIAL
 

@@ -106,7 +106,7 @@ def test_auto_device_under_a_launcher_takes_the_local_rank_gpu_only_if_there_is_
         tiny_model_dir, pairs_dir, tmp_path, monkeypatch):
     import torch
 
-    import invert.backbones.editor
+    import invert.backbones
 
     class Loaded(Exception):
         pass
@@ -114,7 +114,7 @@ def test_auto_device_under_a_launcher_takes_the_local_rank_gpu_only_if_there_is_
     def load_editor(model, device, dtype):
         raise Loaded(device)
 
-    monkeypatch.setattr(invert.backbones.editor, "load_editor", load_editor)
+    monkeypatch.setattr(invert.backbones, "load_editor", load_editor)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     sets = tmp_path / "sets"
     sets.mkdir()

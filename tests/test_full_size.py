@@ -21,7 +21,7 @@ def full_editor():
 def full_clip():
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from invert.backbones.editor import CONFIGS
+    from invert.backbones.ip2p import CONFIGS
     from invert.backbones.tokenizer import clip_tokenizer
     from invert.clip import TransformersClip
 
@@ -34,10 +34,8 @@ def full_clip():
 def test_full_size_fit_step_and_apply_at_512(full_editor, full_clip):
     unet = full_editor.unet
     assert unet.config.in_channels == 8 and sum(p.numel() for p in unet.parameters()) == 859_532_484
-    from invert.methods.brush import cross_attention_layers, layer_widths
-
-    cross = cross_attention_layers(unet)
-    assert len(cross) == 16 and sum(layer_widths(unet).values()) == 12_480
+    cross = full_editor.cross_attention_layers()
+    assert len(cross) == 16 and sum(full_editor.instruction_kv_layers().values()) == 12_480
     rng = np.random.default_rng(0)
     before = Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8))
     after = Image.fromarray(255 - np.asarray(before))

@@ -7,7 +7,7 @@ from conftest import float_noise, make_trainer, scene, tiny_fit
 
 import invert
 from invert.api import mixed_method
-from invert.backbones.guidance import Rows
+from invert.backbones.rows import Rows
 from invert.errors import InstructionFileError, InvertError
 from invert.instruction import Instruction
 from invert.methods.lora import Lora
@@ -241,4 +241,4 @@ def test_conditioning_marks_every_row_of_an_adapter_fit(editor):
     lora = randomized(editor)
     rows = Rows(torch.tensor([True, False]), torch.tensor([5, 5]))
     embeds = lora.conditioning(rows, editor.uncond).embeds
-    assert torch.equal(embeds[1], editor.uncond[0]) and lora.conditions_all_rows
+    assert torch.equal(embeds[1], editor.uncond.embeds[0]) and lora.conditions_all_rows

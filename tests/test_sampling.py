@@ -7,7 +7,7 @@ from diffusers import StableDiffusionInstructPix2PixPipeline
 
 import invert
 from invert.api import load_method
-from invert.backbones.guidance import Rows
+from invert.backbones.rows import Rows
 
 
 def text_embeds(method, editor):

@@ -23,7 +23,7 @@ from benchmarks.speed import (
     synthetic_pairs,
     trainer_for,
 )
-from invert.backbones.editor import load_editor
+from invert.backbones import load_editor
 from invert.fitting.losses import clip_direction
 from invert.settings import FitSettings
 

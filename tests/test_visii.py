@@ -2,7 +2,7 @@
 import torch
 from conftest import GUIDANCE_GAIN, float_noise, make_trainer, scene, tiny_fit
 
-from invert.backbones.guidance import Rows
+from invert.backbones.rows import Rows
 from invert.fitting.loop import predict
 from invert.methods.settings import VisiiSettings
 from invert.methods.visii import Visii
@@ -82,7 +82,7 @@ def test_cfg_prediction_equals_the_pipelines_three_way_batch(editor):
     trainer = make_trainer(editor, befores, afters, method, steps=1)
     latents, cond, t = torch.randn(1, 4, 16, 16), trainer.data.cond[:1], torch.tensor([500])
     ours = predict(method, trainer.data, trainer.settings, latents, cond, t)
-    rows = Rows.ip2p(1, t, True, editor.device)
+    rows = Rows.of(editor.guidance_groups(), t)
     embeds = method.conditioning(rows, editor.uncond).embeds
     x = torch.cat([torch.cat([latents] * 3), torch.cat([cond, cond, torch.zeros_like(cond)])], 1)
     with torch.no_grad():

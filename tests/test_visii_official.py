@@ -1,5 +1,5 @@
 """invert's VISII loop against an independent transcription of the official training step
-(invert/bench/visii_official.py), and the official clip-by-value rule on a hand-made gradient."""
+(benchmarks/visii_official.py), and the official clip-by-value rule on a hand-made gradient."""
 import importlib.util
 
 import pytest
@@ -34,7 +34,7 @@ def oracle(editor, fitted, **changes):
     """The official step with invert's optimizer and no clipping, on ``fitted``'s inputs."""
     data, init = fitted["trainer"].data, fitted["init"]
     options = OfficialOptions(**{"lr": 1e-3, "grad_clip": "none", "optimizer": "adamw", **changes})
-    run = OfficialVisii(editor.unet, editor.scheduler.config, init.embeds, init.eos[0], data.uncond, data.cond,
+    run = OfficialVisii(editor.unet, editor.scheduler.config, init.embeds, init.eos[0], data.uncond.embeds, data.cond,
                         data.target, fitted["trainer"].schedule[:, 0], data.noises, fitted["clip"].project_text,
                         fitted["direction"], options)
     return run.run()
@@ -136,7 +136,7 @@ def test_official_mode_equals_the_official_step(editor, clip):
     method.set_clip_direction(clip, direction)
     losses: list[float] = []
     data = trainer.data
-    run = OfficialVisii(editor.unet, editor.scheduler.config, init.embeds, init.eos[0], data.uncond, data.cond,
+    run = OfficialVisii(editor.unet, editor.scheduler.config, init.embeds, init.eos[0], data.uncond.embeds, data.cond,
                         data.target, trainer.schedule[:, 0], data.noises, clip.project_text, direction,
                         OfficialOptions(lr=1e-3, grad_clip="official", optimizer="adamw"))
     result = run.run()

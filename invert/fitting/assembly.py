@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..backbones.editor import Editor
+from ..backbones import Editor
 from ..instruction import Instruction
 from ..methods.base import Method
 from ..settings import FitSettings, as_dict
@@ -24,6 +24,7 @@ def make_instruction(method: Method, editor: Editor, settings: FitSettings, meth
         options.update(as_dict(method_settings))
     meta = {
         "base_model": editor.model_id,
+        "backbone": editor.name,
         "clip_model": clip_name,
         "model_fingerprint": editor.fingerprint,
         "init_text": init_text,

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from diffusers import DDPMScheduler
 from PIL import Image
 from tqdm import tqdm
 
-from ..backbones.editor import Editor
-from ..backbones.guidance import Rows, guided
+from ..backbones import Editor
+from ..backbones.base import Group, TrainingInputs
+from ..backbones.rows import Rows
 from ..errors import InvertError
 from ..methods.base import Method, Stage
 from ..schedules import draw_noises
 from ..settings import FitSettings
 from .checkpoint import FitDiverged, FitState, FitStopped
-from .losses import check_prediction_type, clean_estimate, objective, row_mse
+from .losses import row_mse
 
 
 @dataclass(frozen=True)
@@ -51,30 +51,27 @@ class Scoring:
 
 @dataclass(frozen=True)
 class StepInputs:
-    t: torch.Tensor  # (rows,) timesteps
-    cond: torch.Tensor  # (rows, 4, h, w) the pair's image conditioning
-    noisy: torch.Tensor  # (rows, 4, h, w) fp32 noised target latents
-    objective: torch.Tensor  # (rows, 4, h, w) fp32 what the UNet should predict
-    alpha_bar: torch.Tensor  # (rows, 1, 1, 1)
+    t: torch.Tensor  # (rows,) training timestep indices
+    timesteps: torch.Tensor  # (rows,) the denoiser's timesteps (the backbone's values of ``t``)
+    cond: torch.Tensor  # (rows, ...) the pair's image conditioning
+    noisy: torch.Tensor  # (rows, ...) fp32 noised target
+    objective: torch.Tensor  # (rows, ...) fp32 what the denoiser should predict
+    training: TrainingInputs  # the backbone's view of the same (for its clean estimate)
 
 
 class FitData:
-    """The exemplars encoded once: IP2P's image conditioning (the befores' unscaled VAE latent mode), the
-    afters' scaled latents, the pairs the other way round for reverse terms, the empty prompt, alpha-bars, and
-    one noise per training timestep (the official VISII code draws one per timestep, before training)."""
+    """The exemplars encoded once: the befores as the backbone conditions on them, the afters as its targets, the
+    pairs the other way round for reverse terms, the unconditional encoding, and one noise per training timestep
+    (the official VISII code draws one per timestep, before training)."""
 
     def __init__(self, editor: Editor, befores: list[Image.Image], afters: list[Image.Image], seed: int):
         self.editor = editor
         self.images = befores, afters
-        self.cond = editor.condition_latents(befores)
-        self.target = editor.target_latents(afters)
+        self.cond = editor.condition(befores)
+        self.target = editor.target(afters)
         self._reversed: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.uncond = editor.encode_text([""]).embeds
-        ddpm = DDPMScheduler.from_config(editor.scheduler.config)
-        self.alphas = ddpm.alphas_cumprod.to(editor.device)
-        self.prediction_type = ddpm.config.prediction_type
-        check_prediction_type(self.prediction_type)
-        self.num_train_timesteps = ddpm.config.num_train_timesteps
+        self.uncond = editor.encode_text([""])
+        self.num_train_timesteps = editor.num_train_timesteps
         self.noises = draw_noises(seed, (1, *self.target.shape[1:]), self.num_train_timesteps, editor.device,
                                   editor.dtype)
 
@@ -82,24 +79,22 @@ class FitData:
         return len(self.cond)
 
     def reversed_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The afters' image conditioning and the befores' target latents."""
+        """The afters' image conditioning and the befores' targets."""
         if self._reversed is None:
             befores, afters = self.images
-            self._reversed = self.editor.condition_latents(afters), self.editor.target_latents(befores)
+            self._reversed = self.editor.condition(afters), self.editor.target(befores)
         return self._reversed
 
     def inputs(self, t: torch.Tensor, pair: int | torch.Tensor, reverse: bool = False) -> StepInputs:
-        """The pair's conditioning, its target noised at timesteps ``t`` with their own noises, and what the UNet
-        should predict; ``pair``: one pair for every row, or each row's. ``reverse``: the same with after and
-        before exchanged. DDPM forward noising (equal to Euler's noising followed by its input scaling),
-        computed directly: a per-step ``scale_model_input`` on an Euler scheduler would reuse its first step's
-        sigma."""
+        """The pair's conditioning, its target noised at timesteps ``t`` with their own noises, and what the
+        denoiser should predict; ``pair``: one pair for every row, or each row's. ``reverse``: the same with after
+        and before exchanged."""
         cond, target = self.reversed_pairs() if reverse else (self.cond, self.target)
         noise = self.noises[t].float()
-        a = self.alphas[t].view(-1, 1, 1, 1)
         x0 = rows_of(target, pair, len(t)).float()
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        return StepInputs(t, rows_of(cond, pair, len(t)), noisy, objective(self.prediction_type, noise, x0, a), a)
+        training = self.editor.training_inputs(x0, noise, t)
+        return StepInputs(t, self.editor.timestep_values(t), rows_of(cond, pair, len(t)), training.noisy,
+                          training.objective, training)
 
 
 def rows_of(tensor: torch.Tensor, pair: int | torch.Tensor, rows: int) -> torch.Tensor:
@@ -110,30 +105,28 @@ def rows_of(tensor: torch.Tensor, pair: int | torch.Tensor, rows: int) -> torch.
 
 
 def predict(method: Method, data: FitData, settings: FitSettings, noisy: torch.Tensor, cond: torch.Tensor,
-            t: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """The prediction the loss compares: the text rows (``cond`` loss), or IP2P's guided combination of the
-    text, image-only and unconditional rows (``cfg``, as the official VISII code). Unless the method changes
-    every row (an adapter), the image-only and unconditional rows do not depend on the learned state and run
-    without autograd; an adapter's three rows run in one call. The result equals the pipeline's batched three-row
-    prediction."""
-    unet, dtype = data.editor.unet, data.editor.dtype
+            timesteps: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """The prediction the loss compares: the instruction's rows (``cond`` loss), or the backbone's guided
+    combination of its guidance groups (``cfg``, as the official VISII code: IP2P's text, image-only and
+    unconditional rows). Unless the method changes every row (an adapter), the groups without the instruction do
+    not depend on the learned state and run without autograd; an adapter's groups run in one call. The result
+    equals the pipeline's batched guidance prediction."""
+    editor = data.editor
 
-    def call(x: torch.Tensor, rows: Rows) -> torch.Tensor:
+    def call(groups: list[Group]) -> torch.Tensor:
+        rows = Rows.of(groups, timesteps)
         c = method.conditioning(rows, data.uncond, reverse)
-        return unet(x.to(dtype), rows.timesteps, encoder_hidden_states=c.embeds,
-                    cross_attention_kwargs=c.attention).sample.float()
+        return editor.predict(noisy, cond, c, rows, groups).float()
 
-    text_x = torch.cat([noisy, cond], 1)
-    if settings.loss_target == "cond":
-        return call(text_x, Rows.uniform(t, True))
-    others = torch.cat([text_x, torch.cat([noisy, torch.zeros_like(cond)], 1)])
+    groups = editor.guidance_groups()
+    if settings.loss_target == "cond" or len(groups) == 1:
+        return call(groups[:1])
     if method.conditions_all_rows:  # autograd runs through every row anyway: one call does it with less overhead
-        rows = Rows(torch.arange(3 * len(t), device=t.device) < len(t), torch.cat([t, t, t]))
-        return guided(*call(torch.cat([text_x, others]), rows).chunk(3), settings.guidance, settings.image_guidance)
-    text = call(text_x, Rows.uniform(t, True))
+        return editor.combine(list(call(groups).chunk(len(groups))), settings.guidance, settings.image_guidance)
+    text = call(groups[:1])
     with torch.no_grad():
-        image, uncond = call(others, Rows.uniform(torch.cat([t, t]), False)).chunk(2)
-    return guided(text, image, uncond, settings.guidance, settings.image_guidance)
+        others = call(groups[1:]).chunk(len(groups) - 1)
+    return editor.combine([text, *others], settings.guidance, settings.image_guidance)
 
 
 class Trainer:
@@ -164,7 +157,7 @@ class Trainer:
         for reverse, weight in method.loss_terms(step):
             with method.direction(reverse):
                 x = data.inputs(t, pair, reverse)
-                pred = predict(method, data, s, x.noisy, x.cond, t, reverse)
+                pred = predict(method, data, s, x.noisy, x.cond, x.timesteps, reverse)
                 rows = row_mse(pred, x.objective)
                 # The sum over rows: each time part's gradient is its own loss's.
                 loss = weight * s.mse_weight * rows.sum()
@@ -184,19 +177,19 @@ class Trainer:
     def cycle(self, t: torch.Tensor, pair: int) -> torch.Tensor:
         """Cycle edit consistency in one denoising step: the forward edit's estimate of the after, used as the
         reverse edit's image conditioning, must lead the reverse edit back to the before. Each row is weighted
-        by its alpha-bar: at high noise a one-step estimate is a blur that says nothing."""
+        by its share of signal: at high noise a one-step estimate is a blur that says nothing."""
         method, data, s = self.method, self.data, self.settings
+        editor = data.editor
         x = data.inputs(t, pair)
         with method.direction(False):
-            after = clean_estimate(data.prediction_type, predict(method, data, s, x.noisy, x.cond, t), x.noisy,
-                                   x.alpha_bar)
+            after = editor.clean_estimate(predict(method, data, s, x.noisy, x.cond, x.timesteps), x.training, t)
         r = data.inputs(t, pair, reverse=True)
-        cond = (after / data.editor.vae.config.scaling_factor).to(data.cond.dtype)  # target -> conditioning scale
+        cond = editor.reconditioned(after).to(data.cond.dtype)  # target -> conditioning space
         with method.direction(True):
-            back = clean_estimate(data.prediction_type, predict(method, data, s, r.noisy, cond, t, reverse=True),
-                                  r.noisy, r.alpha_bar)
+            back = editor.clean_estimate(predict(method, data, s, r.noisy, cond, r.timesteps, reverse=True),
+                                         r.training, t)
         before = rows_of(data.reversed_pairs()[1], pair, len(t)).float()
-        return (x.alpha_bar.flatten() * row_mse(back, before)).sum()
+        return (x.training.signal.flatten() * row_mse(back, before)).sum()
 
     def run(self, quiet: bool = False, progress: Callable[[FitProgress], None] | None = None,
             resume: FitState | None = None, should_stop: Callable[[], bool] | None = None,
@@ -209,7 +202,7 @@ class Trainer:
         ``scoring``: the score curve is kept in ``self.scores``; with --keep best the best-scoring state, the
         start included, is the one left in the method."""
         method, data, s = self.method, self.data, self.settings
-        if data.editor.unet.is_gradient_checkpointing and s.reverse and s.cycle_weight \
+        if data.editor.denoiser.is_gradient_checkpointing and s.reverse and s.cycle_weight \
                 and not method.direction_in_conditioning:
             raise InvertError(f"--low-memory cannot fit a {method.name} instruction with --reverse and a cycle term: "
                               "its reverse direction is UNet state that the recomputed forward pass would not see; "

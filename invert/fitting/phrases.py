@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..backbones.editor import fingerprint
+from ..backbones import fingerprint
 from ..cache import cache_dir
 from ..clip import Clip
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from ..backbones.editor import Editor
+from ..backbones import Editor
 from ..methods.base import Method
 from ..metrics import as_tensor, psnr
 from ..sampling import sample

@@ -2,7 +2,7 @@
 the module's), and how that state conditions the frozen UNet.
 
 The fitting loop and the sampler are shared and never ask which method they run: they pass a method the
-layout of each UNet batch (:class:`~invert.backbones.guidance.Rows`) and use the conditioning it returns. A method owns
+layout of each denoiser batch (:class:`~invert.backbones.rows.Rows`) and use the conditioning it returns. A method owns
 everything else about itself: initialization, the file's tensors, hybrid text, strength, widening to more
 token positions, mixing, its reverse (the edit undone) and its exports."""
 from __future__ import annotations
@@ -14,21 +14,12 @@ from typing import Any, ClassVar, ContextManager
 import torch
 from torch import nn
 
-from ..backbones.editor import Editor, TextEncoding
-from ..backbones.guidance import Rows
+from ..backbones import Conditioning, Editor, TextEncoding
+from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
 
 DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's instructions have about 10 tokens)
 REVERSE = "reverse."  # prefix of a two-way instruction's reverse tensors in the file
-
-
-@dataclass
-class Conditioning:
-    """What a UNet call takes from a method: the encoder hidden states of every row, and any attention
-    arguments (``cross_attention_kwargs``) its processors read."""
-
-    embeds: torch.Tensor
-    attention: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,10 +85,45 @@ class Method(nn.Module):
         return False
 
     # -- conditioning ---------------------------------------------------------------------------------------
-    def conditioning(self, rows: Rows, uncond: torch.Tensor, reverse: bool = False) -> Conditioning:
-        """Encoder hidden states (in the model's dtype) and attention arguments for a UNet batch laid out as
-        ``rows``; ``uncond`` is the empty prompt's encoding. ``reverse``: condition as the reverse instruction."""
+    def conditioning(self, rows: Rows, uncond: TextEncoding, reverse: bool = False) -> Conditioning:
+        """Token sequences (in the model's dtype) and attention arguments for a denoiser batch laid out as
+        ``rows``; ``uncond`` is the unconditional rows' encoding. ``reverse``: condition as the reverse
+        instruction."""
         raise NotImplementedError
+
+    def condition(self, rows: Rows, embeds: torch.Tensor, uncond: TextEncoding, attention: dict | None = None
+                  ) -> Conditioning:
+        """``embeds`` and the instruction's pooled vector (backbones that take one) on the conditional rows,
+        ``uncond``'s on the others."""
+        pooled = self.pooled_vector()
+        return Conditioning(rows.embeds(embeds, uncond.embeds), attention,
+                            rows.pooled(None if pooled is None else pooled.to(self.editor.dtype), uncond.pooled))
+
+    def keep_pooled(self, init: torch.Tensor | None, learned: torch.Tensor | None = None, trainable: bool = False
+                    ) -> None:
+        """The init text's pooled vector (``init_pooled``), for backbones that take one (SDXL, FLUX.1); with
+        ``trainable``, a learned copy (``pooled``, starting from ``learned`` or the init's) conditions instead."""
+        if init is None:
+            return
+        device = self.editor.device
+        self.register_buffer("init_pooled", init.detach().to(device, torch.float32).reshape(1, -1))
+        if trainable:
+            start = self.init_pooled if learned is None else learned.detach().to(device, torch.float32).reshape(1, -1)
+            self.pooled = nn.Parameter(start.clone())
+
+    def pooled_vector(self) -> torch.Tensor | None:
+        """The pooled vector the instruction's rows get: the learned one, else the init text's, else none."""
+        return getattr(self, "pooled", getattr(self, "init_pooled", None))
+
+    @staticmethod
+    def stored_pooled(tensors: dict[str, torch.Tensor], prefix: str, strength: float = 1.0
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A file's init and learned pooled vectors (None where it has none), the learned one's change scaled by
+        ``strength`` as the tokens' is."""
+        init, learned = tensors.get(f"{prefix}.init_pooled"), tensors.get(f"{prefix}.pooled")
+        if init is not None and learned is not None:
+            learned = torch.lerp(init.float(), learned.float(), strength)
+        return init, learned
 
     def installed(self) -> ContextManager:
         """Put what the method needs on the UNet (attention processors, an adapter) for the block."""
@@ -136,7 +162,7 @@ class Method(nn.Module):
         """A loss of the method's own besides the noise loss (VISII's CLIP direction term)."""
         return None
 
-    def official_clip_reference(self, uncond: torch.Tensor) -> torch.Tensor:
+    def official_clip_reference(self, uncond: TextEncoding) -> torch.Tensor:
         """What --grad-clip official takes the signed maximum of: the official VISII code's whole initial prompt
         batch; for other methods, their initial parameters."""
         return torch.cat([p.detach().flatten() for p in self.parameters()])
@@ -184,7 +210,7 @@ class Method(nn.Module):
 def check_prompt_tensors(editor: Editor, init: torch.Tensor, learned: dict[str, torch.Tensor]) -> None:
     """Refuse stored tensors that do not fit this model's text encoder: ``init`` must be (1, positions, width),
     each of ``learned`` (..., m, width or any) with 1 <= m <= positions - 2 learned token positions."""
-    positions, width = editor.tokenizer.model_max_length, editor.text_encoder.config.hidden_size
+    positions, width = editor.text_positions, editor.text_width
     if tuple(init.shape) != (1, positions, width):
         raise InstructionFileError(f"its prompt embedding has shape {tuple(init.shape)}; this model's text encoder "
                                    f"gives (1, {positions}, {width})")

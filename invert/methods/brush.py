@@ -1,57 +1,55 @@
 """InstructBrush (Zhao et al. 2024): the instruction learned as the keys and values of its tokens inside every
-cross-attention layer, with a separate set per time part.
+attention layer that reads them (a UNet's cross-attention; a DiT's text stream), with a separate set per time part.
 
-Each cross-attention layer's learned state is a :class:`LearnedKV` module holding its own ``k`` and ``v``, one
-(m, width) tensor per time part (diffusers' Custom Diffusion processor is the precedent). What is installed on
-the UNet is a :class:`BrushRoute` per layer that holds nothing: every UNet call names, in its attention
-arguments, the instruction and the rows it conditions (:class:`BrushCall`), so a batch's layout is explicit,
-two instructions (a forward and its reverse) can share the installed UNet, and a forward recomputed during the
-backward pass (gradient checkpointing) reads the same call."""
+Each layer's learned state is a :class:`LearnedKV` module holding its own ``k`` and ``v``, one (m, width) tensor
+per time part (diffusers' Custom Diffusion processor is the precedent). What the backbone installs on its
+denoiser holds nothing: every call names, in its attention arguments, the instruction and the rows it conditions
+(:class:`BrushCall`), so a batch's layout is explicit, two instructions (a forward and its reverse) can share the
+installed denoiser, and a forward recomputed during the backward pass (gradient checkpointing) reads the same
+call."""
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.editor import Editor, TextEncoding
-from ..backbones.guidance import Rows
+from ..backbones import Editor, TextEncoding
+from ..backbones.base import KV_ARGUMENT, Conditioning, KVRoute
+from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
 from ..schedules import parts_schedule, time_part
-from .base import DEFAULT_TOKENS, Conditioning, Method, Stage, append_text, check_mixable, check_prompt_tensors
+from .base import DEFAULT_TOKENS, Method, Stage, append_text, check_mixable, check_prompt_tensors
 from .settings import BrushSettings
-
-ARGUMENT = "brush"  # the cross_attention_kwargs key of a BrushCall
-
-
-def cross_attention_layers(unet) -> list[str]:
-    """Names of the UNet's cross-attention processors (``...attn2.processor``), in the UNet's order."""
-    return [name for name in unet.attn_processors if name.endswith("attn2.processor")]
-
-
-def layer_widths(unet) -> dict[str, int]:
-    """Each cross-attention layer's K/V width (its ``to_k`` output features)."""
-    return {name: unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
-            for name in cross_attention_layers(unet)}
-
 
 def _key(name: str) -> str:
     return name.replace(".", "-")  # a ModuleDict key may not contain dots
 
 
 @dataclass(frozen=True)
-class BrushCall:
-    """The attention argument of one UNet call: whose K/V, for which rows, at which time part per row."""
+class BrushCall(KVRoute):
+    """The route of one denoiser call: whose K/V, for which rows, at which time part per row."""
 
     instruction: "Brush"
     conditional: torch.Tensor  # (batch,) bool
     part: torch.Tensor  # (batch,) long
 
+    def replace(self, layer: str, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's projected text keys and values with the instruction's positions replaced by its learned
+        ones on the conditional rows, at each row's time part."""
+        k_all, v_all = self.instruction.layer(layer).stacked()
+        return self._replace(key, k_all), self._replace(value, v_all)
+
+    def _replace(self, projected: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
+        start, m = self.instruction.start, learned.shape[1]
+        rows = learned[self.part].to(projected.dtype)  # (batch, m, width)
+        mixed = torch.where(self.conditional[:, None, None], rows, projected[:, start:start + m])
+        return torch.cat([projected[:, :start], mixed, projected[:, start + m:]], dim=1)
+
 
 class LearnedKV(nn.Module):
-    """One cross-attention layer's learned keys and values of instruction positions 1..m, per time part."""
+    """One attention layer's learned keys and values of the instruction's positions, per time part."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         super().__init__()
@@ -63,87 +61,21 @@ class LearnedKV(nn.Module):
         """(parts, m, width) keys and values."""
         return torch.stack(tuple(self.k)), torch.stack(tuple(self.v))
 
-    def attention(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                  attention_mask: torch.Tensor | None, call: BrushCall) -> torch.Tensor:
-        """Diffusers' AttnProcessor2_0 for SD's plain cross-attention, with positions 1..m of the keys and values
-        replaced by this layer's learned ones on the call's conditional rows, at each row's time part."""
-        batch = hidden_states.shape[0]
-        query = attn.to_q(hidden_states)
-        k_all, v_all = self.stacked()
-        key = self._replace(attn.to_k(encoder_hidden_states), k_all, call)
-        value = self._replace(attn.to_v(encoder_hidden_states), v_all, call)
-        head_dim = key.shape[-1] // attn.heads
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        q, k, v = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
 
-    @staticmethod
-    def _replace(projected: torch.Tensor, learned: torch.Tensor, call: BrushCall) -> torch.Tensor:
-        m = learned.shape[1]
-        rows = learned[call.part].to(projected.dtype)  # (batch, m, width)
-        mixed = torch.where(call.conditional[:, None, None], rows, projected[:, 1:m + 1])
-        return torch.cat([projected[:, :1], mixed, projected[:, m + 1:]], dim=1)
+def part_timesteps(editor: Editor, parts: int) -> torch.Tensor:
+    """Each time part's middle training timestep, in the denoiser's units: where a layer whose text projection
+    depends on the timestep (a DiT's modulated text stream) is projected to start that part's K/V."""
+    values = editor.timestep_values(torch.arange(editor.num_train_timesteps))
+    part = time_part(values, parts, editor.num_train_timesteps)
+    return torch.stack([values[part == p][(part == p).sum() // 2] for p in range(parts)])
 
 
-class BrushRoute:
-    """Installed on one cross-attention layer: the learned K/V of the instruction that the call's ``brush``
-    argument names, or the layer's own processor for a call without one."""
-
-    def __init__(self, name: str, original):
-        self.name, self.original = name, original
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 brush: BrushCall | None = None, **kwargs):
-        if brush is None:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        return brush.instruction.layer(self.name).attention(attn, hidden_states, encoder_hidden_states,
-                                                            attention_mask, brush)
-
-
-class _PassBrushArgument:
-    """Wraps a self-attention processor so that the ``brush`` argument, which the UNet hands to every attention
-    layer, is taken and dropped here instead of warned about on every call."""
-
-    def __init__(self, processor):
-        self.processor = processor
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 brush: BrushCall | None = None, **kwargs):
-        return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-
-
-def project_kv(editor: Editor, embeds: torch.Tensor, m: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every layer's own to_k/to_v of positions 1..m of ``embeds``: {layer: ((m, width), (m, width))}, fp32."""
-    tokens = embeds[0, 1:m + 1].to(editor.device, editor.dtype)
-    out = {}
-    with torch.no_grad():
-        for name in cross_attention_layers(editor.unet):
-            attn = editor.unet.get_submodule(name.removesuffix(".processor"))
-            out[name] = attn.to_k(tokens).float(), attn.to_v(tokens).float()
-    return out
-
-
-@contextlib.contextmanager
-def install_routes(unet):
-    """Every cross-attention layer gets a BrushRoute (every self-attention layer passes the argument through),
-    for the block; the UNet's own processors afterwards."""
-    for name in cross_attention_layers(unet):
-        attn = unet.get_submodule(name.removesuffix(".processor"))
-        if attn.spatial_norm is not None or attn.group_norm is not None or attn.norm_cross or \
-                attn.residual_connection or attn.norm_k is not None:
-            raise NotImplementedError(f"{name}: cross-attention with extra norms is not supported by InstructBrush")
-    original = dict(unet.attn_processors)
-    routes = {name: BrushRoute(name, processor) if name.endswith("attn2.processor") else _PassBrushArgument(processor)
-              for name, processor in original.items()}
-    unet.set_attn_processor(routes)  # set_attn_processor pops from the dict it is given: a fresh one each time
-    try:
-        yield
-    finally:
-        unet.set_attn_processor(dict(original))
+def project_kv(editor: Editor, embeds: torch.Tensor, m: int, parts: int
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's own keys and values of the instruction's first ``m`` positions of ``embeds``, per time part:
+    {layer: ((parts, m, width), (parts, m, width))}, fp32."""
+    start = editor.instruction_start
+    return editor.instruction_kv(TextEncoding(embeds, [start + m], start=start), m, part_timesteps(editor, parts))
 
 
 class Brush(Method):
@@ -151,15 +83,17 @@ class Brush(Method):
     init_from = "phrases"
 
     def __init__(self, editor: Editor, init: torch.Tensor, kv: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 init_text: str = "", sequential: bool = False):
+                 init_text: str = "", sequential: bool = False, pooled: torch.Tensor | None = None):
         super().__init__(editor)
         self.register_buffer("init", init.detach().float())  # (1, positions, width): the text rows' conditioning
+        self.keep_pooled(pooled)
         self.layer_names = list(kv)
         self.layers = nn.ModuleDict({_key(name): LearnedKV(k, v) for name, (k, v) in kv.items()})
         first = next(iter(self.layers.values()))
         self.parts, self.m = len(first.k), first.k[0].shape[0]
         self.init_text, self.sequential = init_text, sequential
-        self.num_train_timesteps = editor.scheduler.config.num_train_timesteps
+        self.start = editor.instruction_start
+        self.num_train_timesteps = editor.num_train_timesteps
 
     def layer(self, name: str) -> LearnedKV:
         return self.layers[_key(name)]
@@ -172,50 +106,33 @@ class Brush(Method):
     def initialize(cls, editor: Editor, init: TextEncoding, init_text: str = "",
                    settings: BrushSettings = BrushSettings(), seed: int = 0) -> "Brush":
         """Every part of every layer starts from the init text's K/V through that layer's own to_k/to_v."""
-        m = settings.tokens or (init.eos[0] - 1) or DEFAULT_TOKENS
-        projected = project_kv(editor, init.embeds, m)
-        kv = {name: (k.expand(settings.parts, -1, -1), v.expand(settings.parts, -1, -1))
-              for name, (k, v) in projected.items()}
-        return cls(editor, init.embeds, kv, init_text, settings.parts_sequential)
+        m = settings.tokens or (init.eos[0] - init.start) or DEFAULT_TOKENS
+        kv = project_kv(editor, init.embeds, m, settings.parts)
+        return cls(editor, init.embeds, kv, init_text, settings.parts_sequential, init.pooled)
 
     # -- conditioning ---------------------------------------------------------------------------------------
     def call(self, rows: Rows) -> BrushCall:
         return BrushCall(self, rows.conditional, time_part(rows.timesteps, self.parts, self.num_train_timesteps))
 
-    def conditioning(self, rows: Rows, uncond: torch.Tensor, reverse: bool = False) -> Conditioning:
-        return Conditioning(rows.embeds(self.init.to(self.editor.dtype), uncond), {ARGUMENT: self.call(rows)})
+    def conditioning(self, rows: Rows, uncond: TextEncoding, reverse: bool = False) -> Conditioning:
+        return self.condition(rows, self.init.to(self.editor.dtype), uncond, {KV_ARGUMENT: self.call(rows)})
 
     def installed(self):
-        return install_routes(self.editor.unet)
+        return self.editor.instruction_kv_routes()
 
     @contextlib.contextmanager
     def in_pipeline(self, pipe):
-        """A diffusers IP2P pipeline calls the UNet with its own batch layout, [text, image-only, unconditional]
-        when ``pipe.do_classifier_free_guidance`` and the text rows alone otherwise: a pre-hook adds this
-        instruction's call for that layout and the call's timestep to the UNet's arguments."""
-        def add_call(module, args, kwargs):
-            sample = args[0] if args else kwargs["sample"]
-            timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-            guided = bool(pipe.do_classifier_free_guidance)
-            if guided and sample.shape[0] % 3:
-                raise InvertError(f"a guided IP2P batch of {sample.shape[0]} rows is not three groups")
-            rows = Rows.ip2p(sample.shape[0] // 3 if guided else sample.shape[0], timestep, guided, sample.device)
-            kwargs["cross_attention_kwargs"] = {**(kwargs.get("cross_attention_kwargs") or {}),
-                                                ARGUMENT: self.call(rows)}
-            return args, kwargs
-
-        with self.installed():
-            handle = self.editor.unet.register_forward_pre_hook(add_call, with_kwargs=True)
-            try:
-                yield
-            finally:
-                handle.remove()
+        """A user's own diffusers pipeline calls the denoiser with its own batch layout: the backbone adds this
+        instruction's route for that layout to every call."""
+        with self.installed(), self.editor.call_with(pipe, lambda rows: {KV_ARGUMENT: self.call(rows)}):
+            yield
 
     # -- fitting --------------------------------------------------------------------------------------------
     def schedule(self, steps: int, num_train_timesteps: int, seed: int) -> torch.Tensor:
         """One timestep from each part's own range per step (default), or the paper's parts one after another
         (``parts_sequential``), each part's timesteps used once per pass in shuffled order."""
-        return parts_schedule(steps, self.parts, num_train_timesteps, seed, self.sequential)
+        values = self.editor.timestep_values(torch.arange(num_train_timesteps))
+        return parts_schedule(steps, self.parts, num_train_timesteps, seed, self.sequential, values)
 
     def stages(self, total_steps: int) -> list[Stage]:
         """Sequential: part p trains alone for its steps, with an optimizer of its own, as if each part were a
@@ -241,36 +158,40 @@ class Brush(Method):
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
                      ) -> "Brush":
         init = tensors["brush.init"]
-        widths = layer_widths(editor.unet)
+        widths = editor.instruction_kv_layers()
         stored = _per_layer(tensors, meta) if "brush.k" in tensors else {
             name: (tensors.get(f"brush.{name}.k"), tensors.get(f"brush.{name}.v")) for name in widths}
         first = next(iter(stored.values()))[0]
         if first is None or first.dim() != 3:
-            raise InstructionFileError(f"brush K/V do not fit this UNet's {len(widths)} cross-attention layers")
+            raise InstructionFileError(f"brush K/V do not fit this model's {len(widths)} attention layers that read the instruction")
         check_prompt_tensors(editor, init, {"brush.k": first})
         parts, m = first.shape[:2]
         for name, width in widths.items():
             k, v = stored.get(name, (None, None))
             if k is None or v is None or k.shape != (parts, m, width) or v.shape != k.shape:
                 raise InstructionFileError(f"brush K/V of layer {name} missing or not ({parts}, {m}, {width}): they "
-                                           f"do not fit this UNet's {len(widths)} cross-attention layers")
+                                           f"do not fit this model's {len(widths)} attention layers that read the instruction")
         init = init.to(editor.device)
-        projected = project_kv(editor, init, m)
+        projected = project_kv(editor, init, m, parts)
         kv = {}
         for name, (k0, v0) in projected.items():
             k, v = (x.to(editor.device, torch.float32) for x in stored[name])
             # lerp is exact at 0 and 1: strength 1 applies the learned K/V as they were learned.
             kv[name] = (torch.lerp(k0, k, strength), torch.lerp(v0, v, strength))
-        return cls(editor, init, kv, meta.get("init_text", ""), bool((meta.get("extra") or {}).get("sequential")))
+        return cls(editor, init, kv, meta.get("init_text", ""), bool((meta.get("extra") or {}).get("sequential")),
+                   tensors.get("brush.init_pooled"))
 
     def hybrid(self, text: str) -> "Brush":
-        """Encode the init text followed by ``text``; the learned K/V still replace positions 1..m."""
-        editor = self.editor
-        if self.init_text and editor.encode_text([self.init_text]).eos[0] - 1 == self.m:
-            embeds = editor.encode_text([f"{self.init_text} {text}"]).embeds
+        """Encode the init text followed by ``text``; the learned K/V still replace the instruction's first m
+        positions."""
+        editor, pooled = self.editor, self.pooled_vector()
+        if self.init_text and editor.encode_text([self.init_text]).eos[0] - self.start == self.m:
+            encoding = editor.encode_text([f"{self.init_text} {text}"])
+            embeds, pooled = encoding.embeds, encoding.pooled
         else:  # learned positions beyond the init text's tokens: put the text after them
-            embeds = append_text(editor, self.init, self.m - 1, text)
-        return Brush(editor, embeds, self._kv(), self.init_text, self.sequential)
+            # (append_text leaves one position after the "EOS" it is given: the text starts just past the learned ones)
+            embeds = append_text(editor, self.init, self.start + self.m - 2, text)
+        return Brush(editor, embeds, self._kv(), self.init_text, self.sequential, pooled)
 
     def _kv(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {name: tuple(x.detach() for x in self.layer(name).stacked()) for name in self.layer_names}
@@ -279,13 +200,12 @@ class Brush(Method):
         """New positions m+1..tokens get the init text's own K/V at those positions, in every part."""
         if tokens < self.m:
             raise InvertError(f"cannot narrow a brush instruction from {self.m} to {tokens} tokens")
-        frozen = project_kv(self.editor, self.init, tokens)
+        frozen = project_kv(self.editor, self.init, tokens, self.parts)
         kv = {}
         for name, (k, v) in self._kv().items():
             k0, v0 = frozen[name]
-            kv[name] = (torch.cat([k, k0[self.m:].expand(self.parts, -1, -1)], dim=1),
-                        torch.cat([v, v0[self.m:].expand(self.parts, -1, -1)], dim=1))
-        return Brush(self.editor, self.init, kv, self.init_text, self.sequential)
+            kv[name] = (torch.cat([k, k0[:, self.m:]], dim=1), torch.cat([v, v0[:, self.m:]], dim=1))
+        return Brush(self.editor, self.init, kv, self.init_text, self.sequential, self.pooled_vector())
 
     def can_mix(self, other: Method) -> bool:
         return super().can_mix(other) and other.parts == self.parts
@@ -305,7 +225,9 @@ class Brush(Method):
                                                                              zip(weights, kvs)))
               for name in wide[0].layer_names}
         init = sum(w * m.init for w, m in zip(weights, wide))
-        return cls(methods[0].editor, init, kv, methods[0].init_text, methods[0].sequential)
+        pooled = None if methods[0].pooled_vector() is None else \
+            sum(w * m.pooled_vector() for w, m in zip(weights, wide))
+        return cls(methods[0].editor, init, kv, methods[0].init_text, methods[0].sequential, pooled)
 
 
 def _per_layer(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -1,11 +1,11 @@
-"""A LoRA of change (after Song et al. 2024, "LoRA of Change"), fitted per edit: a low-rank adapter on the UNet's
-attention projections learned from the exemplars, with the paper's LoRA Reverse: the negated adapter must edit
-after -> before.
+"""A LoRA of change (after Song et al. 2024, "LoRA of Change"), fitted per edit: a low-rank adapter on the
+denoiser's attention projections learned from the exemplars, with the paper's LoRA Reverse: the negated adapter
+must edit after -> before.
 
-The adapter is peft's, added with diffusers' ``add_adapter`` only while fitting or sampling, so the shared
-frozen UNet is left as it was. Its tensors are named as peft's own ``get_peft_model_state_dict`` names them,
-prefixed ``unet.`` as diffusers' LoRA files are (so an exported copy loads with ``pipe.load_lora_weights``); the
-method's fp32 parameters are the adapter's weights while it is installed."""
+The adapter is peft's, added with diffusers' ``add_adapter`` only while fitting or sampling, so the shared frozen
+denoiser is left as it was. Its tensors are named as peft's own ``get_peft_model_state_dict`` names them, prefixed
+as the backbone's diffusers LoRA files are (``unet.``, ``transformer.``: so an exported copy loads with
+``pipe.load_lora_weights``); the method's fp32 parameters are the adapter's weights while it is installed."""
 from __future__ import annotations
 
 import contextlib
@@ -19,14 +19,13 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
-from ..backbones.editor import Editor, TextEncoding
-from ..backbones.guidance import Rows
+from ..backbones import Editor, TextEncoding
+from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
 from .base import Conditioning, Method, check_mixable, check_prompt_tensors
 from .settings import LoraSettings
 
 ADAPTER = "invert_lora"
-PREFIX = "unet."
 
 
 def lora_config(rank: int, alpha: float, targets: tuple[str, ...] | list[str]) -> LoraConfig:
@@ -39,8 +38,8 @@ def _key(name: str) -> str:
 
 @contextlib.contextmanager
 def adapter(editor: Editor, config: LoraConfig):
-    """The UNet with this (freshly initialized) adapter for the block; yields peft's state dict of it."""
-    unet = editor.unet
+    """The denoiser with this (freshly initialized) adapter for the block; yields peft's state dict of it."""
+    unet = editor.denoiser
     if getattr(unet, "peft_config", None):
         raise InvertError("the UNet already holds LoRA adapters (" + ", ".join(unet.peft_config) + "): fuse them "
                           "(pipe.fuse_lora()) or unload them (pipe.unload_lora_weights()) before using a lora "
@@ -67,9 +66,10 @@ class Lora(Method):
 
     def __init__(self, editor: Editor, init: torch.Tensor, weights: dict[str, torch.Tensor], rank: int,
                  alpha: float, targets: tuple[str, ...], init_text: str = "", reverse: str = "swap",
-                 scale: float = 1.0):
+                 scale: float = 1.0, pooled: torch.Tensor | None = None):
         super().__init__(editor)
         self.register_buffer("init", init.detach().float())
+        self.keep_pooled(pooled)
         self.keys = list(weights)  # peft's state-dict names
         self.weights = nn.ParameterDict({_key(k): nn.Parameter(v.detach().to(editor.device, torch.float32).clone())
                                          for k, v in weights.items()})
@@ -97,19 +97,19 @@ class Lora(Method):
             with adapter(editor, lora_config(settings.lora_rank, alpha, settings.lora_targets)) as state:
                 weights = {k: v.detach().float().clone() for k, v in state.items()}
         return cls(editor, init.embeds, weights, settings.lora_rank, alpha, settings.lora_targets, init_text,
-                   settings.lora_reverse)
+                   settings.lora_reverse, pooled=init.pooled)
 
     def weight(self, key: str) -> nn.Parameter:
         return self.weights[_key(key)]
 
     # -- conditioning ---------------------------------------------------------------------------------------
-    def conditioning(self, rows: Rows, uncond: torch.Tensor, reverse: bool = False) -> Conditioning:
-        return Conditioning(rows.embeds(self.init.to(self.editor.dtype), uncond))
+    def conditioning(self, rows: Rows, uncond: TextEncoding, reverse: bool = False) -> Conditioning:
+        return self.condition(rows, self.init.to(self.editor.dtype), uncond)
 
     @contextlib.contextmanager
     def installed(self):
         """The adapter on the UNet with this method's fp32 parameters as its weights (gradients reach them)."""
-        unet = self.editor.unet
+        unet = self.editor.denoiser
         with adapter(self.editor, lora_config(self.rank, self.alpha, self.targets)) as state:
             if sorted(state) != sorted(self.keys):
                 raise InstructionFileError("its LoRA tensors do not name this UNet's adapted layers")
@@ -157,7 +157,8 @@ class Lora(Method):
 
     # -- the file, mixing, exporting ------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {**{PREFIX + k: self.weight(k).detach() for k in self.keys}, "lora.init": self.init.detach()}
+        prefix = self.editor.lora_prefix
+        return {**{prefix + k: self.weight(k).detach() for k in self.keys}, "lora.init": self.init.detach()}
 
     def extra_meta(self) -> dict:
         return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "reverse": self.reverse_mode}
@@ -176,19 +177,23 @@ class Lora(Method):
             rank, alpha, targets = int(extra["rank"]), float(extra["alpha"]), tuple(extra["targets"])
         except (KeyError, TypeError, ValueError):
             raise InstructionFileError("its metadata lacks the adapter's rank, alpha and targets") from None
-        weights = {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX)}
+        prefix = editor.lora_prefix
+        weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         check_adapter(editor, weights, rank)
         init = tensors["lora.init"]
         check_prompt_tensors(editor, init, {})
         return cls(editor, init.to(editor.device), weights, rank, alpha, targets, meta.get("init_text", ""),
-                   extra.get("reverse", "off"), scale=strength)
+                   extra.get("reverse", "off"), scale=strength, pooled=tensors.get("lora.init_pooled"))
 
     def hybrid(self, text: str) -> "Lora":
-        embeds = self.editor.encode_text([f"{self.init_text} {text}".strip()]).embeds
-        return self._with(embeds, {k: self.weight(k) for k in self.keys}, self.rank, self.alpha)
+        encoding = self.editor.encode_text([f"{self.init_text} {text}".strip()])
+        return self._with(encoding.embeds, {k: self.weight(k) for k in self.keys}, self.rank, self.alpha,
+                          encoding.pooled)
 
-    def _with(self, init: torch.Tensor, weights: dict[str, torch.Tensor], rank: int, alpha: float) -> "Lora":
-        return Lora(self.editor, init, weights, rank, alpha, self.targets, self.init_text, self.reverse_mode, self.scale)
+    def _with(self, init: torch.Tensor, weights: dict[str, torch.Tensor], rank: int, alpha: float,
+              pooled: torch.Tensor | None = None) -> "Lora":
+        return Lora(self.editor, init, weights, rank, alpha, self.targets, self.init_text, self.reverse_mode, self.scale,
+                    pooled if pooled is not None else self.pooled_vector())
 
     @classmethod
     def mix(cls, methods: list["Lora"], weights: list[float]) -> "Lora":
@@ -216,16 +221,17 @@ class Lora(Method):
         metadata, so rank and alpha load as fitted); ``reverse``: the negated adapter, which undoes the edit."""
         if kind != "lora":
             super().export(kind, tensors, meta, path, reverse)
-        from diffusers import StableDiffusionInstructPix2PixPipeline
+        from ..backbones import backbone_class
 
+        backbone = backbone_class(meta.get("backbone") or "ip2p")
+        prefix = backbone.lora_prefix
         extra = meta.get("extra") or {}
-        layers = {k[len(PREFIX):]: (-v if reverse and ".lora_B." in k else v).contiguous()
-                  for k, v in tensors.items() if k.startswith(PREFIX)}
+        layers = {k[len(prefix):]: (-v if reverse and ".lora_B." in k else v).contiguous()
+                  for k, v in tensors.items() if k.startswith(prefix)}
         config = lora_config(int(extra["rank"]), float(extra["alpha"]), extra["targets"]).to_dict()
         folder = tempfile.mkdtemp(dir=Path(path).parent, prefix=".lora-export.")
         try:
-            StableDiffusionInstructPix2PixPipeline.save_lora_weights(
-                folder, unet_lora_layers=layers, weight_name="adapter.safetensors", unet_lora_adapter_metadata=config)
+            backbone.save_lora(folder, layers, config, "adapter.safetensors")
             os.replace(Path(folder) / "adapter.safetensors", path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -235,13 +241,13 @@ def check_adapter(editor: Editor, weights: dict[str, torch.Tensor], rank: int) -
     """Refuse stored adapter tensors that do not fit this UNet: every key a Linear of it, with rank ``rank``."""
     if not weights:
         raise InstructionFileError("it holds no LoRA tensors")
-    modules = dict(editor.unet.named_modules())
+    modules = dict(editor.denoiser.named_modules())
     for key, tensor in weights.items():
         stem, _, which = key.rpartition(".lora_")
         module = modules.get(stem)
         if not isinstance(module, torch.nn.Linear) or which not in ("A.weight", "B.weight"):
-            raise InstructionFileError(f"LoRA tensor '{PREFIX}{key}' names no linear layer of this UNet")
+            raise InstructionFileError(f"LoRA tensor '{editor.lora_prefix}{key}' names no linear layer of this UNet")
         expected = (rank, module.in_features) if which == "A.weight" else (module.out_features, rank)
         if tuple(tensor.shape) != expected:
-            raise InstructionFileError(f"LoRA tensor '{PREFIX}{key}' has shape {tuple(tensor.shape)}, this UNet "
+            raise InstructionFileError(f"LoRA tensor '{editor.lora_prefix}{key}' has shape {tuple(tensor.shape)}, this UNet "
                                        f"needs {expected}")

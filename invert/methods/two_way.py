@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..backbones.guidance import Rows
+from ..backbones.rows import Rows
 from .base import REVERSE, Conditioning, Method, Stage
 
 

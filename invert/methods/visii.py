@@ -1,7 +1,7 @@
 """VISII (Nguyen & Lee 2023): the instruction learned in the text-encoder output space.
 
-The learned state is the prompt embedding's positions between BOS and EOS (``learned``); BOS, EOS and padding
-keep the init text's encoding (``init``). The CLIP direction term follows the official code: the CLIP text
+The learned state is the encoded instruction's own token positions (``learned``; for CLIP those between BOS and
+EOS); the positions before them, EOS and padding keep the init text's encoding (``init``). The CLIP direction term follows the official code: the CLIP text
 projection of the mean over all 77 positions, cosine against the normalized mean-after minus mean-before image
 embedding, clamped."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..backbones.editor import Editor, TextEncoding
-from ..backbones.guidance import Rows
+from ..backbones import Editor, TextEncoding
+from ..backbones.rows import Rows
 from ..clip import Clip
 from ..errors import InstructionFileError, InvertError
 from .base import DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors
@@ -30,22 +30,27 @@ class Visii(Method):
                          "pipeline's prompt_embeds"}
 
     def __init__(self, editor: Editor, init: torch.Tensor, eos: int, learned: torch.Tensor | None = None,
-                 settings: VisiiSettings = VisiiSettings()):
+                 settings: VisiiSettings = VisiiSettings(), pooled: torch.Tensor | None = None,
+                 learned_pooled: torch.Tensor | None = None):
         super().__init__(editor)
         self.settings = settings
         init = init.detach().float()
         self.register_buffer("init", init)  # (1, positions, width): the init text's encoding
-        self.learned = nn.Parameter((init[:, 1:eos] if learned is None else learned.detach().float()).clone())
+        self.start = editor.instruction_start  # the first learned position (CLIP: after BOS)
+        self.learned = nn.Parameter((init[:, self.start:eos] if learned is None else learned.detach().float()).clone())
         self.eos = eos
+        self.keep_pooled(pooled, learned_pooled, trainable=editor.learns_pooled)
         self.clip_term: tuple[Clip, torch.Tensor, float, float] | None = None
 
     @classmethod
     def initialize(cls, editor: Editor, init: TextEncoding, init_text: str = "",
                    settings: VisiiSettings = VisiiSettings(), seed: int = 0) -> "Visii":
-        """Learn the positions between BOS and EOS; an empty init text has none, so then the first ``tokens``
-        positions after BOS (EOS and padding outputs, which the text rows attend to like any token) are learned."""
+        """Learn the instruction's token positions (CLIP: between BOS and EOS); an empty init text has none, so then
+        the first ``tokens`` positions from where they would start (CLIP: EOS and padding outputs, which the text
+        rows attend to like any token) are learned."""
         eos = init.eos[0]
-        return cls(editor, init.embeds, eos if eos > 1 else 1 + (settings.tokens or DEFAULT_TOKENS), settings=settings)
+        return cls(editor, init.embeds, eos if eos > init.start else init.start + (settings.tokens or DEFAULT_TOKENS),
+                   settings=settings, pooled=init.pooled)
 
     @classmethod
     def needs_clip(cls, settings: VisiiSettings) -> bool:
@@ -53,18 +58,18 @@ class Visii(Method):
 
     @property
     def num_tokens(self) -> int:
-        return self.eos - 1
+        return self.eos - self.start
 
     def prompt_embeds(self) -> torch.Tensor:
-        return torch.cat([self.init[:, :1], self.learned, self.init[:, self.eos:]], dim=1)
+        return torch.cat([self.init[:, :self.start], self.learned, self.init[:, self.eos:]], dim=1)
 
-    def conditioning(self, rows: Rows, uncond: torch.Tensor, reverse: bool = False) -> Conditioning:
-        return Conditioning(rows.embeds(self.prompt_embeds().to(self.editor.dtype), uncond))
+    def conditioning(self, rows: Rows, uncond: TextEncoding, reverse: bool = False) -> Conditioning:
+        return self.condition(rows, self.prompt_embeds().to(self.editor.dtype), uncond)
 
-    def official_clip_reference(self, uncond: torch.Tensor) -> torch.Tensor:
+    def official_clip_reference(self, uncond: TextEncoding) -> torch.Tensor:
         """The official code clips at the signed max of its whole (3, 77, d) parameter: the prompt's encoding and
         twice the empty prompt's."""
-        return torch.cat([self.prompt_embeds().detach().flatten(), uncond.float().flatten()])
+        return torch.cat([self.prompt_embeds().detach().flatten(), uncond.embeds.float().flatten()])
 
     def set_clip_direction(self, clip: Clip, direction: torch.Tensor) -> None:
         weight, clamp = self.settings.clip_weight, self.settings.clip_clamp
@@ -92,23 +97,27 @@ class Visii(Method):
         if learned.dim() != 3 or learned.shape[::2] != init.shape[::2]:
             raise InstructionFileError(f"tensor 'visii.learned' of shape {tuple(learned.shape)} does not match its "
                                        f"prompt embedding's {tuple(init.shape)}")
-        eos = learned.shape[1] + 1
-        base = init[:, 1:eos].float()
+        start = editor.instruction_start
+        eos = learned.shape[1] + start
+        base = init[:, start:eos].float()
         learned = torch.lerp(base, learned.float(), strength)  # exact at 0 and 1: as learned at strength 1
-        return cls(editor, init.to(editor.device), eos, learned.to(editor.device))
+        pooled, learned_pooled = cls.stored_pooled(tensors, "visii", strength)
+        return cls(editor, init.to(editor.device), eos, learned.to(editor.device), pooled=pooled,
+                   learned_pooled=learned_pooled)
 
     def hybrid(self, text: str) -> "Visii":
         """The learned tokens, then the init text's EOS and a padding position, then ``text``'s tokens (frozen
         context), as the official code concatenates a hybrid instruction."""
         with torch.no_grad():
             extended = append_text(self.editor, self.prompt_embeds(), self.eos, text)
-        return Visii(self.editor, extended, self.eos, self.learned)
+        return Visii(self.editor, extended, self.eos, self.learned, self.settings, *self._pooled())
 
     def widen(self, tokens: int) -> "Visii":
         if tokens < self.num_tokens:
             raise InvertError(f"cannot narrow a visii instruction from {self.num_tokens} to {tokens} tokens")
-        extra = self.init[:, self.eos:tokens + 1]  # the init text's own encoding at the new positions
-        return Visii(self.editor, self.init, tokens + 1, torch.cat([self.learned.detach(), extra], dim=1))
+        extra = self.init[:, self.eos:tokens + self.start]  # the init text's own encoding at the new positions
+        return Visii(self.editor, self.init, tokens + self.start, torch.cat([self.learned.detach(), extra], dim=1),
+                     self.settings, *self._pooled())
 
     @classmethod
     def mix(cls, methods: list["Visii"], weights: list[float]) -> "Visii":
@@ -119,7 +128,13 @@ class Visii(Method):
         wide = [m.widen(tokens) for m in methods]
         init = sum(w * m.init for w, m in zip(weights, wide))
         learned = sum(w * m.learned.detach() for w, m in zip(weights, wide))
-        return cls(methods[0].editor, init, tokens + 1, learned)
+        pooled = [_weighted(weights, vectors) for vectors in zip(*(m._pooled() for m in wide))]
+        return cls(methods[0].editor, init, tokens + methods[0].start, learned, methods[0].settings, *pooled)
+
+    def _pooled(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The init and learned pooled vectors (None where there are none), to build a changed copy."""
+        learned = getattr(self, "pooled", None)
+        return getattr(self, "init_pooled", None), None if learned is None else learned.detach()
 
     @classmethod
     def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
@@ -134,3 +149,7 @@ class Visii(Method):
                   metadata={"format": EMBEDS_FORMAT, "base_model": str(meta.get("base_model", "")),
                             "guidance_scale": str(guidance.get("text", 7.5)),
                             "image_guidance_scale": str(guidance.get("image", 1.5))})
+
+
+def _weighted(weights: list[float], tensors: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
+    return None if tensors[0] is None else sum(w * t for w, t in zip(weights, tensors))
