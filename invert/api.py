@@ -16,6 +16,7 @@ from .backbones import Editor, backbone_for_pipeline, load_editor
 from .backbones.model_info import fit_defaults, recorded_model
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL
+from .encoder.encode import encoder_start
 from .errors import InstructionFileError, InvertError, InvertWarning
 from .fitting.assembly import make_instruction
 from .fitting.checkpoint import FitState, FitStopped
@@ -29,17 +30,9 @@ from .methods import method_class, settings_for
 from .methods.base import Method
 from .methods.settings import PhraseSettings
 from .methods.two_way import TwoWay
-from .pairs import Pair, file_sha256, find_pairs, load_pairs
+from .pairs import as_pairs, file_sha256, load_pairs
 from .sampling import sample
 from .settings import FitSettings, as_dict
-
-
-def _as_pairs(pairs) -> list[Pair]:
-    if isinstance(pairs, (str, os.PathLike)):
-        return find_pairs(pairs)
-    if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], Pair):
-        return find_pairs(before=pairs[0], after=pairs[1])
-    return list(pairs)
 
 
 def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Editor | None = None,
@@ -64,7 +57,7 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     settings, method_settings = settings_for(method, {**from_model, **options})
     if isinstance(resume, (str, os.PathLike)):
         resume = FitState.load(resume)
-    found = _as_pairs(pairs)
+    found = as_pairs(pairs)
     editor = editor or load_editor(model, device, dtype)
     if low_memory:  # see Editor.set_low_memory; it stays on for an editor passed in
         editor.set_low_memory(True)
@@ -185,12 +178,16 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
                                    seed=settings.seed)
         return text, found, None
 
-    init_text, phrases, init_scores = choose_init(befores, afters)
-    learned = cls.initialize(editor, editor.encode_text([init_text]), init_text, method_settings, settings.seed)
-    if settings.reverse and learned.needs_reverse_instruction:
-        back_text = choose_init(afters, befores)[0]  # the pairs the other way round
-        back = cls.initialize(editor, editor.encode_text([back_text]), back_text, method_settings, settings.seed)
-        learned = TwoWay(learned, back, back_text)
+    encoded = encoder_start(editor, method, settings, method_settings, clip, train_b, train_a)  # --init encoder
+    if encoded is not None:
+        (learned, init_text), phrases, init_scores = encoded, None, None
+    else:
+        init_text, phrases, init_scores = choose_init(befores, afters)
+        learned = cls.initialize(editor, editor.encode_text([init_text]), init_text, method_settings, settings.seed)
+        if settings.reverse and learned.needs_reverse_instruction:
+            back_text = choose_init(afters, befores)[0]  # the pairs the other way round
+            back = cls.initialize(editor, editor.encode_text([back_text]), back_text, method_settings, settings.seed)
+            learned = TwoWay(learned, back, back_text)
     validation = judge(val_b, val_a)
     # Kept in the file too: evaluation's directional similarity and instruction libraries key on it.
     stored = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0])}

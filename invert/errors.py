@@ -13,6 +13,10 @@ class InstructionFileError(InvertError):
     """An .inst file is malformed, tampered with, or does not fit the model."""
 
 
+class EncoderFileError(InvertError):
+    """An edit encoder file is malformed, tampered with, or does not fit the model."""
+
+
 class InvertWarning(UserWarning):
     """A conversion the user should know about (an animation's first frame used, an image resized); the CLI
     prints it as one 'warning:' line."""

@@ -85,6 +85,23 @@ class Model:
                           should_stop=should_stop, checkpoint=checkpoint, save_every=save_every, resume=resume,
                           **options)
 
+    @property
+    def encoder(self):
+        """The edit encoder the model's folder ships (its only one), or None."""
+        if not hasattr(self, "_encoder"):
+            from invert.encoder import EncoderFile, shipped_encoders
+
+            shipped = shipped_encoders(self.name)
+            self._encoder = EncoderFile.load(next(iter(shipped.values()))) if len(shipped) == 1 else None
+        return self._encoder
+
+    def encode(self, pairs: list[Pair]) -> Instruction:
+        """The instruction the model's own edit encoder gives for these pairs, in one forward pass
+        (``invert encode``); only for a model that ships one (:attr:`encoder`)."""
+        from invert.encoder import encode_images
+
+        return encode_images(self.encoder, self.editor, self.clip, *self.load_pairs(pairs))
+
     def apply(self, instruction: Instruction, images: list[Image.Image], *, text: str | None = None,
               strength: float = 1.0, steps: int = 20, guidance: float | None = None,
               image_guidance: float | None = None, seed: int | None = None, fresh_noise: bool = False,

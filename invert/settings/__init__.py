@@ -7,7 +7,7 @@ and an unknown option is an error. Importing this module imports no torch (``inv
 from __future__ import annotations
 
 from .fields import as_dict, build_settings, check_value, field_type, option, settings_fields
-from .fit import OFFICIAL, FitSettings
+from .fit import ENCODER_INIT, INIT_MODES, OFFICIAL, FitSettings, encoder_init
 
-__all__ = ["OFFICIAL", "FitSettings", "as_dict", "build_settings", "check_value", "field_type", "option",
-           "settings_fields"]
+__all__ = ["ENCODER_INIT", "INIT_MODES", "OFFICIAL", "FitSettings", "as_dict", "build_settings", "check_value",
+           "encoder_init", "field_type", "option", "settings_fields"]

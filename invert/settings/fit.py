@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import InvertError
 from .fields import option
+
+
+INIT_MODES = ("best", "auto", "caption", "phrases", "pez", "empty")
+ENCODER_INIT = "encoder"  # --init encoder[:FILE]: start from an edit encoder's instruction
+
+
+def encoder_init(init: str) -> str | None:
+    """The encoder file an --init value names ('' for the model folder's own), or None when it names none."""
+    if init == ENCODER_INIT:
+        return ""
+    return init[len(ENCODER_INIT) + 1:] if init.startswith(ENCODER_INIT + ":") else None
 
 
 @dataclass(frozen=True)
@@ -33,12 +45,15 @@ class FitSettings:
     reverse: bool = option(False, "Also learn the inverse edit (after -> before) with a cycle term, stored in the "
                                   "same file for 'apply --reverse' (for lora: the negated adapter).")
     cycle_weight: float = option(1.0, "--reverse: weight of the cycle term.")
-    init: Literal["best", "auto", "caption", "phrases", "pez", "empty"] = option(
+    init: str = option(
         "best", "How to find the init text when --init-text is not given: best, the candidate texts (the caption, "
                 "InstructBrush's phrases, the most changed phrases in instruction templates, empty) applied to the "
                 "exemplars and the best-scoring one taken; auto, the method's own (caption for visii, phrases for "
                 "brush, empty for lora); a CLIP-ranked caption of the afters; InstructBrush's phrases; a PEZ hard "
-                "prompt optimized against the afters (the official VISII code's); or empty.")
+                "prompt optimized against the afters (the official VISII code's); empty; or encoder:FILE, the "
+                "instruction the edit encoder FILE ('invert encoder train') gives for the exemplars, the fit "
+                "starting from its state (plain 'encoder': the model folder's own encoder for the method).",
+        metavar="[" + "|".join(INIT_MODES) + "|encoder[:FILE]]")
     pez_steps: int = option(300, "--init pez: optimization steps (the official code: 3000).", minimum=1)
     pez_tokens: int = option(10, "--init pez: prompt length in tokens (the official code: 10).", minimum=1)
     grad_clip: Literal["auto", "official", "abs", "none"] = option(
@@ -68,6 +83,8 @@ class FitSettings:
                                    "--pair-order timestep --val 0, 1000 steps at lr 1e-3; options you give still win.")
 
     def __post_init__(self) -> None:
+        if self.init not in INIT_MODES and encoder_init(self.init) is None:
+            raise InvertError(f"--init {self.init!r}: choose from {', '.join(INIT_MODES)}, or encoder[:FILE]")
         # One --init-text is kept as a string (as files have always recorded it), several as a tuple, none as None.
         if isinstance(self.init_text, (tuple, list)):
             texts = tuple(self.init_text)
@@ -85,4 +102,4 @@ OFFICIAL = {"init": "pez", "pez_steps": 3000, "pez_tokens": 10, "grad_clip": "of
             "guidance": 7.5, "image_guidance": 1.5, "mse_weight": 4.0, "clip_weight": 0.1, "clip_clamp": 0.5}
 
 
-__all__ = ["OFFICIAL", "FitSettings"]
+__all__ = ["ENCODER_INIT", "INIT_MODES", "OFFICIAL", "FitSettings", "encoder_init"]
