@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from .app import MODEL_EVENT, App, example_folders, first_example, open_images
-from .backend import Instruction, InvertError, describe, load_instruction
+from .backend import Instruction, InvertError, describe, load_instruction, save_image
 from .session import Session
 
 FOLDER, UPLOAD = "Example folder", "Upload images"
@@ -100,9 +100,9 @@ def edit(app: App, session: Session, tab: str, inst: Instruction, source: str, f
                                  fresh_noise=bool(fresh_noise) or count > 1, **scales)
         for f, before, after in zip(files, images, edited):
             name = f"{f.stem}_seed{seed + v}" if count > 1 else f.stem
-            after.save(out / f"{name}.png")
+            save_image(after, out / f"{name}.png")
             # The slider compares images of one size: the input as the pipeline saw it (rounded down to 8).
-            before.resize(after.size).save(out / f"{name}_before.png")
+            save_image(before.resize(after.size), out / f"{name}_before.png")
             rows.append((str(out / f"{name}_before.png"), str(out / f"{name}.png"),
                          name if count == 1 else f"{f.stem} · seed {seed + v}"))
     session.results[tab] = rows

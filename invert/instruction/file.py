@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import InstructionFileError, InvertError
+from ..errors import InstructionFileError
+from ..writing import write_atomically
 
 FORMAT = "invert.inst"
 # 2: InstructBrush's K/V stored per cross-attention layer by name (brush.<processor>.k), where version 1 stored
@@ -40,46 +40,6 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
         # reshape: a 0-dim tensor cannot be viewed as bytes (the bytes of other tensors are the same)
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def write_atomically(path: Path, write, force: bool = False) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a half-written file."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise InvertError(f"{path}: already exists (use --force to overwrite)")
-    if not path.parent.exists():
-        raise InvertError(f"{path.parent}: output folder does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise InvertError(f"{path.parent}: cannot write there ({exc.strerror or exc})") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file 0600 (and a writer may replace it with a private file of its own): the result
-        # gets the mode any new file gets, so that a group, a web server or a shared folder can read it as the
-        # user's umask allows.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # a full disk, a vanished folder: one line, and nothing half-written
-            raise InvertError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-
-
-def _umask() -> int:
-    """The process's umask. Linux reports it in /proc; elsewhere it can only be read by setting it, which is not
-    thread-safe (the web app writes from threads), so that is the fallback."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 @dataclass
