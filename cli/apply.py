@@ -197,8 +197,8 @@ def apply(ctx, inputs, output, mix, text, steps, guidance, image_guidance, seed,
         if stopped is not None:
             raise stopped
     summary = failures.summary(len(jobs))
-    if summary:
-        raise InvertError(summary)
+    if summary:  # one line per failure (an InvertError's message is one line: it would escape their breaks)
+        raise click.ClickException(summary)
 
 
 def _parameters(inst, sources: list[Path], options: dict, **recorded) -> dict:

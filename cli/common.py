@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from invert.display import printable
 from invert.errors import InvertError, InvertWarning
 from invert.writing import make_folder, output_exists
 
@@ -75,7 +76,7 @@ class _Echo(logging.Handler):
     """invert's log records as plain lines on stderr, through Click (so that tests capture them)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
+        click.echo(printable(self.format(record)), err=True)
 
 
 _ECHO = _Echo()

@@ -10,6 +10,7 @@ import click
 
 import invert
 from invert.defaults import DEFAULT_MODEL
+from invert.display import printable
 from invert.errors import InvertError
 from invert.writing import make_folder, output_exists
 
@@ -111,15 +112,15 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
         click.echo(json.dumps({"shard": f"{k}/{n}", "output": str(output), "sets": rows}, indent=2))
     else:
         click.echo(f"{'set':24s} {'status':8s} {'method':7s} {'steps':>6s} {'final loss':>11s} {'seconds':>8s}")
-        for r in rows:
+        for r in rows:  # a set's name is its folder's: control characters in it are shown escaped
             loss = "" if r.get("final_loss") is None else f"{r['final_loss']:.5f}"
-            click.echo(f"{r['set'][:24]:24s} {r['status'][:8]:8s} {r.get('method', ''):7s} {r.get('steps', ''):>6} "
-                       f"{loss:>11s} {r.get('seconds', ''):>8}")
+            click.echo(f"{printable(r['set'])[:24]:24s} {r['status'][:8]:8s} {r.get('method', ''):7s} "
+                       f"{r.get('steps', ''):>6} {loss:>11s} {r.get('seconds', ''):>8}")
         for r in failed:
-            click.echo(f"{r['set']}: {r['status']}", err=True)
+            click.echo(f"{printable(r['set'])}: {r['status']}", err=True)
         if suspect:
             click.echo(f"{len(suspect)} of {len(rows)} sets did not pass the fit check:", err=True)
             for r in suspect:
-                click.echo(f"  {r['set']}: {r['fit_check']}", err=True)
+                click.echo(f"  {printable(r['set'])}: {printable(r['fit_check'])}", err=True)
     if failed:
         raise SystemExit(1)

@@ -11,6 +11,7 @@ from PIL import Image
 import invert
 from invert.api import FitProgress
 from invert.defaults import DEFAULT_TEMPERATURE
+from invert.display import printable
 from invert.errors import InvertError
 from invert.fitting.checkpoint import FitState, FitStopped
 from invert.instruction import Instruction
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_TEMPERATURE", "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model",
            "Pair", "copy_file", "describe", "find_pairs", "is_image_file", "load_instruction", "make_folder",
-           "open_image", "output_exists", "save_image", "save_instruction", "save_state", "write_failure"]
+           "open_image", "output_exists", "printable", "save_image", "save_instruction", "save_state",
+           "write_failure"]
 
 
 class Model:

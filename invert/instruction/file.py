@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from ..errors import InstructionFileError
 from ..writing import write_atomically
@@ -113,11 +113,7 @@ def read_verified(path: Path, fmt: str, version: int, kind: str = "an .inst file
         raise InstructionFileError(f"{path}: no such file")
     check_safetensors_header(path, kind)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        tensors = load_file(str(path))
+        tensors, meta = _read_safetensors(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise InstructionFileError(f"{path}: not {kind} (unreadable safetensors: {exc})") from None
     if meta.get("format") != fmt:
@@ -132,6 +128,22 @@ def read_verified(path: Path, fmt: str, version: int, kind: str = "an .inst file
     if meta.pop("tensor_sha256", None) != tensors_sha256(tensors):
         raise InstructionFileError(f"{path}: tensor checksum mismatch (the file is corrupted or was modified)")
     return tensors, meta
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and metadata. safetensors opens only paths that are UTF-8: a file whose name
+    holds other bytes (a Latin-1 name, say) is read into memory and parsed from there."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        return load(data), dict(header.get("__metadata__") or {})
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    return load_file(str(path)), meta
 
 
 def check_safetensors_header(path: Path, kind: str = "an .inst file") -> None:
