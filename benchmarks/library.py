@@ -36,10 +36,11 @@ from invert.backbones import load_editor
 from invert.clip import clip_name_for, load_clip
 from invert.evaluation import score
 from invert.fitting.losses import clip_direction
-from invert.instruction import Instruction, write_atomically
+from invert.instruction import Instruction
 from invert.library import DEFAULT_TEMPERATURE, Library, build_library, mix_entries
 from invert.methods import settings_for
 from invert.toy import world
+from invert.writing import write_text
 
 from .quality import BEFORE_SELF_CHECK, DEFAULT_EDITS, TEST_SEED, TRAIN_SEED, edit_index, edit_pairs
 
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run(editor, clip, insts, library_edits, edits, tuple(float(t) for t in args.temperatures.split(",")))
     print(format_table(result))
     if args.json:
-        write_atomically(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"), args.force)
+        write_text(args.json, json.dumps(result, indent=2) + "\n", args.force)
 
 
 if __name__ == "__main__":

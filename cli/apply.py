@@ -10,8 +10,9 @@ import click
 import invert
 from invert.defaults import DEFAULT_TEMPERATURE, SCHEDULERS
 from invert.errors import InvertError
+from invert.writing import make_folder, output_exists
 
-from .common import make_folder, quiet_option, user_errors
+from .common import quiet_option, user_errors
 from .options import model_options, noise_mode, noise_options
 from .progress import sampling
 
@@ -71,7 +72,7 @@ def _state(path: Path, wanted: str) -> str | None:
     """None for an output still to make; SAME for one this run's settings made; else why it is in the way."""
     from .parameters import differences, read_parameters
 
-    if not path.exists():
+    if not output_exists(path):  # a name past the file system's limit fails here, before any sampling
         return None
     stored = read_parameters(path)
     if stored is None:
@@ -196,8 +197,8 @@ def apply(ctx, inputs, output, mix, text, steps, guidance, image_guidance, seed,
         if stopped is not None:
             raise stopped
     summary = failures.summary(len(jobs))
-    if summary:
-        raise InvertError(summary)
+    if summary:  # one line per failure (an InvertError's message is one line: it would escape their breaks)
+        raise click.ClickException(summary)
 
 
 def _parameters(inst, sources: list[Path], options: dict, **recorded) -> dict:
@@ -235,7 +236,7 @@ def _plan(files: list[Path], seeds: list[int | None], output: Path, grid: bool, 
     single_file = output.suffix.lower() in IMAGE_EXTENSIONS
     if single_file and len(files) > 1:
         raise InvertError(f"{output}: one output file for {len(files)} images; give a folder")
-    make_folder(output.parent if single_file else output)
+    make_folder(output.parent, output) if single_file else make_folder(output)
     jobs = []
     for f in files:
         for s in seeds:

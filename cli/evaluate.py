@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 import invert
+from invert.display import printable
 from invert.errors import InvertError
 
 from .common import check_output, quiet_option, user_errors
@@ -125,13 +126,13 @@ def _report(scores: dict, settings: dict, instruction: Path, test_pairs: Path, a
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["name", *columns])
-        for row in rows:
-            writer.writerow([row["name"], *(f"{row[c]:.4f}" for c in columns)])
+        for row in rows:  # a pair's name is its files': control characters in it are shown escaped
+            writer.writerow([printable(row["name"]), *(f"{row[c]:.4f}" for c in columns)])
         click.echo(out.getvalue(), nl=False)
     else:
         click.echo(f"{'image':24s} " + " ".join(f"{c:>14s}" for c in columns))
         for row in rows:
-            click.echo(f"{row['name'][:24]:24s} " + " ".join(f"{row[c]:14.4f}" for c in columns))
+            click.echo(f"{printable(row['name'])[:24]:24s} " + " ".join(f"{row[c]:14.4f}" for c in columns))
         if "clip_direction_of_means" in scores:
             click.echo(f"clip_direction is against {DIRECTION_SOURCES[scores['direction_source']]} direction; the mean "
                        "row is its column's mean. TOP-Bench's score, the direction between the mean input and the "

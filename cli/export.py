@@ -10,8 +10,9 @@ from .common import check_output, user_errors
 
 def _export(instruction: Path, output: Path, kind: str, force: bool, reverse: bool = False):
     """Write the file atomically through the instruction's method (no model is loaded)."""
-    from invert.instruction import Instruction, write_atomically
+    from invert.instruction import Instruction
     from invert.methods import method_class
+    from invert.writing import write_atomically
 
     check_output(output, force)
     inst = Instruction.load(instruction)

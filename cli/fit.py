@@ -8,6 +8,7 @@ import click
 
 import invert
 from invert.defaults import DEFAULT_MODEL
+from invert.writing import output_exists
 
 from .common import announce_stop, check_output, quiet_option, saved, user_errors
 from .options import config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings
@@ -59,10 +60,20 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
     check_output(output, force)  # before any work, not after the fit
     found = invert.find_pairs(pairs, before, after)
 
+    def snapshot(step: int) -> Path:
+        return output.with_name(f"{output.stem}.step-{step}.inst")
+
     def checkpoint(inst, step):
-        inst.save(output.with_name(f"{output.stem}.step-{step}.inst"), force=True)
+        inst.save(snapshot(step), force=True)
 
     state_path = output.with_name(f"{output.name}.ckpt")
+    # The files the fit may write besides OUTPUT, probed now: a name past the file system's limit is refused
+    # before the fit, not when a stopped fit's state would be lost for it.
+    output_exists(state_path)
+    if save_every:
+        last = (_steps(model, method, options) - 1) // save_every * save_every  # the last snapshot's step
+        if last:
+            output_exists(snapshot(last))
     with stop_on_signals(announce_stop) as stop:
         try:
             inst = invert.fit(found, method, model=model, device=device, dtype=dtype, clip_model=clip_model,
@@ -75,6 +86,14 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
                f"loss {inst.meta.get('final_loss')}, {float(inst.meta['fit_seconds']):.1f} s)", err=quiet or as_json)
     if as_json:
         click.echo(json.dumps(fit_report(output, inst.method, inst.meta), indent=2))
+
+
+def _steps(model: str, method: str, options: dict) -> int:
+    """The number of steps the fit will run (the model's own default when not given)."""
+    from invert.api import model_defaults
+    from invert.methods import settings_for
+
+    return settings_for(method, {**model_defaults(model, method, options), **options})[0].steps
 
 
 def fit_report(output: Path, method: str, meta: dict) -> dict:

@@ -10,7 +10,9 @@ import click
 
 import invert
 from invert.defaults import DEFAULT_MODEL
+from invert.display import printable
 from invert.errors import InvertError
+from invert.writing import make_folder, output_exists
 
 from .common import quiet_option, user_errors
 from .fit import CLIP_MODEL_HELP
@@ -67,15 +69,20 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
         if torch.cuda.is_available():  # each process its own GPU
             device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     mine = exemplar_sets(sets)[k::n]
-    output.mkdir(parents=True, exist_ok=True)
+    make_folder(output)
     todo, rows = [], []
     for name, folder in mine:
         path = output / f"{name}.inst"
-        differs = fitted_otherwise(path, method, *settings) if path.exists() else None
+        try:  # a set whose output the file system cannot hold (a name past its limit) fails alone, before its fit
+            there = output_exists(path)
+        except InvertError as exc:
+            rows.append({"set": name, "status": f"failed: {exc}"})
+            continue
+        differs = fitted_otherwise(path, method, *settings) if there else None
         if differs and not force:
             raise InvertError(f"{path}: fitted with other settings ({differs}); use --force to refit it, or another "
                               "output folder")
-        if path.exists() and not differs:
+        if there and not differs:
             rows.append({"set": name, "status": "exists"})
         else:
             todo.append((name, folder))
@@ -87,13 +94,13 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
         def checkpoint(inst, step, name=name):
             inst.save(output / f"{name}.step-{step}.inst", force=True)
 
-        try:
+        try:  # one bad set, or one that cannot be written, does not end the batch
             inst = invert.fit(folder, method, editor=editor, clip=clip, quiet=True, low_memory=low_memory,
                               save_every=save_every, checkpoint=checkpoint, **options)
-        except InvertError as exc:  # one bad set does not end the batch
+            inst.save(output / f"{name}.inst", force=True)
+        except InvertError as exc:
             rows.append({"set": name, "status": f"failed: {exc}"})
             continue
-        inst.save(output / f"{name}.inst", force=True)
         rows.append({"set": name, "status": "fitted", "method": method, "steps": int(inst.meta["steps"]),
                      "final_loss": float(inst.meta["final_loss"]) if inst.meta.get("final_loss") else None,
                      "seconds": round(time.perf_counter() - start, 2), "fit_check": inst.meta.get("fit_check")})
@@ -105,15 +112,15 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
         click.echo(json.dumps({"shard": f"{k}/{n}", "output": str(output), "sets": rows}, indent=2))
     else:
         click.echo(f"{'set':24s} {'status':8s} {'method':7s} {'steps':>6s} {'final loss':>11s} {'seconds':>8s}")
-        for r in rows:
+        for r in rows:  # a set's name is its folder's: control characters in it are shown escaped
             loss = "" if r.get("final_loss") is None else f"{r['final_loss']:.5f}"
-            click.echo(f"{r['set'][:24]:24s} {r['status'][:8]:8s} {r.get('method', ''):7s} {r.get('steps', ''):>6} "
-                       f"{loss:>11s} {r.get('seconds', ''):>8}")
+            click.echo(f"{printable(r['set'])[:24]:24s} {r['status'][:8]:8s} {r.get('method', ''):7s} "
+                       f"{r.get('steps', ''):>6} {loss:>11s} {r.get('seconds', ''):>8}")
         for r in failed:
-            click.echo(f"{r['set']}: {r['status']}", err=True)
+            click.echo(f"{printable(r['set'])}: {r['status']}", err=True)
         if suspect:
             click.echo(f"{len(suspect)} of {len(rows)} sets did not pass the fit check:", err=True)
             for r in suspect:
-                click.echo(f"  {r['set']}: {r['fit_check']}", err=True)
+                click.echo(f"  {printable(r['set'])}: {printable(r['fit_check'])}", err=True)
     if failed:
         raise SystemExit(1)

@@ -8,6 +8,7 @@ import click
 
 import invert
 from invert.defaults import DEFAULT_MODEL
+from invert.display import printable
 
 from .common import quiet_option, threads_option, user_errors
 from .options import phrase_options
@@ -58,9 +59,9 @@ def phrases(pairs, before, after, vocab, top, threshold, relative_threshold, tem
                                "candidates": choice.candidates}, indent=2))
         return
     unit = " (x spread)" if relative_threshold else ""
-    for side in ("after", "before"):
+    for side in ("after", "before"):  # phrases come from vocabulary files: control characters shown escaped
         click.echo(f"{side} candidates (sensitivity = mean sim to afters - to befores; relative = in spreads):")
         for c in (c for c in choice.candidates if c["side"] == side):
-            click.echo(f"  {c['sensitivity']:+.4f}  {c['relative']:+.2f}  {c['phrase']}")
-    click.echo(f"p_x: {choice.p_x}  p_y: {choice.p_y}  (threshold {threshold}{unit})")
+            click.echo(f"  {c['sensitivity']:+.4f}  {c['relative']:+.2f}  {printable(c['phrase'])}")
+    click.echo(f"p_x: {printable(choice.p_x)}  p_y: {printable(choice.p_y)}  (threshold {threshold}{unit})")
     click.echo(f"init text: {choice.text!r}")

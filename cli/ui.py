@@ -38,7 +38,11 @@ def ui(host, port, model, device, dtype):
     import tempfile  # here, like the rest: `invert ui --help` answers at once
 
     _check_address(host, port)
-    root = Path(tempfile.mkdtemp(prefix="invert-ui-"))
+    try:
+        root = Path(tempfile.mkdtemp(prefix="invert-ui-"))
+    except OSError as exc:
+        raise InvertError(f"{tempfile.gettempdir()}: cannot create the app's temporary folder there "
+                          f"({exc.strerror or exc}); set TMPDIR to a writable folder") from None
     # Gradio reads these when it is imported: its upload cache inside our folder, and no calls home.
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -27,8 +27,9 @@ from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL, DEFAULT_TEMPERATURE
 from .errors import InstructionFileError, InvertError, InvertWarning
 from .fitting.losses import clip_direction
-from .instruction import Instruction, read_verified, tensors_sha256, write_atomically
+from .instruction import Instruction, read_verified, tensors_sha256
 from .instruction.thumbnails import thumbnail_tensor
+from .writing import write_atomically
 
 FORMAT = "invert.library"
 VERSION = 1

@@ -269,6 +269,31 @@ def test_api_bad_uploads_get_the_cli_message(client, fitted, tmp_path):
     assert str(page.value) == cli_message(Instruction.load, not_inst)
 
 
+def test_api_library_shows_entry_names_as_text(client, fitted, tmp_path):
+    """A library's entry names (its files' stems) reach the page's Markdown and chart as text: no control
+    character, no link, no markup."""
+    import shutil
+    import unicodedata
+
+    from gradio_client import handle_file
+
+    from invert.library import build_library
+
+    name = "[x](javascript:alert(1)) **b** \x1b]0;pwned\x07\u202e\nError: forged"
+    (tmp_path / "insts").mkdir()
+    shutil.copyfile(fitted[3], tmp_path / "insts" / f"{name}.inst")
+    build_library([tmp_path / "insts"]).save(tmp_path / "lib.safetensors")
+    before, after = (sorted((NIGHT / "test" / side).iterdir())[0] for side in ("before", "after"))
+    weights, listed, *_ = client.predict(
+        handle_file(tmp_path / "lib.safetensors"), handle_file(before), handle_file(after), 0.1, 0, "its only one",
+        *apply_args([], [handle_file(before)])[3:], api_name="/library")
+    shown = [row[0] for row in weights["data"]]
+    for text in (listed, *shown):
+        assert not [c for c in text if unicodedata.category(c) in ("Cc", "Cf")], text
+    assert "[x](" not in listed and "**b**" not in listed and "\\[x\\]" in listed, listed
+    assert shown == ["[x](javascript:alert(1)) **b** \\x1b]0;pwned\\x07\\u202e\\nError: forged"]
+
+
 # The browser: Debian's chromium and chromium-driver (.ci/run installs them); nothing is downloaded.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

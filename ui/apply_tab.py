@@ -2,14 +2,13 @@
 settings and results that the Library tab shares."""
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
-from .app import MODEL_EVENT, App, example_folders, first_example, open_images
-from .backend import Instruction, InvertError, describe, load_instruction
+from .app import MODEL_EVENT, App, example_folders, first_example, markdown_text, open_images
+from .backend import Instruction, InvertError, describe, load_instruction, printable, save_image
 from .session import Session
 
 FOLDER, UPLOAD = "Example folder", "Upload images"
@@ -100,11 +99,11 @@ def edit(app: App, session: Session, tab: str, inst: Instruction, source: str, f
                                  fresh_noise=bool(fresh_noise) or count > 1, **scales)
         for f, before, after in zip(files, images, edited):
             name = f"{f.stem}_seed{seed + v}" if count > 1 else f.stem
-            after.save(out / f"{name}.png")
+            save_image(after, out / f"{name}.png")
             # The slider compares images of one size: the input as the pipeline saw it (rounded down to 8).
-            before.resize(after.size).save(out / f"{name}_before.png")
+            save_image(before.resize(after.size), out / f"{name}_before.png")
             rows.append((str(out / f"{name}_before.png"), str(out / f"{name}.png"),
-                         name if count == 1 else f"{f.stem} · seed {seed + v}"))
+                         printable(name if count == 1 else f"{f.stem} · seed {seed + v}")))
     session.results[tab] = rows
     return ([(r, caption) for _, r, caption in rows], (rows[0][0], rows[0][1]), [r for _, r, _ in rows])
 
@@ -142,8 +141,8 @@ def build(app: App, learned: gr.State) -> None:
         try:
             insts = _instructions(session, names, uploads)
         except InvertError as exc:
-            return f"⚠️ {app.sessions.shorten(str(exc))}"
-        return "\n".join(f"{i}. **{html.escape(name)}**: {html.escape(describe(inst))}"
+            return f"⚠️ {markdown_text(app.sessions.shorten(str(exc)))}"
+        return "\n".join(f"{i}. **{markdown_text(name)}**: {markdown_text(describe(inst))}"
                          for i, (name, inst) in enumerate(insts, 1))
 
     gr.on([chosen.change, uploaded.change], app.handler(listed), [chosen, uploaded], listing,

@@ -2,6 +2,7 @@
 functions and names, so that a change in the library's API is adapted here, in one place."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -10,17 +11,20 @@ from PIL import Image
 import invert
 from invert.api import FitProgress
 from invert.defaults import DEFAULT_TEMPERATURE
+from invert.display import printable
 from invert.errors import InvertError
 from invert.fitting.checkpoint import FitState, FitStopped
 from invert.instruction import Instruction
 from invert.pairs import Pair, find_pairs, is_image_file, open_image
+from invert.writing import make_folder, output_exists, write_atomically, write_failure
 
 if TYPE_CHECKING:
     from invert.fitting.phrases import PhraseChoice
 
 __all__ = ["DEFAULT_TEMPERATURE", "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model",
-           "Pair", "describe", "find_pairs", "is_image_file", "load_instruction", "open_image", "save_instruction",
-           "save_state"]
+           "Pair", "copy_file", "describe", "find_pairs", "is_image_file", "load_instruction", "make_folder",
+           "open_image", "output_exists", "printable", "save_image", "save_instruction", "save_state",
+           "write_failure"]
 
 
 class Model:
@@ -127,6 +131,18 @@ def save_instruction(inst: Instruction, path: Path) -> Path:
 def save_state(state: FitState, path: Path) -> Path:
     """A stopped fit's state, the file ``invert fit --resume`` continues from."""
     return state.save(path)
+
+
+def save_image(img: Image.Image, path: Path) -> Path:
+    """A PNG written as the library writes every file: atomically, a failure one InvertError naming it."""
+    write_atomically(path, lambda tmp: img.save(tmp, format="PNG"), force=True)
+    return path
+
+
+def copy_file(source: str | Path, target: Path) -> Path:
+    """``source`` copied to ``target`` (which must not exist), written as :func:`save_image` writes."""
+    write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
+    return target
 
 
 def describe(inst: Instruction) -> str:

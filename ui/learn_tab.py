@@ -11,8 +11,9 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from .app import MODEL_EVENT, App, example_folders, first_example, side_by_side
-from .backend import InvertError, Pair, find_pairs, is_image_file, open_image, save_instruction, save_state
+from .app import MODEL_EVENT, App, example_folders, first_example, markdown_text, side_by_side
+from .backend import (InvertError, Pair, find_pairs, is_image_file, open_image, printable, save_instruction,
+                      save_state)
 from .fitjob import FitJob
 from .session import Session
 
@@ -92,19 +93,19 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
             pairs, name, _ = _gather(session, source, folder, befores, afters)
             shown_befores, shown_afters = app.model.load_pairs(pairs)
         except InvertError as exc:
-            return [], f"⚠️ {app.sessions.shorten(str(exc))}"
+            return [], f"⚠️ {markdown_text(app.sessions.shorten(str(exc)))}"
         session.checked = pairs
-        gallery = [(side_by_side(b, a), p.name) for p, b, a in zip(pairs, shown_befores, shown_afters)]
+        gallery = [(side_by_side(b, a), printable(p.name)) for p, b, a in zip(pairs, shown_befores, shown_afters)]
         w, h = shown_befores[0].size
-        return gallery, f"**{len(pairs)} pairs** ({name}), used at {w}x{h}."
+        return gallery, f"**{len(pairs)} pairs** ({markdown_text(name)}), used at {w}x{h}."
 
     def phrases(request: gr.Request):
         pairs = app.session(request).checked
         if not pairs:
             return "Shown once the pairs are checked.", gr.update(visible=False)
         choice = app.model.phrases(pairs)
-        text = f"**{html.escape(choice.text)}**" if choice.text else "none above the threshold: an empty init text"
-        rows = [[c["phrase"], c["side"], round(c["sensitivity"], 4)] for c in choice.candidates]
+        text = f"**{markdown_text(choice.text)}**" if choice.text else "none above the threshold: an empty init text"
+        rows = [[printable(c["phrase"]), c["side"], round(c["sensitivity"], 4)] for c in choice.candidates]
         return f"InstructBrush would start from: {text}", gr.update(value=rows, visible=True)
 
     checked = gr.on([source.change, folder.change, befores.change, afters.change, blocks.load],
@@ -233,7 +234,7 @@ def _status_html(what: str, step: int, total: int, loss: float | None = None, se
         facts.append(f"val {score:.2f} dB")  # as the CLI's progress bar
     if seconds is not None:
         facts.append(f"{seconds:.1f} s")
-    line = " · ".join([html.escape(what)] * bool(what) + facts) or "Press Fit to start."
+    line = " · ".join([html.escape(printable(what))] * bool(what) + facts) or "Press Fit to start."
     return (f'<div class="fit-bar"><div style="width:{share:.1f}%"></div></div>'
             f'<div class="fit-line">{line}</div>')
 

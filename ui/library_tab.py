@@ -5,9 +5,9 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from .app import MODEL_EVENT, App
+from .app import MODEL_EVENT, App, markdown_text
 from .apply_tab import edit, follow_selection, image_inputs, results_view
-from .backend import DEFAULT_TEMPERATURE, InvertError
+from .backend import DEFAULT_TEMPERATURE, InvertError, printable
 
 ANY_METHOD = "its only one"
 
@@ -53,7 +53,7 @@ def build(app: App) -> None:
                                                      None if method == ANY_METHOD else method)
         edited = edit(app, session, "library", inst, source, folder, images, text, strength, steps, guidance,
                       image_guidance, seed, variations, fresh_noise)
-        listed = " · ".join(f"**{name}** {w:.3f}" for name, w in chosen)
+        listed = " · ".join(f"**{markdown_text(name)}** {w:.3f}" for name, w in chosen)  # names from the file
         return (_weights(chosen), f"Mixed: {listed}", *edited)
 
     run.click(app.handler(apply), [library, before, after, temperature, top, method, *inputs.components()],
@@ -62,4 +62,4 @@ def build(app: App) -> None:
 
 
 def _weights(chosen: list[tuple[str, float]]) -> pd.DataFrame:
-    return pd.DataFrame({"instruction": [n for n, _ in chosen], "weight": [round(w, 4) for _, w in chosen]})
+    return pd.DataFrame({"instruction": [printable(n) for n, _ in chosen], "weight": [round(w, 4) for _, w in chosen]})

@@ -3,17 +3,21 @@ the phrases whose similarity changes most from the before to the after images.""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..backbones import fingerprint
 from ..cache import cache_dir
 from ..clip import Clip
+from ..errors import InvertError, InvertWarning
+from ..writing import make_folder, write_atomically
 
 
 def phrase_features(clip: Clip, phrases: list[str], chunk: int = 256, quiet: bool = True) -> torch.Tensor:
@@ -23,15 +27,18 @@ def phrase_features(clip: Clip, phrases: list[str], chunk: int = 256, quiet: boo
     key = hashlib.sha256(("v2" + clip.name + (fingerprint(model) if model is not None else "") + "\n".join(phrases))
                          .encode()).hexdigest()[:24]
     path = cache_dir() / "phrase-features" / f"{key}.safetensors"
-    if path.exists():
+    try:
         return load_file(str(path))["features"]
+    except (OSError, SafetensorError, KeyError):  # not cached yet, or a damaged cache file: computed again
+        pass
     parts = [clip.text_features(phrases[i:i + chunk])
              for i in tqdm(range(0, len(phrases), chunk), desc="embedding phrases", disable=quiet)]
     feats = torch.nn.functional.normalize(torch.cat(parts).float().cpu(), dim=-1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"features": feats}, str(tmp))
-    tmp.replace(path)
+    try:  # a cache: when it cannot be written (a full disk, a read-only home) the features are computed again
+        make_folder(path.parent, path)
+        write_atomically(path, lambda tmp: save_file({"features": feats}, tmp), force=True)
+    except InvertError as exc:
+        warnings.warn(InvertWarning(f"phrase features not cached: {exc}"))
     return feats
 
 

@@ -1,5 +1,5 @@
-"""The ``.inst`` file: its tensors and metadata, read and verified, written atomically (``file``), and the exemplar
-thumbnails it stores (``thumbnails``)."""
+"""The ``.inst`` file: its tensors and metadata, read and verified, written through ``invert.writing`` (``file``),
+and the exemplar thumbnails it stores (``thumbnails``)."""
 from __future__ import annotations
 
 from .file import (
@@ -11,8 +11,7 @@ from .file import (
                    is_instruction_file,
                    read_verified,
                    tensors_sha256,
-                   write_atomically,
 )
 
 __all__ = ["FORMAT", "MAX_HEADER_BYTES", "VERSION", "Instruction", "check_safetensors_header", "is_instruction_file",
-           "read_verified", "tensors_sha256", "write_atomically"]
+           "read_verified", "tensors_sha256"]

@@ -7,16 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
-from ..errors import InstructionFileError, InvertError
+from ..errors import InstructionFileError
+from ..writing import write_atomically
 
 FORMAT = "invert.inst"
 # 2: InstructBrush's K/V stored per cross-attention layer by name (brush.<processor>.k), where version 1 stored
@@ -40,46 +40,6 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
         # reshape: a 0-dim tensor cannot be viewed as bytes (the bytes of other tensors are the same)
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def write_atomically(path: Path, write, force: bool = False) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a half-written file."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise InvertError(f"{path}: already exists (use --force to overwrite)")
-    if not path.parent.exists():
-        raise InvertError(f"{path.parent}: output folder does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise InvertError(f"{path.parent}: cannot write there ({exc.strerror or exc})") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file 0600 (and a writer may replace it with a private file of its own): the result
-        # gets the mode any new file gets, so that a group, a web server or a shared folder can read it as the
-        # user's umask allows.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # a full disk, a vanished folder: one line, and nothing half-written
-            raise InvertError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-
-
-def _umask() -> int:
-    """The process's umask. Linux reports it in /proc; elsewhere it can only be read by setting it, which is not
-    thread-safe (the web app writes from threads), so that is the fallback."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 @dataclass
@@ -153,11 +113,7 @@ def read_verified(path: Path, fmt: str, version: int, kind: str = "an .inst file
         raise InstructionFileError(f"{path}: no such file")
     check_safetensors_header(path, kind)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        tensors = load_file(str(path))
+        tensors, meta = _read_safetensors(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise InstructionFileError(f"{path}: not {kind} (unreadable safetensors: {exc})") from None
     if meta.get("format") != fmt:
@@ -172,6 +128,22 @@ def read_verified(path: Path, fmt: str, version: int, kind: str = "an .inst file
     if meta.pop("tensor_sha256", None) != tensors_sha256(tensors):
         raise InstructionFileError(f"{path}: tensor checksum mismatch (the file is corrupted or was modified)")
     return tensors, meta
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and metadata. safetensors opens only paths that are UTF-8: a file whose name
+    holds other bytes (a Latin-1 name, say) is read into memory and parsed from there."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        return load(data), dict(header.get("__metadata__") or {})
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    return load_file(str(path)), meta
 
 
 def check_safetensors_header(path: Path, kind: str = "an .inst file") -> None:
