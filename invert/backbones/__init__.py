@@ -22,6 +22,8 @@ log = logging.getLogger("invert")
 # backbone name -> "module:class"; each class lists the pipeline classes it loads (Editor.pipeline_classes)
 BACKBONES = {
     "ip2p": "ip2p:InstructPix2Pix",
+    "flux2-klein": "flux2_klein:Flux2Klein",
+    "flux1-kontext": "flux_kontext:FluxKontext",
 }
 
 

@@ -299,11 +299,12 @@ class Editor:
         """The guided prediction from each group's (in :meth:`groups`' order)."""
         raise NotImplementedError
 
-    def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows, groups: list[Group]
-                ) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows, groups: list[Group],
+                guidance: float | None = None) -> torch.Tensor:
         """One denoiser call on ``x`` (the rows of one group) repeated for each of ``groups``, each group seeing
         ``image`` or none as it says, with ``conditioning`` laid out as ``rows`` (Rows.of(groups, ...)); the raw
-        prediction of every row, groups stacked."""
+        prediction of every row, groups stacked. ``guidance``: the text guidance scale, which a guidance-distilled
+        denoiser (FLUX.1's) reads as an input; others ignore it."""
         raise NotImplementedError
 
     # -- sampling -----------------------------------------------------------------------------------------------
