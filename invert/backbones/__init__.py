@@ -70,6 +70,26 @@ def pipeline_class_name(source: str) -> str:
             "--model model") from None
 
 
+def backbone_of(model: str) -> type[Editor]:
+    """The backbone that loads ``model`` (any name :func:`load_editor` takes), from its model_index.json."""
+    from .ip2p import IP2P_CONFIGS
+
+    if model.startswith("random"):
+        folder = model.partition(":")[2] or str(IP2P_CONFIGS)
+        return backbone_for_pipeline(pipeline_class_name(folder), folder)
+    source = resolve_model_path(model)
+    return backbone_for_pipeline(pipeline_class_name(source), source)
+
+
+def architecture_defaults(model: str) -> dict:
+    """The fit options ``model``'s architecture recommends (:attr:`Editor.fit_defaults`); none when the model
+    cannot be looked at (loading it says why)."""
+    try:
+        return dict(backbone_of(model).fit_defaults)
+    except ModelLoadError:
+        return {}
+
+
 def _load_pipeline(cls: type[Editor], source: str, dtype: torch.dtype):
     try:
         return cls.from_pretrained(source, dtype)
@@ -96,14 +116,11 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     # and one fitted in any dtype is checked against, the fingerprint of fp32 and fp16 loading.
     load = torch.float32 if dt == torch.bfloat16 else dt
     log.info("loading %s (%s) ...", model, where(model))
+    cls = backbone_of(model)
     if model.startswith("random"):
-        folder = model.partition(":")[2] or str(IP2P_CONFIGS)
-        cls = backbone_for_pipeline(pipeline_class_name(folder), folder)
-        pipe = cls.from_configs(folder, dtype=load)
+        pipe = cls.from_configs(model.partition(":")[2] or str(IP2P_CONFIGS), dtype=load)
     else:
-        source = resolve_model_path(model)
-        cls = backbone_for_pipeline(pipeline_class_name(source), source)
-        pipe = _load_pipeline(cls, source, load)
+        pipe = _load_pipeline(cls, resolve_model_path(model), load)
     name = local_folder(model)
     if load == dt:
         return cls(pipe, name, dev, dt)
@@ -111,5 +128,6 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     return cls(pipe.to(dtype=dt), name, dev, dt, fingerprint=taken)
 
 
-__all__ = ["BACKBONES", "Conditioning", "Editor", "TextEncoding", "backbone_class", "backbone_for_pipeline", "fingerprint",
-           "load_editor", "pipeline_class_name", "resolve_device", "resolve_dtype"]
+__all__ = ["BACKBONES", "Conditioning", "Editor", "TextEncoding", "architecture_defaults", "backbone_class",
+           "backbone_for_pipeline", "backbone_of", "fingerprint", "load_editor", "pipeline_class_name",
+           "resolve_device", "resolve_dtype"]

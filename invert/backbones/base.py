@@ -149,6 +149,9 @@ class Editor:
     lora_prefix: ClassVar[str]  # diffusers' LoRA files name the denoiser's adapter keys with this prefix
     instruction_start: ClassVar[int] = 1  # the first position of an instruction's tokens (CLIP: after BOS)
     learns_pooled: ClassVar[bool] = False  # VISII learns the pooled vector too (SDXL: it conditions every block)
+    # Fit options every model of this architecture recommends (as a folder's invert.json "fit" object: shared
+    # values, and an object per method), below what a model folder recommends for itself.
+    fit_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         """``fingerprint``: the model's, when it was taken before a cast that changes it (see :func:`fingerprint`);

@@ -33,6 +33,8 @@ _CONTENT = "\x00"  # stands for the instruction while the chat template's prefix
 class Flux2Klein(FluxEditor):
     name = "flux2-klein"
     pipeline_classes = ("Flux2KleinPipeline",)
+    # the pipeline's guidance; VISII's CLIP direction term reads a CLIP text encoder's tokens, which klein has not
+    fit_defaults = {"guidance": 4.0, "visii": {"clip_weight": 0.0}}
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
