@@ -287,8 +287,8 @@ def markdown(summary: dict) -> str:
         lines = lines[:1]
     dits = [m for m in summary["measurements"] if m["name"] == "dit" and "result" in m]
     if dits:
-        lines += ["", "DiT editors, random weights from the full-size configs, bf16, --low-memory (gradient checkpointing, "
-                      "text encoders on the host between encodings), batch 1:", "",
+        lines += ["", "DiT editors, random weights from the full-size configs, bf16, --low-memory (gradient "
+                      "checkpointing, text encoders on the host between encodings), batch 1:", "",
                   "| model | method | px | fit s/step | fit peak MB | apply s/image (steps) | apply peak MB |",
                   "|---|---|---|---|---|---|---|"]
         for m in dits:

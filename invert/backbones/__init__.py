@@ -111,12 +111,13 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     from .ip2p import IP2P_CONFIGS
 
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    resolve_dtype(dtype, dev)  # a bad dtype is refused before anything is looked up
+    log.info("loading %s (%s) ...", model, where(model))
+    cls = backbone_of(model)
+    dt = resolve_dtype(dtype, dev, cls.half_dtype)
     # A bf16 model is loaded in fp32, fingerprinted and then cast, so that an instruction fitted in bf16 records,
     # and one fitted in any dtype is checked against, the fingerprint of fp32 and fp16 loading.
     load = torch.float32 if dt == torch.bfloat16 else dt
-    log.info("loading %s (%s) ...", model, where(model))
-    cls = backbone_of(model)
     if model.startswith("random"):
         pipe = cls.from_configs(model.partition(":")[2] or str(IP2P_CONFIGS), dtype=load)
     else:

@@ -40,12 +40,28 @@ class FluxEditor(Editor):
     image's reference tokens in one sequence, trained with flow matching."""
 
     lora_prefix = "transformer."
+    half_dtype = torch.bfloat16  # T5 and the FLUX transformers overflow in fp16
     default_guidance: ClassVar[float] = 1.0  # the guidance a call without one embeds (guidance-distilled models)
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
         self._offload_text = False
         self._values: torch.Tensor | None = None
+
+    # -- loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def pipeline_type(cls):
+        """The diffusers pipeline class."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, source: str, dtype: torch.dtype):
+        return cls.pipeline_type().from_pretrained(source, dtype=dtype)
+
+    @classmethod
+    def save_lora(cls, folder: str, layers: dict[str, torch.Tensor], config: dict, weight_name: str) -> None:
+        cls.pipeline_type().save_lora_weights(folder, transformer_lora_layers=layers, weight_name=weight_name,
+                                              transformer_lora_adapter_metadata=config)
 
     # -- modules ------------------------------------------------------------------------------------------------
     transformer = property(lambda self: self.pipe.transformer)

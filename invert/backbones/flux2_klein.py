@@ -50,10 +50,6 @@ class Flux2Klein(FluxEditor):
         return Flux2KleinPipeline
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype):
-        return cls.pipeline_type().from_pretrained(source, dtype=dtype)
-
-    @classmethod
     def from_configs(cls, folder: str | Path = KLEIN_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0):
         """A klein pipeline with random weights from the diffusers configs in ``folder``; its tokenizer the
         folder's, or a small one trained in-process (a random text encoder reads any ids below its vocabulary)."""
@@ -75,11 +71,6 @@ class Flux2Klein(FluxEditor):
         pipe = cls.pipeline_type()(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    transformer=transformer, is_distilled=distilled)
         return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
-
-    @classmethod
-    def save_lora(cls, folder: str, layers: dict[str, torch.Tensor], config: dict, weight_name: str) -> None:
-        cls.pipeline_type().save_lora_weights(folder, transformer_lora_layers=layers, weight_name=weight_name,
-                                              transformer_lora_adapter_metadata=config)
 
     # -- modules ------------------------------------------------------------------------------------------------
     text_encoder = property(lambda self: self.pipe.text_encoder)

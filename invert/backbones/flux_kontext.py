@@ -46,10 +46,6 @@ class FluxKontext(FluxEditor):
         return FluxKontextPipeline
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype):
-        return cls.pipeline_type().from_pretrained(source, dtype=dtype)
-
-    @classmethod
     def from_configs(cls, folder: str | Path = KONTEXT_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0):
         """A Kontext pipeline with random weights from the diffusers configs in ``folder``; CLIP's real BPE, and
         the folder's T5 tokenizer or a small one trained in-process (a random T5 reads any ids below its
@@ -73,11 +69,6 @@ class FluxKontext(FluxEditor):
         pipe = cls.pipeline_type()(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(),
                                    text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
         return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
-
-    @classmethod
-    def save_lora(cls, folder: str, layers: dict[str, torch.Tensor], config: dict, weight_name: str) -> None:
-        cls.pipeline_type().save_lora_weights(folder, transformer_lora_layers=layers, weight_name=weight_name,
-                                              transformer_lora_adapter_metadata=config)
 
     # -- modules ------------------------------------------------------------------------------------------------
     def text_modules(self) -> list[torch.nn.Module]:

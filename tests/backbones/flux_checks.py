@@ -24,7 +24,8 @@ KONTEXT_TEXT = {"max_sequence_length": 24}
 
 
 def tiny_klein(distilled: bool = False):
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from invert.backbones.trained_tokenizers import qwen_tokenizer

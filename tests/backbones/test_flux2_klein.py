@@ -123,3 +123,34 @@ def test_the_full_size_configs_are_klein_base_4b():
     pipe = check_full_size_configs(Flux2Klein, KLEIN_CONFIGS, {"transformer": 3_875_544_576, "vae": 84_046_115,
                                                                "text_encoder": 4_022_468_096})
     assert not pipe.config.is_distilled and pipe.transformer.config.joint_attention_dim == 3 * 2560
+
+
+def test_the_command_line_fits_and_applies_with_the_architectures_defaults(run, klein_dir, pairs_dir, tmp_path):
+    """invert fit on a klein folder takes klein's own defaults (its guidance, VISII without the CLIP term, which
+    reads a CLIP text encoder's tokens); the .inst records the backbone; apply edits with it."""
+    import json
+
+    inst = tmp_path / "night.inst"
+    r = run("fit", pairs_dir, "-o", inst, "--model", klein_dir, "--resolution", 32, "--steps", 2, "--init-text",
+            "make it night", "--quiet")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(run("inspect", inst, "--json").output)["meta"]
+    assert meta["backbone"] == "flux2-klein" and meta["model_defaults"] == {"guidance": 4.0, "clip_weight": 0.0}
+    r = run("apply", inst, pairs_dir / "before" / "0.png", "-o", tmp_path / "out", "--steps", 2)
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_toy_dit_names_the_toy_dit_folder_shipped_with_invert():
+    from pathlib import Path
+
+    from invert.backbones.model_info import resolve_model_path, toy_model_path, where
+    from invert.errors import ModelLoadError
+
+    path = toy_model_path("toy-dit")
+    assert path == Path(invert.__file__).parent / "toy" / "dit" and "shipped with invert" in where("toy-dit")
+    if (path / "model_index.json").exists():
+        assert resolve_model_path("toy-dit") == str(path)
+    else:
+        with pytest.raises(ModelLoadError, match="benchmarks.toy_dit_train"):
+            resolve_model_path("toy-dit")
