@@ -3,14 +3,18 @@
 For visii, brush and lora on the full IP2P architecture with random weights at 512 px, in fp16 and in bf16:
 fit steps/s of ours against the reference loop (interleaved in one run, the reference in the same precision by
 autocast, as the official fp16 mixed-precision code), ours over the floor, the projected whole fit, peak memory
-with and without ``--low-memory``, and apply images/s at batch 1 and 4; then a separate precision line (ours in
-fp16 against the reference in fp32) and the host CPU's bf16 against fp32 on the toy model. Writes
+with and without ``--low-memory``, and apply images/s at batch 1 and 4; then the DiT editors, FLUX.2 [klein]
+base 4B and FLUX.1 Kontext [dev] with random weights from the shipped full-size configs, drawn on the GPU in
+bf16, at 1024 px with ``--low-memory``: fit seconds per step and peak memory, apply seconds per image and peak
+memory (``benchmarks.flux_memory`` projects the same peaks from the configs alone); then a separate precision line
+(ours in fp16 against the reference in fp32) and the host CPU's bf16 against fp32 on the toy model. Writes
 ``OUT/gpu_speed.json`` and ``OUT/gpu_speed.md`` after every measurement, so a run cut short keeps what it did.
 
 Every measurement runs in its own try block (an error is recorded and the run goes on) and under a time box;
 the run as a whole stops starting new ones when its budget (default 8 minutes, all included) is spent, the
-most important first. ``--tiny`` runs the same code on the toy model at its own size on whatever device there
-is (the CPU in CI), with a few steps: it checks that the script works, its figures mean nothing.
+most important first. ``--tiny`` runs the same code on the toy model at its own size, and the DiT part on tiny
+configs (benchmarks/configs/tiny-*), on whatever device there is (the CPU in CI), with a few steps: it checks that
+the script works, its figures mean nothing.
 
     python -m benchmarks.gpu --out gpu-speed               # on the GPU machine; or examples/gpu_speed.sh
     python -m benchmarks.gpu --out /tmp/gpu-check --tiny   # the CPU check CI runs
@@ -31,12 +35,16 @@ from typing import Callable
 
 import torch
 
-from invert.backbones import Editor, load_editor, resolve_device, resolve_dtype
+from invert.backbones import Editor, backbone_class, load_editor, resolve_device, resolve_dtype
+from invert.backbones.flux2_klein import KLEIN_CONFIGS
+from invert.backbones.flux_kontext import KONTEXT_CONFIGS
 
 from .speed import SpeedOptions, benchmark, device_name
 
 METHODS = ("visii", "brush", "lora")
 PRECISIONS = ("fp16", "bf16")
+MODELS = ("ip2p", "flux2-klein", "flux1-kontext")  # the IP2P table, then each DiT editor's rows
+TINY_CONFIGS = Path(__file__).parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -49,15 +57,22 @@ class Plan:
     apply_steps: int
     host_cpu: dict  # arguments of the host CPU's precision measurement
     box_seconds: float  # time box of one measurement
+    dits: dict[str, Path]  # DiT backbone -> folder of its configs (random weights)
+    dit: SpeedOptions  # their fit and apply, ours alone, bf16, --low-memory
 
 
 FULL = Plan("random", SpeedOptions(resolution=512, steps=20, block=5, warmup=5, apply_steps=20, apply_batches=2),
-            memory_steps=3, apply_steps=20, host_cpu=dict(steps=3, apply_steps=2, cycles=3), box_seconds=90)
+            memory_steps=3, apply_steps=20, host_cpu=dict(steps=3, apply_steps=2, cycles=3), box_seconds=90,
+            dits={"flux2-klein": KLEIN_CONFIGS, "flux1-kontext": KONTEXT_CONFIGS},
+            dit=SpeedOptions(resolution=1024, steps=3, block=3, warmup=1, apply_steps=4, reference=False,
+                             floor=False))
 # The toy model at half its size: 8x8 latents still pass through both UNet levels.
 TINY = Plan("toy", SpeedOptions(resolution=16, steps=1, block=1, warmup=1, apply_steps=1), memory_steps=1,
             apply_steps=1, host_cpu=dict(resolution=16, steps=1, apply_steps=1, cycles=1, warmup_cycles=0,
                                          modes=("fp32", "bf16-autocast")),
-            box_seconds=60)
+            box_seconds=60, dits={"flux2-klein": TINY_CONFIGS / "tiny-flux2-klein",
+                                  "flux1-kontext": TINY_CONFIGS / "tiny-flux1-kontext"},
+            dit=SpeedOptions(resolution=32, steps=1, block=1, warmup=1, apply_steps=1, reference=False, floor=False))
 
 
 class TimeBoxExceeded(Exception):
@@ -95,10 +110,27 @@ class Models:
         dt = resolve_dtype(dtype, dev)
         base = self.base.pipe
         # The networks are copied; the tokenizer (a large vocabulary, slow to deep-copy) and scheduler are shared.
-        nets = {name: copy.deepcopy(getattr(base, name)).to(dtype=dt) for name in ("unet", "vae", "text_encoder")}
-        pipe = type(base)(**nets, tokenizer=base.tokenizer, scheduler=base.scheduler, safety_checker=None,
-                          feature_extractor=None, requires_safety_checker=False)
-        return Editor(pipe, model, dev, dt)
+        nets = {name: copy.deepcopy(part).to(dtype=dt) for name, part in base.components.items()
+                if isinstance(part, torch.nn.Module)}
+        options = {k: v for k, v in base.config.items() if not k.startswith("_") and k not in base.components}
+        pipe = type(base)(**{**base.components, **nets}, **options)
+        return type(self.base)(pipe, model, dev, dt)
+
+
+def random_dit(name: str, folder: Path, device: str, dtype: str = "bf16") -> Editor:
+    """``name``'s backbone with random weights from the configs in ``folder``, drawn on the device in ``dtype``
+    directly (12B parameters in fp32 on the host would take minutes and 45 GB); not fingerprinted."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    cls = backbone_class(name)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dt)
+    try:
+        with dev:
+            pipe = cls.from_configs(folder)
+    finally:
+        torch.set_default_dtype(previous)
+    return cls(pipe, f"random:{folder}", dev, dt, fingerprint="random weights")
 
 
 class Run:
@@ -109,6 +141,7 @@ class Run:
         self.start = time.perf_counter()
         self.records: list[dict] = []
         self.models = Models(plan.model)
+        self.dit: tuple[str, Editor] | None = None  # the DiT editor of the latest DiT measurement
         out.mkdir(parents=True, exist_ok=True)
 
     def left(self) -> float:
@@ -152,29 +185,39 @@ class Run:
 
 
 def run(out: Path, tiny: bool = False, budget: float = 480.0, device: str = "auto",
-        methods: tuple[str, ...] = METHODS, precisions: tuple[str, ...] = PRECISIONS) -> dict:
-    """Every measurement for ``methods`` and ``precisions``, most important first, within ``budget`` seconds; the
-    summary written to ``out``."""
+        methods: tuple[str, ...] = METHODS, precisions: tuple[str, ...] = PRECISIONS,
+        models: tuple[str, ...] = MODELS) -> dict:
+    """Every measurement for ``methods``, ``precisions`` and ``models``, most important first, within ``budget``
+    seconds; the summary written to ``out``."""
     from .precision import speed as precision_speed
 
     plan = TINY if tiny else FULL
     r = Run(out, plan, budget, device)
     quick = dict(steps=plan.memory_steps, block=plan.memory_steps, warmup=1, reference=False, floor=False,
                  apply_steps=plan.apply_steps, apply_batches=1)
-    # Drawing random weights for 1.1B parameters takes a while: once, before the first time box.
-    r.measure("load", lambda: {"seconds": _timed(lambda: r.models(plan.model, "cpu", "fp32"))}, box=budget / 4)
-    for precision in precisions:
-        for method in methods:
-            r.measure("fit", lambda: r.fit(method, precision), method=method, precision=precision)
-    for precision in precisions:
-        for method in methods:
-            r.measure("alone", lambda: _alone(r, method, precision, quick), method=method, precision=precision)
-    # Precisions compared, apart from the ratio above: ours in half precision against the reference in fp32.
-    half, first = precisions[0], methods[0]
-    r.measure("fit_vs_fp32_reference", lambda: r.fit(first, half, reference_dtype="fp32", floor=False),
-              method=first, precision=half)
-    r.measure("host_cpu_bf16", lambda: precision_speed("toy", log=lambda line: None, **plan.host_cpu),
-              method="visii", precision="fp32/bf16 (host CPU)")
+    ip2p = "ip2p" in models
+    if ip2p:
+        # Drawing random weights for 1.1B parameters takes a while: once, before the first time box.
+        r.measure("load", lambda: {"seconds": _timed(lambda: r.models(plan.model, "cpu", "fp32"))}, box=budget / 4)
+        for precision in precisions:
+            for method in methods:
+                r.measure("fit", lambda: r.fit(method, precision), method=method, precision=precision)
+    for name, folder in plan.dits.items():
+        if name in models:
+            for method in methods:
+                r.measure("dit", lambda: _dit(r, name, folder, method), box=2 * plan.box_seconds, method=method,
+                          precision="bf16", model=name)
+    r.dit = None  # the last DiT's weights go before the next measurements
+    if ip2p:
+        for precision in precisions:
+            for method in methods:
+                r.measure("alone", lambda: _alone(r, method, precision, quick), method=method, precision=precision)
+        # Precisions compared, apart from the ratio above: ours in half precision against the reference in fp32.
+        half, first = precisions[0], methods[0]
+        r.measure("fit_vs_fp32_reference", lambda: r.fit(first, half, reference_dtype="fp32", floor=False),
+                  method=first, precision=half)
+        r.measure("host_cpu_bf16", lambda: precision_speed("toy", log=lambda line: None, **plan.host_cpu),
+                  method="visii", precision="fp32/bf16 (host CPU)")
     r.write()
     return json.loads((out / "gpu_speed.json").read_text())
 
@@ -183,6 +226,21 @@ def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _dit(r: Run, name: str, folder: Path, method: str) -> dict:
+    """A DiT editor's fit (ours alone, --low-memory: gradient checkpointing, text encoders on the host between
+    encodings) and apply at batch 1, in bf16. The random model is drawn once per backbone."""
+    if r.dit is None or r.dit[0] != name:
+        r.dit = None  # one DiT on the device at a time
+        r.dit = name, random_dit(name, folder, r.device)
+    editor = r.dit[1]
+    result = benchmark(f"random:{folder}", replace(r.plan.dit, method=method), r.device, "bf16", low_memory=True,
+                       load=lambda *_: editor)
+    return {"seconds_per_step": 1 / result["steps_per_s"], "peak_memory_mb": result["peak_memory_mb"],
+            "apply_seconds_per_image": 1 / result["apply_images_per_s"],
+            "apply_peak_memory_mb": result["apply_peak_memory_mb"], "resolution": result["resolution"],
+            "apply_steps": result["apply_steps"], "timed_steps": result["timed_steps"]}
 
 
 def _alone(r: Run, method: str, precision: str, quick: dict) -> dict:
@@ -203,7 +261,8 @@ def markdown(summary: dict) -> str:
     errors = []
     for m in summary["measurements"]:
         if "error" in m:
-            errors.append(f"- {m['name']} {m.get('method', '')} {m.get('precision', '')}: {m['error']}")
+            label = " ".join(str(m[k]) for k in ("name", "model", "method", "precision") if m.get(k))
+            errors.append(f"- {label}: {m['error']}")
         else:
             found[m["name"], m.get("method"), m.get("precision")] = m["result"]
     lines = [f"GPU speed on {summary['device']} (host {summary['host']}), torch {summary['torch']}, model "
@@ -224,6 +283,19 @@ def markdown(summary: dict) -> str:
                          f"{_f(fit, 'reference_projected_fit_seconds', '.0f')} | "
                          f"{_f(alone, 'peak_memory_mb', '.0f')} / {_f(alone, 'low_memory_peak_memory_mb', '.0f')} | "
                          f"{_f(fit, 'apply_images_per_s')} / {_f(alone, 'apply_batch_4_images_per_s')} |")
+    if len(lines) == 4:  # no IP2P row (--models without ip2p): no IP2P table
+        lines = lines[:1]
+    dits = [m for m in summary["measurements"] if m["name"] == "dit" and "result" in m]
+    if dits:
+        lines += ["", "DiT editors, random weights from the full-size configs, bf16, --low-memory (gradient "
+                      "checkpointing, text encoders on the host between encodings), batch 1:", "",
+                  "| model | method | px | fit s/step | fit peak MB | apply s/image (steps) | apply peak MB |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in dits:
+            d = m["result"]
+            lines.append(f"| {m['model']} | {m['method']} | {d['resolution']} | {_f(d, 'seconds_per_step')} | "
+                         f"{_f(d, 'peak_memory_mb', '.0f')} | {_f(d, 'apply_seconds_per_image')} "
+                         f"({d['apply_steps']}) | {_f(d, 'apply_peak_memory_mb', '.0f')} |")
     for (name, method, precision), vs32 in found.items():
         if name == "fit_vs_fp32_reference":
             lines += ["", f"Precision (a separate question): {method}, ours in {precision} against the reference in "
@@ -258,13 +330,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run (default 8 minutes)")
     p.add_argument("--device", default="auto")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated; default: all")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated; default: all")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated; default: all (the DiT "
+                   "editors run in bf16)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated: ip2p (the table), flux2-klein, "
+                   "flux1-kontext; default: all")
     args = p.parse_args(argv)
     methods, precisions = tuple(args.methods.split(",")), tuple(args.precisions.split(","))
-    for chosen, known in ((methods, METHODS), (precisions, PRECISIONS)):
+    models = tuple(args.models.split(","))
+    for chosen, known in ((methods, METHODS), (precisions, PRECISIONS), (models, MODELS)):
         if not set(chosen) <= set(known):
             p.error(f"choose from {', '.join(known)}")
-    summary = run(args.out, args.tiny, args.budget, args.device, methods, precisions)
+    summary = run(args.out, args.tiny, args.budget, args.device, methods, precisions, models)
     print((args.out / "gpu_speed.md").read_text())
     return summary
 

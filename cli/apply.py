@@ -125,7 +125,8 @@ def _state(path: Path, wanted: str) -> str | None:
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
               help="Images per sampling batch (same-size images only); results do not depend on it (up to one "
                    "level of rounding).")
-@click.option("--low-memory", is_flag=True, help="VAE slicing: less memory, slower.")
+@click.option("--low-memory", is_flag=True, help="VAE slicing and (FLUX) the text encoders on the host "
+              "between encodings: less memory, slower.")
 @quiet_option
 @model_options(None)
 @click.pass_context

@@ -33,7 +33,8 @@ CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; 
               "each candidate's score), the validation curve, the kept step and the fit check.")
 @quiet_option
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-@click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
+@click.option("--low-memory", is_flag=True, help="Gradient checkpointing, VAE slicing and (FLUX) the text "
+              "encoders on the host between encodings: less memory, slower.")
 @model_options(DEFAULT_MODEL)
 @config_option
 @click.pass_context

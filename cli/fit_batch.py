@@ -32,7 +32,8 @@ from .options import config_option, fit_settings_options, given_settings, method
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @quiet_option
 @click.option("--force", is_flag=True, help="Refit sets whose SET.inst was fitted with other settings.")
-@click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
+@click.option("--low-memory", is_flag=True, help="Gradient checkpointing, VAE slicing and (FLUX) the text "
+              "encoders on the host between encodings: less memory, slower.")
 @model_options(DEFAULT_MODEL)
 @config_option
 @click.pass_context

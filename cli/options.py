@@ -19,7 +19,8 @@ from invert.settings import FitSettings
 
 from .common import threads_option
 
-MODEL_HELP = "Base IP2P: hub id, local diffusers folder, or 'toy'."
+MODEL_HELP = ("Base editor (InstructPix2Pix, FLUX.2 [klein], FLUX.1 Kontext): hub id, local diffusers folder, "
+              "'toy' or 'toy-dit'.")
 
 
 def model_options(default_model: str | None):
@@ -29,7 +30,7 @@ def model_options(default_model: str | None):
         fn = threads_option(fn)
         fn = click.option("--dtype", default="auto", show_default=True, envvar="INVERT_DTYPE",
                           type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-                          help="auto: fp16 on cuda, fp32 on cpu. [env: INVERT_DTYPE]")(fn)
+                          help="auto: fp16 on cuda (bf16 for the FLUX editors), fp32 on cpu. [env: INVERT_DTYPE]")(fn)
         fn = click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE",
                           help="auto, cuda, cuda:1, mps or cpu. [env: INVERT_DEVICE]")(fn)
         default = "" if default_model is None else " [env: INVERT_MODEL]"

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from .backbones import Editor, backbone_for_pipeline, load_editor
+from .backbones import Editor, architecture_defaults, backbone_for_pipeline, load_editor
 from .backbones.model_info import fit_defaults, recorded_model
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL
@@ -81,21 +81,24 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
 
 
 def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The fit options the base model's folder recommends for itself (its ``invert.json``, see
-    :func:`invert.backbones.model_info.fit_defaults`; values for every method, and an object per method whose values win
-    for that method) that ``options`` does not set and ``method`` has: they come between the options given and
-    the library's defaults."""
+    """The fit options the base model recommends: its architecture's (``Editor.fit_defaults``), then its folder's
+    own (its ``invert.json``, see :func:`invert.backbones.model_info.fit_defaults`; values for every method, and an
+    object per method whose values win for that method), that ``options`` does not set and ``method`` has: they
+    come between the options given and the library's defaults."""
     from .methods import SETTINGS
     from .settings import OFFICIAL
 
     known = {f.name for cls in (FitSettings, SETTINGS.get(method)) if cls is not None for f in dataclasses.fields(cls)}
     # --official asks for the official code's values: a model's own preference does not override them
     taken = {*options, *(OFFICIAL if options.get("official") else ())}
-    recommended = fit_defaults(model)
-    shared = {k: v for k, v in recommended.items() if not isinstance(v, dict)}
-    own = recommended.get(method)  # an object named after the method: its own values win over the shared ones
-    return {k: v for k, v in {**shared, **(own if isinstance(own, dict) else {})}.items()
-            if k in known and k not in taken}
+    values: dict[str, Any] = {}
+    # the architecture's recommendations first, then the folder's own (invert.json), each the shared values and
+    # then an object named after the method, whose own values win over the shared ones
+    for recommended in (architecture_defaults(model), fit_defaults(model)):
+        own = recommended.get(method)
+        values.update({k: v for k, v in recommended.items() if not isinstance(v, dict)},
+                      **(own if isinstance(own, dict) else {}))
+    return {k: v for k, v in values.items() if k in known and k not in taken}
 
 
 def init_mode(cls: type[Method], settings: FitSettings) -> str:

@@ -44,15 +44,23 @@ def test_the_script_on_the_tiny_path_measures_every_cell_and_writes_json_and_mar
             for key in ("peak_memory_mb", "low_memory_peak_memory_mb", "apply_batch_4_images_per_s"):
                 assert alone[key] > 0, (method, precision, key)
     assert records["fit_vs_fp32_reference", "visii", "fp16"]["result"]["reference_dtype"] == "float32"
+    dits = {(m["model"], m["method"]): m["result"] for m in summary["measurements"] if m["name"] == "dit"}
+    assert set(dits) == {(model, method) for model in ("flux2-klein", "flux1-kontext") for method in methods}
+    for result in dits.values():
+        for key in ("seconds_per_step", "peak_memory_mb", "apply_seconds_per_image", "apply_peak_memory_mb"):
+            assert result[key] > 0, key
     table = (tmp_path / "gpu_speed.md").read_text()
     assert table.strip() in proc.stdout  # the script prints the table it wrote
     assert [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| fp16 |")] == [
         ["| fp16", "visii"], ["| fp16", "lora"]]
     assert "Host CPU" in table and "in fp16 against the reference in fp32" in table and "Not measured" not in table
+    assert [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| flux")] == [
+        [f"| {model}", method] for model in ("flux2-klein", "flux1-kontext") for method in methods]
 
 
 def test_the_script_refuses_an_unknown_method(tmp_path):
     assert gpu.METHODS == ("visii", "brush", "lora") and gpu.PRECISIONS == ("fp16", "bf16")  # the default run
+    assert gpu.MODELS == ("ip2p", "flux2-klein", "flux1-kontext")
     with pytest.raises(SystemExit):
         gpu.main(["--out", str(tmp_path), "--tiny", "--methods", "visii,dreambooth"])
     assert not (tmp_path / "gpu_speed.json").exists()

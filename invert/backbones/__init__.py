@@ -22,6 +22,8 @@ log = logging.getLogger("invert")
 # backbone name -> "module:class"; each class lists the pipeline classes it loads (Editor.pipeline_classes)
 BACKBONES = {
     "ip2p": "ip2p:InstructPix2Pix",
+    "flux2-klein": "flux2_klein:Flux2Klein",
+    "flux1-kontext": "flux_kontext:FluxKontext",
 }
 
 
@@ -68,6 +70,26 @@ def pipeline_class_name(source: str) -> str:
             "--model model") from None
 
 
+def backbone_of(model: str) -> type[Editor]:
+    """The backbone that loads ``model`` (any name :func:`load_editor` takes), from its model_index.json."""
+    from .ip2p import IP2P_CONFIGS
+
+    if model.startswith("random"):
+        folder = model.partition(":")[2] or str(IP2P_CONFIGS)
+        return backbone_for_pipeline(pipeline_class_name(folder), folder)
+    source = resolve_model_path(model)
+    return backbone_for_pipeline(pipeline_class_name(source), source)
+
+
+def architecture_defaults(model: str) -> dict:
+    """The fit options ``model``'s architecture recommends (:attr:`Editor.fit_defaults`); none when the model
+    cannot be looked at (loading it says why)."""
+    try:
+        return dict(backbone_of(model).fit_defaults)
+    except ModelLoadError:
+        return {}
+
+
 def _load_pipeline(cls: type[Editor], source: str, dtype: torch.dtype):
     try:
         return cls.from_pretrained(source, dtype)
@@ -89,19 +111,17 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     from .ip2p import IP2P_CONFIGS
 
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    resolve_dtype(dtype, dev)  # a bad dtype is refused before anything is looked up
+    log.info("loading %s (%s) ...", model, where(model))
+    cls = backbone_of(model)
+    dt = resolve_dtype(dtype, dev, cls.half_dtype)
     # A bf16 model is loaded in fp32, fingerprinted and then cast, so that an instruction fitted in bf16 records,
     # and one fitted in any dtype is checked against, the fingerprint of fp32 and fp16 loading.
     load = torch.float32 if dt == torch.bfloat16 else dt
-    log.info("loading %s (%s) ...", model, where(model))
     if model.startswith("random"):
-        folder = model.partition(":")[2] or str(IP2P_CONFIGS)
-        cls = backbone_for_pipeline(pipeline_class_name(folder), folder)
-        pipe = cls.from_configs(folder, dtype=load)
+        pipe = cls.from_configs(model.partition(":")[2] or str(IP2P_CONFIGS), dtype=load)
     else:
-        source = resolve_model_path(model)
-        cls = backbone_for_pipeline(pipeline_class_name(source), source)
-        pipe = _load_pipeline(cls, source, load)
+        pipe = _load_pipeline(cls, resolve_model_path(model), load)
     name = local_folder(model)
     if load == dt:
         return cls(pipe, name, dev, dt)
@@ -109,5 +129,6 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     return cls(pipe.to(dtype=dt), name, dev, dt, fingerprint=taken)
 
 
-__all__ = ["BACKBONES", "Conditioning", "Editor", "TextEncoding", "backbone_class", "backbone_for_pipeline", "fingerprint",
-           "load_editor", "pipeline_class_name", "resolve_device", "resolve_dtype"]
+__all__ = ["BACKBONES", "Conditioning", "Editor", "TextEncoding", "architecture_defaults", "backbone_class",
+           "backbone_for_pipeline", "backbone_of", "fingerprint", "load_editor", "pipeline_class_name",
+           "resolve_device", "resolve_dtype"]

@@ -54,15 +54,17 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` is fp16 on cuda and mps, fp32 on the cpu, whatever bf16 units the cpu has."""
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, half: torch.dtype = torch.float16
+                  ) -> torch.dtype:
+    """``auto`` is ``half`` (the model's half precision: fp16, or bf16 for a model that overflows in fp16) on cuda
+    and mps, fp32 on the cpu, whatever bf16 units the cpu has."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         # bf16 on the cpu was measured (benchmarks.precision, docs/performance.md) only on a cpu without bf16 units,
         # where torch emulates it: several times slower than fp32. It becomes auto's pick only where it has been
         # measured at least as fast and as good, which no cpu here has shown yet.
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+        return half if device.type in ("cuda", "mps") else torch.float32
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}' (use auto, fp32, fp16 or bf16)")
     return _DTYPES[dtype]
@@ -149,6 +151,10 @@ class Editor:
     lora_prefix: ClassVar[str]  # diffusers' LoRA files name the denoiser's adapter keys with this prefix
     instruction_start: ClassVar[int] = 1  # the first position of an instruction's tokens (CLIP: after BOS)
     learns_pooled: ClassVar[bool] = False  # VISII learns the pooled vector too (SDXL: it conditions every block)
+    half_dtype: ClassVar[torch.dtype] = torch.float16  # what --dtype auto picks on a GPU
+    # Fit options every model of this architecture recommends (as a folder's invert.json "fit" object: shared
+    # values, and an object per method), below what a model folder recommends for itself.
+    fit_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         """``fingerprint``: the model's, when it was taken before a cast that changes it (see :func:`fingerprint`);
@@ -299,11 +305,12 @@ class Editor:
         """The guided prediction from each group's (in :meth:`groups`' order)."""
         raise NotImplementedError
 
-    def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows, groups: list[Group]
-                ) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows, groups: list[Group],
+                guidance: float | None = None) -> torch.Tensor:
         """One denoiser call on ``x`` (the rows of one group) repeated for each of ``groups``, each group seeing
         ``image`` or none as it says, with ``conditioning`` laid out as ``rows`` (Rows.of(groups, ...)); the raw
-        prediction of every row, groups stacked."""
+        prediction of every row, groups stacked. ``guidance``: the text guidance scale, which a guidance-distilled
+        denoiser (FLUX.1's) reads as an input; others ignore it."""
         raise NotImplementedError
 
     # -- sampling -----------------------------------------------------------------------------------------------

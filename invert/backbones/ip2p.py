@@ -188,7 +188,7 @@ class InstructPix2Pix(Editor):
         return {}
 
     def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows: Rows,
-                groups: list[Group]) -> torch.Tensor:
+                groups: list[Group], guidance: float | None = None) -> torch.Tensor:
         inputs = [torch.cat([x, image if g.image else torch.zeros_like(image)], 1) for g in groups]
         x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
         return self.unet(x.to(self.dtype), rows.timesteps, encoder_hidden_states=conditioning.embeds,

@@ -116,7 +116,7 @@ def predict(method: Method, data: FitData, settings: FitSettings, noisy: torch.T
     def call(groups: list[Group]) -> torch.Tensor:
         rows = Rows.of(groups, timesteps)
         c = method.conditioning(rows, data.uncond, reverse)
-        return editor.predict(noisy, cond, c, rows, groups).float()
+        return editor.predict(noisy, cond, c, rows, groups, guidance=settings.guidance).float()
 
     groups = editor.guidance_groups()
     if settings.loss_target == "cond" or len(groups) == 1:

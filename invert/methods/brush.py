@@ -70,12 +70,14 @@ def part_timesteps(editor: Editor, parts: int) -> torch.Tensor:
     return torch.stack([values[part == p][(part == p).sum() // 2] for p in range(parts)])
 
 
-def project_kv(editor: Editor, embeds: torch.Tensor, m: int, parts: int
+def project_kv(editor: Editor, embeds: torch.Tensor, m: int, parts: int, pooled: torch.Tensor | None = None
                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every layer's own keys and values of the instruction's first ``m`` positions of ``embeds``, per time part:
+    """Every layer's own keys and values of the instruction's first ``m`` positions of ``embeds`` (and its
+    ``pooled`` vector, on backbones whose text stream it modulates), per time part:
     {layer: ((parts, m, width), (parts, m, width))}, fp32."""
     start = editor.instruction_start
-    return editor.instruction_kv(TextEncoding(embeds, [start + m], start=start), m, part_timesteps(editor, parts))
+    return editor.instruction_kv(TextEncoding(embeds, [start + m], pooled, start=start), m,
+                                 part_timesteps(editor, parts))
 
 
 class Brush(Method):
@@ -107,7 +109,7 @@ class Brush(Method):
                    settings: BrushSettings = BrushSettings(), seed: int = 0) -> "Brush":
         """Every part of every layer starts from the init text's K/V through that layer's own to_k/to_v."""
         m = settings.tokens or (init.eos[0] - init.start) or DEFAULT_TOKENS
-        kv = project_kv(editor, init.embeds, m, settings.parts)
+        kv = project_kv(editor, init.embeds, m, settings.parts, init.pooled)
         return cls(editor, init.embeds, kv, init_text, settings.parts_sequential, init.pooled)
 
     # -- conditioning ---------------------------------------------------------------------------------------
@@ -146,6 +148,8 @@ class Brush(Method):
     # -- the file, mixing -----------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"brush.init": self.init.detach()}
+        if self.pooled_vector() is not None:
+            out["brush.init_pooled"] = self.pooled_vector().detach()
         for name in self.layer_names:
             k, v = self.layer(name).stacked()
             out[f"brush.{name}.k"], out[f"brush.{name}.v"] = k.detach(), v.detach()
@@ -171,15 +175,15 @@ class Brush(Method):
             if k is None or v is None or k.shape != (parts, m, width) or v.shape != k.shape:
                 raise InstructionFileError(f"brush K/V of layer {name} missing or not ({parts}, {m}, {width}): they "
                                            f"do not fit this model's {len(widths)} attention layers that read the instruction")
-        init = init.to(editor.device)
-        projected = project_kv(editor, init, m, parts)
+        init, pooled = init.to(editor.device), tensors.get("brush.init_pooled")
+        projected = project_kv(editor, init, m, parts, pooled)
         kv = {}
         for name, (k0, v0) in projected.items():
             k, v = (x.to(editor.device, torch.float32) for x in stored[name])
             # lerp is exact at 0 and 1: strength 1 applies the learned K/V as they were learned.
             kv[name] = (torch.lerp(k0, k, strength), torch.lerp(v0, v, strength))
         return cls(editor, init, kv, meta.get("init_text", ""), bool((meta.get("extra") or {}).get("sequential")),
-                   tensors.get("brush.init_pooled"))
+                   pooled)
 
     def hybrid(self, text: str) -> "Brush":
         """Encode the init text followed by ``text``; the learned K/V still replace the instruction's first m
@@ -200,7 +204,7 @@ class Brush(Method):
         """New positions m+1..tokens get the init text's own K/V at those positions, in every part."""
         if tokens < self.m:
             raise InvertError(f"cannot narrow a brush instruction from {self.m} to {tokens} tokens")
-        frozen = project_kv(self.editor, self.init, tokens, self.parts)
+        frozen = project_kv(self.editor, self.init, tokens, self.parts, self.pooled_vector())
         kv = {}
         for name, (k, v) in self._kv().items():
             k0, v0 = frozen[name]
