@@ -10,7 +10,9 @@ import invert
 from invert.defaults import DEFAULT_MODEL
 
 from .common import announce_stop, check_output, quiet_option, saved, user_errors
-from .options import config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings
+from .numbers import number_option
+from .options import (config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings,
+                      sources)
 from .signals import stop_on_signals
 
 CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; default: the model folder's clip/ "
@@ -25,7 +27,7 @@ CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; 
 @method_option
 @fit_settings_options
 @click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
-@click.option("--save-every", default=0, type=click.IntRange(min=0), help="Write OUTPUT.step-N.inst every N steps.")
+@number_option("--save-every", kind=int, minimum=0, default=0, help="Write OUTPUT.step-N.inst every N steps.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped fit from the state it saved "
               "(OUTPUT.ckpt, written on Ctrl-C, SIGTERM or divergence); give the same arguments otherwise.")
 @click.option("--json", "as_json", is_flag=True, help="Print what the fit found as one JSON object: the init text (and "
@@ -67,7 +69,7 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
         try:
             inst = invert.fit(found, method, model=model, device=device, dtype=dtype, clip_model=clip_model,
                               quiet=quiet, save_every=save_every, checkpoint=checkpoint, resume=resume,
-                              should_stop=stop, low_memory=low_memory, **options)
+                              should_stop=stop, low_memory=low_memory, sources=sources(ctx, options), **options)
         except FitStopped as stopped:
             raise saved(stopped, state_path, stop.signum) from None
     inst.save(output, force=force)

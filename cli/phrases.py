@@ -8,8 +8,10 @@ import click
 
 import invert
 from invert.defaults import DEFAULT_MODEL
+from invert.settings.limits import MAX_RESOLUTION, MIN_RESOLUTION
 
 from .common import quiet_option, threads_option, user_errors
+from .numbers import number_option
 from .options import phrase_options
 
 
@@ -18,8 +20,9 @@ from .options import phrase_options
 @click.option("--before", type=click.Path(path_type=Path), help="A single pair: the before image ...")
 @click.option("--after", type=click.Path(path_type=Path), help="... and the after image.")
 @phrase_options
-@click.option("--resolution", default=None, type=click.IntRange(min=8),
-              help="Square size the pairs are brought to; default: the model's own, as fit (512 for IP2P, 32 for toy).")
+@number_option("--resolution", kind=int, minimum=MIN_RESOLUTION, maximum=MAX_RESOLUTION, default=None,
+               help="Square size the pairs are brought to; default: the model's own, as fit (512 for IP2P, 32 for "
+                    "toy).")
 @click.option("--clip-model", default=None, help="As for fit; default: openai/clip-vit-large-patch14.")
 @click.option("--model", default=None, envvar="INVERT_MODEL",
               help="The base model fit would use: its folder's own clip/ (as the toy model has) when --clip-model is "

@@ -77,13 +77,16 @@ def test_fit_noise_is_the_fits_noise_of_each_timestep(editor):
 def test_noise_modes(editor):
     inst = tiny_fit(editor, *night(1), "visii", steps=2, init_text="make it night", seed=4)
     image = scene(5)
-    out = {mode: np.asarray(invert.apply(inst, image, editor=editor, steps=3, noise=mode, seed=4))
-           for mode in ("stream", "fit", "fresh")}
+    out = {mode: np.asarray(invert.apply(inst, image, editor=editor, steps=3, noise=mode)) for mode in ("stream", "fit")}
+    out["fresh"] = np.asarray(invert.apply(inst, image, editor=editor, steps=3, noise="fresh", seed=4))
+    out["seed"] = np.asarray(invert.apply(inst, image, editor=editor, steps=3, seed=4))
     assert np.array_equal(out["stream"], out["fresh"]), "the stream of the fit's seed is fresh noise of that seed"
+    assert np.array_equal(out["seed"], out["fresh"]), "a seed means fresh noise, in the library as in the CLI"
     assert not np.array_equal(out["fit"], out["stream"])
-    again = np.asarray(invert.apply(inst, image, editor=editor, steps=3, noise="fit", seed=123))
-    assert np.array_equal(again, out["fit"]), "fit noise is the fit's, whatever --seed"
-    with pytest.raises(InvertError, match="unknown noise"):
+    for mode in ("stream", "fit"):  # a seed that would be ignored is refused
+        with pytest.raises(InvertError, match=f"option 'seed' draws fresh noise, but option 'noise' {mode} uses"):
+            invert.apply(inst, image, editor=editor, steps=3, noise=mode, seed=123)
+    with pytest.raises(InvertError, match="option 'noise': choose from stream, fit, fresh; not 'pink'"):
         invert.apply(inst, image, editor=editor, steps=1, noise="pink")
 
 

@@ -88,7 +88,7 @@ def test_divergence_stops_with_the_last_good_state(editor, clip, monkeypatch, wh
 
 
 def test_non_finite_lr_is_refused(editor, clip):
-    with pytest.raises(InvertError, match="--lr must be a positive number, not nan"):
+    with pytest.raises(InvertError, match="option .lr.: must be a finite number, not nan"):
         fit(editor, clip, "visii", opts={"lr": float("nan")})
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..defaults import DEFAULT_MODEL
 from ..errors import ModelLoadError
+from ..settings.limits import ModelLimits
 from .model_info import local_folder, looks_like_path, resolve_model_path, where
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -178,6 +179,12 @@ class Editor:
     @property
     def vae_scale_factor(self) -> int:
         return self.pipe.vae_scale_factor
+
+    @property
+    def limits(self) -> ModelLimits:
+        """What this model allows: learned tokens, image sizes, sampling steps."""
+        return ModelLimits(self.tokenizer.model_max_length, self.vae_scale_factor,
+                           self.scheduler.config.num_train_timesteps)
 
     def set_low_memory(self, enabled: bool) -> None:
         """Trade speed for memory without changing results: the UNet recomputes its activations in the backward
