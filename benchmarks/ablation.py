@@ -84,7 +84,7 @@ def run(editor, clip, edits: list[str], rows: list[str], log: Callable[[str], No
             inst, seconds = fits[key]
             results = apply(inst, befores, editor=editor, steps=BENCH.apply_steps, **apply_options)
             cells["rows"][row] = {**_scores(befores, results, truths), "fit_seconds": seconds,
-                                  "init_text": inst.meta["init_text"], "kept_step": inst.meta.get("kept_step")}
+                                  "init_text": inst.meta.init_text, "kept_step": inst.meta.kept_step}
             log(f"{name:22s} {row:52s} psnr {cells['rows'][row]['psnr']:6.2f} (no edit "
                 f"{cells['no_edit']['psnr']:6.2f}) {seconds:5.1f} s")
         for method in METHODS:

@@ -166,7 +166,7 @@ def apply(ctx, inputs, output, mix, fresh_noise, num_variations, resolution, gri
         insts, sources = [Instruction.load(p) for p in inst_paths], inst_paths
     options = dict(weights=weights, batch_size=batch_size, low_memory=low_memory,
                    allow_model_mismatch=allow_model_mismatch)
-    fit_seed = int(insts[0].meta.get("noise_seed", 0))
+    fit_seed = insts[0].meta.noise_seed
     noise = settings.noise_mode(num_variations)
     seeds = settings.seeds(fit_seed, num_variations) if noise == "fresh" else [None]
     common = _parameters(insts[0], sources, settings, noise, mix=mix, resolution=resolution, model=model,
@@ -191,7 +191,7 @@ def apply(ctx, inputs, output, mix, fresh_noise, num_variations, resolution, gri
                    "(--force makes them again)", err=True)
     if todo:
         editor = editor or invert.load_editor(
-            model or recorded_model(insts[0].meta.get("base_model"), insts[0].path), device, dtype)
+            model or recorded_model(insts[0].meta.base_model, insts[0].path), device, dtype)
         stopped = _run(todo, insts, editor, settings, options, quiet, failures)
         if stopped is not None:
             raise stopped
@@ -207,7 +207,7 @@ def _parameters(inst, sources: list[Path], settings: ApplySettings, noise: str, 
     from invert.backbones.model_info import local_folder
     from invert.pairs import file_sha256
 
-    guidance, image_guidance = settings.guidance_for(inst.meta.get("guidance"))
+    guidance, image_guidance = settings.guidance_for(inst.meta.guidance)
     library = recorded["library"]
     return {"Steps": settings.steps, "Sampler": settings.scheduler or "model's",
             "CFG scale": guidance, "Image CFG scale": image_guidance,
@@ -215,7 +215,7 @@ def _parameters(inst, sources: list[Path], settings: ApplySettings, noise: str, 
             "Noise": noise,
             "Strength": settings.strength, "Reverse": "yes" if settings.reverse else None, "Mix": recorded["mix"],
             "Resolution": recorded["resolution"],
-            "Model": local_folder(recorded["model"]) if recorded["model"] else inst.meta.get("base_model"),
+            "Model": local_folder(recorded["model"]) if recorded["model"] else inst.meta.base_model,
             "Method": inst.method,
             "Instruction": f"{library.name} (library)" if library else ", ".join(p.name for p in sources),
             # the files the instruction comes from (for a library, with the exemplars that chose its mix)
@@ -226,7 +226,7 @@ def _parameters(inst, sources: list[Path], settings: ApplySettings, noise: str, 
 def _plan(files: list[Path], seeds: list[int | None], output: Path, grid: bool, prompt: str, common: dict,
           fit_seed: int) -> list[Job]:
     """Every result of the run, one per input and seed, with where it goes and what it records."""
-    from invert.pairs import IMAGE_EXTENSIONS
+    from invert.pairs import IMAGE_EXTENSIONS, check_distinct_outputs
 
     from .batch import output_name
 
@@ -243,9 +243,7 @@ def _plan(files: list[Path], seeds: list[int | None], output: Path, grid: bool, 
             values = {**common, "Seed": fit_seed if s is None else s, "Input": f.name}
             jobs.append(Job(f, s, target, target.with_name(f"{target.stem}_grid.png") if grid else None, prompt,
                             values))
-    names = [p.name.casefold() for j in jobs for p in (j.target, j.grid) if p is not None]
-    if len(set(names)) != len(names):  # casefold: macOS and Windows ignore case
-        raise InvertError("two inputs share a file stem; their results would overwrite each other")
+    check_distinct_outputs([p.name for j in jobs for p in (j.target, j.grid) if p is not None])
     return jobs
 
 

@@ -84,7 +84,7 @@ def fitted_otherwise(path: Path, method: str, settings, method_settings) -> str 
         return f"unreadable: {exc}"
     if inst.method != method:
         return f"--method {inst.method} there, {method} here"
-    stored = inst.meta.get("options") or {}
+    stored = inst.meta.options or {}
     wanted = {**asdict(settings), **asdict(method_settings)}
     differ = []
     for name, value in wanted.items():

@@ -84,13 +84,13 @@ def eval_command(ctx, instruction, test_pairs, as_json, as_csv, sheet, steps, se
                                               "noise": with_fresh_noise_flag(noise, fresh_noise)}, flag)
     mode = settings.noise_mode()
     inst = Instruction.load(instruction)
-    size = resolution or int(inst.meta.get("resolution", 512))
+    size = resolution or inst.meta.resolution or 512
     found = invert.find_pairs(test_pairs)
     befores, truths = load_pairs(found, size)
-    editor = load_editor(model or recorded_model(inst.meta.get("base_model"), instruction), device, dtype)
+    editor = load_editor(model or recorded_model(inst.meta.base_model, instruction), device, dtype)
     clip, direction = None, None
     if not no_clip:
-        clip = load_clip(clip_name_for(clip_model or inst.meta.get("clip_model") or None, editor.model_id),
+        clip = load_clip(clip_name_for(clip_model or inst.meta.clip_model or None, editor.model_id),
                          editor.device)
         if train_pairs is not None:
             direction = clip_direction(clip, *load_pairs(invert.find_pairs(train_pairs), size))
@@ -108,7 +108,7 @@ def eval_command(ctx, instruction, test_pairs, as_json, as_csv, sheet, steps, se
         for pair, row in zip(found, scores["images"]):
             row["name"] = pair.name
         settings = {"steps": steps, "resolution": size, "noise": mode, "batch_size": batch_size,
-                    "seed": settings.seeds(int(inst.meta.get("noise_seed", 0)))[0],
+                    "seed": settings.seeds(inst.meta.noise_seed)[0],
                     "model": editor.model_id, "clip_model": clip.name if clip else None}
         _report(scores, settings, instruction, test_pairs, as_json, as_csv, [m for m in METRICS if m in scores["mean"]])
         if sheet is not None:

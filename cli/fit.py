@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from .numbers import number_option
 from .options import (config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings,
                       sources)
 from .signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from invert.instruction import Metadata
 
 CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; default: the model folder's clip/ "
                    "if it has one, else openai/clip-vit-large-patch14.")
@@ -73,17 +77,14 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
         except FitStopped as stopped:
             raise saved(stopped, state_path, stop.signum) from None
     inst.save(output, force=force)
-    click.echo(f"wrote {output} ({inst.method}, init text {inst.meta['init_text']!r}, "
-               f"loss {inst.meta.get('final_loss')}, {float(inst.meta['fit_seconds']):.1f} s)", err=quiet or as_json)
+    click.echo(f"wrote {output} ({inst.method}, init text {inst.meta.init_text!r}, "
+               f"loss {inst.meta.final_loss}, {inst.meta.fit_seconds:.1f} s)", err=quiet or as_json)
     if as_json:
         click.echo(json.dumps(fit_report(output, inst.method, inst.meta), indent=2))
 
 
-def fit_report(output: Path, method: str, meta: dict) -> dict:
+def fit_report(output: Path, method: str, meta: Metadata) -> dict:
     """What ``fit --json`` prints: the fit's outcome and how it checked itself."""
-    loss = meta.get("final_loss")
-    return {"output": str(output), "method": method, "init_text": meta.get("init_text"),
-            "init_scores": meta.get("init_scores"), "steps": int(meta["steps"]),
-            "final_loss": float(loss) if loss else None, "fit_seconds": float(meta["fit_seconds"]),
-            "kept_step": meta.get("kept_step"), "validation": meta.get("validation"),
-            "fit_check": meta.get("fit_check")}
+    return {"output": str(output), "method": method, "init_text": meta.init_text, "init_scores": meta.init_scores,
+            "steps": meta.steps, "final_loss": meta.final_loss, "fit_seconds": meta.fit_seconds,
+            "kept_step": meta.kept_step, "validation": meta.validation, "fit_check": meta.fit_check}

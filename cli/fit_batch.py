@@ -99,9 +99,9 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
             rows.append({"set": name, "status": f"failed: {exc}"})
             continue
         inst.save(output / f"{name}.inst", force=True)
-        rows.append({"set": name, "status": "fitted", "method": method, "steps": int(inst.meta["steps"]),
-                     "final_loss": float(inst.meta["final_loss"]) if inst.meta.get("final_loss") else None,
-                     "seconds": round(time.perf_counter() - start, 2), "fit_check": inst.meta.get("fit_check")})
+        rows.append({"set": name, "status": "fitted", "method": method, "steps": inst.meta.steps,
+                     "final_loss": inst.meta.final_loss, "seconds": round(time.perf_counter() - start, 2),
+                     "fit_check": inst.meta.fit_check})
     rows.sort(key=lambda r: r["set"])
     failed = [r for r in rows if r["status"].startswith("failed")]
     # Fitted, but the fit's own check found it worse than its start or than no edit, or its loss misbehaved.

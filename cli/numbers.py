@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import click
 
-from invert.settings.fields import BadValue, convert
+from invert.settings.fields import BadValue, convert, describe_range
 
 
 class Number(click.ParamType):
@@ -30,16 +30,7 @@ class Number(click.ParamType):
         return convert(value, self.kind, self.limits)
 
     def describe(self) -> str:
-        """The range, as Click shows IntRange's: [1<=x<=75]."""
-        low = self.limits.get("minimum")
-        above, high = self.limits.get("above"), self.limits.get("maximum")
-        left = f"{_g(low)}<=" if low is not None else f"{_g(above)}<" if above is not None else ""
-        right = f"<={_g(high)}" if high is not None else ""
-        return f"[{left}x{right}]" if left or right else ""
-
-
-def _g(x: float) -> str:
-    return str(x) if isinstance(x, int) else f"{x:g}"
+        return describe_range(self.limits)
 
 
 def _read_number(text: str) -> Any:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal
 
 import click
 from click.core import ParameterSource
 
 from invert.defaults import DEFAULT_MODEL
-from invert.errors import InvertError
 from invert.methods import METHOD_NAMES, SETTINGS
 from invert.methods.settings import PhraseSettings
 from invert.settings import ApplySettings, FitSettings

@@ -294,7 +294,7 @@ def mixed_method(instructions: Sequence[Instruction], editor: Editor, weights: S
     for other in instructions[1:]:
         if other.method != first.method:
             raise InvertError(f"cannot mix a {first.method} instruction with a {other.method} one")
-        if other.meta.get("model_fingerprint") != first.meta.get("model_fingerprint"):
+        if other.meta.model_fingerprint != first.meta.model_fingerprint:
             raise InvertError("cannot mix instructions learned on different base models")
     if len(instructions) == 1:
         return load_method(first, editor, weights[0] * strength, text, reverse)
@@ -309,7 +309,7 @@ def mix(instructions: Sequence[Instruction], editor: Editor, weights: Sequence[f
     method = mixed_method(instructions, editor, weights)
     first = instructions[0]
     kept = {k: v for k, v in first.tensors.items() if k.startswith(("exemplar.", "clip."))}
-    meta = {**first.meta, "num_tokens": method.num_tokens, "extra": method.extra_meta() or None}
+    meta = dataclasses.replace(first.meta, num_tokens=method.num_tokens, extra=method.extra_meta() or None)
     return Instruction(first.method, {**kept, **method.tensors()}, meta, first.path)
 
 
@@ -321,8 +321,8 @@ def _editor(inst: Instruction, editor: Editor | None, pipe, model: str | None, d
     if editor is not None:
         return editor
     if pipe is not None:
-        return Editor(pipe, inst.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
-    return load_editor(model or recorded_model(inst.meta.get("base_model"), inst.path or "instruction"), device, dtype)
+        return Editor(pipe, inst.meta.base_model, pipe.device, pipe.unet.dtype)
+    return load_editor(model or recorded_model(inst.meta.base_model, inst.path or "instruction"), device, dtype)
 
 
 def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | str | os.PathLike],
@@ -357,9 +357,9 @@ def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | 
     for i in insts:
         i.check_model(editor.fingerprint, allow_model_mismatch, i.path or "")
     method = mixed_method(insts, editor, weights, settings.strength, settings.text, settings.reverse)
-    guidance, image_guidance = settings.guidance_for(inst.meta.get("guidance"))
+    guidance, image_guidance = settings.guidance_for(inst.meta.guidance)
     noise = settings.noise_mode(where=keyword)
-    noise_seed = settings.seeds(int(inst.meta.get("noise_seed", 0)), where=keyword)[0]
+    noise_seed = settings.seeds(inst.meta.noise_seed, where=keyword)[0]
     results: list[Image.Image] = []
     # Every image has its own noise generator, so its result does not depend on the batch it is in.
     for group in same_size_batches(images, batch_size):
@@ -407,7 +407,7 @@ def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str |
     ...     image = pipe(prompt_embeds=embeds, image=photo, num_inference_steps=30).images[0]
     """
     inst = _load(instruction)
-    editor = Editor(pipe, inst.meta.get("base_model", ""), pipe.device, pipe.unet.dtype)
+    editor = Editor(pipe, inst.meta.base_model, pipe.device, pipe.unet.dtype)
     inst.check_model(editor.fingerprint, allow_model_mismatch, inst.path or "")
     method = load_method(inst, editor, strength, text, reverse)
     from .backbones.guidance import Rows

@@ -1,4 +1,6 @@
 """InstructBrush on the tiny model: K/V modules per layer, time parts, explicit conditional rows, fitting, mixing."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -233,6 +235,6 @@ def test_version_1_files_load_as_the_same_instruction(editor, tmp_path):
     v1["brush.k"] = torch.cat([inst.tensors[f"brush.{n}.k"] for n in layers], dim=-1)
     v1["brush.v"] = torch.cat([inst.tensors[f"brush.{n}.v"] for n in layers], dim=-1)
     widths = [[n, inst.tensors[f"brush.{n}.k"].shape[-1]] for n in layers]
-    old = invert.Instruction("brush", v1, {**inst.meta, "extra": {**inst.meta["extra"], "layers": widths}})
+    old = invert.Instruction("brush", v1, replace(inst.meta, extra={**inst.meta.extra, "layers": widths}))
     for key, value in load_method(inst, editor).state_dict().items():
         assert torch.equal(load_method(old, editor).state_dict()[key], value), key

@@ -46,7 +46,7 @@ def test_each_official_option_changes_the_fit(editor, clip):
         other = tiny_fit(editor, *night(), "visii", clip=clip, **base, **option)
         assert not torch.equal(other.tensors["visii.learned"], plain.tensors["visii.learned"]), option
     best = tiny_fit(editor, *night(), "visii", clip=clip, **base, keep="best-mse")
-    assert 1 <= best.meta["kept_step"] <= 4 and best.meta["options"]["keep"] == "best-mse"
+    assert 1 <= best.meta.kept_step <= 4 and best.meta.options["keep"] == "best-mse"
 
 
 def test_keep_best_mse_resumes_to_the_uninterrupted_result(editor, clip, tmp_path):
@@ -57,14 +57,14 @@ def test_keep_best_mse_resumes_to_the_uninterrupted_result(editor, clip, tmp_pat
     saved = stopped.value.state.save(tmp_path / "state.ckpt")
     resumed = tiny_fit(editor, *night(), "visii", clip=clip, resume=FitState.load(saved), **base)
     assert torch.equal(whole.tensors["visii.learned"], resumed.tensors["visii.learned"])
-    assert whole.meta["kept_step"] == resumed.meta["kept_step"]
+    assert whole.meta.kept_step == resumed.meta.kept_step
 
 
 def test_pez_init_gives_a_prompt_of_the_clip_vocabulary(editor, clip):
     inst = tiny_fit(editor, *night(), "visii", clip=clip, steps=0, init="pez", pez_steps=5, pez_tokens=3)
-    assert inst.meta["init_text"] and inst.meta["options"]["init"] == "pez"
+    assert inst.meta.init_text and inst.meta.options["init"] == "pez"
     again = tiny_fit(editor, *night(), "visii", clip=clip, steps=0, init="pez", pez_steps=5, pez_tokens=3)
-    assert again.meta["init_text"] == inst.meta["init_text"], "seeded"
+    assert again.meta.init_text == inst.meta.init_text, "seeded"
 
 
 def test_fit_noise_is_the_fits_noise_of_each_timestep(editor):

@@ -19,6 +19,7 @@ from torch import nn
 from ..backbones.editor import Editor, TextEncoding
 from ..backbones.guidance import Rows
 from ..errors import InstructionFileError, InvertError
+from ..instruction.metadata import Metadata
 from ..schedules import parts_schedule, time_part
 from .base import DEFAULT_TOKENS, Conditioning, Method, Stage, append_text, check_mixable, check_prompt_tensors
 from .settings import BrushSettings
@@ -238,7 +239,7 @@ class Brush(Method):
         return {"parts": self.parts, "tokens": self.m, "sequential": self.sequential}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Brush":
         init = tensors["brush.init"]
         widths = layer_widths(editor.unet)
@@ -261,7 +262,7 @@ class Brush(Method):
             k, v = (x.to(editor.device, torch.float32) for x in stored[name])
             # lerp is exact at 0 and 1: strength 1 applies the learned K/V as they were learned.
             kv[name] = (torch.lerp(k0, k, strength), torch.lerp(v0, v, strength))
-        return cls(editor, init, kv, meta.get("init_text", ""), bool((meta.get("extra") or {}).get("sequential")))
+        return cls(editor, init, kv, meta.init_text, bool((meta.extra or {}).get("sequential")))
 
     def hybrid(self, text: str) -> "Brush":
         """Encode the init text followed by ``text``; the learned K/V still replace positions 1..m."""
@@ -308,10 +309,10 @@ class Brush(Method):
         return cls(methods[0].editor, init, kv, methods[0].init_text, methods[0].sequential)
 
 
-def _per_layer(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _per_layer(tensors: dict[str, torch.Tensor], meta: Metadata) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """A version-1 file's K/V, stored as (parts, m, sum of widths) with the layers' names and widths in
     ``extra.layers``, split into each layer's own tensors."""
-    layers = (meta.get("extra") or {}).get("layers")
+    layers = (meta.extra or {}).get("layers")
     k, v = tensors["brush.k"], tensors["brush.v"]
     if not isinstance(layers, list) or k.dim() != 3 or k.shape != v.shape or \
             k.shape[-1] != sum(int(w) for _, w in layers):

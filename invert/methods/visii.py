@@ -16,6 +16,7 @@ from ..backbones.editor import Editor, TextEncoding
 from ..backbones.guidance import Rows
 from ..clip import Clip
 from ..errors import InstructionFileError, InvertError
+from ..instruction.metadata import Metadata
 from .base import DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors
 from .settings import VisiiSettings
 
@@ -85,7 +86,7 @@ class Visii(Method):
         return -weight * cos.mean()
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Visii":
         init, learned = tensors["visii.init"], tensors["visii.learned"]
         check_prompt_tensors(editor, init, {"visii.learned": learned})
@@ -122,15 +123,14 @@ class Visii(Method):
         return cls(methods[0].editor, init, tokens + 1, learned)
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
         """``embeds``: the whole prompt embedding (1, 77, width) as ``prompt_embeds`` in a safetensors file, for
         ``pipe(prompt_embeds=...)`` of any IP2P pipeline of the same base model."""
         if kind != "embeds" or reverse:
             super().export(kind if not reverse else f"{kind} --reverse", tensors, meta, path)
         init, learned = tensors["visii.init"].float(), tensors["visii.learned"].float()
         embeds = torch.cat([init[:, :1], learned, init[:, learned.shape[1] + 1:]], dim=1)
-        guidance = meta.get("guidance") or {}
         save_file({"prompt_embeds": embeds.contiguous()}, str(Path(path)),
-                  metadata={"format": EMBEDS_FORMAT, "base_model": str(meta.get("base_model", "")),
-                            "guidance_scale": str(guidance.get("text", 7.5)),
-                            "image_guidance_scale": str(guidance.get("image", 1.5))})
+                  metadata={"format": EMBEDS_FORMAT, "base_model": meta.base_model,
+                            "guidance_scale": str(meta.text_guidance),
+                            "image_guidance_scale": str(meta.image_guidance)})

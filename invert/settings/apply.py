@@ -4,15 +4,13 @@ its rules (which guidance scale when none is given, what a seed means with each 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping
+from typing import Callable, Literal
 
 from ..defaults import SCHEDULERS
 from ..errors import InvertError
 from .fields import Checked, flag, option
 from .limits import GUIDANCE_WHY, MAX_GUIDANCE, MAX_SAMPLING_STEPS, MAX_SEED, MAX_STRENGTH
 
-# The guidance an instruction is applied with when neither the call nor the file says: IP2P's own defaults.
-IP2P_GUIDANCE, IP2P_IMAGE_GUIDANCE = 7.5, 1.5
 # Results per input at most: each is a sampling run of its own.
 MAX_VARIATIONS = 1000
 # A --mix weight scales an instruction's change, as --strength does: the same range.
@@ -49,11 +47,11 @@ class ApplySettings(Checked):
                                   "instruction's negated adapter).")
     text: str | None = option(None, "Extra instruction text after the learned one (a hybrid instruction).")
 
-    def guidance_for(self, stored: Mapping[str, float] | None) -> tuple[float, float]:
-        """(text, image) guidance: as given, else the file's (``stored``: its ``guidance`` record), else IP2P's."""
-        stored = stored or {}
-        return (self.guidance if self.guidance is not None else stored.get("text", IP2P_GUIDANCE),
-                self.image_guidance if self.image_guidance is not None else stored.get("image", IP2P_IMAGE_GUIDANCE))
+    def guidance_for(self, stored: tuple[float, float]) -> tuple[float, float]:
+        """(text, image) guidance: as given, else the file's (``stored``: its metadata's ``guidance``, IP2P's
+        7.5 and 1.5 when the file records none)."""
+        return (self.guidance if self.guidance is not None else stored[0],
+                self.image_guidance if self.image_guidance is not None else stored[1])
 
     def noise_mode(self, variations: int = 1, where: Callable[[str], str] = flag) -> str:
         """The noise a run samples with: ``noise`` as given, else fresh when a seed (or several variations) was
@@ -90,5 +88,4 @@ def with_fresh_noise_flag(noise: str | None, fresh_noise: bool, where: Callable[
     return "fresh" if fresh_noise else noise
 
 
-__all__ = ["APPLY_MODEL_LIMITED", "ApplySettings", "IP2P_GUIDANCE", "IP2P_IMAGE_GUIDANCE", "MAX_VARIATIONS", "MIX_WEIGHT",
-           "SEED_HELP", "with_fresh_noise_flag"]
+__all__ = ["APPLY_MODEL_LIMITED", "ApplySettings", "MAX_VARIATIONS", "MIX_WEIGHT", "SEED_HELP", "with_fresh_noise_flag"]

@@ -128,6 +128,14 @@ def _in_range(value: float, limits: Mapping[str, Any], lowest: float | None, hig
     return value
 
 
+def describe_range(limits: Mapping[str, Any]) -> str:
+    """A number's range as Click shows IntRange's: [1<=x<=75]; empty when it has none."""
+    low, above, high = (limits.get(k) for k in ("minimum", "above", "maximum"))
+    left = f"{_number(low)}<=" if low is not None else f"{_number(above)}<" if above is not None else ""
+    right = f"<={_number(high)}" if high is not None else ""
+    return f"[{left}x{right}]" if left or right else ""
+
+
 def _number(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
@@ -151,12 +159,6 @@ def check_value(value: Any, kind: Any, limits: Mapping[str, Any] | None, where: 
         return convert(value, kind, limits)
     except BadValue as exc:
         raise InvertError(f"{where}: {exc}") from None
-
-
-def field_rule(cls: type, name: str) -> tuple[Any, Mapping[str, Any]]:
-    """The type and the limits of ``cls``'s field ``name``."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return typing.get_type_hints(cls)[name], f.metadata
 
 
 @functools.cache
@@ -192,5 +194,5 @@ def as_dict(settings: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()}
 
 
-__all__ = ["INT_MAX", "BadValue", "Checked", "as_dict", "build_settings", "check_value", "convert", "field_rule", "field_type",
-           "flag", "keyword", "option", "settings_fields"]
+__all__ = ["INT_MAX", "BadValue", "Checked", "as_dict", "build_settings", "check_value", "convert", "describe_range",
+           "field_type", "flag", "keyword", "option", "settings_fields"]

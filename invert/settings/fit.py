@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..defaults import IP2P_GUIDANCE, IP2P_IMAGE_GUIDANCE
 from .fields import Checked, option
 from .limits import (GUIDANCE_WHY, MAX_FIT_STEPS, MAX_GUIDANCE, MAX_RESOLUTION, MAX_SAMPLING_STEPS, MAX_SEED,
                      MAX_TOKENS, MAX_WEIGHT, MIN_RESOLUTION)
@@ -25,9 +26,9 @@ class FitSettings(Checked):
                                           "for IP2P).", minimum=MIN_RESOLUTION, maximum=MAX_RESOLUTION)
     loss_target: Literal["cfg", "cond"] = option("cfg", "cfg: MSE on the guidance-combined prediction, as the "
                                                         "official VISII code; cond: on the text row only.")
-    guidance: float = option(7.5, f"Text guidance, used by the cfg loss and stored as apply's default; "
+    guidance: float = option(IP2P_GUIDANCE, f"Text guidance, used by the cfg loss and stored as apply's default; "
                                   f"{GUIDANCE_WHY}.", minimum=0, maximum=MAX_GUIDANCE)
-    image_guidance: float = option(1.5, "Image guidance, likewise.", minimum=0, maximum=MAX_GUIDANCE)
+    image_guidance: float = option(IP2P_IMAGE_GUIDANCE, "Image guidance, likewise.", minimum=0, maximum=MAX_GUIDANCE)
     mse_weight: float = option(4.0, "Weight of the noise MSE (official VISII: 4).", minimum=0,
                                maximum=MAX_WEIGHT)
     init_text: tuple[str, ...] | str | None = option(
@@ -93,7 +94,7 @@ class FitSettings(Checked):
 # What --official sets, unless given: the official VISII code's training (README: how invert differs).
 OFFICIAL = {"init": "pez", "pez_steps": 3000, "pez_tokens": 10, "grad_clip": "official", "optimizer": "adamw8bit",
             "keep": "best-mse", "pair_order": "timestep", "val": 0, "steps": 1000, "lr": 1e-3, "loss_target": "cfg",
-            "guidance": 7.5, "image_guidance": 1.5, "mse_weight": 4.0, "clip_weight": 0.1, "clip_clamp": 0.5}
+            "guidance": IP2P_GUIDANCE, "image_guidance": IP2P_IMAGE_GUIDANCE, "mse_weight": 4.0, "clip_weight": 0.1, "clip_clamp": 0.5}
 
 
 __all__ = ["OFFICIAL", "FitSettings"]
