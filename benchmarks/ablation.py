@@ -47,7 +47,7 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "brush --grad-clip abs": ("brush", {"grad_clip": "abs"}, {}),
     "brush --keep best-mse": ("brush", {"keep": "best-mse"}, {}),
     "brush --pair-order timestep": ("brush", {"pair_order": "timestep"}, {}),
-    "brush --parts-sequential": ("brush", {"parts_sequential": True}, {}),
+    "brush --brush-parts-sequential": ("brush", {"brush_parts_sequential": True}, {}),
     "brush, apply --scheduler euler_a_karras": ("brush", {}, {"scheduler": "euler_a_karras"}),
 }
 METHODS = tuple(dict.fromkeys(method for method, _, _ in ROWS.values()))  # in ROWS' order

@@ -36,9 +36,9 @@ DEFAULT_EDITS = {
 HARD_GROUPS = ("hard", "hard_new")  # the held-out edits; hard_new: those added with issue 17, reported apart
 FITTED = {  # row -> (method, method options, init text override)
     "visii": ("visii", {}, None),
-    "brush": ("brush", {"parts": 5}, None),
-    "brush_no_parts": ("brush", {"parts": 1}, None),
-    "brush_no_phrase_init": ("brush", {"parts": 5}, ""),
+    "brush": ("brush", {"brush_parts": 5}, None),
+    "brush_no_parts": ("brush", {"brush_parts": 1}, None),
+    "brush_no_phrase_init": ("brush", {"brush_parts": 5}, ""),
     "lora": ("lora", {}, None),
 }
 ROWS = ("no_edit", "oracle_text", "best_single_text", *FITTED)

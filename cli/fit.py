@@ -55,7 +55,7 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
     \b
       invert fit pairs/ -o sketch.inst
       invert fit --before a.jpg --after b.jpg -o sketch.inst --steps 500
-      invert fit pairs/ -o sketch.inst --method brush --threshold 1 --relative-threshold
+      invert fit pairs/ -o sketch.inst --method brush --phrases-threshold 1 --phrases-relative-threshold
       invert fit pairs/ -o sketch.inst --method lora --lora-rank 8 --reverse
       invert fit pairs/ -o sketch.inst --config fit.toml      # fit.toml: steps = 500 and so on
     """

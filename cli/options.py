@@ -13,8 +13,7 @@ from click.core import ParameterSource
 
 from invert.defaults import DEFAULT_MODEL
 from invert.methods import METHOD_NAMES, SETTINGS
-from invert.methods.settings import PhraseSettings
-from invert.settings import ApplySettings, FitSettings
+from invert.settings import ApplySettings, FitSettings, InitSettings
 from invert.settings.fields import BadValue, convert, flag
 
 from .common import threads_option
@@ -110,14 +109,17 @@ def _split_commas(ctx, param, value):
 
 
 def _option(f: dataclasses.Field, kind: Any) -> Callable:
+    """A setting's click option. Its flag is its name (see invert.methods.settings for the naming rule); a renamed
+    setting's older names stay as further flags (Click aliases them at no cost), and so as --config keys."""
     meta, default = f.metadata, f.default
+    flags = [flag(f.name), *map(flag, meta.get("aliases", ()))]
     help_text = meta.get("help", "")
     if type(None) in typing.get_args(kind):  # X | None: an option of type X whose default is None
         kind = next(t for t in typing.get_args(kind) if t is not type(None))
     if kind is bool:
-        return click.option(flag(f.name), f.name, is_flag=True, default=default, help=help_text)
+        return click.option(*flags, f.name, is_flag=True, default=default, help=help_text)
     if typing.get_origin(kind) is tuple:
-        return click.option(flag(f.name), f.name, multiple=True, default=(),
+        return click.option(*flags, f.name, multiple=True, default=(),
                             callback=_split_commas if meta.get("split_commas", True) else None,
                             metavar=meta.get("metavar"), show_default=",".join(default) if default else False,
                             help=help_text + (" Repeatable, or comma-separated." if default == () else ""))
@@ -128,7 +130,7 @@ def _option(f: dataclasses.Field, kind: Any) -> Callable:
         help_text = f"{help_text} {click_type.describe()}".strip()
     else:
         click_type = str
-    return click.option(flag(f.name), f.name, type=click_type, default=default, show_default=default is not None,
+    return click.option(*flags, f.name, type=click_type, default=default, show_default=default is not None,
                         metavar=meta.get("metavar"), help=help_text)
 
 
@@ -157,10 +159,12 @@ apply_settings_options = settings_options(ApplySettings)
 sampling_options = settings_options(ApplySettings, only={"steps", "seed", "noise"})  # eval's
 
 
+phrase_options = settings_options(InitSettings, only={"vocab", "phrases_top", "phrases_threshold",
+                                                     "phrases_relative_threshold", "phrases_template"})
+
+
 def fresh_noise_option(fn):
     return click.option("--fresh-noise", is_flag=True, help="The same as --noise fresh (kept for older scripts).")(fn)
-phrase_options = settings_options(PhraseSettings, FitSettings, only={f.name for f in dataclasses.fields(PhraseSettings)}
-                                  | {"vocab"})
 
 
 def method_option(fn):

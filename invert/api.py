@@ -27,7 +27,6 @@ from .instruction import Instruction
 from .instruction.thumbnails import thumbnail_tensor
 from .methods import method_class, settings_for
 from .methods.base import Method
-from .methods.settings import PhraseSettings
 from .methods.two_way import TwoWay
 from .pairs import Pair, file_sha256, find_pairs, load_pairs
 from .sampling import sample
@@ -100,19 +99,19 @@ def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str
 
 def _model_defaults(model: str, method: str, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """:func:`model_defaults`, and where each came from (the file and the key), for errors."""
-    from .methods import SETTINGS
+    from .methods import ALIASES, SETTINGS
     from .settings import OFFICIAL
 
     known = {f.name for cls in (FitSettings, SETTINGS.get(method)) if cls is not None for f in dataclasses.fields(cls)}
     # --official asks for the official code's values: a model's own preference does not override them
-    taken = {*options, *(OFFICIAL if options.get("official") else ())}
+    taken = {*(ALIASES.get(k, k) for k in options), *(OFFICIAL if options.get("official") else ())}
     recommended = fit_defaults(model)
     path = model_file(model, DEFAULTS_FILE)
     own = recommended.get(method, {})  # an object named after the method: its own values win over the shared ones
     if not isinstance(own, dict):
         raise InvertError(f"{path}: key 'fit.{method}': expected an object of {method}'s option values")
-    chosen = {k: (v, f"fit.{k}") for k, v in recommended.items() if k not in SETTINGS}
-    chosen.update({k: (v, f"fit.{method}.{k}") for k, v in own.items()})
+    chosen = {ALIASES.get(k, k): (v, f"fit.{k}") for k, v in recommended.items() if k not in SETTINGS}
+    chosen.update({ALIASES.get(k, k): (v, f"fit.{method}.{k}") for k, v in own.items()})
     chosen = {k: vk for k, vk in chosen.items() if k in known and k not in taken}
     places = {k: f"{path}: key '{key}'" for k, (_, key) in chosen.items()}
     settings = settings_for(method, {k: v for k, (v, _) in chosen.items()}, lambda n: places.get(n) or keyword(n))
@@ -174,8 +173,6 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     if settings.resolution is None:
         settings = replace(settings, resolution=editor.resolution)
     start = time.perf_counter()
-    # The phrase search's settings: brush's own, the defaults for a method without them.
-    phrase_settings = method_settings if isinstance(method_settings, PhraseSettings) else PhraseSettings()
 
     def judge(b: list[Image.Image], a: list[Image.Image]) -> Validation:
         return Validation(editor, b, a, steps=settings.val_steps, guidance=settings.guidance,
@@ -198,13 +195,13 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
         if texts or (mode == "best" and clip is not None):
             found = None
             if not texts:
-                texts, found = init_candidates(clip, settings.vocab, editor.model_id, b, a, phrase_settings)
+                texts, found = init_candidates(clip, settings.vocab, editor.model_id, b, a, settings)
             scorer = judge(b, a)
             scores = {t: scorer.score(cls.initialize(editor, editor.encode_text([t]), t, method_settings,
                                                      settings.seed)) for t in texts}
             return best_text(scores, scorer.no_edit), found, {"no_edit": scorer.no_edit, "texts": scores}
         text, found = initial_text(_own_init(cls, settings), settings.vocab, clip, editor.model_id, b, a,
-                                   phrase_settings, pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens,
+                                   settings, pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens,
                                    seed=settings.seed)
         return text, found, None
 

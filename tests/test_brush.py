@@ -167,7 +167,7 @@ def test_sequential_parts_train_alone_and_match_the_batched_fit(editor):
             assert (fits[True].tensors[key] - value).abs().max() <= 0.01 * moved, key
 
     method = Brush.initialize(editor, editor.encode_text(["make it night"]), "make it night",
-                              BrushSettings(parts=2, parts_sequential=True))
+                              BrushSettings(brush_parts=2, brush_parts_sequential=True))
     trainer = make_trainer(editor, *night(2), method, steps=3, lr=5e-2)
     first = trainer.stages[0]
     assert len(trainer.stages) == 2 and (first.start, first.stop) == (0, 3)

@@ -23,7 +23,7 @@ def test_official_preset_sets_every_official_option_and_given_options_win():
     fit, visii = settings_for("visii", {"official": True, "steps": 7})
     assert fit.steps == 7 and fit.grad_clip == "official" and fit.optimizer == "adamw8bit"
     assert (fit.keep, fit.pair_order, fit.init, fit.pez_steps) == ("best-mse", "timestep", "pez", 3000)
-    assert visii.clip_weight == OFFICIAL["clip_weight"]
+    assert visii.visii_clip_weight == OFFICIAL["visii_clip_weight"]
     with pytest.raises(InvertError, match="brush has no official code"):
         settings_for("brush", {"official": True})
 

@@ -243,3 +243,52 @@ def test_the_fit_checks_the_models_limits_naming_the_source(run, tiny_model_dir,
             "--init-text", "x")
     assert r.exit_code == 1 and f"{config}: key 'resolution': must be a multiple of 2" in r.output, r.output
     assert not (tmp_path / "x.inst").exists()
+
+
+def test_the_init_options_are_every_methods(run, tiny_model_dir, pairs_dir, tmp_path):
+    """--init phrases runs the phrase search for any method, so its options are the fit's, not brush's."""
+    for method in SETTINGS:
+        fit, _ = settings_for(method, {"init": "phrases", "phrases_threshold": 1.0, "phrases_top": 3})
+        assert (fit.phrases_threshold, fit.phrases_top) == (1.0, 3)
+    r = run("fit", pairs_dir, "-o", tmp_path / "v.inst", "--model", tiny_model_dir, "--method", "visii", "--init",
+            "phrases", "--threshold", 1, "--relative-threshold", "--steps", 0, "--quiet")
+    assert r.exit_code == 0, r.output
+    options = invert.Instruction.load(tmp_path / "v.inst").meta.options
+    assert options["phrases_threshold"] == 1.0 and options["phrases_relative_threshold"] is True
+
+
+def test_option_names_follow_one_rule():
+    """An option of one choice (a method, an --init mode) is prefixed with its name; one of the whole fit, or
+    shared by methods with one meaning, is not."""
+    from invert.settings import InitSettings
+
+    modes = typing.get_args(typing.get_type_hints(InitSettings)["init"])
+    prefixes = (*SETTINGS, *modes)
+    for method, cls in SETTINGS.items():
+        for f in dataclasses.fields(cls):
+            shared = sum(f.name in {g.name for g in dataclasses.fields(other)} for other in SETTINGS.values()) > 1
+            assert f.name.startswith(f"{method}_") or shared, f"{method}'s option {f.name}"
+    def prefixed(name: str) -> bool:
+        return "_" in name and name.split("_")[0] in prefixes
+
+    init_own = {f.name for f in dataclasses.fields(InitSettings)}
+    for name in init_own - {"init", "init_text", "vocab"}:  # those three: every init mode's
+        assert prefixed(name), f"the init option {name} belongs to one --init mode: its name says which"
+    for f in dataclasses.fields(FitSettings):
+        assert f.name in init_own or not prefixed(f.name), f"the fit's option {f.name}"
+
+
+def test_older_option_names_still_work(tmp_path):
+    """Renamed options answer to their older names: as a flag, a --config key, an invert.json key, a keyword."""
+    assert parse(("fit",), ["--method", "brush", "--parts", 2, "--clip-weight", 0]).params["brush_parts"] == 2
+    config = tmp_path / "fit.toml"
+    config.write_text("parts = 3\nthreshold = 1.0\n")
+    ctx = parse(("fit",), ["--config", config])
+    assert ctx.params["brush_parts"] == 3 and ctx.params["phrases_threshold"] == 1.0
+    (tmp_path / "invert.json").write_text(json.dumps({"fit": {"brush": {"parts": 3}, "top": 4}}))
+    assert model_defaults(str(tmp_path), "brush", {}) == {"brush_parts": 3, "phrases_top": 4}
+    assert model_defaults(str(tmp_path), "brush", {"parts": 2}) == {"phrases_top": 4}, "given, by its older name"
+    _, brush = settings_for("brush", {"parts": 2, "parts_sequential": True})
+    assert (brush.brush_parts, brush.brush_parts_sequential) == (2, True)
+    with pytest.raises(InvertError, match="--brush-parts is given twice"):
+        settings_for("brush", {"parts": 2, "brush_parts": 3})

@@ -19,7 +19,7 @@ AFTERS = [scene(i, night=True) for i in range(3)]
 
 
 def visii(editor, text="make it night"):
-    return method_class("visii").initialize(editor, editor.encode_text([text]), text, VisiiSettings(clip_weight=0))
+    return method_class("visii").initialize(editor, editor.encode_text([text]), text, VisiiSettings(visii_clip_weight=0))
 
 
 def test_held_out_pairs_and_scoring_interval():

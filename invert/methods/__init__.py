@@ -16,6 +16,20 @@ if TYPE_CHECKING:
 SETTINGS: dict[str, type] = {"visii": VisiiSettings, "brush": BrushSettings, "lora": LoraSettings}
 _CLASSES = {"visii": "visii:Visii", "brush": "brush:Brush", "lora": "lora:Lora"}
 METHOD_NAMES = tuple(SETTINGS)
+# Older option names, by the name each now answers to (the naming rule: see invert.methods.settings).
+ALIASES = {alias: f.name for cls in (FitSettings, *SETTINGS.values()) for f in settings_fields(cls)
+           for alias in f.metadata.get("aliases", ())}
+
+
+def current_names(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` by their current names (an older name is its option's); one option given twice is an error."""
+    named: dict[str, Any] = {}
+    for name, value in options.items():
+        current = ALIASES.get(name, name)
+        if current in named:
+            raise InvertError(f"{flag(current)} is given twice, once by its older name; give it once")
+        named[current] = value
+    return named
 
 
 def method_class(name: str) -> type["Method"]:
@@ -32,6 +46,7 @@ def settings_for(method: str, options: dict[str, Any], where: Callable[[str], st
     ``where(name)`` names a value's source in an error (the flag, the file and key; default: the keyword). A name
     no method has is an error listing the options; another method's option is an error naming its method."""
     cls = method_class(method)  # an unknown method is refused first
+    options = current_names(options)
     shared = {f.name for f in settings_fields(FitSettings)}
     own = {f.name for f in settings_fields(SETTINGS[method])}
     for name in options:
@@ -50,4 +65,4 @@ def settings_for(method: str, options: dict[str, Any], where: Callable[[str], st
             build_settings(SETTINGS[method], {k: v for k, v in options.items() if k in own}, where))
 
 
-__all__ = ["METHOD_NAMES", "SETTINGS", "method_class", "settings_for"]
+__all__ = ["ALIASES", "METHOD_NAMES", "SETTINGS", "current_names", "method_class", "settings_for"]

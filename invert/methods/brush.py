@@ -175,9 +175,9 @@ class Brush(Method):
         """Every part of every layer starts from the init text's K/V through that layer's own to_k/to_v."""
         m = settings.tokens or (init.eos[0] - 1) or DEFAULT_TOKENS
         projected = project_kv(editor, init.embeds, m)
-        kv = {name: (k.expand(settings.parts, -1, -1), v.expand(settings.parts, -1, -1))
+        kv = {name: (k.expand(settings.brush_parts, -1, -1), v.expand(settings.brush_parts, -1, -1))
               for name, (k, v) in projected.items()}
-        return cls(editor, init.embeds, kv, init_text, settings.parts_sequential)
+        return cls(editor, init.embeds, kv, init_text, settings.brush_parts_sequential)
 
     # -- conditioning ---------------------------------------------------------------------------------------
     def call(self, rows: Rows) -> BrushCall:

@@ -50,7 +50,7 @@ class Visii(Method):
 
     @classmethod
     def needs_clip(cls, settings: VisiiSettings) -> bool:
-        return bool(settings.clip_weight)
+        return bool(settings.visii_clip_weight)
 
     @property
     def num_tokens(self) -> int:
@@ -68,12 +68,12 @@ class Visii(Method):
         return torch.cat([self.prompt_embeds().detach().flatten(), uncond.float().flatten()])
 
     def set_clip_direction(self, clip: Clip, direction: torch.Tensor) -> None:
-        weight, clamp = self.settings.clip_weight, self.settings.clip_clamp
+        weight, clamp = self.settings.visii_clip_weight, self.settings.visii_clip_clamp
         if not weight:
             return
         if clip.text_width != self.init.shape[-1]:
             raise InvertError(f"CLIP model '{clip.name}' has text width {clip.text_width}, the IP2P text encoder "
-                              f"{self.init.shape[-1]}: the direction loss needs them equal (or --clip-weight 0)")
+                              f"{self.init.shape[-1]}: the direction loss needs them equal (or --visii-clip-weight 0)")
         self.clip_term = (clip, direction, weight, clamp)
 
     def extra_loss(self) -> torch.Tensor | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .apply import ApplySettings
 from .fields import as_dict, build_settings, check_value, field_type, option, settings_fields
 from .fit import OFFICIAL, FitSettings
+from .init import InitSettings
 
-__all__ = ["OFFICIAL", "ApplySettings", "FitSettings", "as_dict", "build_settings", "check_value", "field_type",
-           "option", "settings_fields"]
+__all__ = ["OFFICIAL", "ApplySettings", "FitSettings", "InitSettings", "as_dict", "build_settings", "check_value",
+           "field_type", "option", "settings_fields"]

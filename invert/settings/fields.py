@@ -23,13 +23,14 @@ INT_MIN = -(2**63)
 
 
 def option(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-           above: float | None = None, metavar: str | None = None, split_commas: bool = True) -> Any:
+           above: float | None = None, metavar: str | None = None, split_commas: bool = True,
+           aliases: tuple[str, ...] = ()) -> Any:
     """A settings field: its default, its help text and, for numbers, the range allowed: ``minimum`` and
     ``maximum`` included, ``above`` excluded (a learning rate is above 0); a whole number's range is always within
     64 bits. A repeatable option also takes comma-separated values unless ``split_commas`` is off (values that may
-    hold commas)."""
+    hold commas). ``aliases``: older names it still answers to (as a flag, a config key or a keyword)."""
     return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum, "above": above,
-                                            "metavar": metavar, "split_commas": split_commas})
+                                            "metavar": metavar, "split_commas": split_commas, "aliases": aliases})
 
 
 def settings_fields(cls: type) -> list[dataclasses.Field]:
