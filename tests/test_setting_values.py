@@ -292,3 +292,27 @@ def test_older_option_names_still_work(tmp_path):
     assert (brush.brush_parts, brush.brush_parts_sequential) == (2, True)
     with pytest.raises(InvertError, match="--brush-parts is given twice"):
         settings_for("brush", {"parts": 2, "brush_parts": 3})
+
+
+def test_the_web_apps_settings_are_checked_naming_their_control():
+    """The Learn and Apply tabs send their controls' values through the same check; an error names the control."""
+    pytest.importorskip("gradio", reason="the ui extra is not installed")
+    from invert.ui.backend import FIT_RULES, Model, apply_settings, method_options
+    from invert.ui.controls import label
+
+    class Page:  # the Learn tab's defaults without loading a model: the library's own
+        def fit_defaults(self, method):
+            return {r.name: r.default for r in FIT_RULES if r.name in method_options(method)}
+
+    labels = {r.name: label(r.name) for r in FIT_RULES}
+    for name, rule in FIT_FIELDS:
+        method = next(m for m in SETTINGS if name in method_options(m))
+        for value in bad_values(*rule):
+            with pytest.raises(InvertError) as caught:
+                Model.fit_options(Page(), method, {name: value}, labels)
+            assert str(caught.value).startswith(f"{labels[name]}: "), (name, value, str(caught.value))
+    for name, rule in APPLY_FIELDS:
+        for value in bad_values(*rule):
+            if value is not None:
+                with pytest.raises(InvertError, match=f"^{label(name)}: "):
+                    apply_settings({name: value}, {name: label(name)})

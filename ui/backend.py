@@ -131,7 +131,9 @@ class Model:
         from invert.methods import settings_for
 
         defaults = self.fit_defaults(method)
-        given = {name: value for name, value in values.items() if name in defaults and value != defaults[name]}
+        # 3 is 3.0 (a number field may send either), but True is not 1.0
+        given = {name: value for name, value in values.items() if name in defaults and
+                 (value != defaults[name] or isinstance(value, bool) != isinstance(defaults[name], bool))}
         settings_for(method, given, lambda name: labels.get(name, name))
         return given
 
