@@ -36,9 +36,9 @@ DEFAULT_EDITS = {
 HARD_GROUPS = ("hard", "hard_new")  # the held-out edits; hard_new: those added with issue 17, reported apart
 FITTED = {  # row -> (method, method options, init text override)
     "visii": ("visii", {}, None),
-    "brush": ("brush", {"parts": 5}, None),
-    "brush_no_parts": ("brush", {"parts": 1}, None),
-    "brush_no_phrase_init": ("brush", {"parts": 5}, ""),
+    "brush": ("brush", {"brush_parts": 5}, None),
+    "brush_no_parts": ("brush", {"brush_parts": 1}, None),
+    "brush_no_phrase_init": ("brush", {"brush_parts": 5}, ""),
     "lora": ("lora", {}, None),
 }
 ROWS = ("no_edit", "oracle_text", "best_single_text", *FITTED)
@@ -133,7 +133,7 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
                 start = time.perf_counter()
                 zero = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], "visii",
                                   *settings_for("visii", {**common, "steps": 0}), clip=clip, quiet=True)
-                search = {"text": zero.meta["init_text"], "scores": zero.meta["init_scores"],
+                search = {"text": zero.meta.init_text, "scores": zero.meta.init_scores,
                           "seconds": time.perf_counter() - start}
             start = time.perf_counter()
             given = {**common, **({"steps": s.steps} if s.steps is not None else {}), **options, "init_text": search["text"] if init_text is None
@@ -144,7 +144,7 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
             seconds = time.perf_counter() - start + (search["seconds"] if init_text is None else 0.0)
             results = apply(inst, befores, editor=editor, steps=s.apply_steps)
             rows[row] = {**_metrics(befores, results, truths, clip, direction), "fit_seconds": seconds,
-                         "init_text": inst.meta["init_text"]}
+                         "init_text": inst.meta.init_text}
             log(f"{name:22s} {k:2d}-shot {row:22s} psnr {rows[row]['psnr']:6.2f} "
                 f"(no edit {text_rows.get('no_edit', {}).get('psnr', float('nan')):6.2f}, "
                 f"oracle {text_rows.get('oracle_text', {}).get('psnr', float('nan')):6.2f}) {seconds:5.1f} s")

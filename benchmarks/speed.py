@@ -222,7 +222,7 @@ class FloorLoop:
 def make_method(editor: Editor, name: str, parts: int, sequential: bool) -> Method:
     """``name``'s instruction from INIT_TEXT, with ``parts`` time parts where the method has them."""
     known = {f.name for f in settings_fields(SETTINGS.get(name, FitSettings))}
-    options = {k: v for k, v in {"parts": parts, "parts_sequential": sequential}.items() if k in known}
+    options = {k: v for k, v in {"brush_parts": parts, "brush_parts_sequential": sequential}.items() if k in known}
     return method_class(name).initialize(editor, editor.encode_text([INIT_TEXT]), INIT_TEXT,
                                          settings_for(name, options)[1], 0)
 

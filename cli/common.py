@@ -17,6 +17,7 @@ from invert.display import printable
 from invert.errors import InvertError, InvertWarning
 from invert.writing import make_folder, output_exists
 
+from .numbers import number_option
 from .threads import ENV as THREADS_ENV
 
 if TYPE_CHECKING:
@@ -99,10 +100,10 @@ def threads_option(fn):
     def remember(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
         ctx.meta[THREADS] = value
 
-    return click.option("--threads", type=click.IntRange(min=1), default=None, envvar=THREADS_ENV,
-                        expose_value=False, callback=remember,
-                        help="CPU threads for torch. Default: OMP_NUM_THREADS if set, else the cores other work leaves "
-                             f"free (cores minus the load average, at least 1). [env: {THREADS_ENV}]")(fn)
+    return number_option("--threads", kind=int, minimum=1, maximum=4096, default=None, envvar=THREADS_ENV,
+                         expose_value=False, callback=remember,
+                         help="CPU threads for torch. Default: OMP_NUM_THREADS if set, else the cores other work "
+                              f"leaves free (cores minus the load average, at least 1). [env: {THREADS_ENV}]")(fn)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

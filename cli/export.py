@@ -35,10 +35,9 @@ def export_lora(instruction, output, reverse, force):
       python -c "pipe.load_lora_weights('sketch_lora.safetensors'); pipe(prompt='', image=img)"
     """
     inst = _export(instruction, output, "lora", force, reverse)
-    guidance = inst.meta.get("guidance") or {}
     click.echo(f"wrote {output}: load it with pipe.load_lora_weights({str(output)!r}) and call pipe(prompt="
-               f"{inst.meta.get('init_text', '')!r}, image=..., guidance_scale={guidance.get('text', 7.5)}, "
-               f"image_guidance_scale={guidance.get('image', 1.5)}) as it was fitted")
+               f"{inst.meta.init_text!r}, image=..., guidance_scale={inst.meta.text_guidance}, "
+               f"image_guidance_scale={inst.meta.image_guidance}) as it was fitted")
 
 
 @click.command("export-embeds")
@@ -55,6 +54,5 @@ def export_embeds(instruction, output, force):
       python -c "e = safetensors.torch.load_file('sketch_embeds.safetensors')['prompt_embeds']; pipe(prompt_embeds=e, image=img)"
     """
     inst = _export(instruction, output, "embeds", force)
-    guidance = inst.meta.get("guidance") or {}
     click.echo(f"wrote {output}: pipe(prompt_embeds=load_file({str(output)!r})['prompt_embeds'], image=..., "
-               f"guidance_scale={guidance.get('text', 7.5)}, image_guidance_scale={guidance.get('image', 1.5)})")
+               f"guidance_scale={inst.meta.text_guidance}, image_guidance_scale={inst.meta.image_guidance})")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,8 +12,13 @@ from invert.defaults import DEFAULT_MODEL
 from invert.writing import output_exists
 
 from .common import announce_stop, check_output, quiet_option, saved, user_errors
-from .options import config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings
+from .numbers import number_option
+from .options import (config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings,
+                      sources)
 from .signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from invert.instruction import Metadata
 
 CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; default: the model folder's clip/ "
                    "if it has one, else openai/clip-vit-large-patch14.")
@@ -26,7 +32,7 @@ CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; 
 @method_option
 @fit_settings_options
 @click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
-@click.option("--save-every", default=0, type=click.IntRange(min=0), help="Write OUTPUT.step-N.inst every N steps.")
+@number_option("--save-every", kind=int, minimum=0, default=0, help="Write OUTPUT.step-N.inst every N steps.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped fit from the state it saved "
               "(OUTPUT.ckpt, written on Ctrl-C, SIGTERM or divergence); give the same arguments otherwise.")
 @click.option("--json", "as_json", is_flag=True, help="Print what the fit found as one JSON object: the init text (and "
@@ -51,7 +57,7 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
     \b
       invert fit pairs/ -o sketch.inst
       invert fit --before a.jpg --after b.jpg -o sketch.inst --steps 500
-      invert fit pairs/ -o sketch.inst --method brush --threshold 1 --relative-threshold
+      invert fit pairs/ -o sketch.inst --method brush --phrases-threshold 1 --phrases-relative-threshold
       invert fit pairs/ -o sketch.inst --method lora --lora-rank 8 --reverse
       invert fit pairs/ -o sketch.inst --config fit.toml      # fit.toml: steps = 500 and so on
     """
@@ -79,12 +85,12 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
         try:
             inst = invert.fit(found, method, model=model, device=device, dtype=dtype, clip_model=clip_model,
                               quiet=quiet, save_every=save_every, checkpoint=checkpoint, resume=resume,
-                              should_stop=stop, low_memory=low_memory, **options)
+                              should_stop=stop, low_memory=low_memory, sources=sources(ctx, options), **options)
         except FitStopped as stopped:
             raise saved(stopped, state_path, stop.signum) from None
     inst.save(output, force=force)
-    click.echo(f"wrote {output} ({inst.method}, init text {inst.meta['init_text']!r}, "
-               f"loss {inst.meta.get('final_loss')}, {float(inst.meta['fit_seconds']):.1f} s)", err=quiet or as_json)
+    click.echo(f"wrote {output} ({inst.method}, init text {inst.meta.init_text!r}, "
+               f"loss {inst.meta.final_loss}, {inst.meta.fit_seconds:.1f} s)", err=quiet or as_json)
     if as_json:
         click.echo(json.dumps(fit_report(output, inst.method, inst.meta), indent=2))
 
@@ -97,11 +103,8 @@ def _steps(model: str, method: str, options: dict) -> int:
     return settings_for(method, {**model_defaults(model, method, options), **options})[0].steps
 
 
-def fit_report(output: Path, method: str, meta: dict) -> dict:
+def fit_report(output: Path, method: str, meta: Metadata) -> dict:
     """What ``fit --json`` prints: the fit's outcome and how it checked itself."""
-    loss = meta.get("final_loss")
-    return {"output": str(output), "method": method, "init_text": meta.get("init_text"),
-            "init_scores": meta.get("init_scores"), "steps": int(meta["steps"]),
-            "final_loss": float(loss) if loss else None, "fit_seconds": float(meta["fit_seconds"]),
-            "kept_step": meta.get("kept_step"), "validation": meta.get("validation"),
-            "fit_check": meta.get("fit_check")}
+    return {"output": str(output), "method": method, "init_text": meta.init_text, "init_scores": meta.init_scores,
+            "steps": meta.steps, "final_loss": meta.final_loss, "fit_seconds": meta.fit_seconds,
+            "kept_step": meta.kept_step, "validation": meta.validation, "fit_check": meta.fit_check}

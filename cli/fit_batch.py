@@ -12,11 +12,14 @@ import invert
 from invert.defaults import DEFAULT_MODEL
 from invert.display import printable
 from invert.errors import InvertError
+from invert.settings.fields import flag
 from invert.writing import make_folder, output_exists
 
 from .common import quiet_option, user_errors
 from .fit import CLIP_MODEL_HELP
-from .options import config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings
+from .numbers import number_option
+from .options import (config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings,
+                      sources)
 
 
 @click.command("fit-batch")
@@ -25,7 +28,7 @@ from .options import config_option, fit_settings_options, given_settings, method
 @method_option
 @fit_settings_options
 @click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
-@click.option("--save-every", default=0, type=click.IntRange(min=0),
+@number_option("--save-every", kind=int, minimum=0, default=0,
               help="Write OUTPUT/SET.step-N.inst every N steps.")
 @click.option("--shard", default=None, help="K/N: fit every N-th set starting at K. Default: from RANK and "
               "WORLD_SIZE under torchrun or accelerate launch, else all.")
@@ -62,7 +65,9 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
 
     options = given_settings(ctx, pop_settings(values))
     # a bad option is refused before any set; the model's own defaults count, as invert.fit will use them
-    settings = settings_for(method, {**model_defaults(model, method, options), **options})
+    given = sources(ctx, options)
+    settings = settings_for(method, {**model_defaults(model, method, options), **options},
+                            lambda name: given.get(name) or flag(name))
     k, n = parse_shard(shard, dict(os.environ))
     if device == "auto" and n > 1 and "LOCAL_RANK" in os.environ:
         import torch
@@ -97,14 +102,14 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
 
         try:  # one bad set, or one that cannot be written, does not end the batch
             inst = invert.fit(folder, method, editor=editor, clip=clip, quiet=True, low_memory=low_memory,
-                              save_every=save_every, checkpoint=checkpoint, **options)
+                              save_every=save_every, checkpoint=checkpoint, sources=given, **options)
             inst.save(output / f"{name}.inst", force=True)
-        except InvertError as exc:
+        except InvertError as exc:  # one bad set (its inputs, or an output that cannot be written) does not end it
             rows.append({"set": name, "status": f"failed: {exc}"})
             continue
-        rows.append({"set": name, "status": "fitted", "method": method, "steps": int(inst.meta["steps"]),
-                     "final_loss": float(inst.meta["final_loss"]) if inst.meta.get("final_loss") else None,
-                     "seconds": round(time.perf_counter() - start, 2), "fit_check": inst.meta.get("fit_check")})
+        rows.append({"set": name, "status": "fitted", "method": method, "steps": inst.meta.steps,
+                     "final_loss": inst.meta.final_loss, "seconds": round(time.perf_counter() - start, 2),
+                     "fit_check": inst.meta.fit_check})
     rows.sort(key=lambda r: r["set"])
     failed = [r for r in rows if r["status"].startswith("failed")]
     # Fitted, but the fit's own check found it worse than its start or than no edit, or its loss misbehaved.

@@ -91,8 +91,8 @@ def inspect(library_file, as_json):
 
 def _row(entry) -> dict:
     meta = entry.instruction.meta
-    return {"name": entry.name, "method": entry.method, "tokens": meta.get("num_tokens", ""),
-            "init_text": meta.get("init_text", ""), "steps": meta.get("steps", "")}
+    return {"name": entry.name, "method": entry.method, "tokens": meta.num_tokens, "init_text": meta.init_text,
+            "steps": meta.steps}
 
 
 def instruction_from_library(library_file, inst_paths, images, mix, befores, afters, method, temperature, best, model,
@@ -118,8 +118,7 @@ def instruction_from_library(library_file, inst_paths, images, mix, befores, aft
     lib = Library.load(library_file)
     pairs = [invert.find_pairs(before=b, after=a)[0] for b, a in zip(befores, afters)]
     editor = load_editor(model or recorded_model(lib.base_model, library_file), device, dtype)
-    size = int(lib.entries[0].instruction.meta.get("resolution") or editor.resolution)
-    inst, chosen, weights = lib.instruction_for(*load_pairs(pairs, size), editor=editor, method=method,
+    inst, chosen, weights = lib.instruction_for(*load_pairs(pairs, lib.exemplar_size(editor)), editor=editor, method=method,
                                                 temperature=temperature, top=best,
                                                 allow_model_mismatch=allow_model_mismatch)
     click.echo(f"{library_file}: {len(chosen)} {printable(chosen[0].method)} instructions mixed (temperature "

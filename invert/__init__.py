@@ -18,7 +18,7 @@ _EXPORTS = {
     "fit": "api", "apply": "api", "installed": "api", "load_method": "api",
     "Editor": "backbones", "load_editor": "backbones",
     "InvertError": "errors",
-    "FitSettings": "settings",
+    "FitSettings": "settings", "ApplySettings": "settings",
     "Instruction": "instruction",
     "Pair": "pairs", "find_pairs": "pairs",
 }

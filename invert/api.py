@@ -7,13 +7,13 @@ import dataclasses
 import os
 import time
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
 
 from .backbones import Editor, architecture_defaults, backbone_for_pipeline, load_editor
-from .backbones.model_info import fit_defaults, recorded_model
+from .backbones.model_info import DEFAULTS_FILE, fit_defaults, model_file, recorded_model
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL
 from .errors import InstructionFileError, InvertError, InvertWarning
@@ -27,11 +27,12 @@ from .instruction import Instruction
 from .instruction.thumbnails import thumbnail_tensor
 from .methods import method_class, settings_for
 from .methods.base import Method
-from .methods.settings import PhraseSettings
 from .methods.two_way import TwoWay
 from .pairs import Pair, file_sha256, find_pairs, load_pairs
 from .sampling import sample
-from .settings import FitSettings, as_dict
+from .settings import FitSettings, as_dict, build_settings
+from .settings.apply import APPLY_MODEL_LIMITED, MIX_WEIGHT, ApplySettings, with_fresh_noise_flag
+from .settings.fields import check_value, keyword
 
 
 def _as_pairs(pairs) -> list[Pair]:
@@ -46,7 +47,8 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
         clip_model: str | None = None, clip: Clip | None = None, device: str = "auto", dtype: str = "auto",
         quiet: bool = False, progress: Callable[[FitProgress], None] | None = None, save_every: int = 0,
         checkpoint: Callable[[Instruction, int], None] | None = None, resume: FitState | str | os.PathLike | None = None,
-        should_stop: Callable[[], bool] | None = None, low_memory: bool = False, **options: Any) -> Instruction:
+        should_stop: Callable[[], bool] | None = None, low_memory: bool = False,
+        sources: Mapping[str, str] | None = None, **options: Any) -> Instruction:
     """Learn an instruction from before/after exemplars.
 
     ``pairs``: a pairs folder, a ``(before, after)`` tuple of files, or a list of :class:`Pair`.
@@ -55,13 +57,20 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     error. ``progress`` receives a :class:`FitProgress` (step, total, loss) at every refresh; ``checkpoint(inst,
     step)`` every ``save_every`` steps. ``resume``: a :class:`FitState` (or its file) of a stopped fit with the
     same inputs. ``should_stop``: asked after every step; when it says yes, or the fit diverges,
-    ``invert.fitting.checkpoint.FitStopped`` holds the state to resume.
+    ``invert.fitting.checkpoint.FitStopped`` holds the state to resume. ``sources``: how an error names an option
+    that is out of range (the CLI: its flag or its config file's key); default: by its keyword. Options the base
+    model's folder recommends (its ``invert.json``) are named by that file and key.
 
     >>> inst = invert.fit("examples/toy/night/train", model="toy", steps=100)   # doctest: +SKIP
     >>> inst.save("night.inst")                                                 # doctest: +SKIP
     """
-    from_model = model_defaults(editor.model_id if editor is not None else model, method, options)
-    settings, method_settings = settings_for(method, {**from_model, **options})
+    from_model, places = _model_defaults(editor.model_id if editor is not None else model, method, options)
+    places = {**places, **(sources or {})}
+
+    def where(name: str) -> str:
+        return places.get(name) or keyword(name)
+
+    settings, method_settings = settings_for(method, {**from_model, **options}, where)
     if isinstance(resume, (str, os.PathLike)):
         resume = FitState.load(resume)
     found = _as_pairs(pairs)
@@ -77,28 +86,42 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
     return fit_images(editor, befores, afters, method, settings, method_settings, clip=clip, exemplars=exemplars,
                       quiet=quiet, progress=progress, checkpoint=checkpoint, save_every=save_every, resume=resume,
-                      should_stop=should_stop, model_defaults=from_model)
+                      should_stop=should_stop, model_defaults=from_model, where=where)
 
 
 def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str, Any]:
     """The fit options the base model recommends: its architecture's (``Editor.fit_defaults``), then its folder's
     own (its ``invert.json``, see :func:`invert.backbones.model_info.fit_defaults`; values for every method, and an
     object per method whose values win for that method), that ``options`` does not set and ``method`` has: they
-    come between the options given and the library's defaults."""
-    from .methods import SETTINGS
+    come between the options given and the library's defaults. Each is checked as an option given is; an error
+    names the file and the key."""
+    return _model_defaults(model, method, options)[0]
+
+
+def _model_defaults(model: str, method: str, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`model_defaults`, and where each came from (the file and the key), for errors."""
+    from .methods import ALIASES, SETTINGS
     from .settings import OFFICIAL
 
     known = {f.name for cls in (FitSettings, SETTINGS.get(method)) if cls is not None for f in dataclasses.fields(cls)}
     # --official asks for the official code's values: a model's own preference does not override them
-    taken = {*options, *(OFFICIAL if options.get("official") else ())}
-    values: dict[str, Any] = {}
+    taken = {*(ALIASES.get(k, k) for k in options), *(OFFICIAL if options.get("official") else ())}
+    chosen: dict[str, tuple[Any, str]] = {}
     # the architecture's recommendations first, then the folder's own (invert.json), each the shared values and
     # then an object named after the method, whose own values win over the shared ones
-    for recommended in (architecture_defaults(model), fit_defaults(model)):
-        own = recommended.get(method)
-        values.update({k: v for k, v in recommended.items() if not isinstance(v, dict)},
-                      **(own if isinstance(own, dict) else {}))
-    return {k: v for k, v in values.items() if k in known and k not in taken}
+    for recommended, where in ((architecture_defaults(model), "the architecture's defaults"),
+                               (fit_defaults(model), str(model_file(model, DEFAULTS_FILE)))):
+        own = recommended.get(method, {})
+        if not isinstance(own, dict):
+            raise InvertError(f"{where}: key 'fit.{method}': expected an object of {method}'s option values")
+        chosen.update({ALIASES.get(k, k): (v, f"{where}: key 'fit.{k}'") for k, v in recommended.items()
+                       if k not in SETTINGS})
+        chosen.update({ALIASES.get(k, k): (v, f"{where}: key 'fit.{method}.{k}'") for k, v in own.items()})
+    chosen = {k: vk for k, vk in chosen.items() if k in known and k not in taken}
+    places = {k: place for k, (_, place) in chosen.items()}
+    settings = settings_for(method, {k: v for k, (v, _) in chosen.items()}, lambda n: places.get(n) or keyword(n))
+    values = {k: getattr(s, k) for s in settings for k in chosen if hasattr(s, k)}
+    return values, places
 
 
 def init_mode(cls: type[Method], settings: FitSettings) -> str:
@@ -137,25 +160,24 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
                progress: Callable[[FitProgress], None] | None = None,
                checkpoint: Callable[[Instruction, int], None] | None = None, save_every: int = 0,
                resume: FitState | None = None, should_stop: Callable[[], bool] | None = None,
-               model_defaults: dict[str, Any] | None = None) -> Instruction:
+               model_defaults: dict[str, Any] | None = None, where: Callable[[str], str] = keyword) -> Instruction:
     """Fit an instruction to already-opened exemplar images (all at the fit's resolution).
 
     ``resume``: a state saved from a stopped fit of the same exemplars, method, model and settings (``lr`` may
     differ). A fit stopped by ``should_stop`` or by divergence raises FitStopped / FitDiverged whose ``state``
     (with this fit's identity) can be saved and resumed. ``model_defaults``: the settings that came from the
-    model's own defaults, recorded in the file."""
+    model's own defaults, recorded in the file. Settings this model cannot take (more learned tokens than its text
+    encoder has positions, an image size its VAE cannot divide) are refused, named in the error as ``where``
+    says."""
     from dataclasses import replace
 
     cls = method_class(method)
     settings = settings or FitSettings()
     method_settings = method_settings if method_settings is not None else settings_for(method, {})[1]
+    editor.limits.check({**as_dict(settings), **as_dict(method_settings)}, where)
     if settings.resolution is None:
         settings = replace(settings, resolution=editor.resolution)
-    if not settings.lr > 0 or settings.lr == float("inf"):  # NaN fails the first test
-        raise InvertError(f"--lr must be a positive number, not {settings.lr}")
     start = time.perf_counter()
-    # The phrase search's settings: brush's own, the defaults for a method without them.
-    phrase_settings = method_settings if isinstance(method_settings, PhraseSettings) else PhraseSettings()
 
     def judge(b: list[Image.Image], a: list[Image.Image]) -> Validation:
         return Validation(editor, b, a, steps=settings.val_steps, guidance=settings.guidance,
@@ -178,13 +200,13 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
         if texts or (mode == "best" and clip is not None):
             found = None
             if not texts:
-                texts, found = init_candidates(clip, settings.vocab, editor.model_id, b, a, phrase_settings)
+                texts, found = init_candidates(clip, settings.vocab, editor.model_id, b, a, settings)
             scorer = judge(b, a)
             scores = {t: scorer.score(cls.initialize(editor, editor.encode_text([t]), t, method_settings,
                                                      settings.seed)) for t in texts}
             return best_text(scores, scorer.no_edit), found, {"no_edit": scorer.no_edit, "texts": scores}
         text, found = initial_text(_own_init(cls, settings), settings.vocab, clip, editor.model_id, b, a,
-                                   phrase_settings, pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens,
+                                   settings, pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens,
                                    seed=settings.seed)
         return text, found, None
 
@@ -249,7 +271,7 @@ def load_method(instruction: Instruction, editor: Editor, strength: float = 1.0,
     followed by ``text`` (a hybrid instruction); ``reverse``: the edit undone (the reverse instruction of a fit
     with --reverse; a LoRA's negated adapter)."""
     where = instruction.path or "instruction"
-    recorded = instruction.meta.get("backbone") or "ip2p"  # files from before the backbones are all IP2P's
+    recorded = instruction.meta.backbone
     if recorded != editor.name:
         raise InstructionFileError(f"{where}: learned on a {recorded} model; this model is {editor.name} "
                                    f"({editor.model_id}): an instruction applies on the architecture it was learned on")
@@ -270,14 +292,15 @@ def mixed_method(instructions: Sequence[Instruction], editor: Editor, weights: S
                  strength: float = 1.0, text: str | None = None, reverse: bool = False) -> Method:
     """One method conditioning as the weighted mix of ``instructions`` (same method and base model; their
     method mixes them, widening token counts as needed), followed by ``text``."""
-    weights = list(weights) if weights is not None else [1 / len(instructions)] * len(instructions)
+    weights = [check_value(w, float, MIX_WEIGHT, "a --mix weight") for w in weights] if weights is not None \
+        else [1 / len(instructions)] * len(instructions)
     if len(weights) != len(instructions):
         raise InvertError(f"--mix has {len(weights)} weights for {len(instructions)} instructions")
     first = instructions[0]
     for other in instructions[1:]:
         if other.method != first.method:
             raise InvertError(f"cannot mix a {first.method} instruction with a {other.method} one")
-        if other.meta.get("model_fingerprint") != first.meta.get("model_fingerprint"):
+        if other.meta.model_fingerprint != first.meta.model_fingerprint:
             raise InvertError("cannot mix instructions learned on different base models")
     if len(instructions) == 1:
         return load_method(first, editor, weights[0] * strength, text, reverse)
@@ -292,7 +315,7 @@ def mix(instructions: Sequence[Instruction], editor: Editor, weights: Sequence[f
     method = mixed_method(instructions, editor, weights)
     first = instructions[0]
     kept = {k: v for k, v in first.tensors.items() if k.startswith(("exemplar.", "clip."))}
-    meta = {**first.meta, "num_tokens": method.num_tokens, "extra": method.extra_meta() or None}
+    meta = dataclasses.replace(first.meta, num_tokens=method.num_tokens, extra=method.extra_meta() or None)
     return Instruction(first.method, {**kept, **method.tensors()}, meta, first.path)
 
 
@@ -304,56 +327,68 @@ def _editor(inst: Instruction, editor: Editor | None, pipe, model: str | None, d
     if editor is not None:
         return editor
     if pipe is not None:
-        return editor_of(pipe, inst.meta.get("base_model", ""))
-    return load_editor(model or recorded_model(inst.meta.get("base_model"), inst.path or "instruction"), device, dtype)
+        return editor_of(pipe, inst.meta.base_model)
+    return load_editor(model or recorded_model(inst.meta.base_model, inst.path or "instruction"), device, dtype)
 
 
 def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | str | os.PathLike],
           images: Image.Image | Sequence[Image.Image], *, weights: Sequence[float] | None = None,
           editor: Editor | None = None, pipe=None, model: str | None = None, device: str = "auto",
-          dtype: str = "auto", text: str | None = None, steps: int = 20, guidance: float | None = None,
-          image_guidance: float | None = None, seed: int | None = None, fresh_noise: bool = False,
-          noise: str | None = None, scheduler: str | None = None, strength: float = 1.0,
-          allow_model_mismatch: bool = False,
-          batch_size: int | None = None, low_memory: bool = False, reverse: bool = False,
+          dtype: str = "auto", settings: ApplySettings | None = None, allow_model_mismatch: bool = False,
+          batch_size: int | None = None, low_memory: bool = False,
           on_images: Callable[[list[Image.Image]], None] | None = None,
-          on_step: Callable[[int], None] | None = None) -> list[Image.Image] | Image.Image:
+          on_step: Callable[[int], None] | None = None, **options: Any) -> list[Image.Image] | Image.Image:
     """Edit ``images`` (one PIL image, or a list) with a learned instruction, alone or followed by ``text`` (a
     hybrid instruction); a list of instructions is mixed with ``weights`` (equal by default).
 
-    ``noise``: "stream" (the default) draws it in order from a generator of the fit's seed, stored in the file;
-    "fit" reuses the noise the fit drew for each timestep (the VISII paper's fixed noise); "fresh" (or
-    ``fresh_noise``) draws it from ``seed`` exactly as diffusers' pipeline does with
-    ``generator=torch.Generator().manual_seed(seed)``.
-    Guidance scales default to those stored in the file. ``reverse`` undoes the edit. ``editor``: an editor
-    already loaded; ``pipe``: your own ``StableDiffusionInstructPix2PixPipeline`` to edit with. Images of one
-    size go through the model together, ``batch_size`` at a most; ``on_images`` receives each batch's results
-    as soon as they are done, ``on_step`` each sampling step."""
+    ``options``: the sampling settings by name (:class:`invert.settings.ApplySettings`: steps, guidance,
+    image_guidance, seed, noise, scheduler, strength, reverse, text), or ``settings`` made already; each is
+    checked. Guidance scales default to those stored in the file. ``seed``: fresh noise drawn from it exactly as
+    diffusers' pipeline does with ``generator=torch.Generator().manual_seed(seed)``; without one, the noise stream
+    of the fit's seed (stored in the file). ``noise="fit"`` reuses the noise the fit drew for each timestep (the
+    VISII paper's fixed noise). ``reverse`` undoes the edit. ``editor``: an editor already loaded; ``pipe``: your
+    own ``StableDiffusionInstructPix2PixPipeline`` to edit with. Images of one size go through the model together,
+    ``batch_size`` at a most; ``on_images`` receives each batch's results as soon as they are done, ``on_step``
+    each sampling step."""
+    settings = apply_settings(settings, options)
     single = isinstance(images, Image.Image)
     images = [images] if single else list(images)
     many = isinstance(instruction, (list, tuple))
     insts = [_load(i) for i in (instruction if many else [instruction])]
     inst = insts[0]
     editor = _editor(inst, editor, pipe, model, device, dtype)
+    editor.limits.check(as_dict(settings), keyword, APPLY_MODEL_LIMITED)
     if low_memory:
         editor.set_low_memory(True)
     for i in insts:
         i.check_model(editor.fingerprint, allow_model_mismatch, i.path or "")
-    method = mixed_method(insts, editor, weights, strength, text, reverse)
-    stored = inst.meta.get("guidance") or {}
-    noise = noise or ("fresh" if fresh_noise else "stream")
-    noise_seed = (seed if seed is not None else 0) if noise == "fresh" else int(inst.meta.get("noise_seed", 0))
+    method = mixed_method(insts, editor, weights, settings.strength, settings.text, settings.reverse)
+    guidance, image_guidance = settings.guidance_for(inst.meta.guidance)
+    noise = settings.noise_mode(where=keyword)
+    noise_seed = settings.seeds(inst.meta.noise_seed, where=keyword)[0]
     results: list[Image.Image] = []
     # Every image has its own noise generator, so its result does not depend on the batch it is in.
     for group in same_size_batches(images, batch_size):
-        done = sample(editor, method, group, steps=steps,
-                      guidance=guidance if guidance is not None else stored.get("text", 7.5),
-                      image_guidance=image_guidance if image_guidance is not None else stored.get("image", 1.5),
-                      seed=noise_seed, noise=noise, scheduler=scheduler, on_step=on_step)
+        done = sample(editor, method, group, steps=settings.steps, guidance=guidance, image_guidance=image_guidance,
+                      seed=noise_seed, noise=noise, scheduler=settings.scheduler, on_step=on_step)
         results += done
         if on_images is not None:
             on_images(done)
     return results[0] if single else results
+
+
+def apply_settings(settings: ApplySettings | None, options: dict[str, Any]) -> ApplySettings:
+    """``settings``, or the settings ``options`` name (``fresh_noise=True``, as older scripts say it, is
+    ``noise="fresh"``), checked."""
+    if settings is not None:
+        if options:
+            raise InvertError(f"give settings= or options by name ({', '.join(options)}), not both")
+        return settings
+    options = dict(options)
+    fresh = options.pop("fresh_noise", False)
+    options["noise"] = with_fresh_noise_flag(options.get("noise"), check_value(fresh, bool, {}, keyword("fresh_noise")),
+                                             keyword)
+    return build_settings(ApplySettings, options)
 
 
 def same_size_batches(images: list[Image.Image], batch_size: int | None = None) -> list[list[Image.Image]]:
@@ -378,7 +413,7 @@ def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str |
     ...     image = pipe(prompt_embeds=embeds, image=photo, num_inference_steps=30).images[0]
     """
     inst = _load(instruction)
-    editor = editor_of(pipe, inst.meta.get("base_model", ""))
+    editor = editor_of(pipe, inst.meta.base_model)
     inst.check_model(editor.fingerprint, allow_model_mismatch, inst.path or "")
     method = load_method(inst, editor, strength, text, reverse)
     from .backbones.rows import Rows
@@ -393,5 +428,6 @@ def editor_of(pipe, model_id: str) -> Editor:
     return cls(pipe, model_id, pipe.device, cls.fingerprinted(pipe)[0].dtype)
 
 
-__all__ = ["apply", "fit", "fit_images", "installed", "load_method", "mix", "mixed_method", "model_defaults",
+__all__ = ["apply", "apply_settings", "editor_of", "fit", "fit_images", "installed", "load_method", "mix",
+           "mixed_method", "model_defaults",
            "same_size_batches"]

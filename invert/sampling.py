@@ -9,14 +9,15 @@ from typing import Callable
 from PIL import Image
 
 from .backbones import Editor
-from .defaults import NOISE_MODES
+from .defaults import IP2P_GUIDANCE, IP2P_IMAGE_GUIDANCE, NOISE_MODES
 from .errors import InvertError
 from .methods.base import Method
 
 
-def sample(editor: Editor, method: Method, images: list[Image.Image], *, steps: int = 20, guidance: float = 7.5,
-           image_guidance: float = 1.5, seed: int = 0, noise: str = "stream", scheduler: str | None = None,
-           on_step: Callable[[int], None] | None = None, install: bool = True) -> list[Image.Image]:
+def sample(editor: Editor, method: Method, images: list[Image.Image], *, steps: int,
+           guidance: float = IP2P_GUIDANCE, image_guidance: float = IP2P_IMAGE_GUIDANCE, seed: int = 0,
+           noise: str = "stream", scheduler: str | None = None, on_step: Callable[[int], None] | None = None,
+           install: bool = True) -> list[Image.Image]:
     """Edit ``images`` (all of one size) with ``method``'s instruction.
 
     ``noise`` "stream" and "fresh": each image gets its own CPU generator seeded with ``seed``, so an image's

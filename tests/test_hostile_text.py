@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -62,11 +62,11 @@ def files(editor, clip, tiny_model_dir, tmp_path_factory) -> Files:
     befores, afters = [scene(i) for i in range(2)], [scene(i, night=True) for i in range(2)]
     inst = tiny_fit(editor, befores, afters, "visii", clip=clip, steps=1, init_text="make it night")
     (root / "insts").mkdir()
-    inst.meta.update(init_text=HOSTILE, base_model=HOSTILE)
+    inst.meta = replace(inst.meta, init_text=HOSTILE, base_model=HOSTILE)
     inst.save(root / "insts" / f"{NAME}.inst")
     build_library([root / "insts"]).save(root / "lib.safetensors")
-    inst.meta.update(clip_model=HOSTILE, fit_check=HOSTILE)
-    inst.meta[HOSTILE] = HOSTILE
+    # (a key the metadata does not know is never read, so never shown: a hostile text can only be a value)
+    inst.meta = replace(inst.meta, clip_model=HOSTILE, fit_check=HOSTILE)
     inst.tensors[HOSTILE] = torch.zeros(1)
     inst.save(root / "hostile.inst")
     Instruction.load(root / "hostile.inst")  # it is a valid file: only its text is hostile
@@ -76,7 +76,7 @@ def files(editor, clip, tiny_model_dir, tmp_path_factory) -> Files:
             img.save(root / "pairs" / side / f"{NAME}{i}.png")
     scene(7).save(root / "in.png")
     lora = tiny_fit(editor, befores, afters, "lora", steps=1, init_text="x")
-    lora.meta.update(init_text=HOSTILE)
+    lora.meta = replace(lora.meta, init_text=HOSTILE)
     lora.save(root / "lora.inst")
     return Files(tiny_model_dir, root, root / "hostile.inst", root / "insts", root / "lib.safetensors",
                  root / "pairs", root / "in.png", root / "lora.inst")
@@ -154,9 +154,9 @@ COMMANDS: dict[str, Callable[[Files, Path], list]] = {
                                                 f.model, "--steps", 1, *FIT],
     "fit --config": lambda f, s: ["fit", f.pairs, "-o", s / "x.inst", "--model", f.model, "--config", config(s)],
     "phrases": lambda f, s: ["phrases", f.pairs, "--vocab", vocabulary(s), "--model", f.model, "--resolution", 32,
-                             "--threshold", -1],
+                             "--phrases-threshold", 0],
     "phrases --json": lambda f, s: ["phrases", f.pairs, "--vocab", vocabulary(s), "--model", f.model,
-                                    "--resolution", 32, "--threshold", -1, "--json"],
+                                    "--resolution", 32, "--phrases-threshold", 0, "--json"],
     "export-lora": lambda f, s: ["export-lora", f.lora, "-o", s / "e.safetensors"],
     "import-visii": lambda f, s: ["import-visii", visii_run(s), "-o", s / "v.inst", "--model", f.model],
 }

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -31,8 +32,7 @@ def same_instruction(a: Instruction, b: Instruction):
     assert a.tensors.keys() == b.tensors.keys()
     for key in a.tensors:
         assert torch.equal(a.tensors[key], b.tensors[key]), key
-    drop = ("fit_seconds",)
-    assert {k: v for k, v in a.meta.items() if k not in drop} == {k: v for k, v in b.meta.items() if k not in drop}
+    assert replace(a.meta, fit_seconds=None) == replace(b.meta, fit_seconds=None)
 
 
 @pytest.mark.parametrize("method", ["visii", "brush"])
@@ -55,7 +55,7 @@ def test_resume_refuses_another_fit_but_allows_a_new_lr(editor, clip):
     with pytest.raises(InvertError, match="differs in init_text"):
         fit(editor, clip, "visii", resume=state, opts={"init_text": "make it day"})
     lowered = fit(editor, clip, "visii", resume=state, opts={"lr": 1e-4})
-    assert lowered.meta["options"]["lr"] == 1e-4
+    assert lowered.meta.options["lr"] == 1e-4
 
 
 def poison(monkeypatch, at_step, what):
@@ -88,7 +88,7 @@ def test_divergence_stops_with_the_last_good_state(editor, clip, monkeypatch, wh
 
 
 def test_non_finite_lr_is_refused(editor, clip):
-    with pytest.raises(InvertError, match="--lr must be a positive number, not nan"):
+    with pytest.raises(InvertError, match="option .lr.: must be a finite number, not nan"):
         fit(editor, clip, "visii", opts={"lr": float("nan")})
 
 
@@ -146,7 +146,7 @@ def test_cli_divergence_keeps_the_last_good_checkpoints(run, tiny_model_dir, pai
     assert r.exit_code == 1 and "the loss became nan at step 5; try a lower --lr" in r.output
     assert f"--resume {tmp_path / 'x.inst.ckpt'}" in r.output
     assert not out.exists() and FitState.load(tmp_path / "x.inst.ckpt").step == 4
-    assert Instruction.load(tmp_path / "x.step-4.inst").meta["steps"] == "4"
+    assert Instruction.load(tmp_path / "x.step-4.inst").meta.steps == 4
 
 
 def test_cli_resume_of_a_bad_checkpoint(run, tiny_model_dir, pairs_dir, tmp_path):

@@ -26,8 +26,8 @@ def test_untouched_reverse_is_the_swapped_initialization(editor, clip):
     inst = fit(editor, clip, "brush", steps=0, reverse=True)
     befores, afters = night_pairs()
     swapped = tiny_fit(editor, afters, befores, "brush", clip=clip, steps=0)
-    reverse = inst.meta["extra"]["reverse"]
-    assert reverse["init_text"] == swapped.meta["init_text"] != inst.meta["init_text"]
+    reverse = inst.meta.extra["reverse"]
+    assert reverse["init_text"] == swapped.meta.init_text != inst.meta.init_text
     untouched = fit(editor, clip, "brush", steps=0, init_text=reverse["init_text"])
     image = scene(9)
     undone = invert.apply(inst, [image], editor=editor, steps=3, reverse=True)[0]
@@ -58,7 +58,7 @@ def test_reverse_round_trips_through_the_file(editor, clip, method, tmp_path):
         a = invert.apply(inst, [image], editor=editor, steps=2, reverse=reverse)[0]
         b = invert.apply(loaded, [image], editor=editor, steps=2, reverse=reverse)[0]
         assert a.tobytes() == b.tobytes()
-    assert loaded.meta["options"]["reverse"] is True
+    assert loaded.meta.options["reverse"] is True
 
 
 def test_reverse_of_an_instruction_without_one_is_refused(editor, clip):

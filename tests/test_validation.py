@@ -19,7 +19,7 @@ AFTERS = [scene(i, night=True) for i in range(3)]
 
 
 def visii(editor, text="make it night"):
-    return method_class("visii").initialize(editor, editor.encode_text([text]), text, VisiiSettings(clip_weight=0))
+    return method_class("visii").initialize(editor, editor.encode_text([text]), text, VisiiSettings(visii_clip_weight=0))
 
 
 def test_held_out_pairs_and_scoring_interval():
@@ -61,7 +61,7 @@ def test_scoring_changes_nothing_that_is_learned(editor, clip):
     plain = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, val_every=0, **base)
     scored = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, val_every=1, **base)
     assert torch.equal(plain.tensors["visii.learned"], scored.tensors["visii.learned"])
-    assert plain.meta["validation"]["curve"] == [] and len(scored.meta["validation"]["curve"]) == 5
+    assert plain.meta.validation["curve"] == [] and len(scored.meta.validation["curve"]) == 5
 
 
 @pytest.mark.parametrize("method", ["visii", "brush", "lora"])
@@ -72,10 +72,10 @@ def test_the_curve_is_the_instruction_applied_to_the_held_out_pairs(editor, clip
     opts = {"parts": 2} if method == "brush" else {}
     inst = tiny_fit(editor, befores, afters, method, clip=clip, steps=4, lr=1e-2, init_text="make it night",
                     val_every=2, val_steps=3, **opts)
-    v = inst.meta["validation"]
+    v = inst.meta.validation
     assert v["pairs"] == [6, 7] and v["every"] == 2 and [s for s, _ in v["curve"]] == [0, 2, 4]
     best_step, best = max(v["curve"], key=lambda c: (c[1], -c[0]))
-    assert inst.meta["kept_step"] == best_step
+    assert inst.meta.kept_step == best_step
     from invert.api import load_method
 
     judge = Validation(editor, befores[6:], afters[6:], steps=3, guidance=7.5, image_guidance=1.5, seed=0)
@@ -105,8 +105,8 @@ def test_a_resumed_fit_with_validation_equals_the_uninterrupted_one(editor, clip
                  **base)
     saved = stopped.value.state.save(tmp_path / "state.ckpt")
     resumed = tiny_fit(editor, befores, afters, "lora", clip=clip, resume=FitState.load(saved), **base)
-    assert whole.meta["validation"] == resumed.meta["validation"]
-    assert whole.meta["kept_step"] == resumed.meta["kept_step"]
+    assert whole.meta.validation == resumed.meta.validation
+    assert whole.meta.kept_step == resumed.meta.kept_step
     for key, value in whole.tensors.items():
         assert torch.equal(value, resumed.tensors[key]), key
 
@@ -145,17 +145,17 @@ def test_several_init_texts_start_from_the_best_scoring_one(editor, clip):
     texts = ("make it night", "a photo, with a comma", "make it sepia")
     inst = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, steps=2, lr=1e-2, init_text=texts, val_steps=2,
                     val_every=1)
-    scores = inst.meta["init_scores"]["texts"]
-    assert set(scores) == set(texts) and inst.meta["init_text"] == max(scores, key=scores.get)
+    scores = inst.meta.init_scores["texts"]
+    assert set(scores) == set(texts) and inst.meta.init_text == max(scores, key=scores.get)
     # Scored on every pair, as the fit's validation is with 3 pairs: the fit starts from the best text's score.
-    assert inst.meta["validation"]["curve"][0][1] == pytest.approx(max(scores.values()), abs=1e-4)
+    assert inst.meta.validation["curve"][0][1] == pytest.approx(max(scores.values()), abs=1e-4)
 
 
 def test_init_best_compares_the_candidate_texts(editor, clip):
     inst = tiny_fit(editor, BEFORES, AFTERS, "brush", clip=clip, steps=0, parts=2, val_steps=2)
-    scores = inst.meta["init_scores"]["texts"]
-    assert len(scores) >= 3 and "" in scores and inst.meta["init_text"] in scores
-    assert inst.meta["init_text"] == best_text(scores, inst.meta["init_scores"]["no_edit"])
+    scores = inst.meta.init_scores["texts"]
+    assert len(scores) >= 3 and "" in scores and inst.meta.init_text in scores
+    assert inst.meta.init_text == best_text(scores, inst.meta.init_scores["no_edit"])
 
 
 def test_an_edit_that_changes_nothing_is_reported(editor, clip):
@@ -166,7 +166,7 @@ def test_an_edit_that_changes_nothing_is_reported(editor, clip):
                         val_steps=2, val_every=1)
     lines = [str(w.message) for w in caught if issubclass(w.category, InvertWarning)]
     assert len(lines) == 1 and "below the unedited input's 100.00 dB" in lines[0]
-    assert inst.meta["fit_check"] == lines[0]
+    assert inst.meta.fit_check == lines[0]
 
 
 def test_fit_json_and_fit_batch_name_the_fits_that_fail_their_check(tiny_model_dir, pairs_dir, tmp_path):
@@ -195,7 +195,7 @@ def test_fit_json_and_fit_batch_name_the_fits_that_fail_their_check(tiny_model_d
     assert [s for s, _ in report["validation"]["curve"]] == [0, 1, 2] and report["validation"]["pairs"] == "train"
     assert f"warning: {report['fit_check']}" in r.stderr
     saved = Instruction.load(tmp_path / "same.inst").meta
-    assert saved["validation"] == report["validation"] and saved["fit_check"] == report["fit_check"]
+    assert saved.validation == report["validation"] and saved.fit_check == report["fit_check"]
 
     r = runner.invoke(cli, ["fit-batch", str(sets), "-o", str(tmp_path / "insts"), *common])
     assert r.exit_code == 0, r.output
@@ -218,9 +218,9 @@ def test_a_fit_ruined_by_a_huge_learning_rate_keeps_its_start_and_says_so():
         warnings.simplefilter("always")
         inst = fit_images(toy, befores, afters, "lora", *settings_for("lora", options), quiet=True)
     lines = [str(w.message) for w in caught if issubclass(w.category, InvertWarning)]
-    curve = inst.meta["validation"]["curve"]
+    curve = inst.meta.validation["curve"]
     assert curve[-1][1] < curve[0][1] - 3, curve
     assert len(lines) == 1 and "never beat its start" in lines[0] and "a lower --lr (0.33)" in lines[0]
-    assert inst.meta["kept_step"] == 0
+    assert inst.meta.kept_step == 0
     judge = Validation(toy, befores, afters, steps=4, guidance=3.0, image_guidance=1.5, seed=0)
     assert judge.score(load_method(inst, toy)) == pytest.approx(curve[0][1], abs=1e-4)

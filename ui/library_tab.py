@@ -38,8 +38,7 @@ def build(app: App) -> None:
             chosen_text = gr.Markdown(elem_id="library-weights")
             results = results_view(app, "library")
 
-    def apply(library, before, after, temperature, top, method, source, folder, images, text, strength, steps,
-              guidance, image_guidance, seed, variations, fresh_noise, request: gr.Request):
+    def apply(request: gr.Request, library, before, after, temperature, top, method, *values):
         if not library:
             raise InvertError("upload a library file (invert library build writes one)")
         if not before or not after:
@@ -51,8 +50,7 @@ def build(app: App) -> None:
         inst, chosen = app.model.library_instruction(session.copy_uploads([library], session.new_folder("lib"))[0],
                                                      befores, afters, float(temperature), int(top or 0) or None,
                                                      None if method == ANY_METHOD else method)
-        edited = edit(app, session, "library", inst, source, folder, images, text, strength, steps, guidance,
-                      image_guidance, seed, variations, fresh_noise)
+        edited = edit(app, session, "library", inst, values)
         listed = " · ".join(f"**{markdown_text(name)}** {w:.3f}" for name, w in chosen)  # names from the file
         return (_weights(chosen), f"Mixed: {listed}", *edited)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,7 +63,9 @@ def pipeline_class_name(source: str) -> str:
     from diffusers import DiffusionPipeline
 
     try:
-        return str(DiffusionPipeline.load_config(source).get("_class_name", ""))
+        with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it deprecated: not the user's
+            warnings.simplefilter("ignore")
+            return str(DiffusionPipeline.load_config(source).get("_class_name", ""))
     except Exception:  # hub and file errors come in many types; all end in one line for the user
         raise ModelLoadError(
             f"cannot load '{source}': it is no local folder, not in the Hugging Face cache, and the hub cannot be "

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import ModelLoadError
+from ..settings.limits import ModelLimits
 
 
 def _mps_available() -> bool:
@@ -223,6 +224,11 @@ class Editor:
     def size_multiple(self) -> int:
         """Image sides must be a multiple of this (the VAE's factor, times the patch size of a DiT)."""
         return self.pipe.vae_scale_factor
+
+    @property
+    def limits(self) -> ModelLimits:
+        """What this model allows: learned tokens, image sizes, sampling steps."""
+        return ModelLimits(self.text_positions, self.size_multiple, self.num_train_timesteps)
 
     def set_low_memory(self, enabled: bool) -> None:
         """Trade speed for memory without changing results: the denoiser recomputes its activations in the

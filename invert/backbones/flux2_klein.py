@@ -34,7 +34,7 @@ class Flux2Klein(FluxEditor):
     name = "flux2-klein"
     pipeline_classes = ("Flux2KleinPipeline",)
     # the pipeline's guidance; VISII's CLIP direction term reads a CLIP text encoder's tokens, which klein has not
-    fit_defaults = {"guidance": 4.0, "visii": {"clip_weight": 0.0}}
+    fit_defaults = {"guidance": 4.0, "visii": {"visii_clip_weight": 0.0}}
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)

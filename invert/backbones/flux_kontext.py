@@ -32,7 +32,7 @@ class FluxKontext(FluxEditor):
     learns_pooled = True  # CLIP's pooled vector modulates every block: VISII learns it with the T5 tokens
     default_guidance = 2.5  # the guidance Kontext's model card edits with
     # the model card's guidance; VISII's CLIP direction term reads CLIP's tokens, and the learned ones are T5's
-    fit_defaults = {"guidance": default_guidance, "visii": {"clip_weight": 0.0}}
+    fit_defaults = {"guidance": default_guidance, "visii": {"visii_clip_weight": 0.0}}
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)

@@ -117,8 +117,8 @@ INSTRUCTION_TEMPLATES = ("make it {p}", "turn it into {p}")  # an edit in words,
 def init_candidates(clip: Clip, vocab: tuple[str, ...], model: str, befores: list[Image.Image],
                     afters: list[Image.Image], phrase_settings: Any, count: int = 3) -> tuple[list[str], PhraseChoice]:
     """Texts worth trying as a fit's init (``--init best``), each a way this module words an edit: the caption of
-    the afters, InstructBrush's phrase instruction (``phrase_settings``: top, threshold, relative_threshold,
-    template, as :class:`invert.methods.settings.PhraseSettings`), each of the
+    the afters, InstructBrush's phrase instruction (``phrase_settings``: the phrase search's options of
+    :class:`invert.settings.InitSettings`), each of the
     ``count`` phrases whose similarity rises most from the befores to the afters put in an instruction template
     (and in the phrase template with the phrase that falls most), and the empty text. No duplicates, in that
     order; also the phrase search's result, which the file records."""
@@ -126,14 +126,15 @@ def init_candidates(clip: Clip, vocab: tuple[str, ...], model: str, befores: lis
 
     phrases = load_vocab(vocab or model_vocab(model))
     s = phrase_settings
-    choice = unique_phrases(clip, befores, afters, phrases, s.top, s.threshold, s.relative_threshold, s.template)
+    choice = unique_phrases(clip, befores, afters, phrases, s.phrases_top, s.phrases_threshold,
+                            s.phrases_relative_threshold, s.phrases_template)
     rising = [c["phrase"] for c in choice.candidates if c["side"] == "after"][:count]
     falling = next((c["phrase"] for c in choice.candidates if c["side"] == "before"), None)
     texts = [caption(clip, afters, phrases), choice.text]
     for p in rising:
         texts += [t.format(p=p) for t in INSTRUCTION_TEMPLATES]
         if falling is not None and falling != p:
-            texts.append(s.template.format(p_x=falling, p_y=p))
+            texts.append(s.phrases_template.format(p_x=falling, p_y=p))
     return list(dict.fromkeys([*texts, ""])), choice
 
 
@@ -141,8 +142,8 @@ def initial_text(init: str, vocab: tuple[str, ...], clip: Clip | None, model: st
                  afters: list[Image.Image], phrase_settings: Any, *, pez_steps: int = 300, pez_tokens: int = 10,
                  seed: int = 0) -> tuple[str, PhraseChoice | None]:
     """A fit's init text as ``init`` says, and for phrase initialization the phrases found: "empty", a "caption"
-    of the afters, InstructBrush's "phrases" (``phrase_settings``: top, threshold, relative_threshold, template,
-    as :class:`invert.methods.settings.PhraseSettings`) or a "pez" hard prompt optimized against the afters."""
+    of the afters, InstructBrush's "phrases" (``phrase_settings``: the phrase search's options of
+    :class:`invert.settings.InitSettings`) or a "pez" hard prompt optimized against the afters."""
     from ..errors import InvertError
     from ..vocab import load_vocab, model_vocab
 
@@ -157,6 +158,7 @@ def initial_text(init: str, vocab: tuple[str, ...], clip: Clip | None, model: st
     phrases = load_vocab(vocab or model_vocab(model))
     if init == "phrases":
         s = phrase_settings
-        choice = unique_phrases(clip, befores, afters, phrases, s.top, s.threshold, s.relative_threshold, s.template)
+        choice = unique_phrases(clip, befores, afters, phrases, s.phrases_top, s.phrases_threshold,
+                                s.phrases_relative_threshold, s.phrases_template)
         return choice.text, choice
     return caption(clip, afters, phrases), None

@@ -1,7 +1,7 @@
 """The ``.inst`` file: a safetensors file of learned tensors plus string metadata, checked on load.
 
-Metadata values are strings (safetensors' rule); structured values are JSON. ``tensor_sha256`` covers every
-tensor's name, dtype, shape and bytes, so a changed byte is detected on load."""
+Metadata values are strings (safetensors' rule), read and written by :class:`~invert.instruction.metadata.Metadata`.
+``tensor_sha256`` covers every tensor's name, dtype, shape and bytes, so a changed byte is detected on load."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -17,17 +16,8 @@ from safetensors.torch import load, load_file, save_file
 
 from ..errors import InstructionFileError
 from ..writing import write_atomically
+from .metadata import FORMAT, VERSION, Metadata
 
-FORMAT = "invert.inst"
-# 2: InstructBrush's K/V stored per cross-attention layer by name (brush.<processor>.k), where version 1 stored
-# one (parts, m, sum of widths) tensor with the widths in extra.layers; version 1 files still load.
-VERSION = 2
-# Metadata keys holding JSON rather than plain strings.
-_JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra", "model_defaults", "validation", "init_scores"}
-# The JSON type each must have (apply reads into them), and the keys that must hold integers.
-_JSON_TYPES = {"guidance": dict, "exemplars": list, "options": dict, "phrases": dict, "extra": dict,
-               "model_defaults": dict, "validation": dict, "init_scores": dict}
-_INT_KEYS = {"seed", "noise_seed", "steps", "resolution", "num_tokens"}
 # safetensors' own limit is 100 MB of header JSON; an .inst needs a few kB (1 MB with a huge phrase list).
 MAX_HEADER_BYTES = 16 << 20
 
@@ -44,12 +34,17 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 @dataclass
 class Instruction:
-    """A learned instruction: its method, its tensors and what is needed to apply and audit it."""
+    """A learned instruction: its method, its tensors and what is needed to apply and audit it (``meta``:
+    :class:`Metadata`, or its plain values by name, which are checked into one)."""
 
     method: str
     tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Metadata = field(default_factory=Metadata)
     path: Path | None = field(default=None, compare=False)  # the file it was loaded from, for error messages
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, Metadata):
+            self.meta = Metadata.from_values(self.meta)
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write atomically; refuse to overwrite an existing file unless ``force``."""
@@ -73,35 +68,24 @@ class Instruction:
     def stored_metadata(self) -> dict[str, str]:
         """The metadata as the file stores it (strings; JSON where structured), without format, version, method
         and checksum."""
-        return {k: (json.dumps(v, sort_keys=True) if k in _JSON_KEYS else str(v)) for k, v in self.meta.items()
-                if v is not None}
+        return self.meta.stored()
 
     @classmethod
     def from_stored(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> "Instruction":
         """An instruction from stored tensors and metadata strings (``method`` among them), checked as ``load``
-        checks a file: finite values, JSON and types of the metadata. Instruction libraries store them so too."""
+        checks a file: finite values, and every metadata value's type and range. Instruction libraries store them
+        so too."""
         for name, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t.float()).all():  # float() as fp8 has no isfinite
                 raise InstructionFileError(f"{path}: tensor '{name}' holds NaN or inf values")
-        parsed: dict[str, Any] = {}
-        for key, value in meta.items():
-            if key in _JSON_KEYS:
-                try:
-                    parsed[key] = json.loads(value)
-                except json.JSONDecodeError:
-                    raise InstructionFileError(f"{path}: metadata '{key}' is not valid JSON") from None
-            else:
-                parsed[key] = value
-        _check_metadata_types(path, parsed)
-        method = parsed.pop("method", None)
-        return cls(method, tensors, parsed, path)
+        return cls(meta.get("method"), tensors, Metadata.from_stored(meta, path), path)
 
     def check_model(self, fingerprint: str, allow_mismatch: bool = False, path: str | os.PathLike = "") -> None:
         """Refuse an instruction learned on other base weights unless ``allow_mismatch``."""
-        expected = self.meta.get("model_fingerprint")
+        expected = self.meta.model_fingerprint
         if expected and expected != fingerprint and not allow_mismatch:
             raise InstructionFileError(
-                f"{path or 'instruction'}: learned on base model '{self.meta.get('base_model')}' (fingerprint "
+                f"{path or 'instruction'}: learned on base model '{self.meta.base_model}' (fingerprint "
                 f"{expected}), not on the loaded one ({fingerprint}); pass --allow-model-mismatch to use it anyway")
 
 
@@ -191,17 +175,3 @@ def is_instruction_file(path: Path) -> bool:
         return False
     return isinstance(header, dict) and isinstance(header.get("__metadata__"), dict) \
         and header["__metadata__"].get("format") == FORMAT
-
-
-def _check_metadata_types(path: Path, meta: dict[str, Any]) -> None:
-    for key, kind in _JSON_TYPES.items():
-        if key in meta and not isinstance(meta[key], kind):
-            raise InstructionFileError(f"{path}: metadata '{key}' should be a JSON {kind.__name__}")
-    guidance = meta.get("guidance", {})
-    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in guidance.values()):
-        raise InstructionFileError(f"{path}: metadata 'guidance' should hold numbers")
-    for key in _INT_KEYS & meta.keys():
-        try:
-            int(meta[key])
-        except ValueError:
-            raise InstructionFileError(f"{path}: metadata '{key}' should be an integer, not {meta[key]!r}") from None

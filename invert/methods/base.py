@@ -8,6 +8,7 @@ token positions, mixing, its reverse (the edit undone) and its exports."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, ContextManager
 
@@ -17,6 +18,7 @@ from torch import nn
 from ..backbones import Conditioning, Editor, TextEncoding
 from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
+from ..instruction.metadata import Metadata
 
 DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's instructions have about 10 tokens)
 REVERSE = "reverse."  # prefix of a two-way instruction's reverse tensors in the file
@@ -53,23 +55,27 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Method":
         """The instruction a file's tensors and metadata hold, with its learned change scaled by ``strength``
         (0 = the initialization, 1 = as learned). Shape problems raise InstructionFileError."""
         raise NotImplementedError
 
     @classmethod
-    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0,
+    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0,
                          reverse: bool = False) -> "Method":
         """As :meth:`from_tensors`; ``reverse``: the instruction that undoes the edit (a two-way fit's reverse
         instruction by default; a method whose inverse is built in overrides this)."""
         if reverse:
             found = {k[len(REVERSE):]: v for k, v in tensors.items() if k.startswith(REVERSE)}
-            back = (meta.get("extra") or {}).get("reverse")
+            back = (meta.extra or {}).get("reverse")
             if not found or not isinstance(back, dict):
                 raise InstructionFileError("holds no reverse instruction (fit it with --reverse)")
-            tensors, meta = found, {**meta, "init_text": back.get("init_text", ""), "extra": back.get("extra")}
+            try:
+                meta = dataclasses.replace(meta, init_text=back.get("init_text", ""), extra=back.get("extra"))
+            except InvertError as exc:
+                raise InstructionFileError(f"its reverse instruction's metadata is malformed ({exc})") from None
+            tensors = found
         return cls.from_tensors({k: v for k, v in tensors.items() if not k.startswith(REVERSE)}, meta, editor,
                                 strength)
 
@@ -200,7 +206,7 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
         """Write an instruction of this method (its file's tensors and metadata) for use outside invert, in the
         form ``kind`` (one of :attr:`exports`) names; no model is needed."""
         raise InvertError(f"a {cls.name} instruction has no '{kind}' export"

@@ -19,6 +19,7 @@ from ..backbones import Editor, TextEncoding
 from ..backbones.base import KV_ARGUMENT, Conditioning, KVRoute
 from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
+from ..instruction.metadata import Metadata
 from ..schedules import parts_schedule, time_part
 from .base import DEFAULT_TOKENS, Method, Stage, append_text, check_mixable, check_prompt_tensors
 from .settings import BrushSettings
@@ -109,8 +110,8 @@ class Brush(Method):
                    settings: BrushSettings = BrushSettings(), seed: int = 0) -> "Brush":
         """Every part of every layer starts from the init text's K/V through that layer's own to_k/to_v."""
         m = settings.tokens or (init.eos[0] - init.start) or DEFAULT_TOKENS
-        kv = project_kv(editor, init.embeds, m, settings.parts, init.pooled)
-        return cls(editor, init.embeds, kv, init_text, settings.parts_sequential, init.pooled)
+        kv = project_kv(editor, init.embeds, m, settings.brush_parts, init.pooled)
+        return cls(editor, init.embeds, kv, init_text, settings.brush_parts_sequential, init.pooled)
 
     # -- conditioning ---------------------------------------------------------------------------------------
     def call(self, rows: Rows) -> BrushCall:
@@ -159,7 +160,7 @@ class Brush(Method):
         return {"parts": self.parts, "tokens": self.m, "sequential": self.sequential}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Brush":
         init = tensors["brush.init"]
         widths = editor.instruction_kv_layers()
@@ -182,8 +183,7 @@ class Brush(Method):
             k, v = (x.to(editor.device, torch.float32) for x in stored[name])
             # lerp is exact at 0 and 1: strength 1 applies the learned K/V as they were learned.
             kv[name] = (torch.lerp(k0, k, strength), torch.lerp(v0, v, strength))
-        return cls(editor, init, kv, meta.get("init_text", ""), bool((meta.get("extra") or {}).get("sequential")),
-                   pooled)
+        return cls(editor, init, kv, meta.init_text, bool((meta.extra or {}).get("sequential")), pooled)
 
     def hybrid(self, text: str) -> "Brush":
         """Encode the init text followed by ``text``; the learned K/V still replace the instruction's first m
@@ -234,10 +234,10 @@ class Brush(Method):
         return cls(methods[0].editor, init, kv, methods[0].init_text, methods[0].sequential, pooled)
 
 
-def _per_layer(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _per_layer(tensors: dict[str, torch.Tensor], meta: Metadata) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """A version-1 file's K/V, stored as (parts, m, sum of widths) with the layers' names and widths in
     ``extra.layers``, split into each layer's own tensors."""
-    layers = (meta.get("extra") or {}).get("layers")
+    layers = (meta.extra or {}).get("layers")
     k, v = tensors["brush.k"], tensors["brush.v"]
     if not isinstance(layers, list) or k.dim() != 3 or k.shape != v.shape or \
             k.shape[-1] != sum(int(w) for _, w in layers):

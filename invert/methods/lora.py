@@ -22,6 +22,7 @@ from torch import nn
 from ..backbones import Editor, TextEncoding
 from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
+from ..instruction.metadata import Metadata
 from .base import Conditioning, Method, check_mixable, check_prompt_tensors
 from .settings import LoraSettings
 
@@ -165,15 +166,15 @@ class Lora(Method):
         return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "reverse": self.reverse_mode}
 
     @classmethod
-    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0,
+    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0,
                          reverse: bool = False) -> "Lora":
         """``reverse``: the negated adapter, -Delta, which the fit trained to undo the edit."""
         return cls.from_tensors(tensors, meta, editor, -strength if reverse else strength)
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Lora":
-        extra = meta.get("extra") or {}
+        extra = meta.extra or {}
         try:
             rank, alpha, targets = int(extra["rank"]), float(extra["alpha"]), tuple(extra["targets"])
         except (KeyError, TypeError, ValueError):
@@ -183,7 +184,7 @@ class Lora(Method):
         check_adapter(editor, weights, rank)
         init = tensors["lora.init"]
         check_prompt_tensors(editor, init, {})
-        return cls(editor, init.to(editor.device), weights, rank, alpha, targets, meta.get("init_text", ""),
+        return cls(editor, init.to(editor.device), weights, rank, alpha, targets, meta.init_text,
                    extra.get("reverse", "off"), scale=strength, pooled=tensors.get("lora.init_pooled"))
 
     def hybrid(self, text: str) -> "Lora":
@@ -217,16 +218,16 @@ class Lora(Method):
         return mixed
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
         """``lora``: the adapter with diffusers' own ``save_lora_weights`` (its key names and its adapter-config
         metadata, so rank and alpha load as fitted); ``reverse``: the negated adapter, which undoes the edit."""
         if kind != "lora":
             super().export(kind, tensors, meta, path, reverse)
         from ..backbones import backbone_class
 
-        backbone = backbone_class(meta.get("backbone") or "ip2p")
+        backbone = backbone_class(meta.backbone)
         prefix = backbone.lora_prefix
-        extra = meta.get("extra") or {}
+        extra = meta.extra or {}
         layers = {k[len(prefix):]: (-v if reverse and ".lora_B." in k else v).contiguous()
                   for k, v in tensors.items() if k.startswith(prefix)}
         config = lora_config(int(extra["rank"]), float(extra["alpha"]), extra["targets"]).to_dict()

@@ -16,6 +16,7 @@ from ..backbones import Editor, TextEncoding
 from ..backbones.rows import Rows
 from ..clip import Clip
 from ..errors import InstructionFileError, InvertError
+from ..instruction.metadata import Metadata
 from .base import DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors
 from .settings import VisiiSettings
 
@@ -54,7 +55,7 @@ class Visii(Method):
 
     @classmethod
     def needs_clip(cls, settings: VisiiSettings) -> bool:
-        return bool(settings.clip_weight)
+        return bool(settings.visii_clip_weight)
 
     @property
     def num_tokens(self) -> int:
@@ -72,12 +73,12 @@ class Visii(Method):
         return torch.cat([self.prompt_embeds().detach().flatten(), uncond.embeds.float().flatten()])
 
     def set_clip_direction(self, clip: Clip, direction: torch.Tensor) -> None:
-        weight, clamp = self.settings.clip_weight, self.settings.clip_clamp
+        weight, clamp = self.settings.visii_clip_weight, self.settings.visii_clip_clamp
         if not weight:
             return
         if clip.text_width != self.init.shape[-1]:
             raise InvertError(f"CLIP model '{clip.name}' has text width {clip.text_width}, the IP2P text encoder "
-                              f"{self.init.shape[-1]}: the direction loss needs them equal (or --clip-weight 0)")
+                              f"{self.init.shape[-1]}: the direction loss needs them equal (or --visii-clip-weight 0)")
         self.clip_term = (clip, direction, weight, clamp)
 
     def extra_loss(self) -> torch.Tensor | None:
@@ -90,7 +91,7 @@ class Visii(Method):
         return -weight * cos.mean()
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Visii":
         init, learned = tensors["visii.init"], tensors["visii.learned"]
         check_prompt_tensors(editor, init, {"visii.learned": learned})
@@ -137,18 +138,17 @@ class Visii(Method):
         return getattr(self, "init_pooled", None), None if learned is None else learned.detach()
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
         """``embeds``: the whole prompt embedding (1, 77, width) as ``prompt_embeds`` in a safetensors file, for
         ``pipe(prompt_embeds=...)`` of any IP2P pipeline of the same base model."""
         if kind != "embeds" or reverse:
             super().export(kind if not reverse else f"{kind} --reverse", tensors, meta, path)
         init, learned = tensors["visii.init"].float(), tensors["visii.learned"].float()
         embeds = torch.cat([init[:, :1], learned, init[:, learned.shape[1] + 1:]], dim=1)
-        guidance = meta.get("guidance") or {}
         save_file({"prompt_embeds": embeds.contiguous()}, str(Path(path)),
-                  metadata={"format": EMBEDS_FORMAT, "base_model": str(meta.get("base_model", "")),
-                            "guidance_scale": str(guidance.get("text", 7.5)),
-                            "image_guidance_scale": str(guidance.get("image", 1.5))})
+                  metadata={"format": EMBEDS_FORMAT, "base_model": meta.base_model,
+                            "guidance_scale": str(meta.text_guidance),
+                            "image_guidance_scale": str(meta.image_guidance)})
 
 
 def _weighted(weights: list[float], tensors: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:

@@ -96,7 +96,7 @@ def night(n: int = 2, size: int = 32):
 
 def fit(editor, method: str, **options):
     """A fit of the night pairs (VISII without its CLIP term: no CLIP reads these text encoders' tokens)."""
-    defaults = {"init_text": "make it night", "val": 0, **({"clip_weight": 0.0} if method == "visii" else {})}
+    defaults = {"init_text": "make it night", "val": 0, **({"visii_clip_weight": 0.0} if method == "visii" else {})}
     return tiny_fit(editor, *night(), method, **{**defaults, **options})
 
 
@@ -105,7 +105,7 @@ def check_untrained_apply_is_the_pipeline(editor, pipe, guidances: tuple[float, 
     """Zero fit steps, then apply with fresh noise: the pipeline's own call with the same seed, pixel for pixel,
     at each guidance; another seed differs."""
     inst = tiny_fit(editor, *night(1, 64), "visii", steps=0, init_text="make it night", resolution=64,
-                    clip_weight=0.0)
+                    visii_clip_weight=0.0)
     image = scene(5, 64)
     pipe.set_progress_bar_config(disable=True)
     for guidance in guidances:
@@ -219,7 +219,7 @@ def check_low_memory_computes_the_same_gradients(editor):
 
     def gradients():
         learned = Brush.initialize(editor, editor.encode_text(["make it night"]), "make it night",
-                                   BrushSettings(parts=2))
+                                   BrushSettings(brush_parts=2))
         trainer = make_trainer(editor, *night(), learned, steps=1)
         with learned.installed():
             trainer.step_loss(0, lambda loss: loss)
@@ -249,10 +249,10 @@ def check_lora_export_loads_in_diffusers(editor, pipe, tmp_path: Path, guidance:
     Lora.export("lora", inst.tensors, inst.meta, tmp_path / "adapter.safetensors")
     pipe.set_progress_bar_config(disable=True)
     args = dict(image=image, prompt="", num_inference_steps=3, guidance_scale=guidance, **call)
-    plain = pipe(**args, generator=torch.Generator().manual_seed(inst.meta["noise_seed"])).images[0]
+    plain = pipe(**args, generator=torch.Generator().manual_seed(inst.meta.noise_seed)).images[0]
     pipe.load_lora_weights(str(tmp_path / "adapter.safetensors"))
     try:
-        theirs = pipe(**args, generator=torch.Generator().manual_seed(inst.meta["noise_seed"])).images[0]
+        theirs = pipe(**args, generator=torch.Generator().manual_seed(inst.meta.noise_seed)).images[0]
     finally:
         pipe.unload_lora_weights()
     assert np.abs(pixels(ours) - pixels(theirs)).max() <= 1, "the exported adapter edits as invert's apply"
@@ -269,7 +269,7 @@ def check_reverse_and_hybrid(editor):
     hybrid = invert.apply(inst, [image], editor=editor, steps=2, text="with snow")[0]
     assert not np.array_equal(pixels(forward), pixels(back))
     assert not np.array_equal(pixels(forward), pixels(hybrid))
-    assert np.isfinite(float(inst.meta["final_loss"]))
+    assert np.isfinite(float(inst.meta.final_loss))
 
 
 def check_full_size_configs(cls, folder: Path, counts: dict[str, int]):

@@ -103,9 +103,9 @@ def test_a_brush_instruction_in_a_users_own_pipeline_edits_as_apply(klein, pipe)
     image = scene(9, 64)
     ours = invert.apply(inst, [image], editor=klein, steps=3, fresh_noise=True, seed=4)[0]
     with invert.installed(inst, pipe) as embeds:
-        theirs = pipe(image=image, prompt_embeds=embeds, num_inference_steps=3, guidance_scale=inst.meta["guidance"]
-                      ["text"], generator=torch.Generator().manual_seed(4), **CALL).images[0]
-    plain = pipe(image=image, prompt_embeds=embeds, num_inference_steps=3, guidance_scale=inst.meta["guidance"]["text"],
+        theirs = pipe(image=image, prompt_embeds=embeds, num_inference_steps=3, guidance_scale=inst.meta.text_guidance,
+                      generator=torch.Generator().manual_seed(4), **CALL).images[0]
+    plain = pipe(image=image, prompt_embeds=embeds, num_inference_steps=3, guidance_scale=inst.meta.text_guidance,
                  generator=torch.Generator().manual_seed(4), **CALL).images[0]
     assert np.array_equal(pixels(ours), pixels(theirs))
     assert not np.array_equal(pixels(plain), pixels(theirs)), "the learned K/V matter"
@@ -135,7 +135,7 @@ def test_the_command_line_fits_and_applies_with_the_architectures_defaults(run, 
             "make it night", "--quiet")
     assert r.exit_code == 0, r.output
     meta = json.loads(run("inspect", inst, "--json").output)["meta"]
-    assert meta["backbone"] == "flux2-klein" and meta["model_defaults"] == {"guidance": 4.0, "clip_weight": 0.0}
+    assert meta["backbone"] == "flux2-klein" and meta["model_defaults"] == {"guidance": 4.0, "visii_clip_weight": 0.0}
     r = run("apply", inst, pairs_dir / "before" / "0.png", "-o", tmp_path / "out", "--steps", 2)
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "out").glob("*.png"))) == 1

@@ -103,11 +103,11 @@ def test_a_brush_instruction_in_a_users_own_pipeline_edits_as_apply(kontext, pip
     inst = fit(kontext, "brush", steps=3, lr=5e-2, parts=2)
     image = scene(9, 64)
     ours = invert.apply(inst, [image], editor=kontext, steps=3, fresh_noise=True, seed=4)[0]
-    user = editor_of(pipe, inst.meta["base_model"])  # what invert.installed does with a user's pipeline
+    user = editor_of(pipe, inst.meta.base_model)  # what invert.installed does with a user's pipeline
     method = load_method(inst, user)
     c = method.conditioning(Rows.uniform(torch.zeros(1), True), user.uncond)
     call = dict(image=image, prompt_embeds=c.embeds, pooled_prompt_embeds=c.pooled, num_inference_steps=3,
-                guidance_scale=inst.meta["guidance"]["text"], **CALL)
+                guidance_scale=inst.meta.text_guidance, **CALL)
     with method.in_pipeline(pipe):
         theirs = pipe(**call, generator=torch.Generator().manual_seed(4)).images[0]
     plain = pipe(**call, generator=torch.Generator().manual_seed(4)).images[0]
