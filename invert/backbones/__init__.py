@@ -22,6 +22,7 @@ log = logging.getLogger("invert")
 # backbone name -> "module:class"; each class lists the pipeline classes it loads (Editor.pipeline_classes)
 BACKBONES = {
     "ip2p": "ip2p:InstructPix2Pix",
+    "sdxl-ip2p": "sdxl:SDXLInstructPix2Pix",
 }
 
 
@@ -84,9 +85,10 @@ def _load_pipeline(cls: type[Editor], source: str, dtype: torch.dtype):
 def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",
                 ) -> Editor:
     """Load an editing model from a hub id, a local diffusers folder, ``toy`` (the shipped toy model) or
-    ``random:FOLDER`` (random weights from a folder of diffusers configs; ``random`` alone is the full IP2P
-    architecture). The pipeline class in its ``model_index.json`` picks the backbone."""
-    from .ip2p import IP2P_CONFIGS
+    ``random:FOLDER`` (random weights from a folder of diffusers configs, or from the shipped full-size configs
+    of that name: ``random:sdxl-instructpix2pix``; ``random`` alone is the full IP2P architecture). The pipeline
+    class in its ``model_index.json`` picks the backbone."""
+    from .ip2p import CONFIGS, IP2P_CONFIGS
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -96,6 +98,8 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     log.info("loading %s (%s) ...", model, where(model))
     if model.startswith("random"):
         folder = model.partition(":")[2] or str(IP2P_CONFIGS)
+        if not Path(folder).is_dir() and (CONFIGS / folder).is_dir():
+            folder = str(CONFIGS / folder)
         cls = backbone_for_pipeline(pipeline_class_name(folder), folder)
         pipe = cls.from_configs(folder, dtype=load)
     else:

@@ -1,0 +1,137 @@
+"""SDXL InstructPix2Pix (and CosXL Edit) as an invert backbone, on tiny components built as diffusers' own SDXL
+tests build them (a 2-block UNet with SDXL's text-time added conditions, two 32-wide CLIP text encoders, the real
+CLIP BPE), saved with save_pretrained and loaded through load_editor like a user's folder."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import scene
+
+import invert
+from invert.api import load_method
+from invert.backbones import load_editor
+from invert.backbones.rows import Rows
+
+RES = 32
+CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu", bos_token_id=49406,
+            eos_token_id=49407, pad_token_id=49407)
+
+
+def tiny_pipeline(cosxl: bool = False):
+    from diffusers import (AutoencoderKL, EDMEulerScheduler, EulerDiscreteScheduler,
+                           StableDiffusionXLInstructPix2PixPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from invert.backbones.tokenizer import clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=RES // 2, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 1),
+        norm_num_groups=8, cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        latent_channels=4, sample_size=RES, scaling_factor=0.13025)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP))
+    torch.manual_seed(1)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP))
+    tokenizer_2 = clip_tokenizer()
+    tokenizer_2.pad_token = "!"
+    if cosxl:
+        scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=120.0, sigma_data=1.0,
+                                      prediction_type="v_prediction", sigma_schedule="exponential")
+    else:
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=clip_tokenizer(),
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, add_watermarker=False, is_cosxl_edit=cosxl)
+    if cosxl:
+        pipe.register_to_config(is_cosxl_edit=True)  # so that model_index.json records it
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir(tmp_path_factory, _isolated_cache):
+    folder = tmp_path_factory.mktemp("tiny-sdxl-ip2p")
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cosxl_dir(tmp_path_factory, _isolated_cache):
+    folder = tmp_path_factory.mktemp("tiny-cosxl-edit")
+    tiny_pipeline(cosxl=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sdxl(sdxl_dir):
+    return load_editor(str(sdxl_dir), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def cosxl(cosxl_dir):
+    return load_editor(str(cosxl_dir), device="cpu", dtype="fp32")
+
+
+def their_pipeline(folder):
+    from diffusers import StableDiffusionXLInstructPix2PixPipeline
+
+    pipe = StableDiffusionXLInstructPix2PixPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pixels(img):
+    return np.asarray(img, dtype=np.int16)
+
+
+def fit(editor, method, steps=0, **options):
+    from conftest import tiny_fit
+
+    options.setdefault("clip_weight", 0) if method == "visii" else None
+    return tiny_fit(editor, [scene(0)], [scene(0, night=True)], method, steps=steps, init_text="make it night",
+                    init="auto", **options)
+
+
+def test_the_folder_picks_the_backbone_and_cosxl_is_read_from_model_index(sdxl, cosxl, cosxl_dir):
+    assert sdxl.name == cosxl.name == "sdxl-ip2p"
+    assert not sdxl.pipe.is_cosxl_edit and cosxl.pipe.is_cosxl_edit
+    assert json.loads((cosxl_dir / "model_index.json").read_text())["is_cosxl_edit"] is True
+    assert sdxl.edm is None and cosxl.edm is not None
+
+
+@pytest.mark.parametrize("which", ["sdxl", "cosxl"])
+def test_encoding_is_the_pipelines(which, request):
+    editor = request.getfixturevalue(which)
+    pipe = editor.pipe
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt("make it night", device="cpu")
+    ours = editor.encode_text(["make it night"])
+    assert torch.equal(ours.embeds, embeds) and torch.equal(ours.pooled, pooled)
+    assert ours.embeds.shape == (1, 77, 64) and ours.start == 1 and ours.eos == [4]
+    assert torch.equal(editor.uncond.embeds, negative) and torch.equal(editor.uncond.pooled, negative_pooled)
+    assert not editor.uncond.embeds.any(), "force_zeros_for_empty_prompt: zeros, not the empty prompt's encoding"
+
+
+@pytest.mark.parametrize("which", ["sdxl", "cosxl"])
+@pytest.mark.parametrize("guidance", [4.0, 1.0])
+def test_unfitted_instruction_equals_the_diffusers_pipeline(which, guidance, request):
+    """--steps 0 --init-text P, then apply --fresh-noise --seed S == the pipeline's call on P with the same seed
+    (guided: three rows with the added conditions; unguided: the text rows alone)."""
+    editor, folder = request.getfixturevalue(which), request.getfixturevalue(f"{which}_dir")
+    inst = fit(editor, "visii")
+    image = scene(5)
+    ours = invert.apply(inst, [image], editor=editor, fresh_noise=True, seed=11, steps=3, guidance=guidance)[0]
+    theirs = their_pipeline(folder)("make it night", image=image, num_inference_steps=3, guidance_scale=guidance,
+                                    image_guidance_scale=1.5, height=RES, width=RES,
+                                    generator=torch.Generator().manual_seed(11)).images[0]
+    assert np.array_equal(pixels(ours), pixels(theirs))
+    other = invert.apply(inst, [image], editor=editor, fresh_noise=True, seed=12, steps=3, guidance=guidance)[0]
+    assert not np.array_equal(pixels(ours), pixels(other))
