@@ -158,7 +158,8 @@ class Lora(Method):
     # -- the file, mixing, exporting ------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         prefix = self.editor.lora_prefix
-        return {**{prefix + k: self.weight(k).detach() for k in self.keys}, "lora.init": self.init.detach()}
+        return {**{prefix + k: self.weight(k).detach() for k in self.keys}, "lora.init": self.init.detach(),
+                **self.pooled_tensors()}
 
     def extra_meta(self) -> dict:
         return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "reverse": self.reverse_mode}

@@ -135,3 +135,89 @@ def test_unfitted_instruction_equals_the_diffusers_pipeline(which, guidance, req
     assert np.array_equal(pixels(ours), pixels(theirs))
     other = invert.apply(inst, [image], editor=editor, fresh_noise=True, seed=12, steps=3, guidance=guidance)[0]
     assert not np.array_equal(pixels(ours), pixels(other))
+
+
+def test_edm_training_is_the_schedulers_preconditioning(cosxl):
+    """A CosXL fit noises and estimates exactly as EDMEulerScheduler preconditions: training timestep i is the
+    scheduler's 1000-step schedule counted from its end, the UNet reads c_in x at 0.25 log sigma, and the clean
+    estimate of the objective is the clean latent."""
+    from diffusers import EDMEulerScheduler
+
+    edm, sched = cosxl.edm, EDMEulerScheduler.from_config(cosxl.scheduler.config)
+    sched.set_timesteps(1000)
+    assert torch.equal(edm.sigmas, sched.sigmas[:-1].flip(0))
+    t = torch.tensor([0, 400, 999])
+    sigma = edm.sigmas[t].view(-1, 1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 4, 4, generator=gen), torch.randn(3, 4, 4, 4, generator=gen)
+    inputs = cosxl.training_inputs(x0, noise, t)
+    torch.testing.assert_close(inputs.noisy, sched.precondition_inputs(x0 + sigma * noise, sigma))
+    torch.testing.assert_close(cosxl.unet_timesteps(t.float()), sched.timesteps.flip(0)[t])
+    torch.testing.assert_close(cosxl.clean_estimate(inputs.objective, inputs, t), x0)
+    prediction = torch.randn(3, 4, 4, 4, generator=gen)
+    torch.testing.assert_close(cosxl.clean_estimate(prediction, inputs, t),
+                               sched.precondition_outputs(x0 + sigma * noise, prediction, sigma))
+    torch.testing.assert_close(inputs.signal.flatten(), 1 / (1 + edm.sigmas[t] ** 2))
+    # sampling timesteps sit among the training ones (rows carry these positions: brush's time parts, fit noise)
+    sched.set_timesteps(7)
+    positions = cosxl.sampling_position(sched.timesteps)
+    assert positions[0] == 999 and positions[-1] == 0 and (positions.diff() < 0).all()
+    torch.testing.assert_close(cosxl.unet_timesteps(positions), sched.timesteps)
+
+
+def night_pairs():
+    return [scene(0), scene(1)], [scene(0, night=True), scene(1, night=True)]
+
+
+def mean_loss(trainer, steps):
+    from invert.fitting.loop import predict
+
+    with torch.no_grad(), trainer.method.installed():
+        total = 0.0
+        for step in steps:
+            t = trainer.schedule[step]
+            x = trainer.data.inputs(t, trainer.pair(step))
+            pred = predict(trainer.method, trainer.data, trainer.settings, x.noisy, x.cond, x.timesteps)
+            total += torch.nn.functional.mse_loss(pred, x.objective).item()
+        return total / len(steps)
+
+
+METHODS = {"visii": dict(lr=5e-2, clip_weight=0), "brush": dict(lr=5e-2, parts=2), "lora": dict(lr=1e-2)}
+
+
+@pytest.mark.parametrize("which,method", [("sdxl", "visii"), ("sdxl", "brush"), ("sdxl", "lora"),
+                                          ("cosxl", "brush")])
+def test_each_method_learns_saves_loads_mixes_and_applies(which, method, request, tmp_path):
+    from conftest import make_trainer
+
+    from invert.instruction import Instruction
+    from invert.methods import method_class, settings_for
+
+    editor = request.getfixturevalue(which)
+    options = METHODS[method]
+    befores, afters = night_pairs()
+    settings, method_settings = settings_for(method, {**options, "steps": 8, "val_every": 0})
+    learned = method_class(method).initialize(editor, editor.encode_text(["make it night"]), "make it night",
+                                              method_settings)
+    start = {n: p.detach().clone() for n, p in learned.named_parameters()}
+    trainer = make_trainer(editor, befores, afters, learned, steps=8, lr=options["lr"])
+    loss = mean_loss(trainer, range(8))
+    trainer.run(quiet=True)
+    assert mean_loss(trainer, range(8)) < loss
+    changed = {n for n, p in learned.named_parameters() if not torch.equal(p.detach(), start[n])}
+    assert changed == set(start), "every learned tensor moves (VISII's: the tokens and SDXL's pooled vector)"
+    if method == "visii":
+        assert changed == {"learned", "pooled"}
+
+    inst = fit(editor, method, steps=3, val_every=0, **options)
+    inst.save(tmp_path / "a.inst")
+    loaded = Instruction.load(tmp_path / "a.inst")
+    assert loaded.meta["backbone"] == "sdxl-ip2p"
+    image = scene(6)
+    ours = invert.apply(inst, [image], editor=editor, steps=2)[0]
+    assert np.array_equal(pixels(invert.apply(loaded, [image], editor=editor, steps=2)[0]), pixels(ours))
+    other = fit(editor, method, steps=3, val_every=0, seed=1, **options)
+    mixed = invert.apply([inst, other], [image], weights=[1.0, 0.0], editor=editor, steps=2)[0]
+    assert np.abs(pixels(mixed) - pixels(ours)).max() <= 1, "a mix weighted 1, 0 is the first instruction"
+    half = invert.apply([inst, other], [image], editor=editor, steps=2)[0]
+    assert not np.array_equal(pixels(half), pixels(ours))
