@@ -221,3 +221,56 @@ def test_each_method_learns_saves_loads_mixes_and_applies(which, method, request
     assert np.abs(pixels(mixed) - pixels(ours)).max() <= 1, "a mix weighted 1, 0 is the first instruction"
     half = invert.apply([inst, other], [image], editor=editor, steps=2)[0]
     assert not np.array_equal(pixels(half), pixels(ours))
+
+
+def test_exported_lora_loads_in_the_sdxl_pipeline_and_edits_as_apply(sdxl, sdxl_dir, tmp_path, run):
+    inst = fit(sdxl, "lora", steps=3, val_every=0, lr=5e-2, guidance=4.0)
+    inst.save(tmp_path / "lora.inst")
+    image = scene(7)
+    ours = invert.apply(inst, [image], editor=sdxl, steps=3, fresh_noise=True, seed=3)[0]
+    r = run("export-lora", tmp_path / "lora.inst", "-o", tmp_path / "adapter.safetensors")
+    assert r.exit_code == 0, r.output
+    pipe = their_pipeline(sdxl_dir)
+    call = dict(prompt="make it night", image=image, num_inference_steps=3, guidance_scale=4.0, height=RES,
+                width=RES)
+    plain = pipe(**call, generator=torch.Generator().manual_seed(3)).images[0]
+    pipe.load_lora_weights(str(tmp_path / "adapter.safetensors"))
+    theirs = pipe(**call, generator=torch.Generator().manual_seed(3)).images[0]
+    assert np.abs(pixels(ours) - pixels(theirs)).max() <= 1, "the exported adapter edits as invert's apply does"
+    assert np.abs(pixels(plain) - pixels(theirs)).max() > 8, "and the adapter matters"
+
+
+@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+def test_an_installed_instruction_edits_inside_the_users_own_sdxl_pipeline_call(sdxl, method):
+    """Brush's K/V routes follow the SDXL pipeline's own batch layout (guided or not), read from its call."""
+    inst = fit(sdxl, method, steps=3, val_every=0, **METHODS[method])
+    image = scene(7)
+    learned = load_method(inst, sdxl)
+    text = learned.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), sdxl.uncond)
+    for guidance in (4.0, 1.0):
+        expected = invert.apply(inst, [image], editor=sdxl, steps=3, guidance=guidance, fresh_noise=True, seed=5)[0]
+        with learned.in_pipeline(sdxl.pipe):
+            mine = sdxl.pipe(prompt_embeds=text.embeds, pooled_prompt_embeds=text.pooled, image=image,
+                             num_inference_steps=3, guidance_scale=guidance, height=RES, width=RES,
+                             generator=torch.Generator().manual_seed(5)).images[0]
+        assert np.array_equal(pixels(mine), pixels(expected))
+    assert "encode_prompt" not in sdxl.pipe.__dict__, "the pipeline is as it was after the block"
+
+
+@pytest.mark.parametrize("which", ["sdxl", "cosxl"])
+def test_reverse_fit_with_the_cycle_term_strength_and_hybrid_text(which, request):
+    """The cycle term goes through the backbone's clean estimate and reconditioning (EDM's on CosXL)."""
+    editor = request.getfixturevalue(which)
+    inst = fit(editor, "visii", steps=3, val_every=0, lr=5e-2, reverse=True, cycle_weight=1.0)
+    image = scene(6)
+    forward = invert.apply(inst, [image], editor=editor, steps=2)[0]
+    back = invert.apply(inst, [image], editor=editor, steps=2, reverse=True)[0]
+    assert not np.array_equal(pixels(forward), pixels(back))
+    zero = load_method(inst, editor, strength=0.0)
+    init = editor.encode_text(["make it night"])
+    torch.testing.assert_close(zero.prompt_embeds(), init.embeds.float())
+    torch.testing.assert_close(zero.pooled_vector(), init.pooled.float())
+    hybrid = load_method(inst, editor, text="with snow")
+    plain = load_method(inst, editor)
+    assert torch.equal(hybrid.pooled_vector(), plain.pooled_vector()) and hybrid.eos == plain.eos
+    assert not torch.equal(hybrid.prompt_embeds(), plain.prompt_embeds())
