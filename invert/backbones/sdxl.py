@@ -36,6 +36,7 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
         self._edm: EdmTraining | None = None
+        self._offload_text = False
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
@@ -67,7 +68,8 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
         scheduler_class = getattr(diffusers, index["scheduler"][1])
-        scheduler = scheduler_class.from_config(scheduler_class.load_config(folder / "scheduler"))
+        with torch.device("cpu"):  # its tables live on the CPU, also where the models are built on the meta device
+            scheduler = scheduler_class.from_config(scheduler_class.load_config(folder / "scheduler"))
         tokenizer_2 = clip_tokenizer()
         tokenizer_2.pad_token = "!"
         pipe = cls.pipeline_type()(
@@ -88,12 +90,38 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
     def fingerprinted(cls, pipe) -> list[torch.nn.Module]:
         return [pipe.unet, pipe.text_encoder, pipe.text_encoder_2]
 
+    def set_low_memory(self, enabled: bool) -> None:
+        """As IP2P's, and on a GPU the text encoders (1.5 GiB in bf16) wait on the CPU between encodings, which
+        still run on the device: the same encodings, without the encoders' weights at a fit step's peak."""
+        super().set_low_memory(enabled)
+        self._offload_text = enabled and self.device.type not in ("cpu", "meta")
+        for module in self.text_modules():
+            module.to("cpu" if self._offload_text else self.device)
+
+    @contextlib.contextmanager
+    def _text_encoders(self):
+        """The text encoders on the device for the block (back on the CPU afterwards when offloaded)."""
+        offloaded = self._offload_text
+        if offloaded:
+            for module in self.text_modules():
+                module.to(self.device)
+        try:
+            yield
+        finally:
+            if offloaded:
+                for module in self.text_modules():
+                    module.to("cpu")
+
     # -- text ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> TextEncoding:
         """As the pipeline's ``encode_prompt``: each encoder's penultimate hidden states, concatenated, and the
         second encoder's projected pooled output; EOS where the first tokenizer puts it (both tokenize alike, the
         second pads with "!")."""
+        with self._text_encoders():
+            return self._encode(prompts)
+
+    def _encode(self, prompts: list[str]) -> TextEncoding:
         hidden, pooled, first_ids = [], None, None
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -119,7 +147,11 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
 
     @property
     def text_width(self) -> int:
-        return self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size
+        return sum(self.text_segments)
+
+    @property
+    def text_segments(self) -> list[int]:
+        return [self.text_encoder.config.hidden_size, self.text_encoder_2.config.hidden_size]
 
     def added_conditions(self, conditioning: Conditioning, latents: torch.Tensor) -> dict:
         """SDXL's added conditions: the pooled vector of every row and the size ids of the image being denoised

@@ -274,3 +274,68 @@ def test_reverse_fit_with_the_cycle_term_strength_and_hybrid_text(which, request
     plain = load_method(inst, editor)
     assert torch.equal(hybrid.pooled_vector(), plain.pooled_vector()) and hybrid.eos == plain.eos
     assert not torch.equal(hybrid.prompt_embeds(), plain.prompt_embeds())
+
+
+def test_exported_embeds_carry_the_pooled_vector_for_the_plain_sdxl_pipeline(sdxl, sdxl_dir, tmp_path, run):
+    from safetensors.torch import load_file
+
+    inst = fit(sdxl, "visii", steps=3, val_every=0, lr=5e-2)
+    inst.save(tmp_path / "night.inst")
+    r = run("export-embeds", tmp_path / "night.inst", "-o", tmp_path / "night.safetensors")
+    assert r.exit_code == 0 and "(pooled_prompt_embeds, prompt_embeds)" in r.output, r.output
+    image = scene(7)
+    ours = invert.apply(inst, [image], editor=sdxl, steps=3, fresh_noise=True, seed=2)[0]
+    theirs = their_pipeline(sdxl_dir)(**load_file(tmp_path / "night.safetensors"), image=image, num_inference_steps=3,
+                                      guidance_scale=7.5, image_guidance_scale=1.5, height=RES, width=RES,
+                                      generator=torch.Generator().manual_seed(2)).images[0]
+    assert np.array_equal(pixels(ours), pixels(theirs))
+
+
+def test_the_clip_direction_term_reads_the_text_encoder_of_its_width(sdxl):
+    """SDXL's token sequence is CLIP ViT-L's 768 then bigG's 1280 (here 32 and 32): a CLIP model of one of those
+    widths gets that encoder's part; the term's gradient reaches no other column."""
+    from invert.errors import InvertError
+    from invert.methods.settings import VisiiSettings
+    from invert.methods.visii import Visii
+
+    class Clip:  # the text projection of a CLIP model 32 wide
+        name, text_width = "a 32-wide CLIP", 32
+        projection = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+
+        def project_text(self, hidden):
+            return hidden @ self.projection
+
+    assert sdxl.text_segments == [32, 32]
+    learned = Visii.initialize(sdxl, sdxl.encode_text(["make it night"]), "make it night", VisiiSettings())
+    learned.set_clip_direction(Clip(), torch.nn.functional.normalize(torch.randn(1, 8), dim=-1))
+    learned.extra_loss().backward()
+    grad = learned.learned.grad
+    assert grad[..., :32].abs().sum() > 0 and not grad[..., 32:].any() and learned.pooled.grad is None
+    Clip.text_width = 48
+    with pytest.raises(InvertError, match="text width 48, this model's text encoders 32, 32"):
+        learned.set_clip_direction(Clip(), torch.zeros(1, 8))
+
+
+@pytest.mark.parametrize("configs", ["sdxl-instructpix2pix", "cosxl-edit"])
+def test_the_shipped_full_size_configs_on_the_meta_device(configs):
+    """The full architecture from the shipped configs, no weights drawn: parameter counts, the layers brush
+    reads, and one guided UNet call at 1024 px with SDXL's added conditions (shapes checked through the call)."""
+    from invert.backbones.base import Conditioning
+    from invert.backbones.ip2p import CONFIGS
+    from invert.backbones.sdxl import SDXLInstructPix2Pix
+
+    with torch.device("meta"):
+        pipe = SDXLInstructPix2Pix.from_configs(CONFIGS / configs)
+    counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+              for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    assert counts == {"unet": 2_567_475_204, "vae": 83_653_863, "text_encoder": 123_060_480,
+                      "text_encoder_2": 694_659_840}
+    editor = SDXLInstructPix2Pix(pipe, configs, torch.device("meta"), torch.float32, fingerprint="meta")
+    assert editor.text_segments == [768, 1280] and editor.resolution == 1024
+    assert len(editor.cross_attention_layers()) == 70 and sum(editor.instruction_kv_layers().values()) == 83_200
+    assert (editor.edm is not None) == (configs == "cosxl-edit") == editor.pipe.is_cosxl_edit
+    groups = editor.guidance_groups()
+    rows = Rows.of(groups, torch.tensor([500.0], device="meta"))
+    latents = torch.zeros(1, 4, 128, 128, device="meta")
+    c = Conditioning(torch.zeros(3, 77, 2048, device="meta"), None, torch.zeros(3, 1280, device="meta"))
+    assert editor.predict(latents, latents, c, rows, groups).shape == (3, 4, 128, 128)
