@@ -12,8 +12,15 @@ the run as a whole stops starting new ones when its budget (default 8 minutes, a
 most important first. ``--tiny`` runs the same code on the toy model at its own size on whatever device there
 is (the CPU in CI), with a few steps: it checks that the script works, its figures mean nothing.
 
+``--backbones`` adds, after the IP2P table, each named model (``random:NAME``: random weights from the shipped
+full-size configs of that name; or a diffusers folder) in bf16 at its own resolution: for each method, ours'
+fit seconds per step and peak memory, default and ``--low-memory``, and apply seconds per image and its peak
+(no reference loop or floor: those are IP2P's). ``--backbones-only`` leaves the IP2P table out
+(examples/gpu_backbones.sh).
+
     python -m benchmarks.gpu --out gpu-speed               # on the GPU machine; or examples/gpu_speed.sh
     python -m benchmarks.gpu --out /tmp/gpu-check --tiny   # the CPU check CI runs
+    python -m benchmarks.gpu --out gpu-sdxl --backbones random:sdxl-instructpix2pix --backbones-only
 """
 from __future__ import annotations
 
@@ -49,15 +56,18 @@ class Plan:
     apply_steps: int
     host_cpu: dict  # arguments of the host CPU's precision measurement
     box_seconds: float  # time box of one measurement
+    backbone: SpeedOptions  # ours alone on another backbone, at its own resolution (--backbones)
 
 
+BACKBONE = dict(warmup=1, reference=False, floor=False, apply_batches=1)
 FULL = Plan("random", SpeedOptions(resolution=512, steps=20, block=5, warmup=5, apply_steps=20, apply_batches=2),
-            memory_steps=3, apply_steps=20, host_cpu=dict(steps=3, apply_steps=2, cycles=3), box_seconds=90)
+            memory_steps=3, apply_steps=20, host_cpu=dict(steps=3, apply_steps=2, cycles=3), box_seconds=90,
+            backbone=SpeedOptions(steps=3, block=3, apply_steps=20, **BACKBONE))
 # The toy model at half its size: 8x8 latents still pass through both UNet levels.
 TINY = Plan("toy", SpeedOptions(resolution=16, steps=1, block=1, warmup=1, apply_steps=1), memory_steps=1,
             apply_steps=1, host_cpu=dict(resolution=16, steps=1, apply_steps=1, cycles=1, warmup_cycles=0,
                                          modes=("fp32", "bf16-autocast")),
-            box_seconds=60)
+            box_seconds=60, backbone=SpeedOptions(steps=1, block=1, apply_steps=1, **BACKBONE))
 
 
 class TimeBoxExceeded(Exception):
@@ -98,7 +108,7 @@ class Models:
         nets = {name: copy.deepcopy(getattr(base, name)).to(dtype=dt) for name in ("unet", "vae", "text_encoder")}
         pipe = type(base)(**nets, tokenizer=base.tokenizer, scheduler=base.scheduler, safety_checker=None,
                           feature_extractor=None, requires_safety_checker=False)
-        return Editor(pipe, model, dev, dt)
+        return type(self.base)(pipe, model, dev, dt)
 
 
 class Run:
@@ -152,17 +162,28 @@ class Run:
 
 
 def run(out: Path, tiny: bool = False, budget: float = 480.0, device: str = "auto",
-        methods: tuple[str, ...] = METHODS, precisions: tuple[str, ...] = PRECISIONS) -> dict:
-    """Every measurement for ``methods`` and ``precisions``, most important first, within ``budget`` seconds; the
-    summary written to ``out``."""
-    from .precision import speed as precision_speed
-
+        methods: tuple[str, ...] = METHODS, precisions: tuple[str, ...] = PRECISIONS,
+        backbones: tuple[str, ...] = (), backbones_only: bool = False) -> dict:
+    """Every measurement for ``methods`` and ``precisions``, most important first, then each of ``backbones``,
+    within ``budget`` seconds; the summary written to ``out``."""
     plan = TINY if tiny else FULL
     r = Run(out, plan, budget, device)
+    if not backbones_only:
+        _ip2p_table(r, methods, precisions)
+    for model in backbones:
+        _backbone(r, model, methods)
+    r.write()
+    return json.loads((out / "gpu_speed.json").read_text())
+
+
+def _ip2p_table(r: "Run", methods: tuple[str, ...], precisions: tuple[str, ...]) -> None:
+    from .precision import speed as precision_speed
+
+    plan = r.plan
     quick = dict(steps=plan.memory_steps, block=plan.memory_steps, warmup=1, reference=False, floor=False,
                  apply_steps=plan.apply_steps, apply_batches=1)
     # Drawing random weights for 1.1B parameters takes a while: once, before the first time box.
-    r.measure("load", lambda: {"seconds": _timed(lambda: r.models(plan.model, "cpu", "fp32"))}, box=budget / 4)
+    r.measure("load", lambda: {"seconds": _timed(lambda: r.models(plan.model, "cpu", "fp32"))}, box=r.budget / 4)
     for precision in precisions:
         for method in methods:
             r.measure("fit", lambda: r.fit(method, precision), method=method, precision=precision)
@@ -175,8 +196,37 @@ def run(out: Path, tiny: bool = False, budget: float = 480.0, device: str = "aut
               method=first, precision=half)
     r.measure("host_cpu_bf16", lambda: precision_speed("toy", log=lambda line: None, **plan.host_cpu),
               method="visii", precision="fp32/bf16 (host CPU)")
-    r.write()
-    return json.loads((out / "gpu_speed.json").read_text())
+
+
+def _backbone(r: "Run", model: str, methods: tuple[str, ...]) -> None:
+    """``model`` loaded once in bf16 (random full-size weights take a while to draw), then for each method ours'
+    fit, default and --low-memory, and apply (:func:`benchmarks.speed.benchmark` without reference or floor)."""
+    loaded: list[Editor] = []
+
+    def load() -> dict:
+        return {"seconds": _timed(lambda: loaded.append(load_editor(model, r.device, "bf16")))}
+
+    r.measure("backbone_load", load, box=max(r.plan.box_seconds, 240), backbone=model)
+    if not loaded:
+        return
+    editor = loaded[0]
+
+    def measure(method: str) -> dict:
+        options = replace(r.plan.backbone, method=method)
+        plain = benchmark(model, options, r.device, "bf16", load=lambda *args: editor)
+        low = benchmark(model, options, r.device, "bf16", low_memory=True, load=lambda *args: editor)
+        editor.set_low_memory(False)
+        rows = plain["timed_steps"] // options.steps  # timesteps an optimizer step trains (brush: its time parts)
+        return {"resolution": plain["resolution"], "rows": rows, "seconds_per_step": rows / plain["steps_per_s"],
+                "peak_memory_mb": plain["peak_memory_mb"], "low_memory_seconds_per_step": rows / low["steps_per_s"],
+                "low_memory_peak_memory_mb": low["peak_memory_mb"], "apply_steps": plain["apply_steps"],
+                "apply_seconds_per_image": 1 / plain["apply_images_per_s"],
+                "apply_peak_memory_mb": plain["apply_peak_memory_mb"],
+                "low_memory_apply_peak_memory_mb": low["apply_peak_memory_mb"]}
+
+    for method in methods:
+        r.measure("backbone", lambda: measure(method), box=max(r.plan.box_seconds, 180), backbone=model,
+                  method=method, precision="bf16")
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -203,15 +253,19 @@ def markdown(summary: dict) -> str:
     errors = []
     for m in summary["measurements"]:
         if "error" in m:
-            errors.append(f"- {m['name']} {m.get('method', '')} {m.get('precision', '')}: {m['error']}")
+            errors.append(f"- {m['name']} {m.get('backbone', '')} {m.get('method', '')} {m.get('precision', '')}: "
+                          f"{m['error']}")
         else:
             found[m["name"], m.get("method"), m.get("precision")] = m["result"]
-    lines = [f"GPU speed on {summary['device']} (host {summary['host']}), torch {summary['torch']}, model "
-             f"{summary['model']}; {summary['elapsed_seconds']:.0f} s of a {summary['budget_seconds']:.0f} s budget.",
-             "", "| precision | method | ours steps/s | reference steps/s | ours/reference, median (quartiles) | "
-             "ours/floor | whole fit s (ours / reference) | fit peak MB (default / --low-memory) | "
-             "apply images/s (batch 1 / 4) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    ip2p = any(name in ("fit", "alone") for name, _, _ in found)
+    lines = [f"GPU speed on {summary['device']} (host {summary['host']}), torch {summary['torch']}"
+             + (f", model {summary['model']}" if ip2p else "")
+             + f"; {summary['elapsed_seconds']:.0f} s of a {summary['budget_seconds']:.0f} s budget."]
+    if ip2p:
+        lines += ["", "| precision | method | ours steps/s | reference steps/s | ours/reference, median (quartiles) | "
+                      "ours/floor | whole fit s (ours / reference) | fit peak MB (default / --low-memory) | "
+                      "apply images/s (batch 1 / 4) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
     for precision in PRECISIONS:
         for method in METHODS:
             fit = found.get(("fit", method, precision))
@@ -228,6 +282,18 @@ def markdown(summary: dict) -> str:
         if name == "fit_vs_fp32_reference":
             lines += ["", f"Precision (a separate question): {method}, ours in {precision} against the reference in "
                           f"fp32: ours/reference {_ratio(vs32, 'speedup_vs_reference')} (above 1: ours faster)."]
+    backbone_rows = [m for m in summary["measurements"] if m["name"] == "backbone" and "result" in m]
+    if backbone_rows:
+        lines += ["", "Other backbones, ours alone, bf16, random weights (fit: one optimizer step, every row of it; "
+                      "apply: one image):", "",
+                  "| model | method | resolution | fit s/step (default / --low-memory) | fit peak MB (default / "
+                  "--low-memory) | apply s/image (steps) | apply peak MB |", "|---|---|---|---|---|---|---|"]
+        for m in backbone_rows:
+            b = m["result"]
+            lines.append(f"| {m['backbone']} | {m['method']} | {b['resolution']} | {_f(b, 'seconds_per_step')} / "
+                         f"{_f(b, 'low_memory_seconds_per_step')} | {_f(b, 'peak_memory_mb', '.0f')} / "
+                         f"{_f(b, 'low_memory_peak_memory_mb', '.0f')} | {_f(b, 'apply_seconds_per_image')} "
+                         f"({b['apply_steps']}) | {_f(b, 'apply_peak_memory_mb', '.0f')} |")
     cpu = found.get(("host_cpu_bf16", "visii", "fp32/bf16 (host CPU)"))
     if cpu:
         units = ", ".join(k for k, v in cpu["cpu_bf16"].items() if v) or "none"
@@ -259,12 +325,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated; default: all")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated; default: all")
+    p.add_argument("--backbones", default="", help="comma-separated models measured after the IP2P table (ours "
+                                                   "alone, bf16): random:NAME (shipped full-size configs) or folders")
+    p.add_argument("--backbones-only", action="store_true", help="leave the IP2P table out")
     args = p.parse_args(argv)
     methods, precisions = tuple(args.methods.split(",")), tuple(args.precisions.split(","))
     for chosen, known in ((methods, METHODS), (precisions, PRECISIONS)):
         if not set(chosen) <= set(known):
             p.error(f"choose from {', '.join(known)}")
-    summary = run(args.out, args.tiny, args.budget, args.device, methods, precisions)
+    backbones = tuple(b for b in args.backbones.split(",") if b)
+    summary = run(args.out, args.tiny, args.budget, args.device, methods, precisions, backbones, args.backbones_only)
     print((args.out / "gpu_speed.md").read_text())
     return summary
 

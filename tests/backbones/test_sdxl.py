@@ -339,3 +339,24 @@ def test_the_shipped_full_size_configs_on_the_meta_device(configs):
     latents = torch.zeros(1, 4, 128, 128, device="meta")
     c = Conditioning(torch.zeros(3, 77, 2048, device="meta"), None, torch.zeros(3, 1280, device="meta"))
     assert editor.predict(latents, latents, c, rows, groups).shape == (3, 4, 128, 128)
+
+
+def test_the_gpu_script_measures_the_backbone_on_its_tiny_path(sdxl_dir, tmp_path):
+    """benchmarks.gpu --backbones (examples/gpu_backbones.sh) on the CPU with the tiny SDXL folder: the same
+    code a lent GPU runs on random:sdxl-instructpix2pix; its figures mean nothing here."""
+    from benchmarks import gpu
+
+    summary = gpu.run(tmp_path, tiny=True, device="cpu", methods=("visii", "brush"), backbones=(str(sdxl_dir),),
+                      backbones_only=True)
+    records = summary["measurements"]
+    assert [m["name"] for m in records] == ["backbone_load", "backbone", "backbone"]
+    assert not [m for m in records if "error" in m], [m.get("error") for m in records]
+    for m, rows in zip(records[1:], (1, 5)):  # brush trains its 5 time parts a step
+        result = m["result"]
+        assert result["resolution"] == RES and result["rows"] == rows
+        for key in ("seconds_per_step", "peak_memory_mb", "low_memory_seconds_per_step", "low_memory_peak_memory_mb",
+                    "apply_seconds_per_image", "apply_peak_memory_mb"):
+            assert result[key] > 0, key
+    table = (tmp_path / "gpu_speed.md").read_text()
+    assert [line.split(" | ")[1] for line in table.splitlines() if line.startswith(f"| {sdxl_dir}")] == [
+        "visii", "brush"]
