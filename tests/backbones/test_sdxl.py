@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import scene
+from conftest import messages, scene
 
 import invert
 from invert.api import load_method
@@ -59,8 +59,13 @@ def tiny_pipeline(cosxl: bool = False):
 
 @pytest.fixture(scope="session")
 def sdxl_dir(tmp_path_factory, _isolated_cache):
+    """The tiny SDXL-IP2P folder, with conftest's tiny CLIP (32 wide: the first encoder's width) in clip/, which
+    invert takes for the init search and the CLIP direction term."""
+    from conftest import get_dummy_components
+
     folder = tmp_path_factory.mktemp("tiny-sdxl-ip2p")
     tiny_pipeline().save_pretrained(folder)
+    get_dummy_components()[1].save_pretrained(folder / "clip")
     return folder
 
 
@@ -360,3 +365,25 @@ def test_the_gpu_script_measures_the_backbone_on_its_tiny_path(sdxl_dir, tmp_pat
     table = (tmp_path / "gpu_speed.md").read_text()
     assert [line.split(" | ")[1] for line in table.splitlines() if line.startswith(f"| {sdxl_dir}")] == [
         "visii", "brush"]
+
+
+def test_the_cli_fits_inspects_applies_and_evaluates_on_an_sdxl_folder(sdxl_dir, tiny_model_dir, pairs_dir, run,
+                                                                       tmp_path):
+    """`--model FOLDER` picks the backbone; a default fit (the init search, the CLIP direction term, validation)
+    runs on it; an instruction applied on another architecture is a one-line error."""
+    inst = tmp_path / "night.inst"
+    r = run("fit", pairs_dir, "-o", inst, "--model", sdxl_dir, "--resolution", RES, "--quiet", "--steps", 2)
+    assert r.exit_code == 0, r.output
+    meta = json.loads(run("inspect", inst, "--json").output)["meta"]
+    assert meta["backbone"] == "sdxl-ip2p" and meta["clip_model"] == str(sdxl_dir / "clip") and meta["init_text"]
+    r = run("apply", inst, pairs_dir / "before" / "0.png", "-o", tmp_path / "out", "--model", sdxl_dir, "--steps", 2)
+    assert r.exit_code == 0 and len(list((tmp_path / "out").iterdir())) == 1, r.output
+    r = run("eval", inst, pairs_dir, "--model", sdxl_dir, "--steps", 2, "--json")
+    report = json.loads(r.output[r.output.index("{\n"):])  # after the progress lines (stderr, here mixed in)
+    assert r.exit_code == 0 and report["mean"]["psnr"] > 0, r.output
+    for extra in ((), ("--allow-model-mismatch",)):
+        r = run("apply", inst, pairs_dir / "before" / "0.png", "-o", tmp_path / "ip2p", "--model", tiny_model_dir,
+                *extra)
+        assert r.exit_code == 1 and len(messages(r.output)) == 1, r.output
+        assert not list((tmp_path / "ip2p").glob("*")), "no image written"
+    assert "learned on a sdxl-ip2p model; this model is ip2p" in r.output
