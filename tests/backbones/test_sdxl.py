@@ -177,19 +177,6 @@ def night_pairs():
     return [scene(0), scene(1)], [scene(0, night=True), scene(1, night=True)]
 
 
-def mean_loss(trainer, steps):
-    from invert.fitting.loop import predict
-
-    with torch.no_grad(), trainer.method.installed():
-        total = 0.0
-        for step in steps:
-            t = trainer.schedule[step]
-            x = trainer.data.inputs(t, trainer.pair(step))
-            pred = predict(trainer.method, trainer.data, trainer.settings, x.noisy, x.cond, x.timesteps)
-            total += torch.nn.functional.mse_loss(pred, x.objective).item()
-        return total / len(steps)
-
-
 METHODS = {"visii": dict(lr=5e-2, clip_weight=0), "brush": dict(lr=5e-2, parts=2), "lora": dict(lr=1e-2)}
 
 
@@ -197,6 +184,7 @@ METHODS = {"visii": dict(lr=5e-2, clip_weight=0), "brush": dict(lr=5e-2, parts=2
                                           ("cosxl", "brush")])
 def test_each_method_learns_saves_loads_mixes_and_applies(which, method, request, tmp_path):
     from conftest import make_trainer
+    from test_visii import mean_loss
 
     from invert.instruction import Instruction
     from invert.methods import method_class, settings_for
