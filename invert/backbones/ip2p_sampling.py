@@ -90,8 +90,10 @@ def sample_ip2p(editor: Editor, method: Any, images: list[Image.Image], *, steps
     n = len(images)
     shape = (n, editor.vae.config.latent_channels, *image_latents.shape[-2:])
     fit_noise = FitNoise(seed, shape, editor) if noise == "fit" else None
-    first = fit_noise.at(editor.sampling_position(sched.timesteps[0])) if fit_noise else randn_tensor(shape, generator=generators,
-                                                                             device=device, dtype=dtype)
+    if fit_noise:
+        first = fit_noise.at(editor.sampling_position(sched.timesteps[0]))
+    else:
+        first = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
     latents = first * sched.init_noise_sigma
     takes_generator = "generator" in _step_parameters(sched)
     for i, t in enumerate(sched.timesteps):

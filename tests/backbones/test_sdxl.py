@@ -262,6 +262,9 @@ def test_reverse_fit_with_the_cycle_term_strength_and_hybrid_text(which, request
     forward = invert.apply(inst, [image], editor=editor, steps=2)[0]
     back = invert.apply(inst, [image], editor=editor, steps=2, reverse=True)[0]
     assert not np.array_equal(pixels(forward), pixels(back))
+    # --noise fit: the fit's own noise of each sampling step's position (on EDM, a position among its sigmas)
+    fixed = invert.apply(inst, [image], editor=editor, steps=2, noise="fit")[0]
+    assert np.array_equal(pixels(fixed), pixels(invert.apply(inst, [image], editor=editor, steps=2, noise="fit")[0]))
     zero = load_method(inst, editor, strength=0.0)
     init = editor.encode_text(["make it night"])
     torch.testing.assert_close(zero.prompt_embeds(), init.embeds.float())
