@@ -47,12 +47,16 @@ def export_lora(instruction, output, reverse, force):
 @user_errors
 def export_embeds(instruction, output, force):
     """Write a visii INSTRUCTION's prompt embedding (1, 77, width) as a safetensors file for a plain diffusers
-    pipeline's prompt_embeds.
+    pipeline's prompt_embeds (and, for SDXL, its pooled vector as pooled_prompt_embeds).
 
     \b
       invert export-embeds sketch.inst -o sketch_embeds.safetensors
-      python -c "e = safetensors.torch.load_file('sketch_embeds.safetensors')['prompt_embeds']; pipe(prompt_embeds=e, image=img)"
+      python -c "e = safetensors.torch.load_file('sketch_embeds.safetensors'); pipe(**e, image=img)"
     """
+    from safetensors import safe_open
+
     inst = _export(instruction, output, "embeds", force)
-    click.echo(f"wrote {output}: pipe(prompt_embeds=load_file({str(output)!r})['prompt_embeds'], image=..., "
+    with safe_open(str(output), "pt") as written:  # the pipeline's argument names: prompt_embeds (and pooled_...)
+        names = ", ".join(written.keys())
+    click.echo(f"wrote {output} ({names}): pipe(**load_file({str(output)!r}), image=..., "
                f"guidance_scale={inst.meta.text_guidance}, image_guidance_scale={inst.meta.image_guidance})")

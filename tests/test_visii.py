@@ -19,7 +19,7 @@ def mean_loss(trainer, steps):
         for step in steps:
             t = trainer.schedule[step]
             x = trainer.data.inputs(t, trainer.pair(step))
-            pred = predict(trainer.method, trainer.data, trainer.settings, x.noisy, x.cond, t)
+            pred = predict(trainer.method, trainer.data, trainer.settings, x.noisy, x.cond, x.timesteps)
             total += torch.nn.functional.mse_loss(pred, x.objective).item()
         return total / len(steps)
 

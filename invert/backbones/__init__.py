@@ -25,6 +25,7 @@ BACKBONES = {
     "ip2p": "ip2p:InstructPix2Pix",
     "flux2-klein": "flux2_klein:Flux2Klein",
     "flux1-kontext": "flux_kontext:FluxKontext",
+    "sdxl-ip2p": "sdxl:SDXLInstructPix2Pix",
 }
 
 
@@ -75,13 +76,20 @@ def pipeline_class_name(source: str) -> str:
 
 def backbone_of(model: str) -> type[Editor]:
     """The backbone that loads ``model`` (any name :func:`load_editor` takes), from its model_index.json."""
-    from .ip2p import IP2P_CONFIGS
-
     if model.startswith("random"):
-        folder = model.partition(":")[2] or str(IP2P_CONFIGS)
+        folder = random_folder(model)
         return backbone_for_pipeline(pipeline_class_name(folder), folder)
     source = resolve_model_path(model)
     return backbone_for_pipeline(pipeline_class_name(source), source)
+
+
+def random_folder(model: str) -> str:
+    """The folder of configs ``random:FOLDER`` names: a folder, or the name of one shipped in
+    invert/backbones/configs; ``random`` alone is the full IP2P's."""
+    from .ip2p import CONFIGS, IP2P_CONFIGS
+
+    folder = model.partition(":")[2] or str(IP2P_CONFIGS)
+    return str(CONFIGS / folder) if not Path(folder).is_dir() and (CONFIGS / folder).is_dir() else folder
 
 
 def architecture_defaults(model: str) -> dict:
@@ -109,10 +117,9 @@ def _load_pipeline(cls: type[Editor], source: str, dtype: torch.dtype):
 def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",
                 ) -> Editor:
     """Load an editing model from a hub id, a local diffusers folder, ``toy`` (the shipped toy model) or
-    ``random:FOLDER`` (random weights from a folder of diffusers configs; ``random`` alone is the full IP2P
-    architecture). The pipeline class in its ``model_index.json`` picks the backbone."""
-    from .ip2p import IP2P_CONFIGS
-
+    ``random:FOLDER`` (random weights from a folder of diffusers configs, or from the shipped full-size configs
+    of that name: ``random:sdxl-instructpix2pix``; ``random`` alone is the full IP2P architecture). The pipeline
+    class in its ``model_index.json`` picks the backbone."""
     dev = resolve_device(device)
     resolve_dtype(dtype, dev)  # a bad dtype is refused before anything is looked up
     log.info("loading %s (%s) ...", model, where(model))
@@ -122,7 +129,9 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     # and one fitted in any dtype is checked against, the fingerprint of fp32 and fp16 loading.
     load = torch.float32 if dt == torch.bfloat16 else dt
     if model.startswith("random"):
-        pipe = cls.from_configs(model.partition(":")[2] or str(IP2P_CONFIGS), dtype=load)
+        folder = random_folder(model)
+        cls = backbone_for_pipeline(pipeline_class_name(folder), folder)
+        pipe = cls.from_configs(folder, dtype=load)
     else:
         pipe = _load_pipeline(cls, resolve_model_path(model), load)
     name = local_folder(model)

@@ -261,6 +261,13 @@ class Editor:
     def text_width(self) -> int:
         raise NotImplementedError
 
+    @property
+    def text_segments(self) -> list[int]:
+        """The widths of the text encoders whose outputs the token sequence concatenates, in order (SDXL: CLIP
+        ViT-L's 768, then OpenCLIP bigG's 1280); one encoder by default. VISII's CLIP direction term reads the
+        first encoder of its CLIP model's width."""
+        return [self.text_width]
+
     # -- images -------------------------------------------------------------------------------------------------
     def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
         return self.pipe.image_processor.preprocess(images).to(self.device, self.dtype)

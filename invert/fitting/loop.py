@@ -70,7 +70,7 @@ class FitData:
         self.cond = editor.condition(befores)
         self.target = editor.target(afters)
         self._reversed: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.uncond = editor.encode_text([""])
+        self.uncond = editor.uncond
         self.num_train_timesteps = editor.num_train_timesteps
         self.noises = draw_noises(seed, (1, *self.target.shape[1:]), self.num_train_timesteps, editor.device,
                                   editor.dtype)

@@ -117,6 +117,11 @@ class Method(nn.Module):
             start = self.init_pooled if learned is None else learned.detach().to(device, torch.float32).reshape(1, -1)
             self.pooled = nn.Parameter(start.clone())
 
+    def pooled_tensors(self) -> dict[str, torch.Tensor]:
+        """The file's tensors of :meth:`keep_pooled`'s vectors (none for backbones without one), for a method
+        whose :meth:`tensors` is not its state dict."""
+        return {f"{self.name}.{k}": getattr(self, k).detach() for k in ("init_pooled", "pooled") if hasattr(self, k)}
+
     def pooled_vector(self) -> torch.Tensor | None:
         """The pooled vector the instruction's rows get: the learned one, else the init text's, else none."""
         return getattr(self, "pooled", getattr(self, "init_pooled", None))

@@ -148,9 +148,7 @@ class Brush(Method):
 
     # -- the file, mixing -----------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"brush.init": self.init.detach()}
-        if self.pooled_vector() is not None:
-            out["brush.init_pooled"] = self.pooled_vector().detach()
+        out = {"brush.init": self.init.detach(), **self.pooled_tensors()}
         for name in self.layer_names:
             k, v = self.layer(name).stacked()
             out[f"brush.{name}.k"], out[f"brush.{name}.v"] = k.detach(), v.detach()

@@ -158,9 +158,9 @@ class Lora(Method):
 
     # -- the file, mixing, exporting ------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        prefix, pooled = self.editor.lora_prefix, self.pooled_vector()
+        prefix = self.editor.lora_prefix
         return {**{prefix + k: self.weight(k).detach() for k in self.keys}, "lora.init": self.init.detach(),
-                **({"lora.init_pooled": pooled.detach()} if pooled is not None else {})}
+                **self.pooled_tensors()}
 
     def extra_meta(self) -> dict:
         return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "reverse": self.reverse_mode}

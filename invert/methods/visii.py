@@ -41,7 +41,7 @@ class Visii(Method):
         self.learned = nn.Parameter((init[:, self.start:eos] if learned is None else learned.detach().float()).clone())
         self.eos = eos
         self.keep_pooled(pooled, learned_pooled, trainable=editor.learns_pooled)
-        self.clip_term: tuple[Clip, torch.Tensor, float, float] | None = None
+        self.clip_term: tuple[Clip, torch.Tensor, float, float, slice] | None = None
 
     @classmethod
     def initialize(cls, editor: Editor, init: TextEncoding, init_text: str = "",
@@ -76,17 +76,20 @@ class Visii(Method):
         weight, clamp = self.settings.visii_clip_weight, self.settings.visii_clip_clamp
         if not weight:
             return
-        if clip.text_width != self.init.shape[-1]:
-            raise InvertError(f"CLIP model '{clip.name}' has text width {clip.text_width}, the IP2P text encoder "
-                              f"{self.init.shape[-1]}: the direction loss needs them equal (or --visii-clip-weight 0)")
-        self.clip_term = (clip, direction, weight, clamp)
+        widths = self.editor.text_segments
+        if clip.text_width not in widths:
+            raise InvertError(f"CLIP model '{clip.name}' has text width {clip.text_width}, this model's text "
+                              f"encoder{'s' if len(widths) > 1 else ''} {', '.join(map(str, widths))}: the direction "
+                              "loss needs one equal (or --visii-clip-weight 0)")
+        start = sum(widths[:widths.index(clip.text_width)])  # the first encoder of the CLIP model's width
+        self.clip_term = (clip, direction, weight, clamp, slice(start, start + clip.text_width))
 
     def extra_loss(self) -> torch.Tensor | None:
         if self.clip_term is None:
             return None
-        clip, direction, weight, clamp = self.clip_term
-        text = torch.nn.functional.normalize(clip.project_text(self.prompt_embeds()[0].mean(0, keepdim=True)).float(),
-                                             dim=-1)
+        clip, direction, weight, clamp, part = self.clip_term
+        hidden = self.prompt_embeds()[0, :, part].mean(0, keepdim=True)
+        text = torch.nn.functional.normalize(clip.project_text(hidden).float(), dim=-1)
         cos = (text * direction.to(text.device)).sum(-1).clamp(max=clamp)
         return -weight * cos.mean()
 
@@ -139,13 +142,17 @@ class Visii(Method):
 
     @classmethod
     def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
-        """``embeds``: the whole prompt embedding (1, 77, width) as ``prompt_embeds`` in a safetensors file, for
-        ``pipe(prompt_embeds=...)`` of any IP2P pipeline of the same base model."""
+        """``embeds``: the whole prompt embedding (1, 77, width) as ``prompt_embeds`` in a safetensors file, and
+        the pooled vector as ``pooled_prompt_embeds`` where the model takes one (SDXL), for
+        ``pipe(**load_file(path), image=...)`` of any pipeline of the same base model."""
         if kind != "embeds" or reverse:
             super().export(kind if not reverse else f"{kind} --reverse", tensors, meta, path)
         init, learned = tensors["visii.init"].float(), tensors["visii.learned"].float()
         embeds = torch.cat([init[:, :1], learned, init[:, learned.shape[1] + 1:]], dim=1)
-        save_file({"prompt_embeds": embeds.contiguous()}, str(Path(path)),
+        pooled = tensors.get("visii.pooled", tensors.get("visii.init_pooled"))
+        arguments = {"prompt_embeds": embeds.contiguous(),
+                     **({} if pooled is None else {"pooled_prompt_embeds": pooled.float().contiguous()})}
+        save_file(arguments, str(Path(path)),
                   metadata={"format": EMBEDS_FORMAT, "base_model": meta.base_model,
                             "guidance_scale": str(meta.text_guidance),
                             "image_guidance_scale": str(meta.image_guidance)})
