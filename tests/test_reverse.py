@@ -23,9 +23,9 @@ def fit(editor, clip, method, **options):
 def test_untouched_reverse_is_the_swapped_initialization(editor, clip):
     """With no steps, the reverse of a phrase-initialized brush instruction is the initialization found for the
     pairs the other way round, and applying it is applying that text's initialization."""
-    inst = fit(editor, clip, "brush", steps=0, reverse=True)
+    inst = fit(editor, clip, "brush", steps=0, reverse=True, init="phrases")
     befores, afters = night_pairs()
-    swapped = tiny_fit(editor, afters, befores, "brush", clip=clip, steps=0)
+    swapped = tiny_fit(editor, afters, befores, "brush", clip=clip, steps=0, init="phrases")
     reverse = inst.meta["extra"]["reverse"]
     assert reverse["init_text"] == swapped.meta["init_text"] != inst.meta["init_text"]
     untouched = fit(editor, clip, "brush", steps=0, init_text=reverse["init_text"])
