@@ -75,6 +75,7 @@ def test_shard_from_flag_or_launcher_environment():
             parse_shard(bad, {})
 
 
+@pytest.mark.processes
 def test_torchrun_with_two_cpu_processes_splits_the_sets(tiny_model_dir, pairs_dir, tmp_path):
     """The launcher gives each process RANK and WORLD_SIZE; with no --shard every process fits its own sets,
     and none creates a process group, so plain CPU processes (no NCCL, no gloo) do."""

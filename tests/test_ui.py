@@ -376,6 +376,7 @@ def screenshots(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.browser
 def test_browser_learn_apply_and_library(server, browser, library_file, screenshots):
     page = Page(browser, screenshots)
     api_sessions = set(server.tmp.glob("invert-ui-*/sessions/session-*"))
