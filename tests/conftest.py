@@ -116,6 +116,14 @@ def clip(tiny_model_dir):
     return load_clip(str(tiny_model_dir / "clip"))
 
 
+@pytest.fixture(scope="session")
+def toy():
+    """The shipped toy model, loaded once for the tests that fit or apply on it."""
+    from invert.backbones.editor import load_editor
+
+    return load_editor("toy", device="cpu", dtype="fp32")
+
+
 def scene(seed: int, size: int = TINY_RES, night: bool = False) -> Image.Image:
     """A random blocky image; ``night`` darkens it and tints it blue (a simple, learnable edit)."""
     rng = np.random.default_rng(seed)

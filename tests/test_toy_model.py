@@ -11,11 +11,6 @@ from invert.toy import world
 from invert.vocab import model_vocab
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return invert.load_editor("toy", device="cpu")
-
-
 def test_toy_model_loads_with_its_own_vocabulary(toy):
     assert toy.resolution == 32
     assert toy.scheduler.config.prediction_type == "v_prediction"
