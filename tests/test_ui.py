@@ -75,9 +75,10 @@ def client(server):
 
 
 def fit_args(source="Exemplar folder", folder=str(NIGHT / "train"), befores=None, afters=None, method="brush",
-             steps=10, preview_every=0, init_text=""):
+             steps=10, preview_every=0, init_text="make it night"):
     """/fit's inputs in order: pairs (source, folder, befores, afters, held-out), method, steps, lr, guidance,
-    image guidance, init text, seed, preview every."""
+    image guidance, init text, seed, preview every. An init text, unless one asks for none: an empty one is
+    --init best's search, a dozen candidate texts sampled on every pair (the browser test's fit runs it)."""
     return (source, folder, befores, afters, None, method, steps, 1e-2, 3, 1.5, init_text, 0, preview_every)
 
 
@@ -305,8 +306,8 @@ def library_file(client, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("library")
     for edit in ("night", "red_circle", "sepia_frame", "hue90"):
-        inst = client.predict(*fit_args(folder=str(ROOT / "examples" / "toy" / edit / "train"), method="visii"),
-                              api_name="/fit")[3]
+        inst = client.predict(*fit_args(folder=str(ROOT / "examples" / "toy" / edit / "train"), method="visii",
+                                        init_text=""), api_name="/fit")[3]
         shutil.copyfile(inst, folder / f"{edit}.inst")
     build_library([folder]).save(folder / "toy.safetensors")
     return folder / "toy.safetensors"
