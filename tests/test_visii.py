@@ -28,7 +28,7 @@ def test_fitting_lowers_the_loss_and_moves_only_learned_tokens(editor, clip):
     befores, afters = night_pairs()
     method = Visii.initialize(editor, editor.encode_text(["make it night"]))
     # 20 steps at a high lr (the tiny model's random embeddings are far from any good prompt): the loss over the
-    # fit's own timesteps falls 2.5% (at lr 5e-2 it takes 150 steps to fall 2%).
+    # fit's own timesteps falls 2.5%; at lr 5e-2, 20 steps lower it by 0.4% (150 steps were needed).
     trainer = make_trainer(editor, befores, afters, method, steps=20, lr=0.5, init_text="make it night")
     before = mean_loss(trainer, range(20))
     start = method.prompt_embeds().detach().clone()
