@@ -129,12 +129,12 @@ def test_fitting_lowers_the_loss_and_moves_only_the_kv(editor):
 
     befores, afters = night()
     method = Brush.initialize(editor, editor.encode_text(["make it night"]), "make it night")
-    trainer = make_trainer(editor, befores, afters, method, steps=40, lr=5e-2)
+    trainer = make_trainer(editor, befores, afters, method, steps=10, lr=0.2)  # the loss falls 6%
     unet_before = {k: v.clone() for k, v in editor.unet.state_dict().items()}
     kv_before = {k: v.clone() for k, v in method.state_dict().items()}
-    before = mean_loss(trainer, range(40))
+    before = mean_loss(trainer, range(10))
     trainer.run(quiet=True)
-    after = mean_loss(trainer, range(40))
+    after = mean_loss(trainer, range(10))
     assert after < before * 0.98, (before, after)
     state = method.state_dict()
     assert torch.equal(state["init"], kv_before["init"])

@@ -66,7 +66,7 @@ def test_fit_refuses_to_overwrite_before_doing_work(run, tiny_model_dir, pairs_d
 
 def test_steps_zero_and_caption_init(run, tiny_model_dir, pairs_dir, tmp_path):
     inst = tmp_path / "init.inst"
-    r = run(*fit_args(tiny_model_dir, pairs_dir, inst, "--steps", 0))
+    r = run(*fit_args(tiny_model_dir, pairs_dir, inst, "--steps", 0, "--init", "caption"))
     assert r.exit_code == 0, r.output
     meta = json.loads(run("inspect", inst, "--json").output)["meta"]
     assert meta["init_text"], "a CLIP-ranked caption from the default vocabulary"

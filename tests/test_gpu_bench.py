@@ -12,6 +12,8 @@ import pytest
 
 from benchmarks import gpu
 
+pytestmark = pytest.mark.bench  # run by .ci/run after README's command (pyproject.toml)
+
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "gpu_speed.sh"
 
 

@@ -69,10 +69,10 @@ def test_fit_learns_only_the_adapter_reproducibly(editor, clip):
     befores, afters = night_pairs()
     fingerprint = editor.fingerprint
     lora = Lora.initialize(editor, editor.encode_text([""]), "", LoraSettings(lora_reverse="off"))
-    trainer = make_trainer(editor, befores, afters, lora, steps=20, lr=1e-2)
-    start = mean_loss(trainer, range(20))
+    trainer = make_trainer(editor, befores, afters, lora, steps=10, lr=1e-2)  # the loss falls 5%
+    start = mean_loss(trainer, range(10))
     trainer.run(quiet=True)
-    assert mean_loss(trainer, range(20)) < start * 0.98
+    assert mean_loss(trainer, range(10)) < start * 0.98
     assert any(lora.weight(k).any() for k in lora.keys if ".lora_B." in k)
     assert editor.fingerprint == fingerprint and not getattr(editor.unet, "peft_config", None)
     # --init auto: lora's own init, the empty prompt (the default, --init best, may choose a worded one)
@@ -129,8 +129,8 @@ def test_low_memory_refuses_the_cycle_term_of_a_lora_reverse_fit(editor, clip):
     editor.set_low_memory(True)
     try:
         with pytest.raises(InvertError, match="--low-memory cannot fit a lora instruction with --reverse"):
-            tiny_fit(editor, *night_pairs(1), "lora", clip=clip, steps=1, reverse=True)
-        tiny_fit(editor, *night_pairs(1), "lora", clip=clip, steps=1, reverse=True, cycle_weight=0.0)
+            tiny_fit(editor, *night_pairs(1), "lora", clip=clip, steps=1, reverse=True, init_text="")
+        tiny_fit(editor, *night_pairs(1), "lora", clip=clip, steps=1, reverse=True, cycle_weight=0.0, init_text="")
     finally:
         editor.set_low_memory(False)
 
@@ -221,7 +221,7 @@ def test_a_pipeline_that_already_holds_adapters_is_refused(editor):
 def test_cli_fit_export_and_reverse(run, tiny_model_dir, pairs_dir, tmp_path):
     inst = tmp_path / "night.inst"
     r = run("fit", pairs_dir, "-o", inst, "--model", tiny_model_dir, "--method", "lora", "--steps", 3,
-            "--lora-rank", 2, "--lora-targets", "to_k,to_v", "--quiet")
+            "--lora-rank", 2, "--lora-targets", "to_k,to_v", "--init", "auto", "--quiet")
     assert r.exit_code == 0, r.output
     loaded = Instruction.load(inst)
     assert loaded.meta.extra["rank"] == 2 and loaded.meta.extra["targets"] == ["to_k", "to_v"]

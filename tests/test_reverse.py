@@ -23,9 +23,9 @@ def fit(editor, clip, method, **options):
 def test_untouched_reverse_is_the_swapped_initialization(editor, clip):
     """With no steps, the reverse of a phrase-initialized brush instruction is the initialization found for the
     pairs the other way round, and applying it is applying that text's initialization."""
-    inst = fit(editor, clip, "brush", steps=0, reverse=True)
+    inst = fit(editor, clip, "brush", steps=0, reverse=True, init="phrases")
     befores, afters = night_pairs()
-    swapped = tiny_fit(editor, afters, befores, "brush", clip=clip, steps=0)
+    swapped = tiny_fit(editor, afters, befores, "brush", clip=clip, steps=0, init="phrases")
     reverse = inst.meta.extra["reverse"]
     assert reverse["init_text"] == swapped.meta.init_text != inst.meta.init_text
     untouched = fit(editor, clip, "brush", steps=0, init_text=reverse["init_text"])
@@ -50,7 +50,7 @@ def test_without_the_cycle_term_the_forward_instruction_is_a_plain_fit(editor, c
 
 @pytest.mark.parametrize("method", ["visii", "brush", "lora"])
 def test_reverse_round_trips_through_the_file(editor, clip, method, tmp_path):
-    inst = fit(editor, clip, method, steps=3, reverse=True, init_text="make it night" if method != "lora" else None)
+    inst = fit(editor, clip, method, steps=3, reverse=True, init_text="make it night" if method != "lora" else "")
     inst.save(tmp_path / "x.inst")
     loaded = Instruction.load(tmp_path / "x.inst")
     image = scene(4)
@@ -70,7 +70,7 @@ def test_reverse_of_an_instruction_without_one_is_refused(editor, clip):
 def test_cli_reverse(run, tiny_model_dir, pairs_dir, tmp_path):
     inst = tmp_path / "night.inst"
     r = run("fit", pairs_dir, "-o", inst, "--model", tiny_model_dir, "--method", "brush", "--steps", 2, "--reverse",
-            "--quiet")
+            "--init-text", "make it night", "--quiet")
     assert r.exit_code == 0, r.output
     scene(5).save(tmp_path / "in.png")
     r = run("apply", inst, tmp_path / "in.png", "-o", tmp_path / "back.png", "--reverse", "--steps", 2)

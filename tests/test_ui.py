@@ -76,15 +76,17 @@ def client(server):
 
 
 def fit_args(source="Exemplar folder", folder=str(NIGHT / "train"), befores=None, afters=None, method="brush",
-             steps=10, preview_every=0, **settings):
+             steps=10, preview_every=0, init_text="make it night", **settings):
     """/fit's inputs in order: pairs (source, folder, befores, afters, held-out), method, preview every, then every
     fit setting as the page shows it for the toy model and ``method`` (the model's own defaults, else the
-    library's), ``steps`` and ``settings`` changed."""
+    library's), ``steps``, ``init_text`` and ``settings`` changed. An init text unless one asks for none: an empty
+    one is --init best's search, a dozen candidate texts sampled on every pair (the library fixture runs it)."""
     from invert.api import model_defaults
     from invert.ui.backend import FIT_RULES
     from invert.ui.controls import shown
 
-    values = {r.name: r.default for r in FIT_RULES} | model_defaults("toy", method, {}) | {"steps": steps} | settings
+    values = ({r.name: r.default for r in FIT_RULES} | model_defaults("toy", method, {})
+              | {"steps": steps, "init_text": init_text} | settings)
     return (source, folder, befores, afters, None, method, preview_every,
             *(shown(r, values[r.name]) for r in FIT_RULES))
 
@@ -378,8 +380,8 @@ def library_file(client, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("library")
     for edit in ("night", "red_circle", "sepia_frame", "hue90"):
-        inst = client.predict(*fit_args(folder=str(ROOT / "examples" / "toy" / edit / "train"), method="visii"),
-                              api_name="/fit")[3]
+        inst = client.predict(*fit_args(folder=str(ROOT / "examples" / "toy" / edit / "train"), method="visii",
+                                        init_text=""), api_name="/fit")[3]
         shutil.copyfile(inst, folder / f"{edit}.inst")
     build_library([folder]).save(folder / "toy.safetensors")
     return folder / "toy.safetensors"
@@ -449,6 +451,7 @@ def screenshots(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.browser
 def test_browser_learn_apply_and_library(server, browser, library_file, screenshots):
     page = Page(browser, screenshots)
     api_sessions = set(server.tmp.glob("invert-ui-*/sessions/session-*"))

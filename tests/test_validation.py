@@ -203,14 +203,12 @@ def test_fit_json_and_fit_batch_name_the_fits_that_fail_their_check(tiny_model_d
     assert "  same: fit check: the kept state scores" in r.stderr and "night: fit check" not in r.stderr
 
 
-def test_a_fit_ruined_by_a_huge_learning_rate_keeps_its_start_and_says_so():
+def test_a_fit_ruined_by_a_huge_learning_rate_keeps_its_start_and_says_so(toy):
     """On the toy model, lora at lr 1 wrecks the night edit within a few steps (measured: 26.7 dB from "make it
     night" down to 3 dB on held-out pairs): the fit keeps its start and the warning names the fall and a lower lr."""
-    import invert
     from invert.api import fit_images, load_method
     from invert.toy import world
 
-    toy = invert.load_editor("toy", device="cpu")
     pairs = world.make_pairs("night", 3, 5 * 10**6)
     befores, afters = [b for b, _ in pairs], [a for _, a in pairs]
     options = dict(steps=4, lr=1.0, guidance=3.0, init_text="make it night", val_every=2, val_steps=4)
