@@ -261,8 +261,11 @@ def load_method(instruction: Instruction, editor: Editor, strength: float = 1.0,
 
 def mixed_method(instructions: Sequence[Instruction], editor: Editor, weights: Sequence[float] | None = None,
                  strength: float = 1.0, text: str | None = None, reverse: bool = False) -> Method:
-    """One method conditioning as the weighted mix of ``instructions`` (same method and base model; their
-    method mixes them, widening token counts as needed), followed by ``text``."""
+    """One method conditioning as the mix of ``instructions`` (same method and base model) by ``weights`` (equal
+    by default), followed by ``text``: what each learned, its change from its init, weighted and added to a base
+    that averages their inits (see :meth:`Method.mix`). Weights summing to 1 interpolate: copies of one file give
+    that file, 1, 0 the first; another total scales the combined change from the base, as ``strength`` does (one
+    instruction: its weight is a strength)."""
     weights = list(weights) if weights is not None else [1 / len(instructions)] * len(instructions)
     if len(weights) != len(instructions):
         raise InvertError(f"--mix has {len(weights)} weights for {len(instructions)} instructions")
@@ -272,11 +275,35 @@ def mixed_method(instructions: Sequence[Instruction], editor: Editor, weights: S
             raise InvertError(f"cannot mix a {first.method} instruction with a {other.method} one")
         if other.meta.get("model_fingerprint") != first.meta.get("model_fingerprint"):
             raise InvertError("cannot mix instructions learned on different base models")
+    instructions, weights = _taking_part(list(instructions), weights)
     if len(instructions) == 1:
-        return load_method(first, editor, weights[0] * strength, text, reverse)
+        return load_method(instructions[0], editor, weights[0] * strength, text, reverse)
     methods = [load_method(inst, editor, strength, reverse=reverse) for inst in instructions]
     method = type(methods[0]).mix(methods, weights)
     return method.hybrid(text) if text else method
+
+
+def _taking_part(instructions: list[Instruction], weights: list[float]) -> tuple[list[Instruction], list[float]]:
+    """The instructions a mix is made of, each once: copies (the same tensors and metadata) are one with their
+    weights summed, and an instruction of weight 0 takes no part (it has no share of the base either) unless every
+    weight is 0. So a mix that is one instruction at heart is that instruction at that strength, exactly."""
+    kept: list[Instruction] = []
+    summed: list[float] = []
+    for inst, weight in zip(instructions, weights):
+        same = next((i for i, k in enumerate(kept) if _same(k, inst)), None)
+        if same is None:
+            kept.append(inst)
+            summed.append(weight)
+        else:
+            summed[same] += weight
+    if any(summed):
+        kept, summed = [k for k, w in zip(kept, summed) if w], [w for w in summed if w]
+    return kept, summed
+
+
+def _same(a: Instruction, b: Instruction) -> bool:
+    return a.meta == b.meta and a.tensors.keys() == b.tensors.keys() and \
+        all(torch.equal(v, b.tensors[k]) for k, v in a.tensors.items())
 
 
 def mix(instructions: Sequence[Instruction], editor: Editor, weights: Sequence[float] | None = None) -> Instruction:

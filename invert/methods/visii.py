@@ -16,7 +16,8 @@ from ..backbones.editor import Editor, TextEncoding
 from ..backbones.guidance import Rows
 from ..clip import Clip
 from ..errors import InstructionFileError, InvertError
-from .base import DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors
+from .base import (DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors, mix_base,
+                   mix_learned)
 from .settings import VisiiSettings
 
 EMBEDS_FORMAT = "invert.prompt_embeds"
@@ -112,13 +113,15 @@ class Visii(Method):
 
     @classmethod
     def mix(cls, methods: list["Visii"], weights: list[float]) -> "Visii":
-        """The weighted sum of the prompt embeddings, token counts widened to the largest first (so the mix is
-        the weighted sum of what each instruction conditions at every position)."""
+        """The learned tokens' changes combined (see :meth:`Method.mix`), token counts widened to the largest
+        first; BOS, EOS and padding, which no fit learns, are the base: the init encodings averaged (one init
+        text: its encoding, exactly)."""
         check_mixable(methods)
         tokens = max(m.num_tokens for m in methods)
         wide = [m.widen(tokens) for m in methods]
-        init = sum(w * m.init for w, m in zip(weights, wide))
-        learned = sum(w * m.learned.detach() for w, m in zip(weights, wide))
+        init = mix_base([m.init for m in wide], weights)
+        learned = mix_learned([m.learned.detach() for m in wide], [m.init[:, 1:tokens + 1] for m in wide], weights,
+                              init[:, 1:tokens + 1])
         return cls(methods[0].editor, init, tokens + 1, learned)
 
     @classmethod
