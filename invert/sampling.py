@@ -5,6 +5,7 @@ result bit for bit (a test checks it): same image latents, noise draws, guidance
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
@@ -119,7 +120,43 @@ def sample(editor: Editor, method: Method, images: list[Image.Image], *, steps: 
                 latents = latents + sigma_up * (fit_noise.at(landing) - drawn)
             if on_step is not None:
                 on_step(i + 1)
-    return editor.decode(latents)
+    pixels = editor.decode(latents)
+    check_finite(pixels, method, guidance, image_guidance)
+    return editor.to_images(pixels)
+
+
+class NonFiniteResult(InvertError):
+    """Sampling gave NaN or inf: an image made of it would be all black (or white), so it is an error instead."""
+
+
+# Guidance scales beyond this are far outside any useful range (IP2P uses about 1 to 20) and can overflow.
+HUGE_GUIDANCE = 1e4
+
+
+def check_finite(pixels: torch.Tensor, method: Method, guidance: float, image_guidance: float) -> None:
+    """Refuse decoded ``pixels`` of which any entry is NaN or inf (one check per batch), saying how many images
+    and which setting is the likely cause."""
+    bad = ~torch.isfinite(pixels.flatten(1)).all(1)
+    if not bad.any():
+        return
+    count = f" ({int(bad.sum())} of the batch's {len(pixels)} images)" if len(pixels) > 1 else ""
+    raise NonFiniteResult(f"sampling gave NaN or inf{count}, not an image: "
+                          f"{_likely_cause(method, guidance, image_guidance)}")
+
+
+def _likely_cause(method: Method, guidance: float, image_guidance: float) -> str:
+    scales = {"--guidance": guidance, "--image-guidance": image_guidance}
+    for flag, value in scales.items():
+        if not math.isfinite(value):
+            return f"{flag} is {value}, not a finite number"
+    if not all(bool(torch.isfinite(t).all()) for t in method.tensors().values()):
+        return ("the instruction holds NaN or inf: likely a --strength or --mix weight that is not a finite number, "
+                "or a huge one")
+    for flag, value in scales.items():
+        if abs(value) > HUGE_GUIDANCE:
+            return f"{flag} {value:g} is far outside the useful range (about 1 to 20)"
+    return ("likely too large a --strength, --mix weight or guidance scale for this instruction, or a half-precision "
+            "overflow (try --dtype fp32)")
 
 
 def _step_parameters(scheduler) -> set[str]:
@@ -128,4 +165,4 @@ def _step_parameters(scheduler) -> set[str]:
     return set(inspect.signature(scheduler.step).parameters)
 
 
-__all__ = ["FitNoise", "make_scheduler", "sample", "set_timesteps"]
+__all__ = ["FitNoise", "NonFiniteResult", "check_finite", "make_scheduler", "sample", "set_timesteps"]

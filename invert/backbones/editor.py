@@ -215,9 +215,13 @@ class Editor:
         return self.condition_latents(images) * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return self.pipe.image_processor.postprocess(images, output_type="pil")
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's pixels for ``latents``: (n, 3, h, w), about [-1, 1], not yet clamped (see :meth:`to_images`)."""
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+
+    def to_images(self, pixels: torch.Tensor) -> list[Image.Image]:
+        """Decoded pixels as images, as diffusers' pipeline makes them (clamped to [-1, 1])."""
+        return self.pipe.image_processor.postprocess(pixels, output_type="pil")
 
 
 def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",

@@ -16,7 +16,7 @@ from PIL import Image
 from ..backbones.editor import Editor
 from ..methods.base import Method
 from ..metrics import as_tensor, psnr
-from ..sampling import sample
+from ..sampling import NonFiniteResult, sample
 
 MIN_PAIRS_TO_HOLD_OUT = 8  # below this every pair trains, and the fit is scored on them
 DEFAULT_HELD_OUT = 2
@@ -54,9 +54,13 @@ class Validation:
         self.no_edit = float(psnr(as_tensor(befores), self.truth).mean())  # doing nothing scores this
 
     def score(self, method: Method, installed: bool = False) -> float:
-        """``installed``: the method is already on the UNet (inside its fit)."""
-        results = sample(self.editor, method, self.befores, steps=self.steps, guidance=self.guidance,
-                         image_guidance=self.image_guidance, seed=self.seed, install=not installed)
+        """``installed``: the method is already on the UNet (inside its fit). A state whose edit is NaN or inf
+        scores -inf: it is never chosen or kept."""
+        try:
+            results = sample(self.editor, method, self.befores, steps=self.steps, guidance=self.guidance,
+                             image_guidance=self.image_guidance, seed=self.seed, install=not installed)
+        except NonFiniteResult:
+            return float("-inf")
         return float(psnr(as_tensor(results), self.truth).mean())
 
 
