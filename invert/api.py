@@ -212,7 +212,7 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     if resume is not None:
         resume.check_identity(identity)
     trainer = Trainer(learned, FitData(editor, train_b, train_a, settings.seed), settings)
-    every = scoring_interval(trainer.total, settings.val_every)
+    every = scoring_interval(trainer.total - trainer.complete_from, settings.val_every)  # over the complete states
     scoring = Scoring(lambda: validation.score(learned, installed=True), every) if every else None
 
     def on_progress(p: FitProgress) -> None:

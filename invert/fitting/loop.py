@@ -42,8 +42,9 @@ class FitProgress:
 @dataclass(frozen=True)
 class Scoring:
     """A score of the fit's current state (higher is better), taken before the first step, every ``every``
-    steps and after the last. The API builds ``score`` (it applies the instruction to held-out pairs); the loop
-    only calls it, with the method installed, and keeps what it says."""
+    steps of complete states (see ``Trainer.complete_from``) and after the last. The API builds ``score`` (it
+    applies the instruction to held-out pairs); the loop only calls it, with the method installed, and keeps what
+    it says."""
 
     score: Callable[[], float]
     every: int
@@ -144,6 +145,10 @@ class Trainer:
         self.schedule = method.schedule(settings.steps, data.num_train_timesteps, settings.seed).to(data.editor.device)
         self.total = len(self.schedule)
         self.stages = method.stages(self.total)
+        # A state is complete once every stage has trained: before a stage's first step its parameters are still
+        # at their init (a sequential fit's later time parts). Only the start and complete states are scored and
+        # kept, so --keep never keeps a half-trained instruction.
+        self.complete_from = self.stages[-1].start if self.stages else 0
         self.best_step: int | None = None  # --keep best-mse: the step whose state was kept
         self.scores: BestScore | None = None  # with scoring: the score curve and, with --keep best, the kept step
 
@@ -244,7 +249,7 @@ class Trainer:
                 scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10,
                                               enabled=data.editor.dtype == torch.float16)
                 first = max(start, stage.start)
-                if resume is not None and stage.start <= start:
+                if resume is not None and stage.start < start:  # resumed inside this stage (at its start: fresh)
                     resume.restore_optimizer(opt, scaler, method)
                 def state(done: int, opt=opt, scaler=scaler) -> FitState:  # this stage's optimizer and scaler
                     tracked = {**(best.state() if best else {}), **(scores.state() if scores else {})}
@@ -258,12 +263,14 @@ class Trainer:
                     if every == 1 and not _finite([losses[step:step + 1]] + _grads(stage)):
                         raise _diverged(losses, step, step, state(step))
                     _update(opt, scaler, stage, clip)
-                    if best is not None:
+                    complete = step + 1 > self.complete_from
+                    if best is not None and complete:
                         best.update(mse, step + 1)
                     # asked after the step's update and again after the progress callback (which may ask to stop)
                     can_stop = should_stop is not None and step + 1 < self.total
                     stop = can_stop and should_stop()
-                    scored = scoring is not None and ((step + 1) % scoring.every == 0 or step + 1 == self.total)
+                    scored = scoring is not None and (step + 1 == self.total or complete and
+                                                      (step + 1 - self.complete_from) % scoring.every == 0)
                     if not (every == 1 or (step + 1) % every == 0 or step + 1 == stage.stop or stop or scored
                             or (sync_at is not None and sync_at(step + 1))):
                         continue

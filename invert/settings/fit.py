@@ -53,7 +53,8 @@ class FitSettings:
         "best", "Which state the file keeps: best, the one whose validation score (--val) was the highest, the "
                 "start included, so a fit never ends below its init (without validation: the last); last, the last "
                 "step's; or best-mse, the official VISII code's prompt_embeds_best: the state after the step whose "
-                "noise MSE (before its update) was the lowest.")
+                "noise MSE (before its update) was the lowest. Only complete states are candidates: with "
+                "--parts-sequential, those after every time part has begun training (and the start).")
     val: int | None = option(None, "Exemplar pairs held out of training to score the fit on (the last ones by name); "
                                    "0 scores it on the training pairs themselves. Default: 2 of 8 or more pairs, "
                                    "else 0.", minimum=0)
