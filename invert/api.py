@@ -165,10 +165,9 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     val_b, val_a = ([befores[i] for i in held], [afters[i] for i in held]) if held else (befores, afters)
 
     def choose_init(b: list[Image.Image], a: list[Image.Image]) -> tuple[str, PhraseChoice | None, dict | None]:
-        """The init text for pairs ``b`` -> ``a``, the phrase search's result, and each candidate's score when
-        candidates were compared. Candidates are scored on every pair with the validation's score: a text is not
-        fitted to the pairs, and two held-out pairs were too few to choose by (a local toy edit's texts, scored
-        on 2 pairs, chose one 8 dB below leaving the input as it is on other scenes)."""
+        """The init text for pairs ``b`` -> ``a`` (the training pairs), the phrase search's result, and each
+        candidate's score when candidates were compared, with the validation's score on those pairs: the held-out
+        pairs only score the fit (chosen on them, the start's validation score was in-sample)."""
         texts, mode = settings.init_texts, init_mode(cls, settings)
         if len(texts) == 1:
             return texts[0], None, None
@@ -185,10 +184,10 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
                                    seed=settings.seed)
         return text, found, None
 
-    init_text, phrases, init_scores = choose_init(befores, afters)
+    init_text, phrases, init_scores = choose_init(train_b, train_a)
     learned = cls.initialize(editor, editor.encode_text([init_text]), init_text, method_settings, settings.seed)
     if settings.reverse and learned.needs_reverse_instruction:
-        back_text = choose_init(afters, befores)[0]  # the pairs the other way round
+        back_text = choose_init(train_a, train_b)[0]  # the pairs the other way round
         back = cls.initialize(editor, editor.encode_text([back_text]), back_text, method_settings, settings.seed)
         learned = TwoWay(learned, back, back_text)
     validation = judge(val_b, val_a)

@@ -151,6 +151,21 @@ def test_several_init_texts_start_from_the_best_scoring_one(editor, clip):
     assert inst.meta["validation"]["curve"][0][1] == pytest.approx(max(scores.values()), abs=1e-4)
 
 
+def test_the_init_is_chosen_on_the_training_pairs_only(editor, clip):
+    """8 pairs, the last 2 held out (with afters of another edit): the candidates are scored on the 6 training
+    pairs, never on the held-out ones, which only score the fit."""
+    befores = [scene(i) for i in range(8)]
+    afters = [scene(i, night=True) for i in range(6)] + [scene(i + 20, night=True) for i in (6, 7)]
+    texts = ("make it night", "make it sepia")
+    inst = tiny_fit(editor, befores, afters, "visii", clip=clip, steps=0, init_text=texts, val_steps=2)
+    assert inst.meta["validation"]["pairs"] == [6, 7]
+    judge = Validation(editor, befores[:6], afters[:6], steps=2, guidance=7.5, image_guidance=1.5, seed=0)
+    found = inst.meta["init_scores"]
+    assert found["no_edit"] == pytest.approx(judge.no_edit, abs=1e-6)
+    for text in texts:
+        assert found["texts"][text] == pytest.approx(judge.score(visii(editor, text)), abs=1e-4), text
+
+
 def test_init_best_compares_the_candidate_texts(editor, clip):
     inst = tiny_fit(editor, BEFORES, AFTERS, "brush", clip=clip, steps=0, parts=2, val_steps=2)
     scores = inst.meta["init_scores"]["texts"]
