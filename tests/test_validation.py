@@ -8,8 +8,9 @@ from conftest import make_trainer, scene, stop_at, tiny_fit
 
 from invert.errors import InvertWarning
 from invert.fitting.checkpoint import FitState, FitStopped
+from invert.fitting.init_search import best_text
 from invert.fitting.loop import Scoring
-from invert.fitting.validation import Validation, best_text, check_fit, held_out, scoring_interval
+from invert.fitting.validation import Validation, check_fit, held_out, scoring_interval
 from invert.methods import method_class, settings_for
 from invert.methods.settings import VisiiSettings
 from invert.sampling import sample
