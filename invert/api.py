@@ -84,10 +84,11 @@ def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str
     :func:`invert.backbones.model_info.fit_defaults`; values for every method, and an object per method whose values win
     for that method) that ``options`` does not set and ``method`` has: they come between the options given and
     the library's defaults."""
-    from .methods import SETTINGS
+    from .methods import settings_classes
     from .settings import OFFICIAL
 
-    known = {f.name for cls in (FitSettings, SETTINGS.get(method)) if cls is not None for f in dataclasses.fields(cls)}
+    known = {f.name for cls in (FitSettings, settings_classes().get(method)) if cls is not None
+             for f in dataclasses.fields(cls)}
     # --official asks for the official code's values: a model's own preference does not override them
     taken = {*options, *(OFFICIAL if options.get("official") else ())}
     recommended = fit_defaults(model)

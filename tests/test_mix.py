@@ -1,14 +1,13 @@
 """--mix combines what each instruction learned (its change from its init), per method, and leaves what no one
-learned at the base: copies of one file mixed by weights summing to 1 are that file, 1, 0 is the first, and
-weights of another total scale the combined change as --strength does (issue 25, item 1)."""
-import numpy as np
+learned at the base; weights of a total other than 1 scale the combined change as --strength does (issue 25, item
+1). That copies of one file mixed by weights summing to 1 are the file and 1, 0 is the first is part of every
+method's contract (test_method_contract.py)."""
 import pytest
 import torch
 from conftest import float_noise, scene, tiny_fit
 
-import invert
 from invert.api import load_method, mixed_method
-from invert.methods import METHOD_NAMES
+from invert.methods import method_names
 
 NIGHT, OTHER = "make it night", "turn the day into a dark blue night"
 
@@ -17,7 +16,7 @@ def night(n=2):
     return [scene(i) for i in range(n)], [scene(i, night=True) for i in range(n)]
 
 
-@pytest.fixture(scope="module", params=METHOD_NAMES)
+@pytest.fixture(scope="module", params=method_names())
 def fits(request, editor):
     """Per method: a, b (same init text, other seeds) and c (another init text, other token count)."""
     method = request.param
@@ -33,22 +32,6 @@ def assert_same(got, want, atol=0.0):
     assert got.keys() == want.keys()
     for key, value in want.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=atol, msg=key)
-
-
-@pytest.mark.parametrize("weights", [[0.5, 0.5], [0.3, 0.7], [0.2, 0.3, 0.5]])
-def test_copies_of_one_file_mixed_by_weights_summing_to_one_are_that_file(fits, editor, weights):
-    a = fits[0]
-    assert_same(tensors_of(mixed_method([a] * len(weights), editor, weights)), tensors_of(load_method(a, editor)))
-
-
-def test_weights_one_zero_give_the_first(fits, editor):
-    a, _, c = fits
-    assert_same(tensors_of(mixed_method([a, c], editor, [1.0, 0.0])), tensors_of(load_method(a, editor)))
-    assert_same(tensors_of(mixed_method([a, c], editor, [0.0, 1.0])), tensors_of(load_method(c, editor)))
-    image = scene(5)
-    alone = invert.apply(a, image, editor=editor, steps=2)
-    mixed = invert.apply([a, c], image, weights=[1.0, 0.0], editor=editor, steps=2)
-    assert np.array_equal(np.asarray(alone), np.asarray(mixed))
 
 
 def test_weights_not_summing_to_one_scale_the_change(fits, editor):

@@ -4,7 +4,6 @@ the likely setting, and the CLI writes nothing for it."""
 import math
 
 import pytest
-import torch
 from conftest import messages, scene, tiny_fit
 
 from invert.api import load_method

@@ -1,10 +1,9 @@
 """A sequential brush fit (--parts-sequential: the time parts trained one after another) keeps only a complete
-instruction, and resumes exactly at, and one step either side of, each part boundary (issue 25, items 5, 6)."""
-import pytest
+instruction (issue 25, item 5). Its resumes at, and one step either side of, each part boundary (item 6) are part
+of every method's contract (test_method_contract.py, the staged cases)."""
 import torch
-from conftest import make_trainer, scene, stop_at, tiny_fit
+from conftest import make_trainer, scene, tiny_fit
 
-from invert.fitting.checkpoint import FitState, FitStopped
 from invert.fitting.loop import Scoring
 from invert.methods.brush import Brush
 from invert.methods.settings import BrushSettings
@@ -12,16 +11,6 @@ from invert.methods.settings import BrushSettings
 BEFORES = [scene(i) for i in range(2)]
 AFTERS = [scene(i, night=True) for i in range(2)]
 PARTS, PER_PART = 3, 2  # boundaries after steps 2 and 4 of 6
-
-OPTIONS = dict(steps=PER_PART, lr=5e-2, init_text="make it night", parts=PARTS, parts_sequential=True, val_every=1,
-               val_steps=2)
-
-
-@pytest.fixture(scope="module")
-def whole(editor):
-    """The uninterrupted fit (scored at every complete step, so the kept state travels through a resume too)."""
-    return tiny_fit(editor, BEFORES, AFTERS, "brush", **OPTIONS)
-
 
 def sequential(editor):
     return Brush.initialize(editor, editor.encode_text(["make it night"]), "make it night",
@@ -50,21 +39,9 @@ def test_keep_best_never_keeps_a_part_trained_instruction(editor):
             assert not torch.equal(method.layer(name).k[p], init.layer(name).k[p]), (name, p, "part untrained")
 
 
-def test_a_sequential_fit_scores_the_complete_states(whole):
+def test_a_sequential_fit_scores_the_complete_states(editor):
+    whole = tiny_fit(editor, BEFORES, AFTERS, "brush", steps=PER_PART, lr=5e-2, init_text="make it night", parts=PARTS,
+                     parts_sequential=True, val_every=1, val_steps=2)
     curve = whole.meta["validation"]["curve"]
     assert [step for step, _ in curve] == [0, 5, 6]
     assert whole.meta["kept_step"] in (0, 5, 6)
-
-
-@pytest.mark.parametrize("stop", range(1, PARTS * PER_PART))
-def test_resume_at_and_beside_every_part_boundary_is_exact(editor, whole, tmp_path, stop):
-    with pytest.raises(FitStopped) as stopped:
-        tiny_fit(editor, BEFORES, AFTERS, "brush", **OPTIONS, **stop_at(stop))
-    assert stopped.value.state.step == stop
-    saved = stopped.value.state.save(tmp_path / "state.ckpt")
-    resumed = tiny_fit(editor, BEFORES, AFTERS, "brush", **OPTIONS, resume=FitState.load(saved))
-    assert whole.tensors.keys() == resumed.tensors.keys()
-    for key, value in whole.tensors.items():
-        assert torch.equal(value, resumed.tensors[key]), key
-    for key in ("validation", "kept_step"):
-        assert whole.meta[key] == resumed.meta[key], key

@@ -11,7 +11,7 @@ from invert.fitting.checkpoint import FitState, FitStopped
 from invert.fitting.init_search import best_text
 from invert.fitting.loop import Scoring
 from invert.fitting.validation import Validation, check_fit, held_out, scoring_interval
-from invert.methods import method_class, settings_for
+from invert.methods import method_class, method_names, settings_for
 from invert.methods.settings import VisiiSettings
 from invert.sampling import sample
 
@@ -65,7 +65,7 @@ def test_scoring_changes_nothing_that_is_learned(editor, clip):
     assert plain.meta["validation"]["curve"] == [] and len(scored.meta["validation"]["curve"]) == 5
 
 
-@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+@pytest.mark.parametrize("method", method_names())
 def test_the_curve_is_the_instruction_applied_to_the_held_out_pairs(editor, clip, method):
     """The kept state's score is what sampling the saved instruction on the validation pairs gives, and the
     start's score is the init text's own; with --keep best the kept score is the curve's best."""

@@ -19,8 +19,15 @@ if TYPE_CHECKING:
     from invert.fitting.phrases import PhraseChoice
 
 __all__ = ["DEFAULT_TEMPERATURE", "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model",
-           "Pair", "describe", "find_pairs", "is_image_file", "load_instruction", "open_image", "save_instruction",
-           "save_state"]
+           "Pair", "describe", "find_pairs", "is_image_file", "load_instruction", "methods", "open_image",
+           "save_instruction", "save_state"]
+
+
+def methods() -> list[tuple[str, str]]:
+    """Every registered method as (label, name), for the app's menus."""
+    from invert.methods import method_entries
+
+    return [(f"{e.title}: {e.summary}", e.name) for e in method_entries()]
 
 
 class Model:

@@ -12,14 +12,13 @@ import pandas as pd
 from PIL import Image
 
 from .app import MODEL_EVENT, App, example_folders, first_example, side_by_side
-from .backend import InvertError, Pair, find_pairs, is_image_file, open_image, save_instruction, save_state
+from .backend import (InvertError, Pair, find_pairs, is_image_file, methods, open_image, save_instruction,
+                      save_state)
 from .fitjob import FitJob
 from .session import Session
 
 FOLDER, UPLOAD = "Exemplar folder", "Upload pairs"
 PREVIEWS = 4  # preview edits shown during a fit
-METHODS = [("VISII: a learned prompt", "visii"), ("InstructBrush: learned attention K/V", "brush"),
-           ("LoRA of change", "lora")]
 
 
 def build(app: App, blocks: gr.Blocks) -> gr.State:
@@ -53,7 +52,7 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
         with gr.Column(scale=7):
             gr.Markdown("### 2. Learn it")
             with gr.Row():
-                method = gr.Radio(METHODS, value="brush", label="Method")
+                method = gr.Radio(methods(), value="brush", label="Method")
             with gr.Row():
                 steps = gr.Number(defaults["steps"], precision=0, minimum=0, label="Steps", elem_id="learn-steps")
                 lr = gr.Number(defaults["lr"], minimum=0, step=1e-3, label="Learning rate")
