@@ -19,8 +19,8 @@ from .defaults import DEFAULT_MODEL
 from .errors import InstructionFileError, InvertError, InvertWarning
 from .fitting.assembly import make_instruction
 from .fitting.checkpoint import FitState, FitStopped
-from .fitting.loop import FitData, FitProgress, Scoring, Trainer
 from .fitting.init_search import InitChoice, choose_init, own_init
+from .fitting.loop import FitData, FitProgress, Scoring, Trainer
 from .fitting.losses import clip_direction
 from .fitting.validation import Validation, check_fit, held_out, scoring_interval
 from .instruction import Instruction
@@ -172,8 +172,7 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
         raise
     # 6. The result: the kept state judged (one warning line when the check finds a problem) and recorded.
     curve = trainer.scores.curve if trainer.scores is not None else []
-    kept_step = trainer.best_step if settings.keep == "best-mse" else \
-        trainer.scores.best_step if settings.keep == "best" and trainer.scores is not None else None
+    kept_step = trainer.best_step if settings.keep == "best-mse" else trainer.kept_step
     check = check_fit(history, curve, validation.no_edit, kept_step, settings.lr)
     if check.line():
         warnings.warn(InvertWarning(check.line()))

@@ -26,6 +26,7 @@ STEPS = 4
 SMALL = {"brush": {"parts": 2}}
 # Options under which a method trains in stages: its resumes are checked at the stage boundaries too.
 STAGED = {"brush": {"parts": 2, "parts_sequential": True}}
+KEEP = "last-unless-worse"  # a rule by the validation score: its tracked state must survive a resume too
 CASES = [pytest.param(name, SMALL.get(name, {}), id=name) for name in method_names()] + \
     [pytest.param(name, options, id=f"{name}-staged") for name, options in STAGED.items()]
 
@@ -135,17 +136,17 @@ class TestMethodContract:
 @pytest.mark.parametrize("name, options", CASES)
 def test_a_stopped_fit_resumes_bit_for_bit(name, options, fits, editor, clip, tmp_path):
     """Stopped after every step, at a stage boundary and either side of it included: resumed, the fit (its
-    learned state, the state --keep best kept and the validation curve) is the uninterrupted one."""
-    whole = fits(name, options, keep="best")
+    learned state, the state its --keep rule kept and the validation curve) is the uninterrupted one."""
+    whole = fits(name, options, keep=KEEP)
     init = method_class(name).initialize(editor, editor.encode_text(["make it night"]), "make it night",
                                          settings_for(name, options)[1])
     stages = make_trainer(editor, BEFORES, AFTERS, init, steps=STEPS).stages
     assert (len(stages) > 1) == (options == STAGED.get(name)), "the staged cases train in stages"
     for stop in range(1, stages[-1].stop):
         with pytest.raises(FitStopped) as stopped:
-            tiny_fit(editor, BEFORES, AFTERS, name, clip=clip, **fit_options(options, keep="best"), **stop_at(stop))
+            tiny_fit(editor, BEFORES, AFTERS, name, clip=clip, **fit_options(options, keep=KEEP), **stop_at(stop))
         saved = stopped.value.state.save(tmp_path / f"{stop}.ckpt")
-        resumed = tiny_fit(editor, BEFORES, AFTERS, name, clip=clip, **fit_options(options, keep="best"),
+        resumed = tiny_fit(editor, BEFORES, AFTERS, name, clip=clip, **fit_options(options, keep=KEEP),
                            resume=FitState.load(saved))
         same_instruction(whole, resumed)
 

@@ -20,8 +20,8 @@ def night(n=2):
 def fits(request, editor):
     """Per method: a, b (same init text, other seeds) and c (another init text, other token count)."""
     method = request.param
-    fit = lambda text, seed: tiny_fit(editor, *night(), method, steps=3, lr=5e-2, init_text=text, seed=seed)  # noqa: E731
-    return fit(NIGHT, 0), fit(NIGHT, 1), fit(OTHER, 2)
+    return tuple(tiny_fit(editor, *night(), method, steps=3, lr=5e-2, init_text=text, seed=seed)
+                 for text, seed in ((NIGHT, 0), (NIGHT, 1), (OTHER, 2)))
 
 
 def tensors_of(method):

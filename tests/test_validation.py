@@ -56,6 +56,24 @@ def test_keep_best_keeps_the_best_scoring_step_and_keep_last_the_last(editor):
     assert trainer.scores.best_step == 4 and torch.equal(method.learned.detach(), target)
 
 
+@pytest.mark.parametrize("best_at, expected", [(4, 6), (2, 2)])
+def test_the_default_keeps_the_last_unless_an_earlier_state_scored_clearly_higher(editor, best_at, expected):
+    """Scores of 0 except at step ``best_at``: 0.9 dB (within the margin: the last state is kept) or 1.1 dB (an
+    earlier state clearly better: it is kept)."""
+    states = {}
+    method = visii(editor)
+    trainer = make_trainer(editor, BEFORES, AFTERS, method, steps=6, lr=1e-2)
+    assert trainer.settings.keep == "last-unless-worse", "the default"
+
+    def score() -> float:
+        step = 2 * len(states)
+        states[step] = method.learned.detach().clone()
+        return {4: 0.9, 2: 1.1}[best_at] if step == best_at else 0.0
+
+    trainer.run(quiet=True, scoring=Scoring(score, 2))
+    assert trainer.kept_step == expected and torch.equal(method.learned.detach(), states[expected])
+
+
 def test_scoring_changes_nothing_that_is_learned(editor, clip):
     """Validation samples with its own generators: the fit's noise, timesteps and updates are untouched."""
     base = dict(steps=4, lr=1e-2, init_text="make it night", keep="last", val=0)
@@ -72,7 +90,7 @@ def test_the_curve_is_the_instruction_applied_to_the_held_out_pairs(editor, clip
     befores, afters = [scene(i) for i in range(8)], [scene(i, night=True) for i in range(8)]
     opts = {"parts": 2} if method == "brush" else {}
     inst = tiny_fit(editor, befores, afters, method, clip=clip, steps=4, lr=1e-2, init_text="make it night",
-                    val_every=2, val_steps=3, **opts)
+                    val_every=2, val_steps=3, keep="best", **opts)
     v = inst.meta["validation"]
     assert v["pairs"] == [6, 7] and v["every"] == 2 and [s for s, _ in v["curve"]] == [0, 2, 4]
     best_step, best = max(v["curve"], key=lambda c: (c[1], -c[0]))
@@ -127,7 +145,7 @@ def test_check_fit_reports_each_failure_with_what_to_try():
     assert "spiked to 50 at step 21" in never, "a spike is named as the likely cause of a fall"
     kept_worse = check_fit(falling, [(0, 15.0), (40, 13.0)], 12.0, None, 1e-2).line()
     assert "the state it keeps (the last) scores 13.00 dB, below its start's 15.00 dB" in kept_worse
-    assert "--keep best" in kept_worse
+    assert "--keep last-unless-worse" in kept_worse
     below = check_fit(falling, [(0, 10.0), (40, 11.0)], 12.0, 40, 1e-2).line()
     assert "kept state scores 11.00 dB, below the unedited input's 12.00 dB" in below
     stalled = check_fit(flat, [(0, 15.0), (40, 15.0)], 12.0, 0, 1e-2).line()

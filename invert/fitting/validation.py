@@ -120,7 +120,7 @@ def check_fit(history: list[float], curve: list[tuple[int, float]], no_edit: flo
         if kept < start - FALL_MARGIN:
             fell = True
             check.add(f"the state it keeps ({'step ' + str(kept_step) if kept_step is not None else 'the last'}) "
-                      f"scores {kept:.2f} dB, below its start's {start:.2f} dB", "--keep best", lower_lr,
+                      f"scores {kept:.2f} dB, below its start's {start:.2f} dB", "--keep last-unless-worse", lower_lr,
                       "another init text")
         elif trained and best < start + FALL_MARGIN and last < start - FALL_MARGIN:
             fell = True
