@@ -94,8 +94,12 @@ def _state(path: Path, wanted: str) -> str | None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Output folder (results keep the input's stem), or an image file for a single input.")
-@click.option("--mix", default=None, help="Weights for several .inst files, e.g. 0.7,0.3: a weighted sum of what "
-              "they learned (same method and base model).")
+@click.option("--mix", default=None, help="Weights for several .inst files of one method and base model, e.g. "
+              "0.7,0.3: each file's learned change (from its init) times its weight, added to a base, their inits "
+              "averaged by |weight|; what no file learned stays at that base. Weights summing to 1 interpolate "
+              "(copies of one file give that file; 1,0 the first); another total scales the combined change as "
+              "--strength does (0.7,0 is the first file at strength 0.7; 1,1 of one file twice, strength 2). "
+              "One file: its weight is its strength.")
 @click.option("--library", "library_file", type=click.Path(path_type=Path), default=None,
               help="Edit with an instruction library (invert library build) instead of .inst files: its instructions "
                    "mixed by how well their keys match the CLIP direction of the --before/--after pairs. No fitting.")

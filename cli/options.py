@@ -12,7 +12,7 @@ import click
 from click.core import ParameterSource
 
 from invert.defaults import DEFAULT_MODEL
-from invert.methods import METHOD_NAMES, SETTINGS
+from invert.methods import method_entries, method_names, settings_classes
 from invert.settings import ApplySettings, FitSettings, InitSettings
 from invert.settings.fields import BadValue, convert, flag
 
@@ -153,9 +153,9 @@ def settings_options(*classes: type, only: set[str] | None = None) -> Callable:
     return decorate
 
 
-SETTING_NAMES = {f.name for cls in (FitSettings, *SETTINGS.values()) for f in dataclasses.fields(cls)}
+SETTING_NAMES = {f.name for cls in (FitSettings, *settings_classes().values()) for f in dataclasses.fields(cls)}
 
-fit_settings_options = settings_options(FitSettings, *SETTINGS.values())
+fit_settings_options = settings_options(FitSettings, *settings_classes().values())
 apply_settings_options = settings_options(ApplySettings)
 sampling_options = settings_options(ApplySettings, only={"steps", "seed", "noise"})  # eval's
 
@@ -169,9 +169,8 @@ def fresh_noise_option(fn):
 
 
 def method_option(fn):
-    return click.option("--method", default="visii", show_default=True, type=click.Choice(list(METHOD_NAMES)),
-                        help="visii: learned prompt embedding; brush: InstructBrush's time-aware cross-attention K/V; "
-                             "lora: a LoRA of change on the UNet's attention projections.")(fn)
+    return click.option("--method", default="visii", show_default=True, type=click.Choice(list(method_names())),
+                        help="; ".join(f"{e.name}: {e.title}, {e.summary}" for e in method_entries()) + ".")(fn)
 
 
 def given_settings(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,10 @@ class InstructionFileError(InvertError):
     """An .inst file is malformed, tampered with, or does not fit the model."""
 
 
+class NonFiniteResult(InvertError):
+    """Sampling gave NaN or inf: an image made of it would be all black (or white), so it is an error instead."""
+
+
 class InvertWarning(UserWarning):
     """A conversion the user should know about (an animation's first frame used, an image resized); the CLI
     prints it as one 'warning:' line, control characters escaped as in an InvertError."""

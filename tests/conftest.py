@@ -119,7 +119,7 @@ def clip(tiny_model_dir):
 @pytest.fixture(scope="session")
 def toy():
     """The shipped toy model, loaded once for the tests that fit or apply on it."""
-    from invert.backbones.editor import load_editor
+    from invert.backbones import load_editor
 
     return load_editor("toy", device="cpu", dtype="fp32")
 

@@ -16,6 +16,7 @@ from invert.errors import InvertError
 from invert.fitting.checkpoint import FitDiverged, FitState, FitStopped
 from invert.fitting.loop import Trainer
 from invert.instruction import Instruction
+from invert.methods import method_names
 
 BEFORES = [scene(i) for i in range(2)]
 AFTERS = [scene(i, night=True) for i in range(2)]
@@ -33,17 +34,6 @@ def same_instruction(a: Instruction, b: Instruction):
     for key in a.tensors:
         assert torch.equal(a.tensors[key], b.tensors[key]), key
     assert replace(a.meta, fit_seconds=None) == replace(b.meta, fit_seconds=None)
-
-
-@pytest.mark.parametrize("method", ["visii", "brush"])
-def test_a_stopped_fit_resumes_to_the_uninterrupted_result(editor, clip, tmp_path, method):
-    whole = fit(editor, clip, method)
-    with pytest.raises(FitStopped) as stopped:
-        fit(editor, clip, method, **stop_at(3))
-    assert stopped.value.state.step == 3 and "stopped at step 3 of 6" in str(stopped.value)
-    saved = stopped.value.state.save(tmp_path / "state.ckpt")
-    resumed = fit(editor, clip, method, resume=FitState.load(saved))
-    same_instruction(whole, resumed)
 
 
 def test_resume_refuses_another_fit_but_allows_a_new_lr(editor, clip):
@@ -200,7 +190,7 @@ def test_sigint_to_a_real_fit_then_resume(run, tiny_model_dir, pairs_dir, tmp_pa
     same_instruction(Instruction.load(whole), Instruction.load(tmp_path / "x.inst"))
 
 
-@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+@pytest.mark.parametrize("method", method_names())
 def test_a_checkpoint_handed_to_the_caller_stays_the_state_of_its_step(editor, clip, method):
     """The instruction a fit hands to ``checkpoint`` every ``save_every`` steps is a copy: a caller that keeps it
     (the steps study does) still holds that step's state when the fit has gone on, equal to a fit that stopped

@@ -112,16 +112,17 @@ def test_temperature_sharpens_and_flattens():
 
 
 def test_mix_of_different_token_counts(insts, editor):
-    """The mix is the method's own: token counts widened to the largest, the whole conditioning (learned K/V and
-    init encodings) weighted."""
+    """The mix is the method's own: token counts widened to the largest, the learned K/V's changes and the init
+    encodings weighted (with weights summing to 1, the weighted sum of both); an instruction of weight 0 takes no
+    part."""
     entries = {e.name: e for e in build_library([insts]).entries}
     night, flip = entries["night"], entries["flip"]
     a, b = load_method(night.instruction, editor), load_method(flip.instruction, editor)
     assert a.num_tokens < b.num_tokens
     mixed, chosen, weights = mix_entries([night, flip], [1.0, 0.0], editor)
-    wide = a.widen(b.num_tokens).tensors()
-    for key, value in wide.items():
+    for key, value in a.tensors().items():
         torch.testing.assert_close(mixed.tensors[key], value, rtol=0, atol=0)
+    wide = a.widen(b.num_tokens).tensors()
     mixed, _, _ = mix_entries([night, flip], [0.5, 0.5], editor)
     for key, value in b.tensors().items():
         half = (wide[key] + value) / 2  # a weighted sum in fp32 rounds at the tensors' scale (see float_noise)

@@ -8,6 +8,7 @@ import invert
 from invert.api import load_method
 from invert.errors import InstructionFileError
 from invert.instruction import Instruction
+from invert.methods import method_names
 
 
 def night_pairs(n=3):
@@ -48,7 +49,7 @@ def test_without_the_cycle_term_the_forward_instruction_is_a_plain_fit(editor, c
     assert not torch.equal(coupled.tensors["visii.learned"], plain.tensors["visii.learned"])
 
 
-@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+@pytest.mark.parametrize("method", method_names())
 def test_reverse_round_trips_through_the_file(editor, clip, method, tmp_path):
     inst = fit(editor, clip, method, steps=3, reverse=True, init_text="make it night" if method != "lora" else "")
     inst.save(tmp_path / "x.inst")

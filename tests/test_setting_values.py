@@ -15,11 +15,12 @@ from invert.api import model_defaults
 from invert.cli.main import cli
 from invert.cli.numbers import Number
 from invert.errors import InvertError
-from invert.methods import SETTINGS, settings_for
+from invert.methods import settings_classes, settings_for
 from invert.settings import ApplySettings, FitSettings
 from invert.settings.fields import INT_MAX
 from invert.settings.limits import ModelLimits
 
+SETTINGS = settings_classes()  # every registered method's settings class, by name
 FIT_CLASSES = (FitSettings, *SETTINGS.values())
 
 

@@ -8,9 +8,10 @@ from conftest import make_trainer, scene, stop_at, tiny_fit
 
 from invert.errors import InvertWarning
 from invert.fitting.checkpoint import FitState, FitStopped
+from invert.fitting.init_search import best_text
 from invert.fitting.loop import Scoring
-from invert.fitting.validation import Validation, best_text, check_fit, held_out, scoring_interval
-from invert.methods import method_class, settings_for
+from invert.fitting.validation import Validation, check_fit, held_out, scoring_interval
+from invert.methods import method_class, method_names, settings_for
 from invert.methods.settings import VisiiSettings
 from invert.sampling import sample
 
@@ -55,6 +56,24 @@ def test_keep_best_keeps_the_best_scoring_step_and_keep_last_the_last(editor):
     assert trainer.scores.best_step == 4 and torch.equal(method.learned.detach(), target)
 
 
+@pytest.mark.parametrize("best_at, expected", [(4, 6), (2, 2)])
+def test_the_default_keeps_the_last_unless_an_earlier_state_scored_clearly_higher(editor, best_at, expected):
+    """Scores of 0 except at step ``best_at``: 0.9 dB (within the margin: the last state is kept) or 1.1 dB (an
+    earlier state clearly better: it is kept)."""
+    states = {}
+    method = visii(editor)
+    trainer = make_trainer(editor, BEFORES, AFTERS, method, steps=6, lr=1e-2)
+    assert trainer.settings.keep == "last-unless-worse", "the default"
+
+    def score() -> float:
+        step = 2 * len(states)
+        states[step] = method.learned.detach().clone()
+        return {4: 0.9, 2: 1.1}[best_at] if step == best_at else 0.0
+
+    trainer.run(quiet=True, scoring=Scoring(score, 2))
+    assert trainer.kept_step == expected and torch.equal(method.learned.detach(), states[expected])
+
+
 def test_scoring_changes_nothing_that_is_learned(editor, clip):
     """Validation samples with its own generators: the fit's noise, timesteps and updates are untouched."""
     base = dict(steps=4, lr=1e-2, init_text="make it night", keep="last", val=0)
@@ -64,14 +83,14 @@ def test_scoring_changes_nothing_that_is_learned(editor, clip):
     assert plain.meta.validation["curve"] == [] and len(scored.meta.validation["curve"]) == 5
 
 
-@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+@pytest.mark.parametrize("method", method_names())
 def test_the_curve_is_the_instruction_applied_to_the_held_out_pairs(editor, clip, method):
     """The kept state's score is what sampling the saved instruction on the validation pairs gives, and the
     start's score is the init text's own; with --keep best the kept score is the curve's best."""
     befores, afters = [scene(i) for i in range(8)], [scene(i, night=True) for i in range(8)]
     opts = {"parts": 2} if method == "brush" else {}
     inst = tiny_fit(editor, befores, afters, method, clip=clip, steps=4, lr=1e-2, init_text="make it night",
-                    val_every=2, val_steps=3, **opts)
+                    val_every=2, val_steps=3, keep="best", **opts)
     v = inst.meta.validation
     assert v["pairs"] == [6, 7] and v["every"] == 2 and [s for s, _ in v["curve"]] == [0, 2, 4]
     best_step, best = max(v["curve"], key=lambda c: (c[1], -c[0]))
@@ -126,7 +145,7 @@ def test_check_fit_reports_each_failure_with_what_to_try():
     assert "spiked to 50 at step 21" in never, "a spike is named as the likely cause of a fall"
     kept_worse = check_fit(falling, [(0, 15.0), (40, 13.0)], 12.0, None, 1e-2).line()
     assert "the state it keeps (the last) scores 13.00 dB, below its start's 15.00 dB" in kept_worse
-    assert "--keep best" in kept_worse
+    assert "--keep last-unless-worse" in kept_worse
     below = check_fit(falling, [(0, 10.0), (40, 11.0)], 12.0, 40, 1e-2).line()
     assert "kept state scores 11.00 dB, below the unedited input's 12.00 dB" in below
     stalled = check_fit(flat, [(0, 15.0), (40, 15.0)], 12.0, 0, 1e-2).line()
@@ -149,6 +168,21 @@ def test_several_init_texts_start_from_the_best_scoring_one(editor, clip):
     assert set(scores) == set(texts) and inst.meta.init_text == max(scores, key=scores.get)
     # Scored on every pair, as the fit's validation is with 3 pairs: the fit starts from the best text's score.
     assert inst.meta.validation["curve"][0][1] == pytest.approx(max(scores.values()), abs=1e-4)
+
+
+def test_the_init_is_chosen_on_the_training_pairs_only(editor, clip):
+    """8 pairs, the last 2 held out (with afters of another edit): the candidates are scored on the 6 training
+    pairs, never on the held-out ones, which only score the fit."""
+    befores = [scene(i) for i in range(8)]
+    afters = [scene(i, night=True) for i in range(6)] + [scene(i + 20, night=True) for i in (6, 7)]
+    texts = ("make it night", "make it sepia")
+    inst = tiny_fit(editor, befores, afters, "visii", clip=clip, steps=0, init_text=texts, val_steps=2)
+    assert inst.meta.validation["pairs"] == [6, 7]
+    judge = Validation(editor, befores[:6], afters[:6], steps=2, guidance=7.5, image_guidance=1.5, seed=0)
+    found = inst.meta.init_scores
+    assert found["no_edit"] == pytest.approx(judge.no_edit, abs=1e-6)
+    for text in texts:
+        assert found["texts"][text] == pytest.approx(judge.score(visii(editor, text)), abs=1e-4), text
 
 
 def test_init_best_compares_the_candidate_texts(editor, clip):

@@ -18,7 +18,7 @@ from invert.display import printable
 from invert.errors import InvertError
 from invert.fitting.checkpoint import FitState, FitStopped
 from invert.instruction import Instruction
-from invert.methods import METHOD_NAMES, SETTINGS
+from invert.methods import method_entries, settings_classes
 from invert.pairs import Pair, check_distinct_outputs, find_pairs, is_image_file, open_image
 from invert.settings import ApplySettings, FitSettings, build_settings
 from invert.settings.apply import MAX_VARIATIONS
@@ -28,10 +28,10 @@ from invert.writing import make_folder, output_exists, write_atomically, write_f
 if TYPE_CHECKING:
     from invert.fitting.phrases import PhraseChoice
 
-__all__ = ["APPLY_RULES", "DEFAULT_TEMPERATURE", "FIT_RULES", "MAX_VARIATIONS", "METHOD_NAMES", "ApplySettings",
+__all__ = ["APPLY_RULES", "DEFAULT_TEMPERATURE", "FIT_RULES", "MAX_VARIATIONS", "ApplySettings",
            "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model", "Pair", "SettingRule",
            "apply_settings", "check_distinct_outputs", "copy_file", "describe", "find_pairs", "is_image_file",
-           "load_instruction", "make_folder", "method_options", "open_image", "output_exists", "printable",
+           "load_instruction", "make_folder", "method_options", "methods", "open_image", "output_exists", "printable",
            "save_image", "save_instruction", "save_state", "write_failure"]
 
 
@@ -64,18 +64,23 @@ def setting_rules(*classes: type) -> list[SettingRule]:
     return list(rules.values())
 
 
-FIT_RULES = setting_rules(FitSettings, *SETTINGS.values())
+FIT_RULES = setting_rules(FitSettings, *settings_classes().values())
 APPLY_RULES = setting_rules(ApplySettings)
 
 
 def method_options(method: str) -> set[str]:
     """The settings a fit with ``method`` takes: the loop's and the method's own."""
-    return {f.name for cls in (FitSettings, SETTINGS[method]) for f in dataclasses.fields(cls)}
+    return {f.name for cls in (FitSettings, settings_classes()[method]) for f in dataclasses.fields(cls)}
 
 
 def apply_settings(values: Mapping[str, Any], labels: Mapping[str, str]) -> ApplySettings:
     """Apply settings from the page's controls, checked; an error names the control's label."""
     return build_settings(ApplySettings, dict(values), lambda name: labels.get(name, name))
+
+
+def methods() -> list[tuple[str, str]]:
+    """Every registered method as (label, name), for the app's menus."""
+    return [(f"{e.title}: {e.summary}", e.name) for e in method_entries()]
 
 
 class Model:

@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from .app import MODEL_EVENT, App, example_folders, first_example, markdown_text, side_by_side
-from .backend import (FIT_RULES, InvertError, Pair, find_pairs, is_image_file, open_image, printable,
+from .backend import (FIT_RULES, InvertError, Pair, find_pairs, is_image_file, methods, open_image, printable,
                       save_instruction, save_state)
 from .controls import control, label, read, shown
 from .fitjob import FitJob
@@ -20,8 +20,6 @@ from .session import Session
 
 FOLDER, UPLOAD = "Exemplar folder", "Upload pairs"
 PREVIEWS = 4  # preview edits shown during a fit
-METHODS = [("VISII: a learned prompt", "visii"), ("InstructBrush: learned attention K/V", "brush"),
-           ("LoRA of change", "lora")]
 FIRST_METHOD = "brush"
 MAIN = ("steps", "lr", "guidance", "image_guidance", "init_text", "seed")  # shown first; the rest folded away
 RULES = {rule.name: rule for rule in FIT_RULES}
@@ -65,7 +63,7 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
             gr.Markdown("### 2. Learn it\nEvery setting starts at what `invert fit` would use for this model and "
                         "method (the model folder's own, else the library's); only those you change are sent.")
             with gr.Row():
-                method = gr.Radio(METHODS, value=FIRST_METHOD, label="Method")
+                method = gr.Radio(methods(), value=FIRST_METHOD, label="Method")
                 preview_every = gr.Number(preview_interval(defaults["steps"]), precision=0, minimum=0,
                                           label="Preview every N steps", info="and at the end; 0: none",
                                           elem_id="learn-preview-every")

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .app import MODEL_EVENT, App, markdown_text
 from .apply_tab import edit, follow_selection, image_inputs, results_view
-from .backend import DEFAULT_TEMPERATURE, InvertError, printable
+from .backend import DEFAULT_TEMPERATURE, InvertError, methods, printable
 
 ANY_METHOD = "its only one"
 
@@ -19,7 +19,7 @@ def build(app: App) -> None:
                         "exemplars' CLIP direction matches this pair's (`invert library build` makes one).")
             with gr.Row():
                 library = gr.File(file_types=[".safetensors"], label="Library file", elem_id="library-file", scale=2)
-                method = gr.Dropdown([ANY_METHOD, "visii", "brush", "lora"], value=ANY_METHOD, scale=1,
+                method = gr.Dropdown([ANY_METHOD, *(name for _, name in methods())], value=ANY_METHOD, scale=1,
                                      label="Method", info="for a library of several")
             with gr.Row():
                 before = gr.File(file_types=["image"], label="Before", elem_id="library-before")

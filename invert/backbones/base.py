@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, ContextManager
 import torch
 from PIL import Image
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, NonFiniteResult
 from ..settings.limits import ModelLimits
 
 
@@ -286,7 +286,18 @@ class Editor:
         raise NotImplementedError
 
     def decode(self, x0: torch.Tensor) -> list[Image.Image]:
+        """Denoised ``x0`` as images, as the pipeline decodes them (each backbone's own way, ending in
+        :meth:`to_images`)."""
         raise NotImplementedError
+
+    def to_images(self, pixels: torch.Tensor) -> list[Image.Image]:
+        """Decoded pixels (about [-1, 1]) as the pipeline's images; pixels of which any is NaN or inf are an error
+        (one check per batch), never an image: clamped, they would be all black or white."""
+        bad = ~torch.isfinite(pixels.flatten(1)).all(1)
+        if bad.any():
+            count = f" ({int(bad.sum())} of the batch's {len(pixels)} images)" if len(pixels) > 1 else ""
+            raise NonFiniteResult(f"sampling gave NaN or inf{count}, not an image")
+        return self.pipe.image_processor.postprocess(pixels, output_type="pil")
 
     # -- training -----------------------------------------------------------------------------------------------
     @property

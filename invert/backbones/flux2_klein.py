@@ -157,7 +157,7 @@ class Flux2Klein(FluxEditor):
     def decode(self, x0: torch.Tensor) -> list[Image.Image]:
         mean, std = self._batch_norm(x0)
         images = self.vae.decode(self.pipe._unpatchify_latents(x0 * std + mean), return_dict=False)[0]
-        return self.pipe.image_processor.postprocess(images, output_type="pil")
+        return self.to_images(images)
 
     def grid(self, latents: torch.Tensor) -> tuple[int, int]:
         return tuple(latents.shape[-2:])

@@ -118,7 +118,7 @@ class FluxKontext(FluxEditor):
     def decode(self, x0: torch.Tensor) -> list[Image.Image]:
         config = self.vae.config
         images = self.vae.decode(x0 / config.scaling_factor + config.shift_factor, return_dict=False)[0]
-        return self.pipe.image_processor.postprocess(images, output_type="pil")
+        return self.to_images(images)
 
     def grid(self, latents: torch.Tensor) -> tuple[int, int]:
         return latents.shape[-2] // 2, latents.shape[-1] // 2

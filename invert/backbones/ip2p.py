@@ -146,7 +146,7 @@ class InstructPix2Pix(Editor):
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> list[Image.Image]:
         images = self.vae.decode(x0 / self.vae.config.scaling_factor).sample
-        return self.pipe.image_processor.postprocess(images, output_type="pil")
+        return self.to_images(images)
 
     # -- training -----------------------------------------------------------------------------------------------
     @property

@@ -225,7 +225,7 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
             images = self.vae.decode(self._unscaled(x0.to(dtype))).sample
         if self.pipe.watermark is not None:
             images = self.pipe.watermark.apply_watermark(images)
-        return self.pipe.image_processor.postprocess(images, output_type="pil")
+        return self.to_images(images)
 
     # -- training -----------------------------------------------------------------------------------------------
     @property

@@ -207,7 +207,10 @@ class Method(nn.Module):
 
     @classmethod
     def mix(cls, methods: list["Method"], weights: list[float]) -> "Method":
-        """A weighted sum of the instructions' learned state (LoRWeB's mixed basis, without its training)."""
+        """The instructions' learned changes combined (LoRWeB's mixed basis, without its training): base +
+        sum_i w_i (learned_i - init_i), what no instruction learned left at the base (see :func:`mix_base`,
+        :func:`mix_learned`). Weights summing to 1 interpolate (copies of one instruction give it back; 1, 0 gives
+        the first); another total scales the combined change from the base, as --strength does."""
         raise NotImplementedError
 
     @classmethod
@@ -243,6 +246,32 @@ def append_text(editor: Editor, embeds: torch.Tensor, eos: int, text: str) -> to
     return out
 
 
+def base_weights(weights: list[float]) -> list[float]:
+    """Each instruction's share of a mix's base: its |weight| over the sum (equal shares when every weight is 0),
+    so the base is an average of the inits whatever the weights' total, and 1, 0 takes the first's."""
+    total = sum(abs(w) for w in weights)
+    return [abs(w) / total for w in weights] if total else [1 / len(weights)] * len(weights)
+
+
+def mix_base(inits: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """The base a mix's changes are measured from: the instructions' init states (what they hold at strength 0,
+    widened alike) averaged by :func:`base_weights`. An entry on which every init agrees (BOS; every entry when
+    the init texts are the same) is that value exactly, never a rounded weighted sum of it."""
+    mean = sum(b * t for b, t in zip(base_weights(weights), inits))
+    agree = torch.stack([t == inits[0] for t in inits]).all(0)
+    return torch.where(agree, inits[0], mean)
+
+
+def mix_learned(learned: list[torch.Tensor], inits: list[torch.Tensor], weights: list[float],
+                base: torch.Tensor | None = None) -> torch.Tensor:
+    """``base`` + sum_i w_i (learned_i - inits_i): each instruction's change from its own init, added to the
+    base (:func:`mix_base` of ``inits`` unless given). Summed as sum_i w_i learned_i + (base - sum_i w_i
+    inits_i), so that where the inits agree and the weights sum to 1 it is the plain weighted sum of the learned
+    tensors (weights 1, 0: the first's, exactly)."""
+    base = mix_base(inits, weights) if base is None else base
+    return sum(w * t for w, t in zip(weights, learned)) + (base - sum(w * t for w, t in zip(weights, inits)))
+
+
 def check_mixable(methods: list[Method]) -> None:
     if len({type(m) for m in methods}) != 1:
         raise InvertError("cannot mix instructions of different methods: " + ", ".join(sorted({m.name for m in
@@ -250,4 +279,4 @@ def check_mixable(methods: list[Method]) -> None:
 
 
 __all__ = ["DEFAULT_TOKENS", "Conditioning", "Method", "REVERSE", "Stage", "TextEncoding", "append_text",
-           "check_mixable", "check_prompt_tensors"]
+           "base_weights", "check_mixable", "check_prompt_tensors", "mix_base", "mix_learned"]

@@ -21,7 +21,8 @@ from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
 from ..instruction.metadata import Metadata
 from ..schedules import parts_schedule, time_part
-from .base import DEFAULT_TOKENS, Method, Stage, append_text, check_mixable, check_prompt_tensors
+from .base import (DEFAULT_TOKENS, Method, Stage, append_text, check_mixable, check_prompt_tensors, mix_base,
+                   mix_learned)
 from .settings import BrushSettings
 
 def _key(name: str) -> str:
@@ -214,8 +215,10 @@ class Brush(Method):
 
     @classmethod
     def mix(cls, methods: list["Brush"], weights: list[float]) -> "Brush":
-        """The weighted sum of every layer's K/V and of the init encodings (the K/V are linear in it), token
-        counts widened to the largest first. Instructions of different part counts cannot mix."""
+        """The learned K/V's changes combined (see :meth:`Method.mix`), each measured from its own init text's
+        K/V; the text rows' encoding, which no fit learns, is the base: the init encodings averaged (one init
+        text: its encoding, exactly). Token counts are widened to the largest first; instructions of different
+        part counts cannot mix."""
         check_mixable(methods)
         if len({m.parts for m in methods}) != 1:
             raise InvertError("cannot mix brush instructions with different numbers of time parts: "
@@ -223,13 +226,15 @@ class Brush(Method):
         tokens = max(m.num_tokens for m in methods)
         wide = [m.widen(tokens) for m in methods]
         kvs = [m._kv() for m in wide]
-        kv = {name: (sum(w * kv[name][0] for w, kv in zip(weights, kvs)), sum(w * kv[name][1] for w, kv in
-                                                                             zip(weights, kvs)))
+        inits = [project_kv(m.editor, m.init, tokens, m.parts, m.pooled_vector()) for m in wide]  # each one's K/V at strength 0
+        kv = {name: tuple(mix_learned([kv[name][j] for kv in kvs], [init[name][j] for init in inits], weights)
+                          for j in (0, 1))
               for name in wide[0].layer_names}
-        init = sum(w * m.init for w, m in zip(weights, wide))
+        texts = {m.init_text for m in methods}
         pooled = None if methods[0].pooled_vector() is None else \
-            sum(w * m.pooled_vector() for w, m in zip(weights, wide))
-        return cls(methods[0].editor, init, kv, methods[0].init_text, methods[0].sequential, pooled)
+            mix_base([m.pooled_vector() for m in wide], weights)
+        return cls(methods[0].editor, mix_base([m.init for m in wide], weights), kv,
+                   texts.pop() if len(texts) == 1 else "", methods[0].sequential, pooled)
 
 
 def _per_layer(tensors: dict[str, torch.Tensor], meta: Metadata) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -23,7 +23,7 @@ from ..backbones import Editor, TextEncoding
 from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
 from ..instruction.metadata import Metadata
-from .base import Conditioning, Method, check_mixable, check_prompt_tensors
+from .base import Conditioning, Method, check_mixable, check_prompt_tensors, mix_base
 from .settings import LoraSettings
 
 ADAPTER = "invert_lora"
@@ -199,8 +199,11 @@ class Lora(Method):
 
     @classmethod
     def mix(cls, methods: list["Lora"], weights: list[float]) -> "Lora":
-        """Adapters mixed exactly: w1 B1 A1 + w2 B2 A2 = [w1 B1, w2 B2] [A1; A2], one adapter of the summed rank
-        (each adapter's scale alpha / rank, times its strength, folded into its B, so the mix has scale 1)."""
+        """The adapters' changes combined exactly (an adapter's change Delta W = scale B A is what is linear, not
+        A or B): w1 Delta1 + w2 Delta2 = [w1 s1 B1, w2 s2 B2] [A1; A2], one adapter of the summed rank with
+        each adapter's scale (alpha / rank, times its strength) folded into its B. No adapter is the init, so
+        weights not summing to 1 scale the combined change as --strength does. The prompt, which no fit learns,
+        is the base: the init encodings averaged (see :func:`mix_base`)."""
         check_mixable(methods)
         keys = methods[0].keys
         if any(sorted(m.keys) != sorted(keys) for m in methods[1:]):
@@ -213,7 +216,9 @@ class Lora(Method):
                 out[key] = torch.cat([w * m.scale * m.alpha / m.rank * m.weight(key).detach()
                                       for w, m in zip(weights, methods)], dim=1)
         rank = sum(m.rank for m in methods)
-        mixed = methods[0]._with(methods[0].init, out, rank, rank)
+        pooled = None if methods[0].pooled_vector() is None else \
+            mix_base([m.pooled_vector() for m in methods], weights)
+        mixed = methods[0]._with(mix_base([m.init for m in methods], weights), out, rank, rank, pooled)
         mixed.scale = 1.0
         return mixed
 

@@ -17,7 +17,8 @@ from ..backbones.rows import Rows
 from ..clip import Clip
 from ..errors import InstructionFileError, InvertError
 from ..instruction.metadata import Metadata
-from .base import DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors
+from .base import (DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors, mix_base,
+                   mix_learned)
 from .settings import VisiiSettings
 
 EMBEDS_FORMAT = "invert.prompt_embeds"
@@ -125,15 +126,21 @@ class Visii(Method):
 
     @classmethod
     def mix(cls, methods: list["Visii"], weights: list[float]) -> "Visii":
-        """The weighted sum of the prompt embeddings, token counts widened to the largest first (so the mix is
-        the weighted sum of what each instruction conditions at every position)."""
+        """The learned tokens' changes combined (see :meth:`Method.mix`), token counts widened to the largest
+        first; BOS, EOS and padding, which no fit learns, are the base: the init encodings averaged (one init
+        text: its encoding, exactly)."""
         check_mixable(methods)
         tokens = max(m.num_tokens for m in methods)
         wide = [m.widen(tokens) for m in methods]
-        init = sum(w * m.init for w, m in zip(weights, wide))
-        learned = sum(w * m.learned.detach() for w, m in zip(weights, wide))
-        pooled = [_weighted(weights, vectors) for vectors in zip(*(m._pooled() for m in wide))]
-        return cls(methods[0].editor, init, tokens + methods[0].start, learned, methods[0].settings, *pooled)
+        s = methods[0].start
+        init = mix_base([m.init for m in wide], weights)
+        learned = mix_learned([m.learned.detach() for m in wide], [m.init[:, s:tokens + s] for m in wide], weights,
+                              init[:, s:tokens + s])
+        init_pooled, learned_pooled = zip(*(m._pooled() for m in wide))
+        base_pooled = None if init_pooled[0] is None else mix_base(list(init_pooled), weights)
+        mixed_pooled = None if learned_pooled[0] is None else \
+            mix_learned(list(learned_pooled), list(init_pooled), weights, base_pooled)
+        return cls(methods[0].editor, init, tokens + s, learned, methods[0].settings, base_pooled, mixed_pooled)
 
     def _pooled(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The init and learned pooled vectors (None where there are none), to build a changed copy."""
@@ -156,7 +163,3 @@ class Visii(Method):
                   metadata={"format": EMBEDS_FORMAT, "base_model": meta.base_model,
                             "guidance_scale": str(meta.text_guidance),
                             "image_guidance_scale": str(meta.image_guidance)})
-
-
-def _weighted(weights: list[float], tensors: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
-    return None if tensors[0] is None else sum(w * t for w, t in zip(weights, tensors))
