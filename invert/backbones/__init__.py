@@ -20,12 +20,13 @@ from .model_info import local_folder, looks_like_path, resolve_model_path, where
 
 log = logging.getLogger("invert")
 
-# backbone name -> "module:class"; each class lists the pipeline classes it loads (Editor.pipeline_classes)
+# backbone name -> "module:class"; each class lists the pipeline classes it loads (Editor.pipeline_classes). In
+# order of importance: the GPU benchmark (benchmarks.gpu) measures them in this order.
 BACKBONES = {
     "ip2p": "ip2p:InstructPix2Pix",
     "flux2-klein": "flux2_klein:Flux2Klein",
-    "flux1-kontext": "flux_kontext:FluxKontext",
     "sdxl-ip2p": "sdxl:SDXLInstructPix2Pix",
+    "flux1-kontext": "flux_kontext:FluxKontext",
 }
 
 

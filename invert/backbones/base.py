@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager
 
 import torch
@@ -156,6 +157,9 @@ class Editor:
     # Fit options every model of this architecture recommends (as a folder's invert.json "fit" object: shared
     # values, and an object per method), below what a model folder recommends for itself.
     fit_defaults: ClassVar[dict[str, Any]] = {}
+    # The shipped diffusers configs of the architecture's reference model at full size (no weights): random
+    # weights of it load as ``--model random:<folder name>``; the GPU benchmark measures it.
+    full_size_configs: ClassVar[Path]
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         """``fingerprint``: the model's, when it was taken before a cast that changes it (see :func:`fingerprint`);

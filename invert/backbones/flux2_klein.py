@@ -33,6 +33,7 @@ _CONTENT = "\x00"  # stands for the instruction while the chat template's prefix
 class Flux2Klein(FluxEditor):
     name = "flux2-klein"
     pipeline_classes = ("Flux2KleinPipeline",)
+    full_size_configs = KLEIN_CONFIGS
     # the pipeline's guidance; VISII's CLIP direction term reads a CLIP text encoder's tokens, which klein has not
     fit_defaults = {"guidance": 4.0, "visii": {"visii_clip_weight": 0.0}}
 

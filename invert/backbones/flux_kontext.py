@@ -28,6 +28,7 @@ MAX_SEQUENCE_LENGTH = 512  # FluxKontextPipeline's default
 class FluxKontext(FluxEditor):
     name = "flux1-kontext"
     pipeline_classes = ("FluxKontextPipeline",)
+    full_size_configs = KONTEXT_CONFIGS
     instruction_start = 0
     learns_pooled = True  # CLIP's pooled vector modulates every block: VISII learns it with the T5 tokens
     default_guidance = 2.5  # the guidance Kontext's model card edits with

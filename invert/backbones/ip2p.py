@@ -38,6 +38,7 @@ THREE_ROWS = [Group(text=True, image=True), Group(text=False, image=True), Group
 class InstructPix2Pix(Editor):
     name = "ip2p"
     pipeline_classes = ("StableDiffusionInstructPix2PixPipeline",)
+    full_size_configs = IP2P_CONFIGS
     lora_prefix = "unet."
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):

@@ -31,6 +31,7 @@ COSXL_EDIT_CONFIGS = CONFIGS / "cosxl-edit"
 class SDXLInstructPix2Pix(InstructPix2Pix):
     name = "sdxl-ip2p"
     pipeline_classes = ("StableDiffusionXLInstructPix2PixPipeline",)
+    full_size_configs = SDXL_IP2P_CONFIGS
     learns_pooled = True  # the pooled vector conditions every block through the time embedding
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
