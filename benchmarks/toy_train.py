@@ -212,9 +212,10 @@ def vae_psnr(vae, images: np.ndarray) -> float:
 
 
 def train_vae(images: np.ndarray, held_out: np.ndarray, phase: Phase, seed: int, log: Log, batch: int = 32,
-              kl_weight: float = 1e-6):
+              kl_weight: float = 1e-6, model: Callable[[], torch.nn.Module] = vae_model):
+    """Reconstruction + a small KL from ``model()``'s random weights (any diffusers VAE with a ``latent_dist``)."""
     torch.manual_seed(seed)
-    vae = vae_model()
+    vae = model()
     rng = np.random.default_rng(seed + 1)
 
     def step(_: int) -> torch.Tensor:
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"wrote {args.out} ({info['weights_mb']} MB of weights) after {minutes:.1f} min")
 
     if args.eval_n:
-        from invert.toy.evaluate import evaluate_oracle, format_table
+        from .oracle import evaluate_oracle, format_table
 
         result = evaluate_oracle(args.out, n=args.eval_n)
         log("oracle check:\n" + format_table(result))
