@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -42,18 +41,17 @@ from invert.toy import world
 from invert.vocab import vocab_path
 
 from .klein_loop import TextSettings, time_shift
-from .toy_train import (EDIT_NAMES, Data, Log, Phase, build_data, folder_mb, latent_modes, n_params, run_phase,
-                        to_unit, train_vae)
+from .toy_train import (EDIT_NAMES, SIZE, Data, Log, Phase, build_data, folder_mb, latent_modes, n_params, run_phase,
+                        start_run, train_vae, training_arguments, vae_held_out, world_summary)
 
-SIZE = 32
 TEXT = TextSettings(max_sequence_length=32, text_encoder_out_layers=(1, 2, 3))
 TEXT_WIDTH = 64
 TEXT_CONFIG = dict(hidden_size=TEXT_WIDTH, intermediate_size=3 * TEXT_WIDTH, num_hidden_layers=4,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
                    tie_word_embeddings=True)
 VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
-                  latent_channels=16, norm_num_groups=16, sample_size=SIZE)
+                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 64), layers_per_block=1,
+                  latent_channels=16, norm_num_groups=8, sample_size=SIZE)
 TRANSFORMER_CONFIG = dict(patch_size=1, in_channels=4 * VAE_CONFIG["latent_channels"], num_layers=2,
                           num_single_layers=4, attention_head_dim=32, num_attention_heads=4,
                           joint_attention_dim=len(TEXT.text_encoder_out_layers) * TEXT_WIDTH,
@@ -268,15 +266,8 @@ def save_model(out: Path, text_encoder, tokenizer, vae, transformer) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.toy_dit_train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="model folder to write (a Flux2KleinPipeline folder)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget for the three models")
-    p.add_argument("--pairs-per-edit", type=int, default=500, help="training pairs rendered per catalogue edit")
-    p.add_argument("--threads", type=int, default=2)
-    for name in ("text", "vae", "transformer"):
-        p.add_argument(f"--steps-{name}", type=int, default=None, help=f"exact {name} steps (overrides the budget)")
-    p.add_argument("--eval-n", type=int, default=5, help="held-out pairs per edit in the final check (0: skip)")
+    p = training_arguments("python -m benchmarks.toy_dit_train", __doc__.split("\n\n")[0], 90.0,
+                           ("text", "vae", "transformer"))
     p.add_argument("--eval-guidance", type=float, action="append", help="guidance scales of the final check "
                    "(repeatable; default 1, 2, 4)")
     return p.parse_args(argv)
@@ -284,16 +275,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = Log(args.out / "train_log.txt")
-    t0, budget = time.time(), args.minutes * 60
-    command = "python -m benchmarks.toy_dit_train " + " ".join(sys.argv[1:] if argv is None else argv)
-    log(f"toy DiT training: {command} | seed {args.seed}, budget {args.minutes} min, size {SIZE}")
-
+    log, t0, budget, command = start_run(args, "benchmarks.toy_dit_train", argv)
     data = build_data(args.seed, args.pairs_per_edit)
-    held_out = np.stack([np.asarray(a) for _, a in world.make_pairs("night", 8, 10**6)] +
-                        [np.asarray(b) for b, _ in world.make_pairs("remove_square", 8, 10**6)])
+    held_out = vae_held_out()
     texts = world_texts(data)
     tokenizer = train_tokenizer([t for pool in texts.values() for t in pool])
     longest = templated_length(tokenizer, [world.get_edit(n).instruction for n in EDIT_NAMES + list(world.HARD_EDITS)])
@@ -319,11 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     save_model(args.out, text_encoder, tokenizer, vae, transformer)
     minutes = (time.time() - t0) / 60
     info = {
-        "image_size": SIZE, "tokens": after.shape[1], "seed": args.seed, "edits": EDIT_NAMES,
-        "global_edits": [n for n in EDIT_NAMES if world.EDITS[n].kind == "global"],
-        "local_edits": [n for n in EDIT_NAMES if world.EDITS[n].kind == "local"],
-        "hard_edits": list(world.HARD_EDITS),
-        "instructions": {n: world.get_edit(n).instruction for n in EDIT_NAMES + list(world.HARD_EDITS)},
+        "image_size": SIZE, "tokens": after.shape[1], "seed": args.seed, **world_summary(),
         "training": {
             "command": command, "minutes": round(minutes, 2), "budget_minutes": args.minutes,
             "pairs_per_edit": args.pairs_per_edit, "threads": args.threads,
