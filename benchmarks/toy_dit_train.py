@@ -25,6 +25,7 @@ and (9, 18, 27)), so the folder's ``invert.json`` records them under ``"pipeline
 
 Each phase ends at a fixed fraction of the budget (``--steps-*`` pins exact step counts instead); learning rates
 follow warm-up + cosine over each phase's progress (benchmarks/toy_train.py's Log, Phase and run_phase).
+``--reuse FOLDER`` takes the text encoder, tokenizer and VAE of an earlier run and trains the transformer only.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from invert.vocab import vocab_path
 
 from .klein_loop import TextSettings, time_shift
 from .toy_train import (EDIT_NAMES, SIZE, Data, Log, Phase, build_data, folder_mb, latent_modes, n_params, run_phase,
-                        start_run, train_vae, training_arguments, vae_held_out, world_summary)
+                        start_run, train_vae, training_arguments, vae_held_out, vae_psnr, world_summary)
 
 TEXT = TextSettings(max_sequence_length=32, text_encoder_out_layers=(1, 2, 3))
 TEXT_WIDTH = 64
@@ -59,7 +60,7 @@ TRANSFORMER_CONFIG = dict(patch_size=1, in_channels=4 * VAE_CONFIG["latent_chann
                           guidance_embeds=False)
 TOKENIZER_VOCAB = 600
 SAMPLER_STEPS = 20  # the oracle's; training draws s as the sampler's shifted sigmas at this step count
-PHASE_ENDS = {"text": 0.05, "vae": 0.25}  # fractions of the budget; the transformer gets the rest
+PHASE_ENDS = {"text": 0.03, "vae": 0.25}  # fractions of the budget; the transformer gets the rest
 SAVE_RESERVE_S = 20.0
 DROP_TEXT = 0.1
 QWEN3_CHAT_TEMPLATE = (  # Qwen3's template, the parts klein uses: user turns, the generation prompt, no thinking
@@ -250,6 +251,16 @@ def encode_instructions(text_encoder, tokenizer, prompts: list[str]) -> torch.Te
 
 # ----------------------------------------------------------------------------------------------- save
 
+def reused_components(folder: Path):
+    """An earlier run's frozen parts: (text encoder, tokenizer, VAE)."""
+    from diffusers import AutoencoderKLFlux2
+    from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
+
+    return (Qwen3ForCausalLM.from_pretrained(folder / "text_encoder").eval(),
+            Qwen2TokenizerFast.from_pretrained(folder / "tokenizer"),
+            AutoencoderKLFlux2.from_pretrained(folder / "vae").eval())
+
+
 def save_model(out: Path, text_encoder, tokenizer, vae, transformer) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
 
@@ -268,6 +279,8 @@ def save_model(out: Path, text_encoder, tokenizer, vae, transformer) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = training_arguments("python -m benchmarks.toy_dit_train", __doc__.split("\n\n")[0], 90.0,
                            ("text", "vae", "transformer"))
+    p.add_argument("--reuse", type=Path, help="take the text encoder, tokenizer and VAE from an earlier run's folder "
+                   "and give the whole budget to the transformer")
     p.add_argument("--eval-guidance", type=float, action="append", help="guidance scales of the final check "
                    "(repeatable; default 1, 2, 4)")
     return p.parse_args(argv)
@@ -279,17 +292,26 @@ def main(argv: list[str] | None = None) -> None:
     data = build_data(args.seed, args.pairs_per_edit)
     held_out = vae_held_out()
     texts = world_texts(data)
-    tokenizer = train_tokenizer([t for pool in texts.values() for t in pool])
+    if args.reuse:
+        text_encoder, tokenizer, vae = reused_components(args.reuse)
+        text_record = {"from": str(args.reuse)}
+        vae_record = {"from": str(args.reuse), "recon_psnr_db": vae_psnr(vae, held_out)}
+        log(f"text encoder, tokenizer and VAE from {args.reuse} (VAE reconstruction {vae_record['recon_psnr_db']:.2f} "
+            "dB); the transformer gets the whole budget")
+    else:
+        tokenizer = train_tokenizer([t for pool in texts.values() for t in pool])
     longest = templated_length(tokenizer, [world.get_edit(n).instruction for n in EDIT_NAMES + list(world.HARD_EDITS)])
     log(f"rendered {len(data.edit)} training pairs of {len(EDIT_NAMES)} edits; tokenizer of {len(tokenizer)} "
         f"tokens; {sum(map(len, texts.values()))} texts; the longest instruction (hard ones too) is {longest} "
         f"tokens in the chat template, of {TEXT.max_sequence_length}")
-
-    text_encoder, text_steps, text_loss = train_text_encoder(
-        texts, tokenizer, Phase(time.time(), t0 + PHASE_ENDS["text"] * budget, args.steps_text), args.seed, log)
-    vae, vae_steps, vae_loss, vae_quality = train_vae(
-        np.concatenate([data.before, data.after]), held_out,
-        Phase(time.time(), t0 + PHASE_ENDS["vae"] * budget, args.steps_vae), args.seed, log, model=vae_model)
+    if not args.reuse:
+        text_encoder, steps, loss = train_text_encoder(
+            texts, tokenizer, Phase(time.time(), t0 + PHASE_ENDS["text"] * budget, args.steps_text), args.seed, log)
+        text_record = {"steps": steps, "batch": 64, "final_loss": loss}
+        vae, steps, loss, quality = train_vae(
+            np.concatenate([data.before, data.after]), held_out,
+            Phase(time.time(), t0 + PHASE_ENDS["vae"] * budget, args.steps_vae), args.seed, log, model=vae_model)
+        vae_record = {"steps": steps, "batch": 32, "final_loss": loss, "recon_psnr_db": quality}
 
     before_latents, after_latents = latent_modes(vae, data.before), latent_modes(vae, data.after)
     set_batch_norm(vae, torch.cat([before_latents, after_latents]))
@@ -307,10 +329,8 @@ def main(argv: list[str] | None = None) -> None:
         "training": {
             "command": command, "minutes": round(minutes, 2), "budget_minutes": args.minutes,
             "pairs_per_edit": args.pairs_per_edit, "threads": args.threads,
-            "text_encoder": {"steps": text_steps, "batch": 64, "final_loss": text_loss,
-                             "params": n_params(text_encoder), "tokenizer_size": len(tokenizer)},
-            "vae": {"steps": vae_steps, "batch": 32, "final_loss": vae_loss, "params": n_params(vae),
-                    "recon_psnr_db": vae_quality},
+            "text_encoder": {**text_record, "params": n_params(text_encoder), "tokenizer_size": len(tokenizer)},
+            "vae": {**vae_record, "params": n_params(vae)},
             "transformer": {"steps": steps, "batch": 32, "final_loss": loss, "params": n_params(transformer)},
             "flow_matching": {"sigmas": f"uniform, shifted with mu {training_mu():.4f} (klein's for "
                                         f"{after.shape[1]} tokens, {SAMPLER_STEPS} steps)",

@@ -42,6 +42,18 @@ def test_the_folder_is_a_klein_pipeline_with_its_text_settings(folder, pipe):
     assert pipe.vae.bn.running_var.ne(1).all() and pipe.vae.bn.running_mean.ne(0).any()
 
 
+def test_reuse_trains_the_transformer_only(folder, pipe, tmp_path):
+    from diffusers import Flux2KleinPipeline
+
+    toy_dit_train.main(["--out", str(tmp_path), "--reuse", str(folder), "--steps-transformer", "1",
+                        "--pairs-per-edit", "2", "--eval-n", "0", "--threads", "1"])
+    again = Flux2KleinPipeline.from_pretrained(str(tmp_path))
+    assert all(torch.equal(a, b) for a, b in zip(again.text_encoder.parameters(), pipe.text_encoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(again.vae.parameters(), pipe.vae.parameters()))
+    assert not torch.equal(again.transformer.proj_out.weight, pipe.transformer.proj_out.weight)
+    assert json.loads((tmp_path / "toy_world.json").read_text())["training"]["vae"]["from"] == str(folder)
+
+
 def test_every_instruction_fits_the_prompt_length_whole(pipe):
     names = list(world.EDITS) + list(world.HARD_EDITS)
     assert toy_dit_train.templated_length(pipe.tokenizer, [world.get_edit(n).instruction for n in names]) <= 32
