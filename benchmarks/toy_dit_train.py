@@ -42,8 +42,8 @@ from invert.toy import world
 from invert.vocab import vocab_path
 
 from .klein_loop import TextSettings, time_shift
-from .toy_train import (EDIT_NAMES, SIZE, Data, Log, Phase, build_data, folder_mb, latent_modes, n_params, run_phase,
-                        start_run, train_vae, training_arguments, vae_held_out, vae_psnr, world_summary)
+from .toy_train import (EDIT_NAMES, SIZE, Budget, Data, Log, Phase, build_data, folder_mb, latent_modes, n_params,
+                        run_phase, start_run, train_vae, training_arguments, vae_held_out, vae_psnr, world_summary)
 
 TEXT = TextSettings(max_sequence_length=32, text_encoder_out_layers=(1, 2, 3))
 TEXT_WIDTH = 64
@@ -61,7 +61,7 @@ TRANSFORMER_CONFIG = dict(patch_size=1, in_channels=4 * VAE_CONFIG["latent_chann
 TOKENIZER_VOCAB = 600
 SAMPLER_STEPS = 20  # the oracle's; training draws s as the sampler's shifted sigmas at this step count
 PHASE_ENDS = {"text": 0.03, "vae": 0.25}  # fractions of the budget; the transformer gets the rest
-SAVE_RESERVE_S = 20.0
+CHECK_RESERVE = 0.03  # of the budget, kept for the final oracle check (--eval-n) so that it ends in time
 DROP_TEXT = 0.1
 QWEN3_CHAT_TEMPLATE = (  # Qwen3's template, the parts klein uses: user turns, the generation prompt, no thinking
     "{%- for message in messages %}"
@@ -304,13 +304,14 @@ def main(argv: list[str] | None = None) -> None:
     log(f"rendered {len(data.edit)} training pairs of {len(EDIT_NAMES)} edits; tokenizer of {len(tokenizer)} "
         f"tokens; {sum(map(len, texts.values()))} texts; the longest instruction (hard ones too) is {longest} "
         f"tokens in the chat template, of {TEXT.max_sequence_length}")
+    clock = Budget.left(t0, budget * (1 - CHECK_RESERVE if args.eval_n else 1))
     if not args.reuse:
         text_encoder, steps, loss = train_text_encoder(
-            texts, tokenizer, Phase(time.time(), t0 + PHASE_ENDS["text"] * budget, args.steps_text), args.seed, log)
+            texts, tokenizer, clock.phase(PHASE_ENDS["text"], args.steps_text), args.seed, log)
         text_record = {"steps": steps, "batch": 64, "final_loss": loss}
         vae, steps, loss, quality = train_vae(
             np.concatenate([data.before, data.after]), held_out,
-            Phase(time.time(), t0 + PHASE_ENDS["vae"] * budget, args.steps_vae), args.seed, log, model=vae_model)
+            clock.phase(PHASE_ENDS["vae"], args.steps_vae), args.seed, log, model=vae_model)
         vae_record = {"steps": steps, "batch": 32, "final_loss": loss, "recon_psnr_db": quality}
 
     before_latents, after_latents = latent_modes(vae, data.before), latent_modes(vae, data.after)
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     conditioning = encode_instructions(text_encoder, tokenizer, [world.EDITS[n].instruction for n in EDIT_NAMES] + [""])
     transformer, steps, loss = train_transformer(
         after, before, torch.from_numpy(data.edit), conditioning[:-1], conditioning[-1:],
-        Phase(time.time(), t0 + budget - SAVE_RESERVE_S, args.steps_transformer), args.seed, log)
+        clock.phase(1.0, args.steps_transformer), args.seed, log)
 
     save_model(args.out, text_encoder, tokenizer, vae, transformer)
     minutes = (time.time() - t0) / 60

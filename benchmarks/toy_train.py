@@ -69,6 +69,23 @@ class Phase:
         return (time.time() - self.start) / max(1e-6, self.end - self.start)
 
 
+@dataclass
+class Budget:
+    """The training clock: phases end at fractions of the time left once the data is rendered (on a busy machine
+    rendering takes a minute, which would otherwise come out of the first phase alone), less the save reserve."""
+
+    start: float
+    seconds: float
+
+    @classmethod
+    def left(cls, t0: float, total_s: float) -> "Budget":
+        now = time.time()
+        return cls(now, max(0.0, t0 + total_s - SAVE_RESERVE_S - now))
+
+    def phase(self, end: float, steps: int | None) -> Phase:
+        return Phase(time.time(), self.start + end * self.seconds, steps)
+
+
 def lr_at(progress: float, base: float, warmup: float = 0.05, floor: float = 0.05) -> float:
     if progress < warmup:
         return base * max(progress / warmup, 0.01)
@@ -393,12 +410,13 @@ def main(argv: list[str] | None = None) -> None:
     held_out = vae_held_out()
     log(f"rendered {len(data.edit)} training pairs of {len(EDIT_NAMES)} edits")
     tokenizer = clip_tokenizer()
+    clock = Budget.left(t0, budget)
 
     clip, clip_steps, clip_loss = train_clip(
-        data, tokenizer, Phase(time.time(), t0 + PHASE_ENDS["clip"] * budget, args.steps_clip), args.seed, log)
+        data, tokenizer, clock.phase(PHASE_ENDS["clip"], args.steps_clip), args.seed, log)
     vae, vae_steps, vae_loss, vae_quality = train_vae(
         np.concatenate([data.before, data.after]), held_out,
-        Phase(time.time(), t0 + PHASE_ENDS["vae"] * budget, args.steps_vae), args.seed, log)
+        clock.phase(PHASE_ENDS["vae"], args.steps_vae), args.seed, log)
 
     mean = torch.cat([latent_modes(vae, data.before), latent_modes(vae, data.after)]).mean((0, 2, 3))
     center_latents(vae, mean)
@@ -410,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     conditioning = encode_texts(text_encoder_from(clip), tokenizer, [world.EDITS[n].instruction for n in EDIT_NAMES] + [""])
     unet, unet_steps, unet_loss = train_unet(
         after_modes * scaling, before_latents, torch.from_numpy(data.edit), conditioning[:-1], conditioning[-1:],
-        Phase(time.time(), t0 + budget - SAVE_RESERVE_S, args.steps_unet), args.seed, log)
+        clock.phase(1.0, args.steps_unet), args.seed, log)
 
     save_model(args.out, clip, vae, unet, tokenizer)
     minutes = (time.time() - t0) / 60
