@@ -17,13 +17,17 @@ Flux2Transformer2DModel that reads the input image as reference tokens. In order
    text is the empty prompt for 10% of the samples, so that CFG against the empty prompt works.
 
 Why a VAE of factor 4 and 16 latent channels: a 32 px image becomes 8x8 latents and 4x4 = 16 tokens of 64
-channels; at factor 2 it would be 64 tokens, and a transformer step costs 2.6x more (benchmarks at batch 32).
-Sixteen channels keep the compression of the toy IP2P's VAE (3072 numbers -> 1024).
+channels; at factor 2 it would be 64 tokens, and a transformer step (batch 32, 1 thread) costs 2.6x more. The
+factor-4 VAE learns more slowly per step but a step costs half as much (1.5 vs 3.1 s on the busy machine): at
+equal time early on it was 1-2 dB behind (21.7 dB after 500 steps against 23.8 after 300; held-out PSNR), while
+the transformer, which gets three quarters of the budget, runs 2.6x the steps. Sixteen channels keep the
+compression of the toy IP2P's VAE (3072 numbers -> 1024); 32 learned no faster (20.6 vs 20.5 dB at 300 steps).
 
 The toy reads a prompt padded to 32 tokens and layers (1, 2, 3); the pipeline's defaults are the real model's (512
 and (9, 18, 27)), so the folder's ``invert.json`` records them under ``"pipeline"`` (benchmarks/klein_loop.py).
 
-Each phase ends at a fixed fraction of the budget (``--steps-*`` pins exact step counts instead); learning rates
+Each phase ends at a fixed fraction of the time left once the data is rendered, 3% of the budget kept for the
+final oracle check (``--steps-*`` pins exact step counts instead); learning rates
 follow warm-up + cosine over each phase's progress (benchmarks/toy_train.py's Log, Phase and run_phase).
 ``--reuse FOLDER`` takes the text encoder, tokenizer and VAE of an earlier run and trains the transformer only.
 """
