@@ -47,7 +47,7 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "brush --grad-clip abs": ("brush", {"grad_clip": "abs"}, {}),
     "brush --keep best-mse": ("brush", {"keep": "best-mse"}, {}),
     "brush --pair-order timestep": ("brush", {"pair_order": "timestep"}, {}),
-    "brush --parts-sequential": ("brush", {"parts_sequential": True}, {}),
+    "brush --brush-parts-sequential": ("brush", {"brush_parts_sequential": True}, {}),
     "brush, apply --scheduler euler_a_karras": ("brush", {}, {"scheduler": "euler_a_karras"}),
 }
 METHODS = tuple(dict.fromkeys(method for method, _, _ in ROWS.values()))  # in ROWS' order
@@ -84,7 +84,7 @@ def run(editor, clip, edits: list[str], rows: list[str], log: Callable[[str], No
             inst, seconds = fits[key]
             results = apply(inst, befores, editor=editor, steps=BENCH.apply_steps, **apply_options)
             cells["rows"][row] = {**_scores(befores, results, truths), "fit_seconds": seconds,
-                                  "init_text": inst.meta["init_text"], "kept_step": inst.meta.get("kept_step")}
+                                  "init_text": inst.meta.init_text, "kept_step": inst.meta.kept_step}
             log(f"{name:22s} {row:52s} psnr {cells['rows'][row]['psnr']:6.2f} (no edit "
                 f"{cells['no_edit']['psnr']:6.2f}) {seconds:5.1f} s")
         for method in METHODS:

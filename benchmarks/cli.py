@@ -8,6 +8,7 @@ import click
 
 from invert.cli.common import quiet_option, user_errors
 from invert.cli.options import model_options
+from invert.methods import method_names
 
 BUSY_LOAD = 1.0  # a load average of one: another process keeping a whole core busy
 
@@ -22,7 +23,7 @@ def bench():
 
 
 @bench.command()
-@click.option("--method", default="visii", show_default=True, type=click.Choice(["visii", "brush", "lora"]))
+@click.option("--method", default="visii", show_default=True, type=click.Choice(list(method_names())))
 @click.option("--resolution", default=None, type=click.IntRange(min=8),
               help="Image size. Default: the model's own (512 for IP2P, 32 for the toy model).")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1),

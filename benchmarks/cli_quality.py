@@ -83,7 +83,7 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, encoder
     result["model"] = model
     click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))
     if output is not None:
-        from invert.instruction import write_atomically
+        from invert.writing import write_text
 
-        write_atomically(output, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"), force)
+        write_text(output, json.dumps(result, indent=2) + "\n", force)
         click.echo(f"wrote {output}", err=True)

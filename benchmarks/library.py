@@ -36,10 +36,11 @@ from invert.backbones import load_editor
 from invert.clip import clip_name_for, load_clip
 from invert.evaluation import score
 from invert.fitting.losses import clip_direction
-from invert.instruction import Instruction, write_atomically
+from invert.instruction import Instruction
 from invert.library import DEFAULT_TEMPERATURE, Library, build_library, mix_entries
 from invert.methods import settings_for
 from invert.toy import world
+from invert.writing import write_text
 
 from .quality import BEFORE_SELF_CHECK, DEFAULT_EDITS, TEST_SEED, TRAIN_SEED, edit_index, edit_pairs
 
@@ -67,7 +68,7 @@ def fit_library(editor, clip, folder: Path, names: list[str], log: Callable[[str
                                                 seed=TRAIN_SEED + edit_index(name), size=editor.resolution)
                 fit(pairs / "train", METHOD, editor=editor, clip=clip, quiet=True, **BEFORE_SELF_CHECK,
                     **SETTINGS).save(path)
-            seconds[name] = float(Instruction.load(path).meta["fit_seconds"])
+            seconds[name] = Instruction.load(path).meta.fit_seconds
             log(f"library {name:18s} fitted in {seconds[name]:6.1f} s")
     return seconds
 
@@ -88,8 +89,8 @@ def library_edit(lib: Library, editor, clip, train, befores, temperature: float,
     direction = clip_direction(clip, [b for b, _ in train], [a for _, a in train])
     chosen, weights = lib.choose(direction, METHOD, temperature)
     if variant == "same_tokens":  # the alternative to widening: mix only those of the best's token count
-        best = chosen[0].instruction.meta.get("num_tokens")
-        keep = [i for i, e in enumerate(chosen) if e.instruction.meta.get("num_tokens") == best]
+        best = chosen[0].instruction.meta.num_tokens
+        keep = [i for i, e in enumerate(chosen) if e.instruction.meta.num_tokens == best]
         total = sum(weights[i] for i in keep)
         chosen, weights = [chosen[i] for i in keep], [weights[i] / total for i in keep]
     mix = tuple((e.name, round(w, 4)) for e, w in zip(chosen, weights) if w >= 1e-4)
@@ -125,7 +126,7 @@ def evaluate_edit(lib: Library, editor, clip, name: str, library_fits: dict[str,
             fit_images(editor, [b for b, _ in query], [a for _, a in query], METHOD, fit_settings, brush_settings,
                        clip=clip, quiet=True).save(path)
         inst = Instruction.load(path)
-        fit_seconds, source = float(inst.meta["fit_seconds"]), "fitted on the 10 new pairs"
+        fit_seconds, source = inst.meta.fit_seconds, "fitted on the 10 new pairs"
     start = time.perf_counter()
     results = apply(inst, befores, editor=editor, steps=APPLY_STEPS)
     row["scratch"] = {**_scores(befores, results, truths), "fit_seconds": fit_seconds, "source": source,
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run(editor, clip, insts, library_edits, edits, tuple(float(t) for t in args.temperatures.split(",")))
     print(format_table(result))
     if args.json:
-        write_atomically(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"), args.force)
+        write_text(args.json, json.dumps(result, indent=2) + "\n", args.force)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ DEFAULT_EDITS = {
 HARD_GROUPS = ("hard", "hard_new")  # the held-out edits; hard_new: those added with issue 17, reported apart
 FITTED = {  # row -> (method, method options, init text override)
     "visii": ("visii", {}, None),
-    "brush": ("brush", {"parts": 5}, None),
-    "brush_no_parts": ("brush", {"parts": 1}, None),
-    "brush_no_phrase_init": ("brush", {"parts": 5}, ""),
+    "brush": ("brush", {"brush_parts": 5}, None),
+    "brush_no_parts": ("brush", {"brush_parts": 1}, None),
+    "brush_no_phrase_init": ("brush", {"brush_parts": 5}, ""),
     "lora": ("lora", {}, None),
 }
 ENCODED = ("encoder", "encoder+fit")  # rows of an edit encoder (QualitySettings.encoder)
@@ -131,7 +131,7 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
         def applied(inst, seconds: float) -> dict:
             results = apply(inst, befores, editor=editor, steps=s.apply_steps)
             return {**_metrics(befores, results, truths, clip, direction), "fit_seconds": seconds,
-                    "init_text": inst.meta["init_text"], "curve": (inst.meta.get("validation") or {}).get("curve")}
+                    "init_text": inst.meta.init_text, "curve": (inst.meta.validation or {}).get("curve")}
 
         for row, (method, options, init_text) in FITTED.items():
             if row not in s.rows:
@@ -143,7 +143,7 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
                 start = time.perf_counter()
                 zero = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], "visii",
                                   *settings_for("visii", {**common, "steps": 0}), clip=clip, quiet=True)
-                search = {"text": zero.meta["init_text"], "scores": zero.meta["init_scores"],
+                search = {"text": zero.meta.init_text, "scores": zero.meta.init_scores,
                           "seconds": time.perf_counter() - start}
             start = time.perf_counter()
             given = {**common, **({"steps": s.steps} if s.steps is not None else {}), **options, "init_text": search["text"] if init_text is None
@@ -171,7 +171,7 @@ def _log(log: Callable[[str], None], name: str, k: int, row: str, cells: dict, t
 
 def _encoded_rows(editor: Editor, clip: Clip, shots, common: dict, s: QualitySettings, applied, log) -> dict:
     """The encoder rows: the encoder's instruction for the shots (its seconds: the forward pass alone), and a fit of
-    the encoder's method at the defaults (the toy model's own) started from it (``--init encoder:FILE``)."""
+    the encoder's method at the defaults (the toy model's own) started from it (``--init encoder --encoder-file FILE``)."""
     from invert.encoder import EncoderFile, encode_images
 
     encoder = EncoderFile.load(s.encoder)
@@ -184,7 +184,8 @@ def _encoded_rows(editor: Editor, clip: Clip, shots, common: dict, s: QualitySet
         log("encoder", rows["encoder"])
     if "encoder+fit" in s.rows:
         method = encoder.method
-        given = {**common, **({"steps": s.steps} if s.steps is not None else {}), "init": f"encoder:{s.encoder}",
+        given = {**common, **({"steps": s.steps} if s.steps is not None else {}), "init": "encoder",
+                 "encoder_file": s.encoder,
                  **({"lr": s.lr[method]} if method in s.lr else {})}
         start = time.perf_counter()
         inst = fit_images(editor, befores, afters, method,

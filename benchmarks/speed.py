@@ -39,7 +39,7 @@ from invert.backbones.rows import Rows
 from invert.errors import InvertError
 from invert.fitting.loop import FitData, FitProgress, Trainer
 from invert.fitting.losses import row_mse
-from invert.methods import SETTINGS, method_class, settings_for
+from invert.methods import method_class, settings_classes, settings_for
 from invert.methods.base import Method
 from invert.sampling import sample
 from invert.settings import FitSettings, settings_fields
@@ -221,8 +221,8 @@ class FloorLoop:
 
 def make_method(editor: Editor, name: str, parts: int, sequential: bool) -> Method:
     """``name``'s instruction from INIT_TEXT, with ``parts`` time parts where the method has them."""
-    known = {f.name for f in settings_fields(SETTINGS.get(name, FitSettings))}
-    options = {k: v for k, v in {"parts": parts, "parts_sequential": sequential}.items() if k in known}
+    known = {f.name for f in settings_fields(settings_classes()[name])}
+    options = {k: v for k, v in {"brush_parts": parts, "brush_parts_sequential": sequential}.items() if k in known}
     return method_class(name).initialize(editor, editor.encode_text([INIT_TEXT]), INIT_TEXT,
                                          settings_for(name, options)[1], 0)
 

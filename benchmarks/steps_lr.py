@@ -54,13 +54,13 @@ def study(editor, clip, method: str, lr: float, edits: list[str], checkpoints: l
         # step 0: the init text the fit chose, given as the only candidate (no second search)
         snaps[0] = zero = fit_images(editor, [b for b, _ in train], [a for _, a in train], method,
                                      *settings_for(method, {**options, "steps": 0,
-                                                            "init_text": final.meta["init_text"]}),
+                                                            "init_text": final.meta.init_text}),
                                      clip=clip, quiet=True)
         t = as_tensor(truths)
         row = {str(step): float(psnr(as_tensor(apply(inst, befores, editor=editor, steps=BENCH.apply_steps)), t).mean())
                for step, inst in sorted(snaps.items())}
         row["no_edit"] = float(psnr(as_tensor(befores), t).mean())
-        row["init_text"] = zero.meta["init_text"]
+        row["init_text"] = zero.meta.init_text
         row["fit_seconds"] = seconds
         out[name] = row
         log(f"{method} lr {lr:g} {name:20s} " + " ".join(f"{k}:{v:.2f}" for k, v in row.items()

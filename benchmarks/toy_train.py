@@ -69,6 +69,23 @@ class Phase:
         return (time.time() - self.start) / max(1e-6, self.end - self.start)
 
 
+@dataclass
+class Budget:
+    """The training clock: phases end at fractions of the time left once the data is rendered (on a busy machine
+    rendering takes a minute, which would otherwise come out of the first phase alone), less the save reserve."""
+
+    start: float
+    seconds: float
+
+    @classmethod
+    def left(cls, t0: float, total_s: float) -> "Budget":
+        now = time.time()
+        return cls(now, max(0.0, t0 + total_s - SAVE_RESERVE_S - now))
+
+    def phase(self, end: float, steps: int | None) -> Phase:
+        return Phase(time.time(), self.start + end * self.seconds, steps)
+
+
 def lr_at(progress: float, base: float, warmup: float = 0.05, floor: float = 0.05) -> float:
     if progress < warmup:
         return base * max(progress / warmup, 0.01)
@@ -212,9 +229,10 @@ def vae_psnr(vae, images: np.ndarray) -> float:
 
 
 def train_vae(images: np.ndarray, held_out: np.ndarray, phase: Phase, seed: int, log: Log, batch: int = 32,
-              kl_weight: float = 1e-6):
+              kl_weight: float = 1e-6, model: Callable[[], torch.nn.Module] = vae_model):
+    """Reconstruction + a small KL from ``model()``'s random weights (any diffusers VAE with a ``latent_dist``)."""
     torch.manual_seed(seed)
-    vae = vae_model()
+    vae = model()
     rng = np.random.default_rng(seed + 1)
 
     def step(_: int) -> torch.Tensor:
@@ -340,41 +358,65 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.toy_train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="model folder to write (diffusers format + clip/)")
+def training_arguments(prog: str, description: str, minutes: float, phases: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The toy trainers' options: where, seed, budget, data, threads, pinned steps per phase, the final check."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (diffusers format)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=52.0, help="wall-clock budget for all three models")
+    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget for all the models")
     p.add_argument("--pairs-per-edit", type=int, default=500, help="training pairs rendered per catalogue edit")
     p.add_argument("--threads", type=int, default=2)
-    for name in ("clip", "vae", "unet"):
+    for name in phases:
         p.add_argument(f"--steps-{name}", type=int, default=None, help=f"exact {name} steps (overrides the budget)")
     p.add_argument("--eval-n", type=int, default=5, help="held-out pairs per edit in the final check (0: skip)")
-    return p.parse_args(argv)
+    return p
+
+
+def vae_held_out() -> np.ndarray:
+    """Held-out images the VAE's reconstruction is measured on: night scenes (dark) and plain ones."""
+    return np.stack([np.asarray(a) for _, a in world.make_pairs("night", 8, 10**6)] +
+                    [np.asarray(b) for b, _ in world.make_pairs("remove_square", 8, 10**6)])
+
+
+def world_summary() -> dict:
+    """The edits a toy model was trained on and held out from, for its ``toy_world.json``."""
+    return {"edits": EDIT_NAMES, "global_edits": [n for n in EDIT_NAMES if world.EDITS[n].kind == "global"],
+            "local_edits": [n for n in EDIT_NAMES if world.EDITS[n].kind == "local"],
+            "hard_edits": list(world.HARD_EDITS),
+            "instructions": {n: world.get_edit(n).instruction for n in EDIT_NAMES + list(world.HARD_EDITS)}}
+
+
+def start_run(args: argparse.Namespace, module: str, argv: list[str] | None) -> tuple[Log, float, float, str]:
+    """Threads, the output folder and its log: (log, start time, budget in s, the command as typed)."""
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = Log(args.out / "train_log.txt")
+    command = f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    log(f"{module}: {command} | seed {args.seed}, budget {args.minutes} min, size {SIZE}")
+    return log, log.t0, args.minutes * 60, command
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return training_arguments("python -m benchmarks.toy_train", __doc__.split("\n\n")[0], 52.0,
+                              ("clip", "vae", "unet")).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     from invert.backbones.tokenizer import clip_tokenizer
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = Log(args.out / "train_log.txt")
-    t0, budget = time.time(), args.minutes * 60
-    command = "python -m benchmarks.toy_train " + " ".join(sys.argv[1:] if argv is None else argv)
-    log(f"toy training: {command} | seed {args.seed}, budget {args.minutes} min, size {SIZE}")
-
+    log, t0, budget, command = start_run(args, "benchmarks.toy_train", argv)
     data = build_data(args.seed, args.pairs_per_edit)
-    held_out = np.stack([np.asarray(a) for _, a in world.make_pairs("night", 8, 10**6)] +
-                        [np.asarray(b) for b, _ in world.make_pairs("remove_square", 8, 10**6)])
+    held_out = vae_held_out()
     log(f"rendered {len(data.edit)} training pairs of {len(EDIT_NAMES)} edits")
     tokenizer = clip_tokenizer()
+    clock = Budget.left(t0, budget)
 
     clip, clip_steps, clip_loss = train_clip(
-        data, tokenizer, Phase(time.time(), t0 + PHASE_ENDS["clip"] * budget, args.steps_clip), args.seed, log)
+        data, tokenizer, clock.phase(PHASE_ENDS["clip"], args.steps_clip), args.seed, log)
     vae, vae_steps, vae_loss, vae_quality = train_vae(
         np.concatenate([data.before, data.after]), held_out,
-        Phase(time.time(), t0 + PHASE_ENDS["vae"] * budget, args.steps_vae), args.seed, log)
+        clock.phase(PHASE_ENDS["vae"], args.steps_vae), args.seed, log)
 
     mean = torch.cat([latent_modes(vae, data.before), latent_modes(vae, data.after)]).mean((0, 2, 3))
     center_latents(vae, mean)
@@ -386,16 +428,12 @@ def main(argv: list[str] | None = None) -> None:
     conditioning = encode_texts(text_encoder_from(clip), tokenizer, [world.EDITS[n].instruction for n in EDIT_NAMES] + [""])
     unet, unet_steps, unet_loss = train_unet(
         after_modes * scaling, before_latents, torch.from_numpy(data.edit), conditioning[:-1], conditioning[-1:],
-        Phase(time.time(), t0 + budget - SAVE_RESERVE_S, args.steps_unet), args.seed, log)
+        clock.phase(1.0, args.steps_unet), args.seed, log)
 
     save_model(args.out, clip, vae, unet, tokenizer)
     minutes = (time.time() - t0) / 60
     info = {
-        "image_size": SIZE, "latent_size": SIZE // 2, "seed": args.seed, "edits": EDIT_NAMES,
-        "global_edits": [n for n in EDIT_NAMES if world.EDITS[n].kind == "global"],
-        "local_edits": [n for n in EDIT_NAMES if world.EDITS[n].kind == "local"],
-        "hard_edits": list(world.HARD_EDITS),
-        "instructions": {n: world.get_edit(n).instruction for n in EDIT_NAMES + list(world.HARD_EDITS)},
+        "image_size": SIZE, "latent_size": SIZE // 2, "seed": args.seed, **world_summary(),
         "training": {
             "command": command, "minutes": round(minutes, 2), "budget_minutes": args.minutes,
             "pairs_per_edit": args.pairs_per_edit, "threads": args.threads,
@@ -411,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"wrote {args.out} ({info['weights_mb']} MB of weights) after {minutes:.1f} min")
 
     if args.eval_n:
-        from invert.toy.evaluate import evaluate_oracle, format_table
+        from .oracle import evaluate_oracle, format_table
 
         result = evaluate_oracle(args.out, n=args.eval_n)
         log("oracle check:\n" + format_table(result))

@@ -1,18 +1,24 @@
 """``invert apply``: edit images with learned instructions (alone, mixed, with text, or from a library)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 import invert
-from invert.defaults import DEFAULT_TEMPERATURE, SCHEDULERS
+from invert.defaults import DEFAULT_TEMPERATURE
 from invert.errors import InvertError
+from invert.settings import ApplySettings, build_settings
+from invert.settings.apply import MAX_VARIATIONS, MIX_WEIGHT, with_fresh_noise_flag
+from invert.settings.fields import check_value, flag
+from invert.settings.limits import MAX_RESOLUTION, MIN_RESOLUTION
+from invert.writing import make_folder, output_exists
 
-from .common import make_folder, quiet_option, user_errors
-from .options import model_options, noise_mode, noise_options
+from .common import quiet_option, user_errors
+from .numbers import number_option
+from .options import apply_settings_options, fresh_noise_option, model_options
 from .progress import sampling
 
 if TYPE_CHECKING:
@@ -59,19 +65,21 @@ def _inputs(paths: list[Path]) -> list[Path]:
 
 
 def _weights(mix: str | None) -> list[float] | None:
+    """--mix's weights, checked before any work."""
     if not mix:
         return None
     try:
-        return [float(w) for w in mix.split(",")]
+        weights = [float(w) for w in mix.split(",")]
     except ValueError:
         raise InvertError(f"--mix {mix!r}: expected comma-separated numbers such as 0.7,0.3") from None
+    return [check_value(w, float, MIX_WEIGHT, "--mix") for w in weights]
 
 
 def _state(path: Path, wanted: str) -> str | None:
     """None for an output still to make; SAME for one this run's settings made; else why it is in the way."""
     from .parameters import differences, read_parameters
 
-    if not path.exists():
+    if not output_exists(path):  # a name past the file system's limit fails here, before any sampling
         return None
     stored = read_parameters(path)
     if stored is None:
@@ -86,8 +94,12 @@ def _state(path: Path, wanted: str) -> str | None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Output folder (results keep the input's stem), or an image file for a single input.")
-@click.option("--mix", default=None, help="Weights for several .inst files, e.g. 0.7,0.3: a weighted sum of what "
-              "they learned (same method and base model).")
+@click.option("--mix", default=None, help="Weights for several .inst files of one method and base model, e.g. "
+              "0.7,0.3: each file's learned change (from its init) times its weight, added to a base, their inits "
+              "averaged by |weight|; what no file learned stays at that base. Weights summing to 1 interpolate "
+              "(copies of one file give that file; 1,0 the first); another total scales the combined change as "
+              "--strength does (0.7,0 is the first file at strength 0.7; 1,1 of one file twice, strength 2). "
+              "One file: its weight is its strength.")
 @click.option("--library", "library_file", type=click.Path(path_type=Path), default=None,
               help="Edit with an instruction library (invert library build) instead of .inst files: its instructions "
                    "mixed by how well their keys match the CLIP direction of the --before/--after pairs. No fitting.")
@@ -95,43 +107,35 @@ def _state(path: Path, wanted: str) -> str | None:
               help="--library: an exemplar before image (repeatable; paired in order with --after).")
 @click.option("--after", "afters", multiple=True, type=click.Path(path_type=Path),
               help="--library: an exemplar after image.")
-@click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True, type=float,
-              help="--library: softmax temperature over the key cosines; lower mixes fewer instructions.")
-@click.option("--best", default=None, type=click.IntRange(min=1),
+@number_option("--temperature", kind=float, above=0, maximum=100.0, default=DEFAULT_TEMPERATURE, show_default=True,
+               help="--library: softmax temperature over the key cosines; lower mixes fewer instructions.")
+@number_option("--best", kind=int, minimum=1, default=None,
               help="--library: mix only the K instructions whose keys match best (default: all).")
 @click.option("--method", default=None, help="--library: which method's instructions to mix (when it holds several).")
-@click.option("--text", default=None, help="Extra instruction text after the learned one (a hybrid instruction).")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--guidance", default=None, type=float, help="Text guidance; default: the file's.")
-@click.option("--image-guidance", default=None, type=float, help="Image guidance; default: the file's.")
-@noise_options
-@click.option("--num-variations", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Results per input, from seeds SEED, SEED+1, ... (fresh noise), written as STEM_seedS.png.")
-@click.option("--scheduler", default=None, type=click.Choice(list(SCHEDULERS)),
-              help="Sampler; default: the model's own (Euler ancestral for IP2P).")
-@click.option("--strength", default=1.0, show_default=True, type=float,
-              help="Scale of the learned change: 0 = the init text, 1 = learned, >1 extrapolates.")
-@click.option("--reverse", is_flag=True, help="Undo the edit: the reverse instruction of a fit with --reverse "
-              "(a lora instruction's negated adapter).")
-@click.option("--resolution", default=None, type=click.IntRange(min=8),
-              help="Resize and centre-crop inputs to this square size; default: keep the size (rounded down to 8).")
+@apply_settings_options
+@fresh_noise_option
+@number_option("--num-variations", kind=int, minimum=1, maximum=MAX_VARIATIONS, default=1, show_default=True,
+               help="Results per input, from seeds SEED, SEED+1, ... (fresh noise), written as STEM_seedS.png.")
+@number_option("--resolution", kind=int, minimum=MIN_RESOLUTION, maximum=MAX_RESOLUTION, default=None,
+               help="Resize and centre-crop inputs to this square size; default: keep the size (rounded down to 8).")
 @click.option("--grid", is_flag=True, help="Also write STEM_grid.png: exemplar pair | input | result, titled.")
 @click.option("--allow-model-mismatch", is_flag=True, help="Use an instruction learned on other base weights.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs (without it, those made with the same "
               "settings are skipped and others refused).")
 @click.option("--keep-going", is_flag=True, help="Skip inputs that fail (unreadable, output in the way) and edit "
               "the others; list the failures at the end (the exit status is still non-zero).")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
+@number_option("--batch-size", kind=int, minimum=1, default=4, show_default=True,
               help="Images per sampling batch (same-size images only); results do not depend on it (up to one "
                    "level of rounding).")
-@click.option("--low-memory", is_flag=True, help="VAE slicing: less memory, slower.")
+@click.option("--low-memory", is_flag=True, help="VAE slicing and (FLUX) the text encoders on the host "
+              "between encodings: less memory, slower.")
 @quiet_option
 @model_options(None)
 @click.pass_context
 @user_errors
-def apply(ctx, inputs, output, mix, text, steps, guidance, image_guidance, seed, fresh_noise, noise, num_variations,
-          scheduler, strength, reverse, resolution, grid, allow_model_mismatch, force, keep_going, batch_size,
-          low_memory, quiet, model, device, dtype, library_file, befores, afters, temperature, best, method):
+def apply(ctx, inputs, output, mix, fresh_noise, num_variations, resolution, grid, allow_model_mismatch, force,
+          keep_going, batch_size, low_memory, quiet, model, device, dtype, library_file, befores, afters, temperature,
+          best, method, **values):
     """Edit images with a learned instruction: INPUTS are one or more .inst files, then image files or folders.
 
     Each result is written as soon as its batch is done, with how it was made in its metadata (A1111's
@@ -152,6 +156,8 @@ def apply(ctx, inputs, output, mix, text, steps, guidance, image_guidance, seed,
 
     from .batch import Failures
 
+    values["noise"] = with_fresh_noise_flag(values["noise"], fresh_noise)
+    settings, weights = build_settings(ApplySettings, values, flag), _weights(mix)
     inst_paths, images = _split_inputs(inputs)
     editor = None
     if library_file is not None or befores or afters:
@@ -164,14 +170,14 @@ def apply(ctx, inputs, output, mix, text, steps, guidance, image_guidance, seed,
         raise InvertError("give one or more .inst files followed by images or folders")
     else:
         insts, sources = [Instruction.load(p) for p in inst_paths], inst_paths
-    options = dict(weights=_weights(mix), text=text, steps=steps, guidance=guidance, image_guidance=image_guidance,
-                   scheduler=scheduler, strength=strength, reverse=reverse, batch_size=batch_size,
-                   low_memory=low_memory, allow_model_mismatch=allow_model_mismatch)
-    options["noise"] = noise_mode(ctx, noise, fresh_noise, num_variations)
-    seeds = [seed + k for k in range(num_variations)] if options["noise"] == "fresh" else [None]
-    common = _parameters(insts[0], sources, options, mix=mix, resolution=resolution, model=model,
+    options = dict(weights=weights, batch_size=batch_size, low_memory=low_memory,
+                   allow_model_mismatch=allow_model_mismatch)
+    fit_seed = insts[0].meta.noise_seed
+    noise = settings.noise_mode(num_variations)
+    seeds = settings.seeds(fit_seed, num_variations) if noise == "fresh" else [None]
+    common = _parameters(insts[0], sources, settings, noise, mix=mix, resolution=resolution, model=model,
                          library=library_file)
-    jobs = _plan(_inputs(images), seeds, output, grid, text or "", common, int(insts[0].meta.get("noise_seed", 0)))
+    jobs = _plan(_inputs(images), seeds, output, grid, settings.text or "", common, fit_seed)
     failures = Failures(keep_going, lambda line: click.echo(line, err=True))
     todo, skipped = [], 0
     for job in jobs:
@@ -191,33 +197,31 @@ def apply(ctx, inputs, output, mix, text, steps, guidance, image_guidance, seed,
                    "(--force makes them again)", err=True)
     if todo:
         editor = editor or invert.load_editor(
-            model or recorded_model(insts[0].meta.get("base_model"), insts[0].path), device, dtype)
-        stopped = _run(todo, insts, editor, options, quiet, failures)
+            model or recorded_model(insts[0].meta.base_model, insts[0].path), device, dtype)
+        stopped = _run(todo, insts, editor, settings, options, quiet, failures)
         if stopped is not None:
             raise stopped
     summary = failures.summary(len(jobs))
-    if summary:
-        raise InvertError(summary)
+    if summary:  # one line per failure (an InvertError's message is one line: it would escape their breaks)
+        raise click.ClickException(summary)
 
 
-def _parameters(inst, sources: list[Path], options: dict, **recorded) -> dict:
+def _parameters(inst, sources: list[Path], settings: ApplySettings, noise: str, **recorded) -> dict:
     """What every result of the run records of how it was made (A1111's names where it has them)."""
     import hashlib
 
     from invert.backbones.model_info import local_folder
     from invert.pairs import file_sha256
 
-    stored = inst.meta.get("guidance") or {}
-    guidance, image_guidance = options["guidance"], options["image_guidance"]
+    guidance, image_guidance = settings.guidance_for(inst.meta.guidance)
     library = recorded["library"]
-    return {"Steps": options["steps"], "Sampler": options["scheduler"] or "model's",
-            "CFG scale": guidance if guidance is not None else stored.get("text", 7.5),
-            "Image CFG scale": image_guidance if image_guidance is not None else stored.get("image", 1.5),
+    return {"Steps": settings.steps, "Sampler": settings.scheduler or "model's",
+            "CFG scale": guidance, "Image CFG scale": image_guidance,
             "Seed": None, "Input": None,  # each result's own (see _plan); here for their place
-            "Noise": options["noise"],
-            "Strength": options["strength"], "Reverse": "yes" if options["reverse"] else None, "Mix": recorded["mix"],
+            "Noise": noise,
+            "Strength": settings.strength, "Reverse": "yes" if settings.reverse else None, "Mix": recorded["mix"],
             "Resolution": recorded["resolution"],
-            "Model": local_folder(recorded["model"]) if recorded["model"] else inst.meta.get("base_model"),
+            "Model": local_folder(recorded["model"]) if recorded["model"] else inst.meta.base_model,
             "Method": inst.method,
             "Instruction": f"{library.name} (library)" if library else ", ".join(p.name for p in sources),
             # the files the instruction comes from (for a library, with the exemplars that chose its mix)
@@ -228,14 +232,14 @@ def _parameters(inst, sources: list[Path], options: dict, **recorded) -> dict:
 def _plan(files: list[Path], seeds: list[int | None], output: Path, grid: bool, prompt: str, common: dict,
           fit_seed: int) -> list[Job]:
     """Every result of the run, one per input and seed, with where it goes and what it records."""
-    from invert.pairs import IMAGE_EXTENSIONS
+    from invert.pairs import IMAGE_EXTENSIONS, check_distinct_outputs
 
     from .batch import output_name
 
     single_file = output.suffix.lower() in IMAGE_EXTENSIONS
     if single_file and len(files) > 1:
         raise InvertError(f"{output}: one output file for {len(files)} images; give a folder")
-    make_folder(output.parent if single_file else output)
+    make_folder(output.parent, output) if single_file else make_folder(output)
     jobs = []
     for f in files:
         for s in seeds:
@@ -245,9 +249,7 @@ def _plan(files: list[Path], seeds: list[int | None], output: Path, grid: bool, 
             values = {**common, "Seed": fit_seed if s is None else s, "Input": f.name}
             jobs.append(Job(f, s, target, target.with_name(f"{target.stem}_grid.png") if grid else None, prompt,
                             values))
-    names = [p.name.casefold() for j in jobs for p in (j.target, j.grid) if p is not None]
-    if len(set(names)) != len(names):  # casefold: macOS and Windows ignore case
-        raise InvertError("two inputs share a file stem; their results would overwrite each other")
+    check_distinct_outputs([p.name for j in jobs for p in (j.target, j.grid) if p is not None])
     return jobs
 
 
@@ -257,7 +259,8 @@ def _text(job: Job, size: tuple[int, int] | None = None) -> str:
     return format_parameters(job.prompt, {**job.values, **({"Size": f"{size[0]}x{size[1]}"} if size else {})})
 
 
-def _run(todo: list[Job], insts, editor, options: dict, quiet: bool, failures) -> click.ClickException | None:
+def _run(todo: list[Job], insts, editor, settings: ApplySettings, options: dict, quiet: bool, failures
+         ) -> click.ClickException | None:
     """Make the results, each seed's with one ``invert.apply``, each batch written as soon as it is done. Returns
     the error to end with when a signal stopped the run, else None."""
     from invert.api import same_size_batches
@@ -269,7 +272,7 @@ def _run(todo: list[Job], insts, editor, options: dict, quiet: bool, failures) -
         by_seed.setdefault(job.seed, []).append(job)
     sizes = [len(b) for jobs in by_seed.values()
              for b in same_size_batches([j.image for j in jobs], options["batch_size"])]
-    with sampling(sizes, options["steps"], quiet, "apply") as progress:
+    with sampling(sizes, settings.steps, quiet, "apply") as progress:
         for seed, jobs in by_seed.items():
             pending = iter(jobs)
 
@@ -286,7 +289,7 @@ def _run(todo: list[Job], insts, editor, options: dict, quiet: bool, failures) -
                             progress.echo(f"wrote {job.grid}")
                 progress.finished(len(results))
 
-            invert.apply(insts, [j.image for j in jobs], editor=editor, seed=seed,
+            invert.apply(insts, [j.image for j in jobs], editor=editor, settings=replace(settings, seed=seed),
                          on_images=write, on_step=progress.on_step, **options)
     if progress.signum is None:
         return None

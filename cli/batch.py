@@ -65,6 +65,7 @@ def fitted_otherwise(path: Path, method: str, settings, method_settings) -> str 
     from dataclasses import asdict
 
     from invert.instruction import Instruction
+    from invert.methods import current_names
 
     try:
         inst = Instruction.load(path)
@@ -72,7 +73,7 @@ def fitted_otherwise(path: Path, method: str, settings, method_settings) -> str 
         return f"unreadable: {exc}"
     if inst.method != method:
         return f"--method {inst.method} there, {method} here"
-    stored = inst.meta.get("options") or {}
+    stored = current_names(inst.meta.options or {})  # a file of an older invert: its option names as now
     wanted = {**asdict(settings), **asdict(method_settings)}
     differ = []
     for name, value in wanted.items():

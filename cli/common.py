@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from invert.display import printable
 from invert.errors import InvertError, InvertWarning
+from invert.writing import make_folder, output_exists
 
+from .numbers import number_option
 from .threads import ENV as THREADS_ENV
 
 if TYPE_CHECKING:
@@ -74,7 +77,7 @@ class _Echo(logging.Handler):
     """invert's log records as plain lines on stderr, through Click (so that tests capture them)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
+        click.echo(printable(self.format(record)), err=True)
 
 
 _ECHO = _Echo()
@@ -97,10 +100,10 @@ def threads_option(fn):
     def remember(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
         ctx.meta[THREADS] = value
 
-    return click.option("--threads", type=click.IntRange(min=1), default=None, envvar=THREADS_ENV,
-                        expose_value=False, callback=remember,
-                        help="CPU threads for torch. Default: OMP_NUM_THREADS if set, else the cores other work leaves "
-                             f"free (cores minus the load average, at least 1). [env: {THREADS_ENV}]")(fn)
+    return number_option("--threads", kind=int, minimum=1, maximum=4096, default=None, envvar=THREADS_ENV,
+                         expose_value=False, callback=remember,
+                         help="CPU threads for torch. Default: OMP_NUM_THREADS if set, else the cores other work "
+                              f"leaves free (cores minus the load average, at least 1). [env: {THREADS_ENV}]")(fn)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -111,22 +114,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def check_output(path: Path, force: bool) -> None:
-    """Refuse, before any work, an output that exists (without --force) or a folder that cannot take it; create
-    its folder, as every command does for its outputs."""
-    if path.exists() and not force:
-        raise InvertError(f"{path}: already exists (use --force to overwrite)")
+    """Refuse, before any work, an output that exists (without --force), a name the file system cannot hold, or
+    a folder that cannot take it; create its folder, as every command does for its outputs."""
     parent = path.parent if str(path.parent) else Path(".")
-    make_folder(parent)
+    make_folder(parent, path)
+    if output_exists(path) and not force:
+        raise InvertError(f"{path}: already exists (use --force to overwrite)")
     if not os.access(parent, os.W_OK):
-        raise InvertError(f"{parent}: output folder is not writable")
-
-
-def make_folder(folder: Path) -> None:
-    """Create the output folder before any work, so that a bad one costs no model time."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvertError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+        raise InvertError(f"{path}: cannot write (its folder {parent} is not writable)")
 
 
 def process_device(device: str) -> str:
@@ -148,9 +143,13 @@ def saved(stopped: "FitStopped", path: Path, signum: int | None) -> click.ClickE
     """Write a stopped fit's state and say how to resume it; a signal's exit status is 128 + its number."""
     from invert.fitting.checkpoint import FitDiverged
 
-    stopped.state.save(path)
-    error = click.ClickException(f"{stopped}; saved the state to {path}: run the same command with "
-                                 f"--resume {path} to continue")
+    try:
+        stopped.state.save(path)
+    except InvertError as exc:  # the disk is full, say: the message says what was lost
+        error = click.ClickException(f"{stopped}; its state could not be saved: {exc}")
+    else:
+        error = click.ClickException(f"{stopped}; saved the state to {path}: run the same command with "
+                                     f"--resume {path} to continue")
     if signum is not None and not isinstance(stopped, FitDiverged):
         error.exit_code = 128 + signum
     return error

@@ -46,5 +46,5 @@ def encode(pairs, output, encoder_file, before, after, clip_model, allow_model_m
     inst = invert.encode(found, encoder, model=model, clip_model=clip_model, device=device, dtype=dtype,
                          allow_model_mismatch=allow_model_mismatch)
     inst.save(output, force=force)
-    click.echo(f"wrote {output} ({inst.method}, from {len(found)} pairs in {float(inst.meta['fit_seconds']):.2f} s)",
+    click.echo(f"wrote {output} ({inst.method}, from {len(found)} pairs in {inst.meta.fit_seconds:.2f} s)",
                err=quiet)

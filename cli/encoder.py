@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from invert.defaults import DEFAULT_MODEL
-from invert.methods import SETTINGS
+from invert.methods import settings_classes
 from invert.settings import FitSettings
 from invert.settings.encoder import ENCODER_FIT_DEFAULTS, EncoderSettings
 
@@ -17,7 +17,8 @@ from .options import config_option, given_settings, method_option, model_options
 
 # The fit's settings an encoder trains with (its loss's guidance) besides the method's own options.
 FIT_OPTIONS = {"guidance", "image_guidance", "mse_weight", "resolution"}
-OPTION_NAMES = {f for cls in (EncoderSettings, FitSettings, *SETTINGS.values()) for f in cls.__dataclass_fields__}
+OPTION_NAMES = {f for cls in (EncoderSettings, FitSettings, *settings_classes().values())
+                for f in cls.__dataclass_fields__}
 
 
 @click.group()
@@ -39,7 +40,7 @@ def encoder():
               show_default=True, help="The fit's loss on the instruction's own prediction (cond) or on the "
               "guidance-combined one (cfg, the fit's default): on the toy model the cfg loss is lowest for no edit "
               "at all, and an encoder trained on it learns to edit less.")
-@settings_options(*SETTINGS.values())
+@settings_options(*settings_classes().values())
 @click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue a stopped training from its state (OUTPUT.ckpt, written every --save-every steps and on "

@@ -9,10 +9,16 @@ from pathlib import Path
 import click
 
 import invert
+from invert.display import printable
 from invert.errors import InvertError
+from invert.settings import ApplySettings, build_settings
+from invert.settings.apply import with_fresh_noise_flag
+from invert.settings.fields import flag
+from invert.settings.limits import MAX_RESOLUTION, MIN_RESOLUTION
 
 from .common import check_output, quiet_option, user_errors
-from .options import model_options, noise_mode, noise_options
+from .numbers import number_option
+from .options import fresh_noise_option, model_options, sampling_options
 from .progress import sampling
 
 DIRECTION_SOURCES = {"given": "the --train-pairs'", "instruction": "the training pairs' (stored in the file)",
@@ -28,11 +34,11 @@ DIRECTION_SOURCES = {"given": "the --train-pairs'", "instruction": "the training
 @click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per image, then the mean.")
 @click.option("--sheet", type=click.Path(path_type=Path), default=None,
               help="Write a contact sheet PNG: before | truth | result under titles, each row's PSNR beside it.")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1))
-@noise_options
-@click.option("--resolution", default=None, type=click.IntRange(min=8),
-              help="Square size the test pairs are brought to; default: the fit's resolution.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
+@sampling_options
+@fresh_noise_option
+@number_option("--resolution", kind=int, minimum=MIN_RESOLUTION, maximum=MAX_RESOLUTION, default=None,
+               help="Square size the test pairs are brought to; default: the fit's resolution.")
+@number_option("--batch-size", kind=int, minimum=1, default=4, show_default=True,
               help="Images per sampling batch; scores do not depend on it (up to one level of rounding).")
 @click.option("--clip-model", default=None, help="CLIP for the CLIP metrics; default: the one recorded in the file.")
 @click.option("--no-clip", is_flag=True, help="Only PSNR and SSIM (no CLIP model needed).")
@@ -75,15 +81,17 @@ def eval_command(ctx, instruction, test_pairs, as_json, as_csv, sheet, steps, se
         raise InvertError("choose one of --json and --csv")
     if sheet is not None:
         check_output(sheet, force)
-    mode = noise_mode(ctx, noise, fresh_noise)
+    settings = build_settings(ApplySettings, {"steps": steps, "seed": seed,
+                                              "noise": with_fresh_noise_flag(noise, fresh_noise)}, flag)
+    mode = settings.noise_mode()
     inst = Instruction.load(instruction)
-    size = resolution or int(inst.meta.get("resolution", 512))
+    size = resolution or inst.meta.resolution or 512
     found = invert.find_pairs(test_pairs)
     befores, truths = load_pairs(found, size)
-    editor = load_editor(model or recorded_model(inst.meta.get("base_model"), instruction), device, dtype)
+    editor = load_editor(model or recorded_model(inst.meta.base_model, instruction), device, dtype)
     clip, direction = None, None
     if not no_clip:
-        clip = load_clip(clip_name_for(clip_model or inst.meta.get("clip_model") or None, editor.model_id),
+        clip = load_clip(clip_name_for(clip_model or inst.meta.clip_model or None, editor.model_id),
                          editor.device)
         if train_pairs is not None:
             direction = clip_direction(clip, *load_pairs(invert.find_pairs(train_pairs), size))
@@ -93,16 +101,15 @@ def eval_command(ctx, instruction, test_pairs, as_json, as_csv, sheet, steps, se
             results.extend(done)
             progress.finished(len(done))
 
-        invert.apply(inst, befores, editor=editor, steps=steps, seed=seed, noise=mode,
-                     allow_model_mismatch=allow_model_mismatch, batch_size=batch_size, on_images=keep,
-                     on_step=progress.on_step)
+        invert.apply(inst, befores, editor=editor, settings=settings, allow_model_mismatch=allow_model_mismatch,
+                     batch_size=batch_size, on_images=keep, on_step=progress.on_step)
     n = len(results)  # all of them, unless a signal stopped the run: then the pairs done are reported
     if n:
         scores = score_instruction(inst, befores[:n], results, truths[:n], clip=clip, train_direction=direction)
         for pair, row in zip(found, scores["images"]):
             row["name"] = pair.name
         settings = {"steps": steps, "resolution": size, "noise": mode, "batch_size": batch_size,
-                    "seed": seed if mode == "fresh" else int(inst.meta.get("noise_seed", 0)),
+                    "seed": settings.seeds(inst.meta.noise_seed)[0],
                     "model": editor.model_id, "clip_model": clip.name if clip else None}
         _report(scores, settings, instruction, test_pairs, as_json, as_csv, [m for m in METRICS if m in scores["mean"]])
         if sheet is not None:
@@ -125,13 +132,13 @@ def _report(scores: dict, settings: dict, instruction: Path, test_pairs: Path, a
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["name", *columns])
-        for row in rows:
-            writer.writerow([row["name"], *(f"{row[c]:.4f}" for c in columns)])
+        for row in rows:  # a pair's name is its files': control characters in it are shown escaped
+            writer.writerow([printable(row["name"]), *(f"{row[c]:.4f}" for c in columns)])
         click.echo(out.getvalue(), nl=False)
     else:
         click.echo(f"{'image':24s} " + " ".join(f"{c:>14s}" for c in columns))
         for row in rows:
-            click.echo(f"{row['name'][:24]:24s} " + " ".join(f"{row[c]:14.4f}" for c in columns))
+            click.echo(f"{printable(row['name'])[:24]:24s} " + " ".join(f"{row[c]:14.4f}" for c in columns))
         if "clip_direction_of_means" in scores:
             click.echo(f"clip_direction is against {DIRECTION_SOURCES[scores['direction_source']]} direction; the mean "
                        "row is its column's mean. TOP-Bench's score, the direction between the mean input and the "

@@ -10,8 +10,9 @@ from .common import check_output, user_errors
 
 def _export(instruction: Path, output: Path, kind: str, force: bool, reverse: bool = False):
     """Write the file atomically through the instruction's method (no model is loaded)."""
-    from invert.instruction import Instruction, write_atomically
+    from invert.instruction import Instruction
     from invert.methods import method_class
+    from invert.writing import write_atomically
 
     check_output(output, force)
     inst = Instruction.load(instruction)
@@ -34,10 +35,9 @@ def export_lora(instruction, output, reverse, force):
       python -c "pipe.load_lora_weights('sketch_lora.safetensors'); pipe(prompt='', image=img)"
     """
     inst = _export(instruction, output, "lora", force, reverse)
-    guidance = inst.meta.get("guidance") or {}
     click.echo(f"wrote {output}: load it with pipe.load_lora_weights({str(output)!r}) and call pipe(prompt="
-               f"{inst.meta.get('init_text', '')!r}, image=..., guidance_scale={guidance.get('text', 7.5)}, "
-               f"image_guidance_scale={guidance.get('image', 1.5)}) as it was fitted")
+               f"{inst.meta.init_text!r}, image=..., guidance_scale={inst.meta.text_guidance}, "
+               f"image_guidance_scale={inst.meta.image_guidance}) as it was fitted")
 
 
 @click.command("export-embeds")
@@ -47,13 +47,16 @@ def export_lora(instruction, output, reverse, force):
 @user_errors
 def export_embeds(instruction, output, force):
     """Write a visii INSTRUCTION's prompt embedding (1, 77, width) as a safetensors file for a plain diffusers
-    pipeline's prompt_embeds.
+    pipeline's prompt_embeds (and, for SDXL, its pooled vector as pooled_prompt_embeds).
 
     \b
       invert export-embeds sketch.inst -o sketch_embeds.safetensors
-      python -c "e = safetensors.torch.load_file('sketch_embeds.safetensors')['prompt_embeds']; pipe(prompt_embeds=e, image=img)"
+      python -c "e = safetensors.torch.load_file('sketch_embeds.safetensors'); pipe(**e, image=img)"
     """
+    from safetensors import safe_open
+
     inst = _export(instruction, output, "embeds", force)
-    guidance = inst.meta.get("guidance") or {}
-    click.echo(f"wrote {output}: pipe(prompt_embeds=load_file({str(output)!r})['prompt_embeds'], image=..., "
-               f"guidance_scale={guidance.get('text', 7.5)}, image_guidance_scale={guidance.get('image', 1.5)})")
+    with safe_open(str(output), "pt") as written:  # the pipeline's argument names: prompt_embeds (and pooled_...)
+        names = ", ".join(written.keys())
+    click.echo(f"wrote {output} ({names}): pipe(**load_file({str(output)!r}), image=..., "
+               f"guidance_scale={inst.meta.text_guidance}, image_guidance_scale={inst.meta.image_guidance})")

@@ -3,15 +3,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 import invert
 from invert.defaults import DEFAULT_MODEL
+from invert.writing import output_exists
 
 from .common import announce_stop, check_output, quiet_option, saved, user_errors
-from .options import config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings
+from .numbers import number_option
+from .options import (config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings,
+                      sources)
 from .signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from invert.instruction import Metadata
 
 CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; default: the model folder's clip/ "
                    "if it has one, else openai/clip-vit-large-patch14.")
@@ -25,14 +32,15 @@ CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; 
 @method_option
 @fit_settings_options
 @click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
-@click.option("--save-every", default=0, type=click.IntRange(min=0), help="Write OUTPUT.step-N.inst every N steps.")
+@number_option("--save-every", kind=int, minimum=0, default=0, help="Write OUTPUT.step-N.inst every N steps.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped fit from the state it saved "
               "(OUTPUT.ckpt, written on Ctrl-C, SIGTERM or divergence); give the same arguments otherwise.")
 @click.option("--json", "as_json", is_flag=True, help="Print what the fit found as one JSON object: the init text (and "
               "each candidate's score), the validation curve, the kept step and the fit check.")
 @quiet_option
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-@click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
+@click.option("--low-memory", is_flag=True, help="Gradient checkpointing, VAE slicing and (FLUX) the text "
+              "encoders on the host between encodings: less memory, slower.")
 @model_options(DEFAULT_MODEL)
 @config_option
 @click.pass_context
@@ -49,7 +57,7 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
     \b
       invert fit pairs/ -o sketch.inst
       invert fit --before a.jpg --after b.jpg -o sketch.inst --steps 500
-      invert fit pairs/ -o sketch.inst --method brush --threshold 1 --relative-threshold
+      invert fit pairs/ -o sketch.inst --method brush --phrases-threshold 1 --phrases-relative-threshold
       invert fit pairs/ -o sketch.inst --method lora --lora-rank 8 --reverse
       invert fit pairs/ -o sketch.inst --config fit.toml      # fit.toml: steps = 500 and so on
     """
@@ -59,29 +67,44 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
     check_output(output, force)  # before any work, not after the fit
     found = invert.find_pairs(pairs, before, after)
 
+    def snapshot(step: int) -> Path:
+        return output.with_name(f"{output.stem}.step-{step}.inst")
+
     def checkpoint(inst, step):
-        inst.save(output.with_name(f"{output.stem}.step-{step}.inst"), force=True)
+        inst.save(snapshot(step), force=True)
 
     state_path = output.with_name(f"{output.name}.ckpt")
+    # The files the fit may write besides OUTPUT, probed now: a name past the file system's limit is refused
+    # before the fit, not when a stopped fit's state would be lost for it.
+    output_exists(state_path)
+    if save_every:
+        last = (_steps(model, method, options) - 1) // save_every * save_every  # the last snapshot's step
+        if last:
+            output_exists(snapshot(last))
     with stop_on_signals(announce_stop) as stop:
         try:
             inst = invert.fit(found, method, model=model, device=device, dtype=dtype, clip_model=clip_model,
                               quiet=quiet, save_every=save_every, checkpoint=checkpoint, resume=resume,
-                              should_stop=stop, low_memory=low_memory, **options)
+                              should_stop=stop, low_memory=low_memory, sources=sources(ctx, options), **options)
         except FitStopped as stopped:
             raise saved(stopped, state_path, stop.signum) from None
     inst.save(output, force=force)
-    click.echo(f"wrote {output} ({inst.method}, init text {inst.meta['init_text']!r}, "
-               f"loss {inst.meta.get('final_loss')}, {float(inst.meta['fit_seconds']):.1f} s)", err=quiet or as_json)
+    click.echo(f"wrote {output} ({inst.method}, init text {inst.meta.init_text!r}, "
+               f"loss {inst.meta.final_loss}, {inst.meta.fit_seconds:.1f} s)", err=quiet or as_json)
     if as_json:
         click.echo(json.dumps(fit_report(output, inst.method, inst.meta), indent=2))
 
 
-def fit_report(output: Path, method: str, meta: dict) -> dict:
+def _steps(model: str, method: str, options: dict) -> int:
+    """The number of steps the fit will run (the model's own default when not given)."""
+    from invert.api import model_defaults
+    from invert.methods import settings_for
+
+    return settings_for(method, {**model_defaults(model, method, options), **options})[0].steps
+
+
+def fit_report(output: Path, method: str, meta: Metadata) -> dict:
     """What ``fit --json`` prints: the fit's outcome and how it checked itself."""
-    loss = meta.get("final_loss")
-    return {"output": str(output), "method": method, "init_text": meta.get("init_text"),
-            "init_scores": meta.get("init_scores"), "steps": int(meta["steps"]),
-            "final_loss": float(loss) if loss else None, "fit_seconds": float(meta["fit_seconds"]),
-            "kept_step": meta.get("kept_step"), "validation": meta.get("validation"),
-            "fit_check": meta.get("fit_check")}
+    return {"output": str(output), "method": method, "init_text": meta.init_text, "init_scores": meta.init_scores,
+            "steps": meta.steps, "final_loss": meta.final_loss, "fit_seconds": meta.fit_seconds,
+            "kept_step": meta.kept_step, "validation": meta.validation, "fit_check": meta.fit_check}

@@ -10,11 +10,16 @@ import click
 
 import invert
 from invert.defaults import DEFAULT_MODEL
+from invert.display import printable
 from invert.errors import InvertError
+from invert.settings.fields import flag
+from invert.writing import make_folder, output_exists
 
 from .common import process_device, quiet_option, user_errors
 from .fit import CLIP_MODEL_HELP
-from .options import config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings
+from .numbers import number_option
+from .options import (config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings,
+                      sources)
 
 
 @click.command("fit-batch")
@@ -23,14 +28,15 @@ from .options import config_option, fit_settings_options, given_settings, method
 @method_option
 @fit_settings_options
 @click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
-@click.option("--save-every", default=0, type=click.IntRange(min=0),
+@number_option("--save-every", kind=int, minimum=0, default=0,
               help="Write OUTPUT/SET.step-N.inst every N steps.")
 @click.option("--shard", default=None, help="K/N: fit every N-th set starting at K. Default: from RANK and "
               "WORLD_SIZE under torchrun or accelerate launch, else all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @quiet_option
 @click.option("--force", is_flag=True, help="Refit sets whose SET.inst was fitted with other settings.")
-@click.option("--low-memory", is_flag=True, help="Gradient checkpointing and VAE slicing: less memory, slower.")
+@click.option("--low-memory", is_flag=True, help="Gradient checkpointing, VAE slicing and (FLUX) the text "
+              "encoders on the host between encodings: less memory, slower.")
 @model_options(DEFAULT_MODEL)
 @config_option
 @click.pass_context
@@ -61,20 +67,27 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
 
     options = given_settings(ctx, pop_settings(values))
     # a bad option is refused before any set; the model's own defaults count, as invert.fit will use them
-    settings = settings_for(method, {**model_defaults(model, method, options), **options})
+    given = sources(ctx, options)
+    settings = settings_for(method, {**model_defaults(model, method, options), **options},
+                            lambda name: given.get(name) or flag(name))
     k, n = parse_shard(shard, dict(os.environ))
     if n > 1:
         device = process_device(device)  # each process its own GPU
     mine = exemplar_sets(sets)[k::n]
-    output.mkdir(parents=True, exist_ok=True)
+    make_folder(output)
     todo, rows = [], []
     for name, folder in mine:
         path = output / f"{name}.inst"
-        differs = fitted_otherwise(path, method, *settings) if path.exists() else None
+        try:  # a set whose output the file system cannot hold (a name past its limit) fails alone, before its fit
+            there = output_exists(path)
+        except InvertError as exc:
+            rows.append({"set": name, "status": f"failed: {exc}"})
+            continue
+        differs = fitted_otherwise(path, method, *settings) if there else None
         if differs and not force:
             raise InvertError(f"{path}: fitted with other settings ({differs}); use --force to refit it, or another "
                               "output folder")
-        if path.exists() and not differs:
+        if there and not differs:
             rows.append({"set": name, "status": "exists"})
         else:
             todo.append((name, folder))
@@ -86,16 +99,16 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
         def checkpoint(inst, step, name=name):
             inst.save(output / f"{name}.step-{step}.inst", force=True)
 
-        try:
+        try:  # one bad set, or one that cannot be written, does not end the batch
             inst = invert.fit(folder, method, editor=editor, clip=clip, quiet=True, low_memory=low_memory,
-                              save_every=save_every, checkpoint=checkpoint, **options)
-        except InvertError as exc:  # one bad set does not end the batch
+                              save_every=save_every, checkpoint=checkpoint, sources=given, **options)
+            inst.save(output / f"{name}.inst", force=True)
+        except InvertError as exc:  # one bad set (its inputs, or an output that cannot be written) does not end it
             rows.append({"set": name, "status": f"failed: {exc}"})
             continue
-        inst.save(output / f"{name}.inst", force=True)
-        rows.append({"set": name, "status": "fitted", "method": method, "steps": int(inst.meta["steps"]),
-                     "final_loss": float(inst.meta["final_loss"]) if inst.meta.get("final_loss") else None,
-                     "seconds": round(time.perf_counter() - start, 2), "fit_check": inst.meta.get("fit_check")})
+        rows.append({"set": name, "status": "fitted", "method": method, "steps": inst.meta.steps,
+                     "final_loss": inst.meta.final_loss, "seconds": round(time.perf_counter() - start, 2),
+                     "fit_check": inst.meta.fit_check})
     rows.sort(key=lambda r: r["set"])
     failed = [r for r in rows if r["status"].startswith("failed")]
     # Fitted, but the fit's own check found it worse than its start or than no edit, or its loss misbehaved.
@@ -104,15 +117,15 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
         click.echo(json.dumps({"shard": f"{k}/{n}", "output": str(output), "sets": rows}, indent=2))
     else:
         click.echo(f"{'set':24s} {'status':8s} {'method':7s} {'steps':>6s} {'final loss':>11s} {'seconds':>8s}")
-        for r in rows:
+        for r in rows:  # a set's name is its folder's: control characters in it are shown escaped
             loss = "" if r.get("final_loss") is None else f"{r['final_loss']:.5f}"
-            click.echo(f"{r['set'][:24]:24s} {r['status'][:8]:8s} {r.get('method', ''):7s} {r.get('steps', ''):>6} "
-                       f"{loss:>11s} {r.get('seconds', ''):>8}")
+            click.echo(f"{printable(r['set'])[:24]:24s} {r['status'][:8]:8s} {r.get('method', ''):7s} "
+                       f"{r.get('steps', ''):>6} {loss:>11s} {r.get('seconds', ''):>8}")
         for r in failed:
-            click.echo(f"{r['set']}: {r['status']}", err=True)
+            click.echo(f"{printable(r['set'])}: {r['status']}", err=True)
         if suspect:
             click.echo(f"{len(suspect)} of {len(rows)} sets did not pass the fit check:", err=True)
             for r in suspect:
-                click.echo(f"  {r['set']}: {r['fit_check']}", err=True)
+                click.echo(f"  {printable(r['set'])}: {printable(r['fit_check'])}", err=True)
     if failed:
         raise SystemExit(1)

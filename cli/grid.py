@@ -9,8 +9,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from invert.instruction import Instruction, write_atomically
+from invert.instruction import Instruction
 from invert.instruction.thumbnails import tensor_image
+from invert.writing import write_atomically
 
 from .parameters import EXIF_FORMATS, EXIF_IFD, KEY, UNICODE, USER_COMMENT
 

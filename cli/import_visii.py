@@ -37,5 +37,4 @@ def import_visii_command(file, output, init_text, force, quiet, model, device, d
     check_output(output, force)
     inst = import_visii(file, load_editor(model, device, dtype), init_text)
     inst.save(output, force=force)
-    click.echo(f"wrote {output} (visii, {inst.meta['num_tokens']} learned tokens, init text "
-               f"{inst.meta['init_text']!r})")
+    click.echo(f"wrote {output} (visii, {inst.meta.num_tokens} learned tokens, init text {inst.meta.init_text!r})")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from invert.display import printable
+
 from .common import user_errors
 
 
@@ -23,16 +25,19 @@ def inspect(instruction, as_json):
     from invert.instruction import Instruction
 
     inst = Instruction.load(instruction)
-    info = {"file": str(instruction), "method": inst.method, "meta": inst.meta,
+    meta = inst.meta.values()
+    info = {"file": str(instruction), "method": inst.method, "meta": meta,
             "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
                         for k, v in sorted(inst.tensors.items())}}
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
         return
-    click.echo(f"{instruction}: {inst.method} instruction")
-    for key in sorted(inst.meta):
-        value = inst.meta[key]
-        click.echo(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    # Every name and value comes from the file: control characters in them are shown escaped (--json escapes
+    # them as JSON does).
+    click.echo(f"{instruction}: {printable(inst.method)} instruction")
+    for key in sorted(meta):
+        value = meta[key]
+        click.echo(f"  {printable(key)}: {printable(json.dumps(value) if isinstance(value, (dict, list)) else value)}")
     click.echo("  tensors:")
     for name, t in info["tensors"].items():
-        click.echo(f"    {name}: {t['dtype']} {t['shape']}")
+        click.echo(f"    {printable(name)}: {t['dtype']} {t['shape']}")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from invert.display import printable
+
 from .common import check_output, user_errors
 
 
@@ -46,8 +48,8 @@ def build(insts, output, force, as_json):
         click.echo(json.dumps({"output": str(output), "methods": lib.methods, "base_model": lib.base_model,
                                "clip_model": lib.clip_model, "instructions": [_row(e) for e in lib.entries]}, indent=2))
         return
-    counts = ", ".join(f"{n} {m}" for m, n in lib.methods.items())
-    click.echo(f"wrote {output}: {len(lib.entries)} instructions ({counts}), base model {lib.base_model}")
+    counts = ", ".join(f"{n} {printable(m)}" for m, n in lib.methods.items())
+    click.echo(f"wrote {output}: {len(lib.entries)} instructions ({counts}), base model {printable(lib.base_model)}")
 
 
 @library.command()
@@ -73,20 +75,24 @@ def inspect(library_file, as_json):
                                "key_cosines": {a: {b: round(float(cos[i, j]), 4) for j, b in enumerate(names)}
                                                for i, a in enumerate(names)}}, indent=2))
         return
-    click.echo(f"{library_file}: {len(names)} instructions, base model {lib.base_model}, CLIP {lib.clip_model}")
-    width = max(map(len, names))
+    # Names, methods, model ids and init texts come from the file: control characters in them are shown escaped.
+    click.echo(f"{library_file}: {len(names)} instructions, base model {printable(lib.base_model)}, CLIP "
+               f"{printable(lib.clip_model)}")
+    shown = [printable(n) for n in names]
+    width = max(map(len, shown))
     click.echo(f"{'name':{width}s} {'method':7s} {'tokens':>6s}  {'closest keys (cosine)':40s}  init text")
     for i, e in enumerate(lib.entries):
         others = [j for j in cos[i].argsort(descending=True).tolist() if j != i][:3]
-        closest = ", ".join(f"{names[j]} {float(cos[i, j]):.2f}" for j in others)
+        closest = ", ".join(f"{shown[j]} {float(cos[i, j]):.2f}" for j in others)
         row = _row(e)
-        click.echo(f"{e.name:{width}s} {e.method:7s} {row['tokens']:>6}  {closest:40s}  {row['init_text']!r}")
+        click.echo(f"{shown[i]:{width}s} {printable(e.method):7s} {printable(row['tokens']):>6}  {closest:40s}  "
+                   f"{row['init_text']!r}")
 
 
 def _row(entry) -> dict:
     meta = entry.instruction.meta
-    return {"name": entry.name, "method": entry.method, "tokens": meta.get("num_tokens", ""),
-            "init_text": meta.get("init_text", ""), "steps": meta.get("steps", "")}
+    return {"name": entry.name, "method": entry.method, "tokens": meta.num_tokens, "init_text": meta.init_text,
+            "steps": meta.steps}
 
 
 def instruction_from_library(library_file, inst_paths, images, mix, befores, afters, method, temperature, best, model,
@@ -112,12 +118,11 @@ def instruction_from_library(library_file, inst_paths, images, mix, befores, aft
     lib = Library.load(library_file)
     pairs = [invert.find_pairs(before=b, after=a)[0] for b, a in zip(befores, afters)]
     editor = load_editor(model or recorded_model(lib.base_model, library_file), device, dtype)
-    size = int(lib.entries[0].instruction.meta.get("resolution") or editor.resolution)
-    inst, chosen, weights = lib.instruction_for(*load_pairs(pairs, size), editor=editor, method=method,
+    inst, chosen, weights = lib.instruction_for(*load_pairs(pairs, lib.exemplar_size(editor)), editor=editor, method=method,
                                                 temperature=temperature, top=best,
                                                 allow_model_mismatch=allow_model_mismatch)
-    click.echo(f"{library_file}: {len(chosen)} {chosen[0].method} instructions mixed (temperature {temperature:g}):",
-               err=True)
+    click.echo(f"{library_file}: {len(chosen)} {printable(chosen[0].method)} instructions mixed (temperature "
+               f"{temperature:g}):", err=True)
     for e, w in zip(chosen, weights):
-        click.echo(f"  {w:.4f}  {e.name}", err=True)
+        click.echo(f"  {w:.4f}  {printable(e.name)}", err=True)
     return editor, inst

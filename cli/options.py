@@ -6,20 +6,22 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import click
 from click.core import ParameterSource
 
-from invert.defaults import DEFAULT_MODEL, NOISE_MODES
-from invert.errors import InvertError
-from invert.methods import METHOD_NAMES, SETTINGS
-from invert.methods.settings import PhraseSettings
-from invert.settings import FitSettings
+from invert.defaults import DEFAULT_MODEL
+from invert.methods import method_entries, method_names, settings_classes
+from invert.settings import ApplySettings, FitSettings, InitSettings
+from invert.settings.fields import BadValue, convert, flag
 
 from .common import threads_option
+from .numbers import Number, number
 
-MODEL_HELP = "Base IP2P: hub id, local diffusers folder, or 'toy'."
+MODEL_HELP = ("Base editor (InstructPix2Pix, FLUX.2 [klein], FLUX.1 Kontext): hub id, local diffusers folder, "
+              "'toy' or 'toy-dit'.")
+CONFIG = "invert.cli.config"  # ctx.meta key: the --config file and the key each option was read from
 
 
 def model_options(default_model: str | None):
@@ -29,7 +31,7 @@ def model_options(default_model: str | None):
         fn = threads_option(fn)
         fn = click.option("--dtype", default="auto", show_default=True, envvar="INVERT_DTYPE",
                           type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-                          help="auto: fp16 on cuda, fp32 on cpu. [env: INVERT_DTYPE]")(fn)
+                          help="auto: fp16 on cuda (bf16 for the FLUX editors), fp32 on cpu. [env: INVERT_DTYPE]")(fn)
         fn = click.option("--device", default="auto", show_default=True, envvar="INVERT_DEVICE",
                           help="auto, cuda, cuda:1, mps or cpu. [env: INVERT_DEVICE]")(fn)
         default = "" if default_model is None else " [env: INVERT_MODEL]"
@@ -42,39 +44,10 @@ def model_options(default_model: str | None):
     return decorate
 
 
-def noise_options(fn):
-    """--seed, --noise and --fresh-noise (apply and eval): read them with :func:`noise_mode`."""
-    fn = click.option("--noise", default=None, type=click.Choice(list(NOISE_MODES)),
-                      help="stream: drawn in order from the fit's seed (the default without --seed); fit: the noise "
-                           "the fit drew for each timestep, reused (the VISII paper's fixed noise); fresh: from "
-                           "--seed, as diffusers' pipeline with that seed's generator (the default with --seed).")(fn)
-    fn = click.option("--fresh-noise", is_flag=True, help="The same as --noise fresh (kept for older scripts).")(fn)
-    return click.option("--seed", default=0, type=int,
-                        help="Draw fresh noise from this seed, as diffusers does with generator=torch.Generator()."
-                             "manual_seed(SEED): giving --seed means --noise fresh. Without it the fit's seed is "
-                             "used (0 with --noise fresh alone).")(fn)
-
-
-def noise_mode(ctx: click.Context, noise: str | None, fresh_noise: bool, num_variations: int = 1) -> str:
-    """--noise as given, else fresh when a seed (or variations) was asked for, as a diffusers or A1111 user expects
-    a seed to change the result; else the fit's stream. A seed with noise that ignores it is refused, not ignored."""
-    seed_given = ctx.get_parameter_source("seed") not in (ParameterSource.DEFAULT, None)
-    if fresh_noise and noise not in (None, "fresh"):
-        raise InvertError(f"--fresh-noise and --noise {noise} contradict each other; give one")
-    if noise in (None, "fresh") and (fresh_noise or seed_given or num_variations > 1):
-        return "fresh"
-    if noise is not None and noise != "fresh":
-        asked = "--seed" if seed_given else "--num-variations" if num_variations > 1 else None
-        if asked:
-            raise InvertError(f"{asked} draws fresh noise, but --noise {noise} uses the fit's; drop {asked} or use "
-                              "--noise fresh")
-        return noise
-    return "stream"
-
-
 def config_option(fn):
     """--config FILE.toml: option values (``steps = 500``, ``method = "brush"``, ``vocab = ["default", "mediums"]``)
-    as the command's defaults, through Click's default_map: the command line and the environment still win."""
+    as the command's defaults, through Click's default_map: the command line and the environment still win. Each
+    value is checked as the flag's is; an error names the file and the key."""
     def load(ctx: click.Context, param: click.Parameter, path: Path | None) -> None:
         if path is None:
             return
@@ -84,22 +57,49 @@ def config_option(fn):
             values = tomllib.loads(path.read_text())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise click.BadParameter(f"{path}: not a readable TOML file ({exc})", ctx, param) from None
-        known = {p.name for p in ctx.command.params if p.name != "config" and p.expose_value}
-        names = {key: key.replace("-", "_") for key in values}
-        unknown = sorted(key for key, name in names.items() if name not in known)
+        params = {p.name: p for p in ctx.command.params if p.name != "config" and p.expose_value}
+        # a key is a flag without its dashes: any of the option's spellings
+        spellings = {o.lstrip("-").replace("-", "_"): p.name for p in params.values() for o in p.opts}
+        unknown = sorted(key for key in values if key.replace("-", "_") not in spellings)
         if unknown:
             raise click.BadParameter(f"{path}: unknown option {', '.join(map(repr, unknown))} (the options of "
                                      f"'invert {ctx.command.name}' are its flags without the dashes)", ctx, param)
-        # a repeatable option (init-text, vocab) takes one value or a list of them, as on the command line
-        repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
-        values = {names[k]: [v] if names[k] in repeatable and not isinstance(v, list) else v
-                  for k, v in values.items()}
-        ctx.default_map = {**(ctx.default_map or {}), **values}
+        checked, keys = {}, {}
+        for key, value in values.items():
+            name = spellings[key.replace("-", "_")]
+            keys.setdefault(name, key)
+            try:
+                checked[name] = _file_value(params[name], value)
+            except BadValue as exc:
+                raise click.BadParameter(f"{path}: key '{key}': {exc}", ctx, param) from None
+        ctx.default_map = {**(ctx.default_map or {}), **checked}
+        ctx.meta[CONFIG] = (path, keys)
 
     return click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
                         expose_value=False, callback=load,
                         help="A TOML file of option values (steps = 500, method = \"brush\"), used as defaults: "
                              "the command line and the environment override them.")(fn)
+
+
+def _file_value(param: click.Parameter, value: Any) -> Any:
+    """A --config value for ``param``, checked as its flag's: typed as the option is, within its limits."""
+    if getattr(param, "multiple", False):
+        # a repeatable option (init-text, vocab) takes one value or a list of them, as on the command line
+        return [_file_item(param, v) for v in (value if isinstance(value, list) else [value])]
+    return _file_item(param, value)
+
+
+def _file_item(param: click.Parameter, value: Any) -> Any:
+    kind = param.type
+    if isinstance(kind, Number):
+        return kind.check(value)
+    if getattr(param, "is_flag", False):
+        return convert(value, bool)
+    if not isinstance(value, str):
+        raise BadValue(f"expected text, not {value!r}")
+    if isinstance(kind, click.Choice) and value not in kind.choices:
+        raise BadValue(f"choose from {', '.join(map(str, kind.choices))}; not {value!r}")
+    return value
 
 
 def _split_commas(ctx, param, value):
@@ -110,28 +110,28 @@ def _split_commas(ctx, param, value):
 
 
 def _option(f: dataclasses.Field, kind: Any) -> Callable:
-    flag = "--" + f.name.replace("_", "-")
+    """A setting's click option. Its flag is its name (see invert.methods.settings for the naming rule); a renamed
+    setting's older names stay as further flags (Click aliases them at no cost), and so as --config keys."""
     meta, default = f.metadata, f.default
+    flags = [flag(f.name), *map(flag, meta.get("aliases", ()))]
     help_text = meta.get("help", "")
     if type(None) in typing.get_args(kind):  # X | None: an option of type X whose default is None
         kind = next(t for t in typing.get_args(kind) if t is not type(None))
-    minimum = meta.get("minimum")
     if kind is bool:
-        return click.option(flag, f.name, is_flag=True, default=default, help=help_text)
+        return click.option(*flags, f.name, is_flag=True, default=default, help=help_text)
     if typing.get_origin(kind) is tuple:
-        return click.option(flag, f.name, multiple=True, default=(),
+        return click.option(*flags, f.name, multiple=True, default=(),
                             callback=_split_commas if meta.get("split_commas", True) else None,
                             metavar=meta.get("metavar"), show_default=",".join(default) if default else False,
                             help=help_text + (" Repeatable, or comma-separated." if default == () else ""))
     if typing.get_origin(kind) is Literal:
         click_type: Any = click.Choice(list(typing.get_args(kind)))
-    elif kind is int:
-        click_type = click.IntRange(min=minimum) if minimum is not None else int
-    elif kind is float:
-        click_type = click.FloatRange(min=minimum) if minimum is not None else float
+    elif kind in (int, float):
+        click_type = Number(kind, meta)
+        help_text = f"{help_text} {click_type.describe()}".strip()
     else:
         click_type = str
-    return click.option(flag, f.name, type=click_type, default=default, show_default=default is not None,
+    return click.option(*flags, f.name, type=click_type, default=default, show_default=default is not None,
                         metavar=meta.get("metavar"), help=help_text)
 
 
@@ -153,17 +153,24 @@ def settings_options(*classes: type, only: set[str] | None = None) -> Callable:
     return decorate
 
 
-SETTING_NAMES = {f.name for cls in (FitSettings, *SETTINGS.values()) for f in dataclasses.fields(cls)}
+SETTING_NAMES = {f.name for cls in (FitSettings, *settings_classes().values()) for f in dataclasses.fields(cls)}
 
-fit_settings_options = settings_options(FitSettings, *SETTINGS.values())
-phrase_options = settings_options(PhraseSettings, FitSettings, only={f.name for f in dataclasses.fields(PhraseSettings)}
-                                  | {"vocab"})
+fit_settings_options = settings_options(FitSettings, *settings_classes().values())
+apply_settings_options = settings_options(ApplySettings)
+sampling_options = settings_options(ApplySettings, only={"steps", "seed", "noise"})  # eval's
+
+
+phrase_options = settings_options(InitSettings, only={"vocab", "phrases_top", "phrases_threshold",
+                                                     "phrases_relative_threshold", "phrases_template"})
+
+
+def fresh_noise_option(fn):
+    return click.option("--fresh-noise", is_flag=True, help="The same as --noise fresh (kept for older scripts).")(fn)
 
 
 def method_option(fn):
-    return click.option("--method", default="visii", show_default=True, type=click.Choice(list(METHOD_NAMES)),
-                        help="visii: learned prompt embedding; brush: InstructBrush's time-aware cross-attention K/V; "
-                             "lora: a LoRA of change on the UNet's attention projections.")(fn)
+    return click.option("--method", default="visii", show_default=True, type=click.Choice(list(method_names())),
+                        help="; ".join(f"{e.name}: {e.title}, {e.summary}" for e in method_entries()) + ".")(fn)
 
 
 def given_settings(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
@@ -173,10 +180,19 @@ def given_settings(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]
             if name in SETTING_NAMES and ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
 
 
+def sources(ctx: click.Context, names: Iterable[str]) -> dict[str, str]:
+    """Where each of the options ``names`` came from, as an error names it: the --config file and its key, or
+    the flag (the library checks what only the model can tell, such as its text encoder's token count)."""
+    path, keys = ctx.meta.get(CONFIG, (None, {}))
+    return {name: f"{path}: key '{keys[name]}'" if ctx.get_parameter_source(name) == ParameterSource.DEFAULT_MAP
+            and name in keys else flag(name) for name in names}
+
+
 def pop_settings(values: dict[str, Any]) -> dict[str, Any]:
     """Remove the fit settings from a command's keyword arguments; return them."""
     return {name: values.pop(name) for name in list(values) if name in SETTING_NAMES}
 
 
-__all__ = ["DEFAULT_MODEL", "config_option", "fit_settings_options", "given_settings", "method_option", "model_options",
-           "noise_mode", "noise_options", "phrase_options", "pop_settings", "settings_options"]
+__all__ = ["DEFAULT_MODEL", "Number", "apply_settings_options", "config_option", "fit_settings_options",
+           "fresh_noise_option", "given_settings", "method_option", "model_options", "number", "phrase_options",
+           "pop_settings", "sampling_options", "settings_options", "sources"]

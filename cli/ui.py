@@ -12,6 +12,7 @@ from invert.errors import InvertError
 
 # main.py registers this command at its very end, so its helpers exist when this module is imported.
 from .common import user_errors
+from .numbers import number_option
 from .options import model_options
 
 INSTALL_HINT = "invert ui needs Gradio, an optional extra: pip install 'invert[ui]'"
@@ -21,7 +22,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 @click.command("ui")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 makes the app reachable from other machines.")
-@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
+@number_option("--port", kind=int, minimum=1, maximum=65535, default=7860, show_default=True)
 @model_options(DEFAULT_MODEL)
 @user_errors
 def ui(host, port, model, device, dtype):
@@ -38,7 +39,11 @@ def ui(host, port, model, device, dtype):
     import tempfile  # here, like the rest: `invert ui --help` answers at once
 
     _check_address(host, port)
-    root = Path(tempfile.mkdtemp(prefix="invert-ui-"))
+    try:
+        root = Path(tempfile.mkdtemp(prefix="invert-ui-"))
+    except OSError as exc:
+        raise InvertError(f"{tempfile.gettempdir()}: cannot create the app's temporary folder there "
+                          f"({exc.strerror or exc}); set TMPDIR to a writable folder") from None
     # Gradio reads these when it is imported: its upload cache inside our folder, and no calls home.
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

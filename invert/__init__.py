@@ -19,7 +19,7 @@ _EXPORTS = {
     "encode": "encoder", "EncoderFile": "encoder",
     "Editor": "backbones", "load_editor": "backbones",
     "InvertError": "errors",
-    "FitSettings": "settings",
+    "FitSettings": "settings", "ApplySettings": "settings",
     "Instruction": "instruction",
     "Pair": "pairs", "find_pairs": "pairs",
 }

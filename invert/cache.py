@@ -6,8 +6,7 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
-    """``$INVERT_CACHE``, else ``$XDG_CACHE_HOME/invert``, else ``~/.cache/invert``."""
+    """``$INVERT_CACHE``, else ``$XDG_CACHE_HOME/invert``, else ``~/.cache/invert``; created by whoever writes
+    into it, who also says what a cache that cannot be written costs."""
     root = os.environ.get("INVERT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "invert"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(root)

@@ -2,6 +2,8 @@
 `invert --help` and shell completion answer at once."""
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+# IP2P's guidance scales (text, image): the fit's defaults, and apply's when a file records none.
+IP2P_GUIDANCE, IP2P_IMAGE_GUIDANCE = 7.5, 1.5
 
 # --scheduler names -> diffusers scheduler classes. euler_a_karras: Euler ancestral on Karras et al.'s sigmas, the
 # InstructBrush paper's sampler (diffusers' ancestral Euler has no Karras option: invert sets the sigmas itself).

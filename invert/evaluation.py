@@ -76,7 +76,7 @@ def score(befores: list[Image.Image], results: list[Image.Image], truths: list[I
 
 def stored_direction(instruction: Instruction, clip: Clip) -> torch.Tensor | None:
     """The training pairs' CLIP direction the fit stored, if it was measured with this same CLIP model."""
-    if "clip.direction" in instruction.tensors and instruction.meta.get("clip_model") == clip.name:
+    if "clip.direction" in instruction.tensors and instruction.meta.clip_model == clip.name:
         return instruction.tensors["clip.direction"]
     return None
 

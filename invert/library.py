@@ -14,7 +14,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,8 +27,9 @@ from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL, DEFAULT_TEMPERATURE
 from .errors import InstructionFileError, InvertError, InvertWarning
 from .fitting.losses import clip_direction
-from .instruction import Instruction, read_verified, tensors_sha256, write_atomically
+from .instruction import Instruction, read_verified, tensors_sha256
 from .instruction.thumbnails import thumbnail_tensor
+from .writing import write_atomically
 
 FORMAT = "invert.library"
 VERSION = 1
@@ -66,11 +67,15 @@ class Library:
 
     @property
     def base_model(self) -> str:
-        return self.entries[0].instruction.meta.get("base_model") or DEFAULT_MODEL
+        return self.entries[0].instruction.meta.base_model or DEFAULT_MODEL
 
     @property
     def clip_model(self) -> str:
-        return self.entries[0].instruction.meta.get("clip_model", "")
+        return self.entries[0].instruction.meta.clip_model
+
+    def exemplar_size(self, editor: Editor) -> int:
+        """The size new exemplar pairs are brought to: its instructions' fit size (the model's own if unknown)."""
+        return self.entries[0].instruction.meta.resolution or editor.resolution
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write atomically; refuse to overwrite an existing file unless ``force``."""
@@ -162,7 +167,7 @@ class Library:
         inst, chosen, weights = mix_entries(chosen, weights, editor)
         inst.tensors.update({KEY: direction, "exemplar.before": thumbnail_tensor(befores[0]),
                              "exemplar.after": thumbnail_tensor(afters[0])})
-        inst.meta["library"] = ", ".join(f"{e.name} {w:.4f}" for e, w in zip(chosen, weights))
+        inst.meta = replace(inst.meta, library=", ".join(f"{e.name} {w:.4f}" for e, w in zip(chosen, weights)))
         inst.path = self.path
         return inst, chosen, weights
 
@@ -187,17 +192,17 @@ def check_entries(entries: list[Entry], where: str) -> None:
         if key.shape != first.tensors[KEY].shape:
             raise InstructionFileError(f"{inst.path}: its key has {key.shape[0]} dimensions, {first.path}'s "
                                        f"{first.tensors[KEY].shape[0]}")
-        if inst.meta.get("model_fingerprint") != first.meta.get("model_fingerprint"):
+        if inst.meta.model_fingerprint != first.meta.model_fingerprint:
             raise InvertError(f"{inst.path} and {first.path} were learned on different base models ({_model(inst)} vs "
                               f"{_model(first)}); a library holds the instructions of one")
-        if inst.meta.get("clip_model") != first.meta.get("clip_model"):
+        if inst.meta.clip_model != first.meta.clip_model:
             raise InvertError(f"{inst.path} and {first.path} were keyed with different CLIP models "
-                              f"({inst.meta.get('clip_model')!r} vs {first.meta.get('clip_model')!r}): their keys "
+                              f"({inst.meta.clip_model!r} vs {first.meta.clip_model!r}): their keys "
                               "cannot be compared")
 
 
 def _model(inst: Instruction) -> str:
-    return f"{inst.meta.get('base_model')!r}, fingerprint {inst.meta.get('model_fingerprint')}"
+    return f"{inst.meta.base_model!r}, fingerprint {inst.meta.model_fingerprint}"
 
 
 def build_library(paths: list[str | os.PathLike]) -> Library:
@@ -253,8 +258,7 @@ def apply_library(library: Library | str | os.PathLike, images: list[Image.Image
 
     lib = library if isinstance(library, Library) else Library.load(library)
     editor = editor or load_editor(model or lib.base_model, device, dtype)
-    size = int(lib.entries[0].instruction.meta.get("resolution") or editor.resolution)
-    befores, afters = load_pairs(_as_pairs(pairs), size)
+    befores, afters = load_pairs(_as_pairs(pairs), lib.exemplar_size(editor))
     inst, chosen, weights = lib.instruction_for(befores, afters, editor=editor, clip=clip, method=method,
                                                 temperature=temperature, top=top,
                                                 allow_model_mismatch=allow_model_mismatch)

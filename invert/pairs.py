@@ -176,6 +176,14 @@ def _sixteen_to_eight_bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
 
 
+def check_distinct_outputs(names: list[str]) -> None:
+    """Refuse a run whose results would overwrite each other: two output file names equal up to case (macOS and
+    Windows ignore it), as two inputs of one stem give."""
+    folded = [n.casefold() for n in names]
+    if len(set(folded)) != len(folded):
+        raise InvertError("two inputs share a file stem; their results would overwrite each other")
+
+
 def fit_to_resolution(img: Image.Image, resolution: int) -> Image.Image:
     """Resize the short side to ``resolution`` and centre-crop to a square."""
     return ImageOps.fit(img, (resolution, resolution), method=Image.Resampling.LANCZOS)

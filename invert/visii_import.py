@@ -7,6 +7,7 @@ EOS were learned; that prompt is in the run's ``learned_prompt.txt``. The file i
 (``noises.pt``) are not imported: apply draws invert's own from the stored seed."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -73,5 +74,5 @@ def import_visii(path: str | Path, editor: Editor, init_text: str | None = None)
     method = Visii(editor, init.embeds, eos, embeds[:, 1:eos].to(editor.device))
     inst = make_instruction(method, editor, FitSettings(init_text=text, resolution=editor.resolution),
                             init_text=text)
-    inst.meta["imported_from"] = f"VISII {path.name} (sha256 {file_sha256(path)})"
+    inst.meta = replace(inst.meta, imported_from=f"VISII {path.name} (sha256 {file_sha256(path)})")
     return inst

@@ -68,6 +68,28 @@ def _isolated_cache(tmp_path_factory):
     os.environ["INVERT_CACHE"] = str(tmp_path_factory.mktemp("invert-cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tokenizers_read_once():
+    """Each command a test runs loads its model anew, and reading the CLIP tokenizer's files (the 49,408 tokens of
+    vocab.json and merges.txt) is most of loading the tiny model: 1.9 of an `invert apply`'s 3.0 s on a busy
+    machine. A folder's files do not change during the run, and invert never changes a tokenizer, so each folder's
+    is read once and later loads get that one; everything else of a model still loads every time."""
+    from transformers import CLIPTokenizer
+
+    read = CLIPTokenizer.from_pretrained.__func__
+    loaded = {}
+
+    def from_pretrained(cls, path, *args, **kwargs):
+        key = repr((cls, os.fspath(path), args, sorted(kwargs.items())))
+        if key not in loaded:
+            loaded[key] = read(cls, path, *args, **kwargs)
+        return loaded[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CLIPTokenizer, "from_pretrained", classmethod(from_pretrained))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, _isolated_cache):
     """A diffusers IP2P folder with a clip/ subfolder, loaded by path like a user's local copy."""
@@ -92,6 +114,14 @@ def clip(tiny_model_dir):
     from invert.clip import load_clip
 
     return load_clip(str(tiny_model_dir / "clip"))
+
+
+@pytest.fixture(scope="session")
+def toy():
+    """The shipped toy model, loaded once for the tests that fit or apply on it."""
+    from invert.backbones import load_editor
+
+    return load_editor("toy", device="cpu", dtype="fp32")
 
 
 def scene(seed: int, size: int = TINY_RES, night: bool = False) -> Image.Image:

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from invert.methods import method_names
+
 ROOT = Path(__file__).resolve().parent.parent
-METHOD_NAMES = ("visii", "brush", "lora")
 
 
 def python_files(*folders: str) -> list[Path]:
@@ -58,7 +59,7 @@ def test_the_cli_modules_do_not_import_main():
             assert "invert.cli.main" not in imported_modules(path), path.name
 
 
-NAME = "|".join(METHOD_NAMES)
+NAME = "|".join(method_names())
 # A comparison with a method's name, or hasattr() on a method or its class.
 BRANCH = re.compile(rf"""(==|!=|\bin)\s*[(\[{{]?\s*["']({NAME})["']|["']({NAME})["']\s*(==|!=)"""
                     r"""|\bhasattr\(\s*(cls|method|learned|m|inst|instruction)\b""")

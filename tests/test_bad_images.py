@@ -183,17 +183,17 @@ def test_unwritable_output_folder(run, tiny_model_dir, pairs_dir, tmp_path, monk
     # Tests may run as root, whom permission bits do not stop: make the folder read-only as access() sees it.
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     r = run("fit", pairs_dir, "-o", locked / "x.inst", "--model", tiny_model_dir, "--init-text", "x")
-    assert r.exit_code == 1 and f"{locked}: output folder is not writable" in r.output
+    assert r.exit_code == 1 and f"{locked / 'x.inst'}: cannot write (its folder {locked} is not writable)" in r.output
 
 
 def test_a_failed_write_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
-    from invert.instruction import write_atomically
+    from invert.writing import write_atomically
 
     def refuse(**_):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    with pytest.raises(InvertError, match=r"cannot write there \(Permission denied\)"):
+    with pytest.raises(InvertError, match=r"a.inst: cannot write \(Permission denied\)"):
         write_atomically(tmp_path / "a.inst", lambda tmp: None)
     monkeypatch.undo()
 

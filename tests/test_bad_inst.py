@@ -1,9 +1,11 @@
 """Untrusted .inst files and VISII imports: refused with a clear error, never unpickled."""
+import dataclasses
 import json
 import os
 import pickle
 import struct
 import tempfile
+import typing
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from safetensors.torch import save_file
 
 from invert.api import load_method
 from invert.errors import InstructionFileError, InvertError
-from invert.instruction import MAX_HEADER_BYTES, Instruction, tensors_sha256
+from invert.instruction import MAX_HEADER_BYTES, Instruction, Metadata, tensors_sha256
 
 WIDTH = 32  # the tiny text encoder's
 
@@ -80,16 +82,66 @@ def test_non_finite_values(tmp_path, value):
     refused(tmp_path / "x.inst", "'visii.learned' holds NaN or inf")
 
 
+def raw_instruction(path: Path, **strings: str) -> Path:
+    """A well-formed visii .inst file whose metadata strings are ``strings``, whatever they hold."""
+    tensors = {"visii.init": torch.randn(1, 77, WIDTH), "visii.learned": torch.randn(1, 3, WIDTH)}
+    save_file(tensors, path, metadata={"format": "invert.inst", "version": "2", "method": "visii", **strings,
+                                       "tensor_sha256": tensors_sha256(tensors)})
+    return path
+
+
 @pytest.mark.parametrize("key, value, words", [
-    ("guidance", [7.5], "'guidance' should be a JSON dict"),
-    ("guidance", {"text": "loud"}, "'guidance' should hold numbers"),
-    ("exemplars", {"a": 1}, "'exemplars' should be a JSON list"),
-    ("noise_seed", "zero", "'noise_seed' should be an integer"),
-    ("steps", "1e3", "'steps' should be an integer"),
+    ("guidance", "[7.5]", "metadata 'guidance': expected a JSON object"),
+    ("guidance", '{"text": "loud"}', "metadata 'guidance': expected a number, not 'loud'"),
+    ("guidance", '{"text": 1e30}', "metadata 'guidance': must be at most 30"),
+    ("exemplars", '{"a": 1}', "metadata 'exemplars': expected a JSON list"),
+    ("options", "{not json", "metadata 'options' is not valid JSON"),
+    ("noise_seed", "zero", "metadata 'noise_seed' is not a whole number"),
+    ("noise_seed", str(2**80), "metadata 'noise_seed': must be at most 9223372036854775807, not 1208925819"),
+    ("steps", "1e3", "metadata 'steps' is not a whole number"),
+    ("final_loss", "nan", "metadata 'final_loss': must be a finite number, not nan"),
 ])
-def test_metadata_of_the_wrong_type(tmp_path, key, value, words):
-    visii_instruction(**{key: value}).save(tmp_path / "x.inst")
-    refused(tmp_path / "x.inst", words)
+def test_metadata_of_the_wrong_type_or_out_of_range(tmp_path, key, value, words):
+    refused(raw_instruction(tmp_path / "x.inst", **{key: value}), words)
+
+
+def stored_bad_values(kind, limits) -> list[str]:
+    """Metadata strings a field of ``kind`` and ``limits`` refuses."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+    kind = args[0]
+    if kind in (dict, list):
+        return ["{not json", "[1]" if kind is dict else "{}", "3"]
+    if kind is str:
+        return []  # any text is text
+    values = ["x", "[1]", "nan", "inf", "-inf"] + (["2.5", "1e3", str(2**80)] if kind is int else ["1e400"])
+    low, high = limits.get("minimum"), limits.get("maximum")
+    values += [str(low - 1)] if low is not None else []
+    values += [str(high * 2 if high else 1)] if high is not None else []
+    return values
+
+
+FIELDS = [(f.name, typing.get_type_hints(Metadata)[f.name], f.metadata) for f in dataclasses.fields(Metadata)]
+
+
+@pytest.mark.parametrize("name, kind, limits", FIELDS, ids=[f[0] for f in FIELDS])
+def test_every_metadata_field_is_checked_when_read(tmp_path, name, kind, limits):
+    """Generated from the metadata dataclass: a new field is covered without a line here."""
+    key = "guidance" if name.endswith("_guidance") else name
+    for value in stored_bad_values(kind, limits):
+        if key == "guidance":  # one JSON object of both scales: the bad value as JSON would hold it
+            value = json.dumps({name.removesuffix("_guidance"): value if value == "x" else json.loads(
+                value.replace("-inf", "-Infinity").replace("inf", "Infinity").replace("nan", "NaN"))})
+        message = refused(raw_instruction(tmp_path / "x.inst", **{key: value}), f"metadata '{key}'")
+        assert len(message) < 300, message
+
+
+def test_a_seed_past_the_generator_in_a_file_is_one_line_from_apply(run, tmp_path):
+    path = raw_instruction(tmp_path / "big.inst", noise_seed=str(2**80), base_model="toy")
+    scene(0).save(tmp_path / "in.png")
+    r = run("apply", path, tmp_path / "in.png", "-o", tmp_path / "out.png", "--steps", 1)
+    assert r.exit_code == 1 and messages(r.output) == [f"Error: {path}: metadata 'noise_seed': must be at most "
+                                                       f"9223372036854775807, not 1208925819614629174706176"]
+    assert not (tmp_path / "out.png").exists()
 
 
 @pytest.mark.parametrize("init_shape, learned_shape, words", [
@@ -199,8 +251,8 @@ def test_any_metadata_loads_or_is_refused(meta):
         data = (Path(tmp) / "m.inst").read_bytes()
     loaded = load_outcome(data)
     if loaded is not None:
-        assert isinstance(loaded.meta.get("guidance", {}), dict)
-        int(loaded.meta.get("noise_seed", 0))
+        assert all(isinstance(g, float) and 0 <= g <= 30 for g in loaded.meta.guidance)
+        assert isinstance(loaded.meta.noise_seed, int) and 0 <= loaded.meta.noise_seed < 2**63
 
 
 # Import of the official VISII code's saved prompt embedding.
@@ -226,7 +278,7 @@ def test_import_visii_and_apply(run, editor, tiny_model_dir, tmp_path):
     assert "3 learned tokens" in r.output and "'make it night'" in r.output
     inst = Instruction.load(out)
     assert inst.method == "visii" and torch.equal(inst.tensors["visii.learned"][0], learned)
-    assert inst.meta["imported_from"].startswith("VISII prompt_embeds_999.pt (sha256 ")
+    assert inst.meta.imported_from.startswith("VISII prompt_embeds_999.pt (sha256 ")
     scene(1).save(tmp_path / "in.png")
     r = run("apply", out, tmp_path / "in.png", "-o", tmp_path / "edited.png", "--steps", 2)
     assert r.exit_code == 0, r.output

@@ -1,7 +1,10 @@
 """The faithfulness benchmarks run end to end on small models: clip rules (tiny model) and PEZ init (toy CLIP)."""
+import pytest
 from conftest import scene
 
 from benchmarks import pez_init, visii_clip_rules
+
+pytestmark = pytest.mark.bench  # run by .ci/run after README's command (pyproject.toml)
 
 
 def test_clip_rules_bench_on_the_tiny_model(editor, clip):

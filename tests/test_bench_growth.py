@@ -6,6 +6,8 @@ import pytest
 
 from benchmarks import growth
 
+pytestmark = pytest.mark.bench  # run by .ci/run after README's command (pyproject.toml)
+
 
 @pytest.mark.parametrize("dimension", ["pairs", "parts", "apply-batch"])
 def test_each_value_is_timed_every_cycle_relative_to_the_first(tiny_model_dir, dimension):

@@ -1,6 +1,10 @@
 """The precision benchmark's raw-arithmetic line (benchmarks.precision matmul): fp32 and bf16 timed in turn,
 their throughput and ratio reported."""
+import pytest
+
 from benchmarks import precision
+
+pytestmark = pytest.mark.bench  # run by .ci/run after README's command (pyproject.toml)
 
 
 def test_matmul_times_fp32_and_bf16_in_turn_and_reports_their_ratio(capsys):

@@ -1,4 +1,6 @@
 """InstructBrush on the tiny model: K/V modules per layer, time parts, explicit conditional rows, fitting, mixing."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -127,12 +129,12 @@ def test_fitting_lowers_the_loss_and_moves_only_the_kv(editor):
 
     befores, afters = night()
     method = Brush.initialize(editor, editor.encode_text(["make it night"]), "make it night")
-    trainer = make_trainer(editor, befores, afters, method, steps=40, lr=5e-2)
+    trainer = make_trainer(editor, befores, afters, method, steps=10, lr=0.2)  # the loss falls 6%
     unet_before = {k: v.clone() for k, v in editor.unet.state_dict().items()}
     kv_before = {k: v.clone() for k, v in method.state_dict().items()}
-    before = mean_loss(trainer, range(40))
+    before = mean_loss(trainer, range(10))
     trainer.run(quiet=True)
-    after = mean_loss(trainer, range(40))
+    after = mean_loss(trainer, range(10))
     assert after < before * 0.98, (before, after)
     state = method.state_dict()
     assert torch.equal(state["init"], kv_before["init"])
@@ -165,7 +167,7 @@ def test_sequential_parts_train_alone_and_match_the_batched_fit(editor):
             assert (fits[True].tensors[key] - value).abs().max() <= 0.01 * moved, key
 
     method = Brush.initialize(editor, editor.encode_text(["make it night"]), "make it night",
-                              BrushSettings(parts=2, parts_sequential=True))
+                              BrushSettings(brush_parts=2, brush_parts_sequential=True))
     trainer = make_trainer(editor, *night(2), method, steps=3, lr=5e-2)
     first = trainer.stages[0]
     assert len(trainer.stages) == 2 and (first.start, first.stop) == (0, 3)
@@ -233,6 +235,6 @@ def test_version_1_files_load_as_the_same_instruction(editor, tmp_path):
     v1["brush.k"] = torch.cat([inst.tensors[f"brush.{n}.k"] for n in layers], dim=-1)
     v1["brush.v"] = torch.cat([inst.tensors[f"brush.{n}.v"] for n in layers], dim=-1)
     widths = [[n, inst.tensors[f"brush.{n}.k"].shape[-1]] for n in layers]
-    old = invert.Instruction("brush", v1, {**inst.meta, "extra": {**inst.meta["extra"], "layers": widths}})
+    old = invert.Instruction("brush", v1, replace(inst.meta, extra={**inst.meta.extra, "layers": widths}))
     for key, value in load_method(inst, editor).state_dict().items():
         assert torch.equal(load_method(old, editor).state_dict()[key], value), key

@@ -31,7 +31,7 @@ def test_fit_inspect_apply(run, tiny_model_dir, pairs_dir, tmp_path):
     info = json.loads(run("inspect", inst, "--json").output)
     meta = info["meta"]
     assert info["method"] == "visii"
-    assert meta["init_text"] == "make it night" and meta["steps"] == "4" and meta["num_tokens"] == "3"
+    assert meta["init_text"] == "make it night" and meta["steps"] == 4 and meta["num_tokens"] == 3
     assert meta["base_model"] == str(tiny_model_dir) and meta["clip_model"] == str(tiny_model_dir / "clip")
     assert len(meta["exemplars"]) == 3 and len(meta["exemplars"][0]["before"]) == 64
     assert info["tensors"]["visii.learned"]["shape"] == [1, 3, 32]
@@ -66,11 +66,11 @@ def test_fit_refuses_to_overwrite_before_doing_work(run, tiny_model_dir, pairs_d
 
 def test_steps_zero_and_caption_init(run, tiny_model_dir, pairs_dir, tmp_path):
     inst = tmp_path / "init.inst"
-    r = run(*fit_args(tiny_model_dir, pairs_dir, inst, "--steps", 0))
+    r = run(*fit_args(tiny_model_dir, pairs_dir, inst, "--steps", 0, "--init", "caption"))
     assert r.exit_code == 0, r.output
     meta = json.loads(run("inspect", inst, "--json").output)["meta"]
     assert meta["init_text"], "a CLIP-ranked caption from the default vocabulary"
-    assert meta["steps"] == "0"
+    assert meta["steps"] == 0
 
 
 def test_single_pair_and_bad_inputs(run, tiny_model_dir, tmp_path):
@@ -98,7 +98,7 @@ def test_unreachable_hub_model_is_one_line(run, tmp_path, monkeypatch, pairs_dir
     loading, error = r.stderr.strip().split("\n")
     assert loading == "loading someone/not-cached-model (Hugging Face cache, offline) ..."
     assert "someone/not-cached-model" in error and "--model" in error
-    assert "hf download someone/not-cached-model --local-dir ip2p" in error, "huggingface_hub 2 has no huggingface-cli"
+    assert "hf download someone/not-cached-model --local-dir model" in error, "huggingface_hub 2 has no huggingface-cli"
 
 
 def test_missing_local_folder(run, tmp_path, pairs_dir):

@@ -28,7 +28,7 @@ def test_an_instruction_fitted_in_bf16_applies_in_fp32(tiny_model_dir, editor):
     half = load_editor(str(tiny_model_dir), device="cpu", dtype="bf16")
     assert half.unet.dtype == torch.bfloat16
     inst = tiny_fit(half, [scene(0)], [scene(0, night=True)], "visii", steps=1, init_text="make it night")
-    assert inst.meta["model_fingerprint"] == editor.fingerprint
+    assert inst.meta.model_fingerprint == editor.fingerprint
     out = invert.apply(inst, scene(1), editor=editor, steps=1)  # refused before: "learned on base model ..."
     assert out.size == (TINY_RES, TINY_RES)
 

@@ -17,6 +17,7 @@ def test_example_script_parses(script):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.processes  # several invert processes, each importing torch: .ci/run runs it after README's command
 def test_apply_every_instruction(run, tiny_model_dir, pairs_dir, tmp_path):
     tests = tmp_path / "tests"
     shutil.copytree(pairs_dir, tests / "night" / "test")

@@ -23,7 +23,7 @@ def test_official_preset_sets_every_official_option_and_given_options_win():
     fit, visii = settings_for("visii", {"official": True, "steps": 7})
     assert fit.steps == 7 and fit.grad_clip == "official" and fit.optimizer == "adamw8bit"
     assert (fit.keep, fit.pair_order, fit.init, fit.pez_steps) == ("best-mse", "timestep", "pez", 3000)
-    assert visii.clip_weight == OFFICIAL["clip_weight"]
+    assert visii.visii_clip_weight == OFFICIAL["visii_clip_weight"]
     with pytest.raises(InvertError, match="brush has no official code"):
         settings_for("brush", {"official": True})
 
@@ -46,7 +46,7 @@ def test_each_official_option_changes_the_fit(editor, clip):
         other = tiny_fit(editor, *night(), "visii", clip=clip, **base, **option)
         assert not torch.equal(other.tensors["visii.learned"], plain.tensors["visii.learned"]), option
     best = tiny_fit(editor, *night(), "visii", clip=clip, **base, keep="best-mse")
-    assert 1 <= best.meta["kept_step"] <= 4 and best.meta["options"]["keep"] == "best-mse"
+    assert 1 <= best.meta.kept_step <= 4 and best.meta.options["keep"] == "best-mse"
 
 
 def test_keep_best_mse_resumes_to_the_uninterrupted_result(editor, clip, tmp_path):
@@ -57,14 +57,14 @@ def test_keep_best_mse_resumes_to_the_uninterrupted_result(editor, clip, tmp_pat
     saved = stopped.value.state.save(tmp_path / "state.ckpt")
     resumed = tiny_fit(editor, *night(), "visii", clip=clip, resume=FitState.load(saved), **base)
     assert torch.equal(whole.tensors["visii.learned"], resumed.tensors["visii.learned"])
-    assert whole.meta["kept_step"] == resumed.meta["kept_step"]
+    assert whole.meta.kept_step == resumed.meta.kept_step
 
 
 def test_pez_init_gives_a_prompt_of_the_clip_vocabulary(editor, clip):
     inst = tiny_fit(editor, *night(), "visii", clip=clip, steps=0, init="pez", pez_steps=5, pez_tokens=3)
-    assert inst.meta["init_text"] and inst.meta["options"]["init"] == "pez"
+    assert inst.meta.init_text and inst.meta.options["init"] == "pez"
     again = tiny_fit(editor, *night(), "visii", clip=clip, steps=0, init="pez", pez_steps=5, pez_tokens=3)
-    assert again.meta["init_text"] == inst.meta["init_text"], "seeded"
+    assert again.meta.init_text == inst.meta.init_text, "seeded"
 
 
 def test_fit_noise_is_the_fits_noise_of_each_timestep(editor):
@@ -77,13 +77,16 @@ def test_fit_noise_is_the_fits_noise_of_each_timestep(editor):
 def test_noise_modes(editor):
     inst = tiny_fit(editor, *night(1), "visii", steps=2, init_text="make it night", seed=4)
     image = scene(5)
-    out = {mode: np.asarray(invert.apply(inst, image, editor=editor, steps=3, noise=mode, seed=4))
-           for mode in ("stream", "fit", "fresh")}
+    out = {mode: np.asarray(invert.apply(inst, image, editor=editor, steps=3, noise=mode)) for mode in ("stream", "fit")}
+    out["fresh"] = np.asarray(invert.apply(inst, image, editor=editor, steps=3, noise="fresh", seed=4))
+    out["seed"] = np.asarray(invert.apply(inst, image, editor=editor, steps=3, seed=4))
     assert np.array_equal(out["stream"], out["fresh"]), "the stream of the fit's seed is fresh noise of that seed"
+    assert np.array_equal(out["seed"], out["fresh"]), "a seed means fresh noise, in the library as in the CLI"
     assert not np.array_equal(out["fit"], out["stream"])
-    again = np.asarray(invert.apply(inst, image, editor=editor, steps=3, noise="fit", seed=123))
-    assert np.array_equal(again, out["fit"]), "fit noise is the fit's, whatever --seed"
-    with pytest.raises(InvertError, match="unknown noise"):
+    for mode in ("stream", "fit"):  # a seed that would be ignored is refused
+        with pytest.raises(InvertError, match=f"option 'seed' draws fresh noise, but option 'noise' {mode} uses"):
+            invert.apply(inst, image, editor=editor, steps=3, noise=mode, seed=123)
+    with pytest.raises(InvertError, match="option 'noise': choose from stream, fit, fresh; not 'pink'"):
         invert.apply(inst, image, editor=editor, steps=1, noise="pink")
 
 

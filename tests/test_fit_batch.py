@@ -14,8 +14,9 @@ from invert.errors import InvertError
 
 
 def batch(model, sets, out, *extra):
+    """fit-batch for 1 step from the init text 'x' (--init best, the default, samples a dozen texts per set)."""
     args = ["fit-batch", str(sets), "-o", str(out), "--model", str(model), "--resolution", "32", "--steps", "1",
-            "--json", *map(str, extra)]
+            "--init-text", "x", "--json", *map(str, extra)]
     return CliRunner().invoke(cli, args)
 
 
@@ -43,16 +44,16 @@ def test_a_rerun_with_other_settings_is_refused_or_refits_with_force(tiny_model_
     sets = tmp_path / "sets"
     shutil.copytree(pairs_dir, sets / "a")
     out = tmp_path / "insts"
-    assert batch(tiny_model_dir, sets, out, "--init-text", "x").exit_code == 0
+    assert batch(tiny_model_dir, sets, out).exit_code == 0
     first = (out / "a.inst").read_bytes()
-    r = batch(tiny_model_dir, sets, out, "--init-text", "x", "--steps", 2, "--method", "brush")
+    r = batch(tiny_model_dir, sets, out, "--steps", 2, "--method", "brush")
     assert r.exit_code == 1 and "fitted with other settings (--method visii there, brush here)" in r.output
-    r = batch(tiny_model_dir, sets, out, "--init-text", "x", "--steps", 2)
+    r = batch(tiny_model_dir, sets, out, "--steps", 2)
     assert r.exit_code == 1 and "--steps 1 there, 2 here" in r.output and "--force" in r.output
     assert (out / "a.inst").read_bytes() == first
-    r = batch(tiny_model_dir, sets, out, "--init-text", "x", "--steps", 2, "--force")
+    r = batch(tiny_model_dir, sets, out, "--steps", 2, "--force")
     assert r.exit_code == 0 and json.loads(r.stdout)["sets"][0]["status"] == "fitted"
-    r = batch(tiny_model_dir, sets, out, "--init-text", "x", "--steps", 2)
+    r = batch(tiny_model_dir, sets, out, "--steps", 2)
     assert r.exit_code == 0 and json.loads(r.stdout)["sets"][0]["status"] == "exists"
 
 
@@ -75,6 +76,7 @@ def test_shard_from_flag_or_launcher_environment():
             parse_shard(bad, {})
 
 
+@pytest.mark.processes
 def test_torchrun_with_two_cpu_processes_splits_the_sets(tiny_model_dir, pairs_dir, tmp_path):
     """The launcher gives each process RANK and WORLD_SIZE; with no --shard every process fits its own sets,
     and none creates a process group, so plain CPU processes (no NCCL, no gloo) do."""

@@ -13,11 +13,6 @@ from invert.instruction import VERSION, Instruction
 V1 = Path(__file__).parent / "fixtures" / "v1"
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return invert.load_editor("toy", device="cpu", dtype="fp32")
-
-
 @pytest.fixture
 def two_threads():
     """The fixtures' images were made with torch on 2 threads (on an AMD EPYC); with 1 the matmuls sum in another

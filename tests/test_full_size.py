@@ -9,7 +9,7 @@ import invert
 from invert.api import fit_images
 from invert.settings import FitSettings
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.full_size
 
 
 @pytest.fixture(scope="module")

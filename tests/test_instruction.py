@@ -23,9 +23,9 @@ def test_round_trip_keeps_tensors_and_metadata(tmp_path):
     assert back.method == "visii"
     for k, v in inst.tensors.items():
         assert torch.equal(back.tensors[k], v)
-    assert back.meta["guidance"] == {"text": 7.5, "image": 1.5}
-    assert back.meta["exemplars"] == [{"name": "0", "before": "x"}]
-    assert back.meta["init_text"] == "make it night" and back.meta["steps"] == "10"
+    assert back.meta.guidance == (7.5, 1.5)
+    assert back.meta.exemplars == [{"name": "0", "before": "x"}]
+    assert back.meta.init_text == "make it night" and back.meta.steps == 10
 
 
 def test_a_changed_tensor_byte_is_detected(tmp_path):

@@ -1,5 +1,6 @@
 """Instruction libraries: the file, the choice of instructions, the mix, and the CLI (tiny model)."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -75,7 +76,7 @@ def test_refuses_keyless_and_mixed_models(insts, tmp_path):
     with pytest.raises(InstructionFileError, match="keyless.inst: has no CLIP direction"):
         build_library([insts / "night.inst", tmp_path / "keyless.inst"])
     for field, what in (("model_fingerprint", "base models"), ("clip_model", "CLIP models")):
-        other = Instruction(night.method, night.tensors, {**night.meta, field: "something else"})
+        other = Instruction(night.method, night.tensors, replace(night.meta, **{field: "something else"}))
         other.save(tmp_path / f"other_{field}.inst")
         with pytest.raises(InvertError, match=f"different {what}") as err:
             build_library([insts / "night.inst", tmp_path / f"other_{field}.inst"])
@@ -111,21 +112,22 @@ def test_temperature_sharpens_and_flattens():
 
 
 def test_mix_of_different_token_counts(insts, editor):
-    """The mix is the method's own: token counts widened to the largest, the whole conditioning (learned K/V and
-    init encodings) weighted."""
+    """The mix is the method's own: token counts widened to the largest, the learned K/V's changes and the init
+    encodings weighted (with weights summing to 1, the weighted sum of both); an instruction of weight 0 takes no
+    part."""
     entries = {e.name: e for e in build_library([insts]).entries}
     night, flip = entries["night"], entries["flip"]
     a, b = load_method(night.instruction, editor), load_method(flip.instruction, editor)
     assert a.num_tokens < b.num_tokens
     mixed, chosen, weights = mix_entries([night, flip], [1.0, 0.0], editor)
-    wide = a.widen(b.num_tokens).tensors()
-    for key, value in wide.items():
+    for key, value in a.tensors().items():
         torch.testing.assert_close(mixed.tensors[key], value, rtol=0, atol=0)
+    wide = a.widen(b.num_tokens).tensors()
     mixed, _, _ = mix_entries([night, flip], [0.5, 0.5], editor)
     for key, value in b.tensors().items():
         half = (wide[key] + value) / 2  # a weighted sum in fp32 rounds at the tensors' scale (see float_noise)
         torch.testing.assert_close(mixed.tensors[key], half, rtol=0, atol=float_noise(half))
-    assert mixed.meta["num_tokens"] == b.num_tokens and mixed.meta["init_text"] == night.instruction.meta["init_text"]
+    assert mixed.meta.num_tokens == b.num_tokens and mixed.meta.init_text == night.instruction.meta.init_text
 
 
 def test_instruction_for_new_pairs(insts, editor, clip):
@@ -135,7 +137,7 @@ def test_instruction_for_new_pairs(insts, editor, clip):
     assert [e.name for e in chosen] == ["night"] and weights == [1.0], "the night exemplars' own direction"
     direction = clip_direction(clip, befores, afters)
     torch.testing.assert_close(inst.tensors["clip.direction"], direction, rtol=0, atol=float_noise(direction))
-    assert "night 1.0000" in inst.meta["library"]
+    assert "night 1.0000" in inst.meta.library
 
 
 def test_apply_library(insts, editor, clip, tmp_path):

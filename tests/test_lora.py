@@ -9,7 +9,7 @@ import invert
 from invert.api import mixed_method
 from invert.backbones.rows import Rows
 from invert.errors import InstructionFileError, InvertError
-from invert.instruction import Instruction
+from invert.instruction import Instruction, Metadata
 from invert.methods.lora import Lora
 from invert.methods.settings import LoraSettings
 
@@ -69,16 +69,16 @@ def test_fit_learns_only_the_adapter_reproducibly(editor, clip):
     befores, afters = night_pairs()
     fingerprint = editor.fingerprint
     lora = Lora.initialize(editor, editor.encode_text([""]), "", LoraSettings(lora_reverse="off"))
-    trainer = make_trainer(editor, befores, afters, lora, steps=20, lr=1e-2)
-    start = mean_loss(trainer, range(20))
+    trainer = make_trainer(editor, befores, afters, lora, steps=10, lr=1e-2)  # the loss falls 5%
+    start = mean_loss(trainer, range(10))
     trainer.run(quiet=True)
-    assert mean_loss(trainer, range(20)) < start * 0.98
+    assert mean_loss(trainer, range(10)) < start * 0.98
     assert any(lora.weight(k).any() for k in lora.keys if ".lora_B." in k)
     assert editor.fingerprint == fingerprint and not getattr(editor.unet, "peft_config", None)
     # --init auto: lora's own init, the empty prompt (the default, --init best, may choose a worded one)
     a = tiny_fit(editor, befores, afters, "lora", clip=clip, steps=4, lr=1e-2, init="auto")
     b = tiny_fit(editor, befores, afters, "lora", clip=clip, steps=4, lr=1e-2, init="auto")
-    assert a.meta["init_text"] == "" and a.meta["extra"]["rank"] == 4
+    assert a.meta.init_text == "" and a.meta.extra["rank"] == 4
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
     assert any(k.startswith("unet.") and k.endswith("attn2.to_k.lora_A.weight") for k in a.tensors)
 
@@ -129,8 +129,8 @@ def test_low_memory_refuses_the_cycle_term_of_a_lora_reverse_fit(editor, clip):
     editor.set_low_memory(True)
     try:
         with pytest.raises(InvertError, match="--low-memory cannot fit a lora instruction with --reverse"):
-            tiny_fit(editor, *night_pairs(1), "lora", clip=clip, steps=1, reverse=True)
-        tiny_fit(editor, *night_pairs(1), "lora", clip=clip, steps=1, reverse=True, cycle_weight=0.0)
+            tiny_fit(editor, *night_pairs(1), "lora", clip=clip, steps=1, reverse=True, init_text="")
+        tiny_fit(editor, *night_pairs(1), "lora", clip=clip, steps=1, reverse=True, cycle_weight=0.0, init_text="")
     finally:
         editor.set_low_memory(False)
 
@@ -163,7 +163,7 @@ def test_mixing_adapters_is_exact(editor):
 
 def test_bad_adapters_are_refused(editor):
     lora = randomized(editor)
-    meta = {"extra": {"rank": 4, "alpha": 4.0, "targets": list(lora.targets)}}
+    meta = Metadata(extra={"rank": 4, "alpha": 4.0, "targets": list(lora.targets)})
     tensors = lora.tensors()
     key = next(k for k in tensors if k.endswith("lora_A.weight"))
     with pytest.raises(InstructionFileError, match="has shape"):
@@ -171,7 +171,7 @@ def test_bad_adapters_are_refused(editor):
     with pytest.raises(InstructionFileError, match="names no linear layer"):
         Lora.from_tensors({**tensors, "unet.nowhere.lora_A.weight": torch.zeros(4, 4)}, meta, editor)
     with pytest.raises(InstructionFileError, match="rank, alpha"):
-        Lora.from_tensors(tensors, {"extra": {}}, editor)
+        Lora.from_tensors(tensors, Metadata(extra={}), editor)
     with pytest.raises(InvertError, match="no module"):
         Lora.initialize(editor, editor.encode_text([""]), "", LoraSettings(lora_targets=("no_such_layer",)))
 
@@ -181,7 +181,7 @@ def test_exported_adapter_gives_the_same_image_in_a_plain_diffusers_pipeline(tin
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     lora = randomized(editor)
-    inst = as_instruction(lora, editor, noise_seed="3", guidance={"text": 5.0, "image": 1.5})
+    inst = as_instruction(lora, editor, noise_seed=3, guidance={"text": 5.0, "image": 1.5})
     inst.save(tmp_path / "lora.inst")
     image = scene(7)
     ours = invert.apply(inst, image, editor=editor, steps=4)
@@ -221,10 +221,10 @@ def test_a_pipeline_that_already_holds_adapters_is_refused(editor):
 def test_cli_fit_export_and_reverse(run, tiny_model_dir, pairs_dir, tmp_path):
     inst = tmp_path / "night.inst"
     r = run("fit", pairs_dir, "-o", inst, "--model", tiny_model_dir, "--method", "lora", "--steps", 3,
-            "--lora-rank", 2, "--lora-targets", "to_k,to_v", "--quiet")
+            "--lora-rank", 2, "--lora-targets", "to_k,to_v", "--init", "auto", "--quiet")
     assert r.exit_code == 0, r.output
     loaded = Instruction.load(inst)
-    assert loaded.meta["extra"]["rank"] == 2 and loaded.meta["extra"]["targets"] == ["to_k", "to_v"]
+    assert loaded.meta.extra["rank"] == 2 and loaded.meta.extra["targets"] == ["to_k", "to_v"]
     assert all(k.endswith(("to_k.lora_A.weight", "to_k.lora_B.weight", "to_v.lora_A.weight", "to_v.lora_B.weight"))
                for k in loaded.tensors if k.startswith("unet."))
     r = run("export-lora", inst, "-o", tmp_path / "a.safetensors")
@@ -234,7 +234,7 @@ def test_cli_fit_export_and_reverse(run, tiny_model_dir, pairs_dir, tmp_path):
         r = run("apply", inst, tmp_path / "in.png", "-o", tmp_path / f"out{len(flag)}.png", "--steps", 2, *flag)
         assert r.exit_code == 0, r.output
     r = run("fit", pairs_dir, "-o", tmp_path / "x.inst", "--model", tiny_model_dir, "--parts", 3, "--quiet")
-    assert r.exit_code == 1 and "--parts is an option of --method brush, not of visii" in r.output
+    assert r.exit_code == 1 and "--brush-parts is an option of --method brush, not of visii" in r.output
 
 
 def test_conditioning_marks_every_row_of_an_adapter_fit(editor):

@@ -61,7 +61,7 @@ def test_a_relative_model_folder_is_recorded_absolute_and_a_moved_one_named(run,
     shutil.copytree(tiny_model_dir, tmp_path / "mymodel")
     monkeypatch.chdir(tmp_path)
     assert run("fit", pairs_dir, "-o", "night.inst", "--model", "mymodel", *QUICK_FIT).exit_code == 0
-    assert Instruction.load(tmp_path / "night.inst").meta["base_model"] == str(tmp_path / "mymodel")
+    assert Instruction.load(tmp_path / "night.inst").meta.base_model == str(tmp_path / "mymodel")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -134,12 +134,12 @@ def test_a_model_folder_ships_its_fit_defaults(run, tiny_model_dir, pairs_dir, t
     (model / "invert.json").write_text(json.dumps({"fit": {"lr": 0.02, "guidance": 4.0, "parts": 3,
                                                             "lora": {"lr": 0.001}}}))
     inst = invert.fit(pairs_dir, "visii", model=str(model), resolution=32, steps=0, init_text="x", guidance=5.0)
-    options = inst.meta["options"]
+    options = inst.meta.options
     assert options["lr"] == 0.02 and options["guidance"] == 5.0, "given options win over the model's"
-    assert inst.meta["model_defaults"] == {"lr": 0.02}, "recorded; parts is not a visii option"
-    assert Instruction.load(inst.save(tmp_path / "x.inst")).meta["model_defaults"] == {"lr": 0.02}
+    assert inst.meta.model_defaults == {"lr": 0.02}, "recorded; parts is not a visii option"
+    assert Instruction.load(inst.save(tmp_path / "x.inst")).meta.model_defaults == {"lr": 0.02}
     lora = invert.fit(pairs_dir, "lora", model=str(model), resolution=32, steps=0, init_text="x")
-    assert lora.meta["model_defaults"] == {"lr": 0.001, "guidance": 4.0}, "a method's own object wins for it"
+    assert lora.meta.model_defaults == {"lr": 0.001, "guidance": 4.0}, "a method's own object wins for it"
 
     sets = tmp_path / "sets"
     shutil.copytree(pairs_dir, sets / "night")
@@ -161,13 +161,13 @@ def test_the_toy_model_needs_no_learning_rate_or_guidance(run, tmp_path):
             "--quiet")
     assert r.exit_code == 0, r.output
     meta = Instruction.load(tmp_path / "night.inst").meta
-    assert meta["model_defaults"] == {"lr": 0.03, "guidance": 3.0} and meta["guidance"]["text"] == 3.0  # visii's lr
+    assert meta.model_defaults == {"lr": 0.03, "guidance": 3.0} and meta.text_guidance == 3.0  # visii's lr
     r = run("fit", pairs, "-o", tmp_path / "official.inst", "--model", "toy", "--steps", 0, "--init-text", "night",
             "--quiet", "--official")
     assert r.exit_code == 0, r.output
     meta = Instruction.load(tmp_path / "official.inst").meta
-    assert meta["options"]["lr"] == 1e-3 and meta["guidance"]["text"] == 7.5, "--official is the official code's"
-    assert meta.get("model_defaults") is None
+    assert meta.options["lr"] == 1e-3 and meta.text_guidance == 7.5, "--official is the official code's"
+    assert meta.model_defaults is None
 
 
 def test_a_config_file_gives_defaults_the_command_line_overrides(run, tiny_model_dir, pairs_dir, tmp_path):
@@ -177,8 +177,8 @@ def test_a_config_file_gives_defaults_the_command_line_overrides(run, tiny_model
     r = run("fit", pairs_dir, "-o", tmp_path / "x.inst", "--config", config, "--guidance", 4)
     assert r.exit_code == 0, r.output
     meta = Instruction.load(tmp_path / "x.inst").meta
-    assert meta["init_text"] == "make it night" and meta["options"]["guidance"] == 4.0
-    assert meta["options"]["vocab"] == ["default"] and meta["base_model"] == str(tiny_model_dir)
+    assert meta.init_text == "make it night" and meta.options["guidance"] == 4.0
+    assert meta.options["vocab"] == ["default"] and meta.base_model == str(tiny_model_dir)
     shutil.copytree(pairs_dir, tmp_path / "sets" / "night")
     r = run("fit-batch", tmp_path / "sets", "-o", tmp_path / "insts", "--config", config)
     assert r.exit_code == 0, r.output

@@ -48,7 +48,8 @@ def test_fit_creates_its_output_folder_as_apply_does(run, tiny_model_dir, pairs_
     assert r.exit_code == 0 and inst.is_file(), r.output
     (tmp_path / "file").write_text("a file")
     r = run("fit", pairs_dir, "-o", tmp_path / "file" / "x.inst", "--model", tiny_model_dir, "--init-text", "x")
-    assert r.exit_code == 1 and f"{tmp_path / 'file'}: cannot create the output folder" in r.output
+    assert r.exit_code == 1 and \
+        f"{tmp_path / 'file' / 'x.inst'}: cannot write ({tmp_path / 'file'} is a file, not a folder)" in r.output
 
 
 def test_inspect_of_an_image_says_it_is_not_an_instruction(run, tmp_path):

@@ -10,6 +10,8 @@ from benchmarks.cli import bench
 from invert.evaluation import as_tensor, psnr
 from invert.toy import world
 
+pytestmark = pytest.mark.bench  # run by .ci/run after README's command (pyproject.toml)
+
 
 def test_quality_table(tiny_model_dir, tmp_path):
     out = tmp_path / "q.json"

@@ -228,7 +228,13 @@ def run_shell(line: str, folder: Path) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("heading, block", BLOCKS, ids=[h for h, _ in BLOCKS])
+def marks(block: list[str]) -> list[pytest.MarkDecorator]:
+    """A block that runs the research benchmarks is a benchmark test (.ci/run runs it after README's command)."""
+    runs_bench = any(re.match(r"^(\w+=\S+ )*python -m benchmarks", line) and not skipped(line) for line in block)
+    return [pytest.mark.bench] if runs_bench else []
+
+
+@pytest.mark.parametrize("heading, block", [pytest.param(h, b, id=h, marks=marks(b)) for h, b in BLOCKS])
 def test_shell_examples_run_as_written(heading, block, workspace, tiny_model_dir, tmp_path, monkeypatch):
     runnable = [line for line in block if not skipped(line)]
     if not runnable:

@@ -8,6 +8,7 @@ import invert
 from invert.api import load_method
 from invert.errors import InstructionFileError
 from invert.instruction import Instruction
+from invert.methods import method_names
 
 
 def night_pairs(n=3):
@@ -23,11 +24,11 @@ def fit(editor, clip, method, **options):
 def test_untouched_reverse_is_the_swapped_initialization(editor, clip):
     """With no steps, the reverse of a phrase-initialized brush instruction is the initialization found for the
     pairs the other way round, and applying it is applying that text's initialization."""
-    inst = fit(editor, clip, "brush", steps=0, reverse=True)
+    inst = fit(editor, clip, "brush", steps=0, reverse=True, init="phrases")
     befores, afters = night_pairs()
-    swapped = tiny_fit(editor, afters, befores, "brush", clip=clip, steps=0)
-    reverse = inst.meta["extra"]["reverse"]
-    assert reverse["init_text"] == swapped.meta["init_text"] != inst.meta["init_text"]
+    swapped = tiny_fit(editor, afters, befores, "brush", clip=clip, steps=0, init="phrases")
+    reverse = inst.meta.extra["reverse"]
+    assert reverse["init_text"] == swapped.meta.init_text != inst.meta.init_text
     untouched = fit(editor, clip, "brush", steps=0, init_text=reverse["init_text"])
     image = scene(9)
     undone = invert.apply(inst, [image], editor=editor, steps=3, reverse=True)[0]
@@ -48,9 +49,9 @@ def test_without_the_cycle_term_the_forward_instruction_is_a_plain_fit(editor, c
     assert not torch.equal(coupled.tensors["visii.learned"], plain.tensors["visii.learned"])
 
 
-@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+@pytest.mark.parametrize("method", method_names())
 def test_reverse_round_trips_through_the_file(editor, clip, method, tmp_path):
-    inst = fit(editor, clip, method, steps=3, reverse=True, init_text="make it night" if method != "lora" else None)
+    inst = fit(editor, clip, method, steps=3, reverse=True, init_text="make it night" if method != "lora" else "")
     inst.save(tmp_path / "x.inst")
     loaded = Instruction.load(tmp_path / "x.inst")
     image = scene(4)
@@ -58,7 +59,7 @@ def test_reverse_round_trips_through_the_file(editor, clip, method, tmp_path):
         a = invert.apply(inst, [image], editor=editor, steps=2, reverse=reverse)[0]
         b = invert.apply(loaded, [image], editor=editor, steps=2, reverse=reverse)[0]
         assert a.tobytes() == b.tobytes()
-    assert loaded.meta["options"]["reverse"] is True
+    assert loaded.meta.options["reverse"] is True
 
 
 def test_reverse_of_an_instruction_without_one_is_refused(editor, clip):
@@ -70,7 +71,7 @@ def test_reverse_of_an_instruction_without_one_is_refused(editor, clip):
 def test_cli_reverse(run, tiny_model_dir, pairs_dir, tmp_path):
     inst = tmp_path / "night.inst"
     r = run("fit", pairs_dir, "-o", inst, "--model", tiny_model_dir, "--method", "brush", "--steps", 2, "--reverse",
-            "--quiet")
+            "--init-text", "make it night", "--quiet")
     assert r.exit_code == 0, r.output
     scene(5).save(tmp_path / "in.png")
     r = run("apply", inst, tmp_path / "in.png", "-o", tmp_path / "back.png", "--reverse", "--steps", 2)

@@ -166,9 +166,12 @@ def bench():
     return invoke
 
 
+# The command's runs (seconds each: the reference and floor loops, cycles, apply) are marked bench: .ci/run runs
+# them after README's command.
 FAST = ("--resolution", RES, "--steps", 2, "--block", 1, "--warmup", 1, "--apply-steps", 2, "--device", "cpu")
 
 
+@pytest.mark.bench
 def test_bench_speed_json(bench, tiny_model_dir):
     r = bench("--model", tiny_model_dir, *FAST, "--method", "brush", "--parts", 2, "--batch-size", 2, "--json")
     assert r.exit_code == 0, r.output
@@ -185,6 +188,7 @@ def test_bench_speed_json(bench, tiny_model_dir):
     assert out["projected_fit_seconds"] == pytest.approx(2 * 1000 / out["steps_per_s"])
 
 
+@pytest.mark.bench
 def test_bench_speed_table_and_no_reference(bench, tiny_model_dir):
     r = bench("--model", tiny_model_dir, *FAST)
     assert r.exit_code == 0, r.output
@@ -195,12 +199,14 @@ def test_bench_speed_table_and_no_reference(bench, tiny_model_dir):
     assert out["low_memory"] is True and "reference_steps_per_s" not in out and "ours_over_floor" not in out
 
 
+@pytest.mark.bench
 def test_bench_speed_resolution_defaults_to_the_models_own(bench, tiny_model_dir):
     fast = [a for i, a in enumerate(FAST) if "--resolution" not in FAST[max(0, i - 1):i + 1]]
     r = bench("--model", tiny_model_dir, *fast, "--no-reference", "--no-floor", "--json")
     assert json.loads(r.stdout)["resolution"] == 32  # the tiny UNet's 16 latents x 2
 
 
+@pytest.mark.bench
 @pytest.mark.parametrize("load, warned", [(3.5, True), (0.2, False)])
 def test_bench_speed_says_when_the_machine_was_busy(bench, tiny_model_dir, monkeypatch, load, warned):
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))

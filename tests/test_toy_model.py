@@ -11,11 +11,6 @@ from invert.toy import world
 from invert.vocab import model_vocab
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return invert.load_editor("toy", device="cpu")
-
-
 def test_toy_model_loads_with_its_own_vocabulary(toy):
     assert toy.resolution == 32
     assert toy.scheduler.config.prediction_type == "v_prediction"
@@ -38,10 +33,12 @@ def test_fit_from_an_empty_instruction_moves_toward_the_edit(toy, method):
     befores, truths = [b for b, _ in test], as_tensor([a for _, a in test])
 
     def fitted_psnr(steps: int) -> float:
-        options = {"steps": steps, "lr": 1e-2, "init_text": "", "guidance": 3.0}
+        # 10 steps at lr 3e-2 gain 5.1 dB (visii) and 3.4 dB (brush); 40 at 1e-2 gained 5.9 and 6.8, but fits of
+        # 20 steps or more also score themselves on the pairs every few steps, which took most of the time.
+        options = {"steps": steps, "lr": 3e-2, "init_text": "", "guidance": 3.0}
         inst = fit_images(toy, [b for b, _ in train], [a for _, a in train], method, *settings_for(method, options),
                           quiet=True)
         return psnr(as_tensor(invert.apply(inst, befores, editor=toy)), truths).mean().item()
 
-    start, fitted = fitted_psnr(0), fitted_psnr(40)
-    assert fitted > start + 2, f"{method}: {start:.2f} dB from the empty instruction, {fitted:.2f} dB after 40 steps"
+    start, fitted = fitted_psnr(0), fitted_psnr(10)
+    assert fitted > start + 2, f"{method}: {start:.2f} dB from the empty instruction, {fitted:.2f} dB after 10 steps"

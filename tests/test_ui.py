@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,16 +76,30 @@ def client(server):
 
 
 def fit_args(source="Exemplar folder", folder=str(NIGHT / "train"), befores=None, afters=None, method="brush",
-             steps=10, preview_every=0, init_text=""):
-    """/fit's inputs in order: pairs (source, folder, befores, afters, held-out), method, steps, lr, guidance,
-    image guidance, init text, seed, preview every."""
-    return (source, folder, befores, afters, None, method, steps, 1e-2, 3, 1.5, init_text, 0, preview_every)
+             steps=10, preview_every=0, init_text="make it night", **settings):
+    """/fit's inputs in order: pairs (source, folder, befores, afters, held-out), method, preview every, then every
+    fit setting as the page shows it for the toy model and ``method`` (the model's own defaults, else the
+    library's), ``steps``, ``init_text`` and ``settings`` changed. An init text unless one asks for none: an empty
+    one is --init best's search, a dozen candidate texts sampled on every pair (the library fixture runs it)."""
+    from invert.api import model_defaults
+    from invert.ui.backend import FIT_RULES
+    from invert.ui.controls import shown
+
+    values = ({r.name: r.default for r in FIT_RULES} | model_defaults("toy", method, {})
+              | {"steps": steps, "init_text": init_text} | settings)
+    return (source, folder, befores, afters, None, method, preview_every,
+            *(shown(r, values[r.name]) for r in FIT_RULES))
 
 
-def apply_args(inst_files, images, source="Upload images", folder=None, text="", variations=1):
-    """/apply's inputs: session instructions, uploaded .inst files, weights, images (source, folder, uploads),
-    text, strength, steps, guidance, image guidance, seed, variations, fresh noise."""
-    return ([], inst_files, "", source, folder, images, text, 1, 20, "", "", 0, variations, False)
+def apply_args(inst_files, images, source="Upload images", folder=None, variations=1, **settings):
+    """/apply's inputs: session instructions, uploaded .inst files, weights, images (source, folder, uploads), every
+    apply setting (the library's defaults, ``settings`` changed), variations."""
+    from invert.ui.backend import APPLY_RULES
+    from invert.ui.controls import shown
+
+    values = {r.name: r.default for r in APPLY_RULES} | settings
+    return ([], inst_files, "", source, folder, images, *(shown(r, values[r.name]) for r in APPLY_RULES),
+            variations)
 
 
 def test_help_does_not_import_gradio_or_torch():
@@ -139,7 +154,7 @@ def test_api_fit(fitted):
     assert [row[0] for row in losses["data"]] == list(range(1, 11))  # one loss per step: the live curve's data
     assert not previews  # asked for none
     inst = Instruction.load(inst_file)
-    assert inst.method == "brush" and int(inst.meta["steps"]) == 10
+    assert inst.method == "brush" and inst.meta.steps == 10
 
 
 def uploaded_pairs(count: int = 3) -> tuple[list, list]:
@@ -204,7 +219,7 @@ def test_stop_keeps_the_state_and_resume_finishes(server, client, fitted):
     status, losses, _, inst_file, *_ = client.predict(api_name="/resume")
     assert "done: night-visii" in status and "step 60 / 60" in status
     assert len(losses["data"]) == 60  # the curve goes on from where it stopped
-    assert int(Instruction.load(inst_file).meta["steps"]) == 60
+    assert Instruction.load(inst_file).meta.steps == 60
 
 
 def test_api_apply(client, fitted):
@@ -229,6 +244,41 @@ def test_api_apply(client, fitted):
                                   api_name="/apply")
     assert [Path(f).name for f in varied] == [f"{image.stem}_seed0.png", f"{image.stem}_seed1.png"]
     assert Image.open(varied[0]).tobytes() != Image.open(varied[1]).tobytes()  # fresh noise from each seed
+
+
+def test_the_web_app_fits_as_invert_fit_does(client, run, tmp_path):
+    """The same pairs and settings give the same file, tensors and metadata (timings aside): the page sends only
+    the settings changed from what `invert fit` would use, so the model folder's own defaults for the method (the
+    toy model's visii: lr 3e-2, guidance 3) apply in both and are recorded alike."""
+    import torch
+
+    from invert.instruction import Instruction
+
+    status, _, _, inst_file, *_ = client.predict(*fit_args(method="visii", steps=4), api_name="/fit")
+    assert "done: night-visii" in status
+    r = run("fit", NIGHT / "train", "-o", tmp_path / "cli.inst", "--model", "toy", "--method", "visii", "--steps", 4,
+            "--threads", 1, "--quiet")  # the app's server runs on one thread too
+    assert r.exit_code == 0, r.output
+    web, cli = Instruction.load(inst_file), Instruction.load(tmp_path / "cli.inst")
+    assert web.meta.model_defaults == {"lr": 0.03, "guidance": 3.0}
+    assert replace(web.meta, fit_seconds=None) == replace(cli.meta, fit_seconds=None)
+    assert web.tensors.keys() == cli.tensors.keys()
+    for key in web.tensors:
+        assert torch.equal(web.tensors[key], cli.tensors[key]), key
+
+
+def test_api_settings_are_checked_naming_the_control(client):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="^Learning rate: must be at most 1, not 5.0$"):
+        client.predict(*fit_args(method="visii", steps=4, lr=5.0), api_name="/fit")
+    with pytest.raises(AppError, match="^Tokens: must be at most 75, not 500$"):
+        client.predict(*fit_args(method="visii", steps=4, tokens=500), api_name="/fit")
+    image = sorted((NIGHT / "test" / "before").iterdir())[0]
+    inst = handle_file(ROOT / "tests" / "fixtures" / "v1" / "visii.inst")
+    with pytest.raises(AppError, match="^Text guidance: must be at most 30, not 1e\\+30$"):
+        client.predict(*apply_args([inst], [handle_file(image)], guidance=1e30), api_name="/apply")
 
 
 def cli_message(fn, path: Path) -> str:
@@ -269,6 +319,31 @@ def test_api_bad_uploads_get_the_cli_message(client, fitted, tmp_path):
     assert str(page.value) == cli_message(Instruction.load, not_inst)
 
 
+def test_api_library_shows_entry_names_as_text(client, fitted, tmp_path):
+    """A library's entry names (its files' stems) reach the page's Markdown and chart as text: no control
+    character, no link, no markup."""
+    import shutil
+    import unicodedata
+
+    from gradio_client import handle_file
+
+    from invert.library import build_library
+
+    name = "[x](javascript:alert(1)) **b** \x1b]0;pwned\x07\u202e\nError: forged"
+    (tmp_path / "insts").mkdir()
+    shutil.copyfile(fitted[3], tmp_path / "insts" / f"{name}.inst")
+    build_library([tmp_path / "insts"]).save(tmp_path / "lib.safetensors")
+    before, after = (sorted((NIGHT / "test" / side).iterdir())[0] for side in ("before", "after"))
+    weights, listed, *_ = client.predict(
+        handle_file(tmp_path / "lib.safetensors"), handle_file(before), handle_file(after), 0.1, 0, "its only one",
+        *apply_args([], [handle_file(before)])[3:], api_name="/library")
+    shown = [row[0] for row in weights["data"]]
+    for text in (listed, *shown):
+        assert not [c for c in text if unicodedata.category(c) in ("Cc", "Cf")], text
+    assert "[x](" not in listed and "**b**" not in listed and "\\[x\\]" in listed, listed
+    assert shown == ["[x](javascript:alert(1)) **b** \\x1b]0;pwned\\x07\\u202e\\nError: forged"]
+
+
 # The browser: Debian's chromium and chromium-driver (.ci/run installs them); nothing is downloaded.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -305,8 +380,8 @@ def library_file(client, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("library")
     for edit in ("night", "red_circle", "sepia_frame", "hue90"):
-        inst = client.predict(*fit_args(folder=str(ROOT / "examples" / "toy" / edit / "train"), method="visii"),
-                              api_name="/fit")[3]
+        inst = client.predict(*fit_args(folder=str(ROOT / "examples" / "toy" / edit / "train"), method="visii",
+                                        init_text=""), api_name="/fit")[3]
         shutil.copyfile(inst, folder / f"{edit}.inst")
     build_library([folder]).save(folder / "toy.safetensors")
     return folder / "toy.safetensors"
@@ -376,6 +451,7 @@ def screenshots(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.browser
 def test_browser_learn_apply_and_library(server, browser, library_file, screenshots):
     page = Page(browser, screenshots)
     api_sessions = set(server.tmp.glob("invert-ui-*/sessions/session-*"))

@@ -8,9 +8,10 @@ from conftest import make_trainer, scene, stop_at, tiny_fit
 
 from invert.errors import InvertWarning
 from invert.fitting.checkpoint import FitState, FitStopped
+from invert.fitting.init_search import best_text
 from invert.fitting.loop import Scoring
-from invert.fitting.validation import Validation, best_text, check_fit, held_out, scoring_interval
-from invert.methods import method_class, settings_for
+from invert.fitting.validation import Validation, check_fit, held_out, scoring_interval
+from invert.methods import method_class, method_names, settings_for
 from invert.methods.settings import VisiiSettings
 from invert.sampling import sample
 
@@ -19,7 +20,7 @@ AFTERS = [scene(i, night=True) for i in range(3)]
 
 
 def visii(editor, text="make it night"):
-    return method_class("visii").initialize(editor, editor.encode_text([text]), text, VisiiSettings(clip_weight=0))
+    return method_class("visii").initialize(editor, editor.encode_text([text]), text, VisiiSettings(visii_clip_weight=0))
 
 
 def test_held_out_pairs_and_scoring_interval():
@@ -55,27 +56,45 @@ def test_keep_best_keeps_the_best_scoring_step_and_keep_last_the_last(editor):
     assert trainer.scores.best_step == 4 and torch.equal(method.learned.detach(), target)
 
 
+@pytest.mark.parametrize("best_at, expected", [(4, 6), (2, 2)])
+def test_the_default_keeps_the_last_unless_an_earlier_state_scored_clearly_higher(editor, best_at, expected):
+    """Scores of 0 except at step ``best_at``: 0.9 dB (within the margin: the last state is kept) or 1.1 dB (an
+    earlier state clearly better: it is kept)."""
+    states = {}
+    method = visii(editor)
+    trainer = make_trainer(editor, BEFORES, AFTERS, method, steps=6, lr=1e-2)
+    assert trainer.settings.keep == "last-unless-worse", "the default"
+
+    def score() -> float:
+        step = 2 * len(states)
+        states[step] = method.learned.detach().clone()
+        return {4: 0.9, 2: 1.1}[best_at] if step == best_at else 0.0
+
+    trainer.run(quiet=True, scoring=Scoring(score, 2))
+    assert trainer.kept_step == expected and torch.equal(method.learned.detach(), states[expected])
+
+
 def test_scoring_changes_nothing_that_is_learned(editor, clip):
     """Validation samples with its own generators: the fit's noise, timesteps and updates are untouched."""
     base = dict(steps=4, lr=1e-2, init_text="make it night", keep="last", val=0)
     plain = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, val_every=0, **base)
     scored = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, val_every=1, **base)
     assert torch.equal(plain.tensors["visii.learned"], scored.tensors["visii.learned"])
-    assert plain.meta["validation"]["curve"] == [] and len(scored.meta["validation"]["curve"]) == 5
+    assert plain.meta.validation["curve"] == [] and len(scored.meta.validation["curve"]) == 5
 
 
-@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
+@pytest.mark.parametrize("method", method_names())
 def test_the_curve_is_the_instruction_applied_to_the_held_out_pairs(editor, clip, method):
     """The kept state's score is what sampling the saved instruction on the validation pairs gives, and the
     start's score is the init text's own; with --keep best the kept score is the curve's best."""
     befores, afters = [scene(i) for i in range(8)], [scene(i, night=True) for i in range(8)]
     opts = {"parts": 2} if method == "brush" else {}
     inst = tiny_fit(editor, befores, afters, method, clip=clip, steps=4, lr=1e-2, init_text="make it night",
-                    val_every=2, val_steps=3, **opts)
-    v = inst.meta["validation"]
+                    val_every=2, val_steps=3, keep="best", **opts)
+    v = inst.meta.validation
     assert v["pairs"] == [6, 7] and v["every"] == 2 and [s for s, _ in v["curve"]] == [0, 2, 4]
     best_step, best = max(v["curve"], key=lambda c: (c[1], -c[0]))
-    assert inst.meta["kept_step"] == best_step
+    assert inst.meta.kept_step == best_step
     from invert.api import load_method
 
     judge = Validation(editor, befores[6:], afters[6:], steps=3, guidance=7.5, image_guidance=1.5, seed=0)
@@ -105,8 +124,8 @@ def test_a_resumed_fit_with_validation_equals_the_uninterrupted_one(editor, clip
                  **base)
     saved = stopped.value.state.save(tmp_path / "state.ckpt")
     resumed = tiny_fit(editor, befores, afters, "lora", clip=clip, resume=FitState.load(saved), **base)
-    assert whole.meta["validation"] == resumed.meta["validation"]
-    assert whole.meta["kept_step"] == resumed.meta["kept_step"]
+    assert whole.meta.validation == resumed.meta.validation
+    assert whole.meta.kept_step == resumed.meta.kept_step
     for key, value in whole.tensors.items():
         assert torch.equal(value, resumed.tensors[key]), key
 
@@ -126,7 +145,7 @@ def test_check_fit_reports_each_failure_with_what_to_try():
     assert "spiked to 50 at step 21" in never, "a spike is named as the likely cause of a fall"
     kept_worse = check_fit(falling, [(0, 15.0), (40, 13.0)], 12.0, None, 1e-2).line()
     assert "the state it keeps (the last) scores 13.00 dB, below its start's 15.00 dB" in kept_worse
-    assert "--keep best" in kept_worse
+    assert "--keep last-unless-worse" in kept_worse
     below = check_fit(falling, [(0, 10.0), (40, 11.0)], 12.0, 40, 1e-2).line()
     assert "kept state scores 11.00 dB, below the unedited input's 12.00 dB" in below
     stalled = check_fit(flat, [(0, 15.0), (40, 15.0)], 12.0, 0, 1e-2).line()
@@ -145,17 +164,32 @@ def test_several_init_texts_start_from_the_best_scoring_one(editor, clip):
     texts = ("make it night", "a photo, with a comma", "make it sepia")
     inst = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, steps=2, lr=1e-2, init_text=texts, val_steps=2,
                     val_every=1)
-    scores = inst.meta["init_scores"]["texts"]
-    assert set(scores) == set(texts) and inst.meta["init_text"] == max(scores, key=scores.get)
+    scores = inst.meta.init_scores["texts"]
+    assert set(scores) == set(texts) and inst.meta.init_text == max(scores, key=scores.get)
     # Scored on every pair, as the fit's validation is with 3 pairs: the fit starts from the best text's score.
-    assert inst.meta["validation"]["curve"][0][1] == pytest.approx(max(scores.values()), abs=1e-4)
+    assert inst.meta.validation["curve"][0][1] == pytest.approx(max(scores.values()), abs=1e-4)
+
+
+def test_the_init_is_chosen_on_the_training_pairs_only(editor, clip):
+    """8 pairs, the last 2 held out (with afters of another edit): the candidates are scored on the 6 training
+    pairs, never on the held-out ones, which only score the fit."""
+    befores = [scene(i) for i in range(8)]
+    afters = [scene(i, night=True) for i in range(6)] + [scene(i + 20, night=True) for i in (6, 7)]
+    texts = ("make it night", "make it sepia")
+    inst = tiny_fit(editor, befores, afters, "visii", clip=clip, steps=0, init_text=texts, val_steps=2)
+    assert inst.meta.validation["pairs"] == [6, 7]
+    judge = Validation(editor, befores[:6], afters[:6], steps=2, guidance=7.5, image_guidance=1.5, seed=0)
+    found = inst.meta.init_scores
+    assert found["no_edit"] == pytest.approx(judge.no_edit, abs=1e-6)
+    for text in texts:
+        assert found["texts"][text] == pytest.approx(judge.score(visii(editor, text)), abs=1e-4), text
 
 
 def test_init_best_compares_the_candidate_texts(editor, clip):
     inst = tiny_fit(editor, BEFORES, AFTERS, "brush", clip=clip, steps=0, parts=2, val_steps=2)
-    scores = inst.meta["init_scores"]["texts"]
-    assert len(scores) >= 3 and "" in scores and inst.meta["init_text"] in scores
-    assert inst.meta["init_text"] == best_text(scores, inst.meta["init_scores"]["no_edit"])
+    scores = inst.meta.init_scores["texts"]
+    assert len(scores) >= 3 and "" in scores and inst.meta.init_text in scores
+    assert inst.meta.init_text == best_text(scores, inst.meta.init_scores["no_edit"])
 
 
 def test_an_edit_that_changes_nothing_is_reported(editor, clip):
@@ -166,7 +200,7 @@ def test_an_edit_that_changes_nothing_is_reported(editor, clip):
                         val_steps=2, val_every=1)
     lines = [str(w.message) for w in caught if issubclass(w.category, InvertWarning)]
     assert len(lines) == 1 and "below the unedited input's 100.00 dB" in lines[0]
-    assert inst.meta["fit_check"] == lines[0]
+    assert inst.meta.fit_check == lines[0]
 
 
 def test_fit_json_and_fit_batch_name_the_fits_that_fail_their_check(tiny_model_dir, pairs_dir, tmp_path):
@@ -195,7 +229,7 @@ def test_fit_json_and_fit_batch_name_the_fits_that_fail_their_check(tiny_model_d
     assert [s for s, _ in report["validation"]["curve"]] == [0, 1, 2] and report["validation"]["pairs"] == "train"
     assert f"warning: {report['fit_check']}" in r.stderr
     saved = Instruction.load(tmp_path / "same.inst").meta
-    assert saved["validation"] == report["validation"] and saved["fit_check"] == report["fit_check"]
+    assert saved.validation == report["validation"] and saved.fit_check == report["fit_check"]
 
     r = runner.invoke(cli, ["fit-batch", str(sets), "-o", str(tmp_path / "insts"), *common])
     assert r.exit_code == 0, r.output
@@ -203,14 +237,12 @@ def test_fit_json_and_fit_batch_name_the_fits_that_fail_their_check(tiny_model_d
     assert "  same: fit check: the kept state scores" in r.stderr and "night: fit check" not in r.stderr
 
 
-def test_a_fit_ruined_by_a_huge_learning_rate_keeps_its_start_and_says_so():
+def test_a_fit_ruined_by_a_huge_learning_rate_keeps_its_start_and_says_so(toy):
     """On the toy model, lora at lr 1 wrecks the night edit within a few steps (measured: 26.7 dB from "make it
     night" down to 3 dB on held-out pairs): the fit keeps its start and the warning names the fall and a lower lr."""
-    import invert
     from invert.api import fit_images, load_method
     from invert.toy import world
 
-    toy = invert.load_editor("toy", device="cpu")
     pairs = world.make_pairs("night", 3, 5 * 10**6)
     befores, afters = [b for b, _ in pairs], [a for _, a in pairs]
     options = dict(steps=4, lr=1.0, guidance=3.0, init_text="make it night", val_every=2, val_steps=4)
@@ -218,9 +250,9 @@ def test_a_fit_ruined_by_a_huge_learning_rate_keeps_its_start_and_says_so():
         warnings.simplefilter("always")
         inst = fit_images(toy, befores, afters, "lora", *settings_for("lora", options), quiet=True)
     lines = [str(w.message) for w in caught if issubclass(w.category, InvertWarning)]
-    curve = inst.meta["validation"]["curve"]
+    curve = inst.meta.validation["curve"]
     assert curve[-1][1] < curve[0][1] - 3, curve
     assert len(lines) == 1 and "never beat its start" in lines[0] and "a lower --lr (0.33)" in lines[0]
-    assert inst.meta["kept_step"] == 0
+    assert inst.meta.kept_step == 0
     judge = Validation(toy, befores, afters, steps=4, guidance=3.0, image_guidance=1.5, seed=0)
     assert judge.score(load_method(inst, toy)) == pytest.approx(curve[0][1], abs=1e-4)

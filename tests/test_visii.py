@@ -19,7 +19,7 @@ def mean_loss(trainer, steps):
         for step in steps:
             t = trainer.schedule[step]
             x = trainer.data.inputs(t, trainer.pair(step))
-            pred = predict(trainer.method, trainer.data, trainer.settings, x.noisy, x.cond, t)
+            pred = predict(trainer.method, trainer.data, trainer.settings, x.noisy, x.cond, x.timesteps)
             total += torch.nn.functional.mse_loss(pred, x.objective).item()
         return total / len(steps)
 
@@ -27,11 +27,13 @@ def mean_loss(trainer, steps):
 def test_fitting_lowers_the_loss_and_moves_only_learned_tokens(editor, clip):
     befores, afters = night_pairs()
     method = Visii.initialize(editor, editor.encode_text(["make it night"]))
-    trainer = make_trainer(editor, befores, afters, method, steps=150, lr=5e-2, init_text="make it night")
-    before = mean_loss(trainer, range(150))
+    # 20 steps at a high lr (the tiny model's random embeddings are far from any good prompt): the loss over the
+    # fit's own timesteps falls 2.5%; at lr 5e-2, 20 steps lower it by 0.4% (150 steps were needed).
+    trainer = make_trainer(editor, befores, afters, method, steps=20, lr=0.5, init_text="make it night")
+    before = mean_loss(trainer, range(20))
     start = method.prompt_embeds().detach().clone()
     trainer.run(quiet=True)
-    after = mean_loss(trainer, range(150))
+    after = mean_loss(trainer, range(20))
     assert after < before * 0.98, (before, after)
     moved = (method.prompt_embeds().detach() - start).abs().sum(-1)[0]
     eos = method.eos

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import html
 import inspect
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Callable
 import gradio as gr
 from PIL import Image
 
-from .backend import InvertError, Model, open_image
+from .backend import InvertError, Model, open_image, printable
 from .session import Session, Sessions
 
 # Every event that runs the model shares this queue, one at a time: a fit holds the UNet (InstructBrush's
@@ -19,6 +21,7 @@ from .session import Session, Sessions
 MODEL_QUEUE = "model"
 MODEL_EVENT = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1}
 HERE = Path(__file__).resolve().parent
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&:])")  # CommonMark's escapable punctuation that matters
 
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate")
 CSS = """
@@ -80,11 +83,12 @@ class App:
         the terminal."""
 
         def shown(exc: Exception) -> gr.Error:
+            # The page renders an error's message as HTML: a file's name in it is shown as text, not markup.
             if isinstance(exc, InvertError):
-                return gr.Error(self.sessions.shorten(str(exc)), print_exception=False)
+                return gr.Error(html.escape(self.sessions.shorten(str(exc)), quote=False), print_exception=False)
             traceback.print_exc(file=sys.stderr)
-            return gr.Error(f"internal error (details in the terminal): {type(exc).__name__}: {exc}",
-                            print_exception=False)
+            return gr.Error(html.escape(printable(f"internal error (details in the terminal): {type(exc).__name__}: "
+                                                  f"{exc}"), quote=False), print_exception=False)
 
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
@@ -111,6 +115,13 @@ class App:
         """Galleries of small images (the toy model's 32 px) are scaled up with sharp pixels, not blurred."""
         return ["pixelated"] if self.model.resolution < 128 else []
 
+
+
+def markdown_text(text: object) -> str:
+    """Text from a file (a name, an init text, an error naming a file) as Markdown shows it, literally: control
+    characters escaped (``printable``) and Markdown's own punctuation backslash-escaped, so that no name turns
+    into a link, an image or markup."""
+    return _MARKDOWN.sub(r"\\\1", printable(text))
 
 
 def example_folders(pattern: str) -> list[tuple[str, str]]:

@@ -2,39 +2,42 @@
 settings and results that the Library tab shares."""
 from __future__ import annotations
 
-import html
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
 
-from .app import MODEL_EVENT, App, example_folders, first_example, open_images
-from .backend import Instruction, InvertError, describe, load_instruction
+from .app import MODEL_EVENT, App, example_folders, first_example, markdown_text, open_images
+from .backend import (APPLY_RULES, MAX_VARIATIONS, ApplySettings, Instruction, InvertError, apply_settings,
+                      check_distinct_outputs, describe, load_instruction, printable, save_image)
+from .controls import control, label, read
 from .session import Session
 
 FOLDER, UPLOAD = "Example folder", "Upload images"
-MAX_VARIATIONS = 8
+MAX_VARIATIONS_SHOWN = min(8, MAX_VARIATIONS)  # the slider's end; each variation is a sampling run
 
 
 @dataclass
 class ImageInputs:
-    """Where the images to edit come from, and the sampling settings."""
+    """Where the images to edit come from, and the sampling settings (one control per apply setting)."""
 
     source: gr.Radio
     folder: gr.Dropdown
     uploads: gr.File
-    text: gr.Textbox
-    strength: gr.Slider
-    steps: gr.Slider
-    guidance: gr.Textbox
-    image_guidance: gr.Textbox
-    seed: gr.Number
+    settings: dict[str, gr.components.Component]  # by setting name, as ApplySettings declares them
     variations: gr.Slider
-    fresh_noise: gr.Checkbox
 
     def components(self) -> list[gr.components.Component]:
-        return [self.source, self.folder, self.uploads, self.text, self.strength, self.steps, self.guidance,
-                self.image_guidance, self.seed, self.variations, self.fresh_noise]
+        return [self.source, self.folder, self.uploads, *self.settings.values(), self.variations]
+
+    @staticmethod
+    def read(values: tuple) -> tuple[str, str | None, list[str] | None, ApplySettings, int]:
+        """The components' values (in :meth:`components`' order) as source, folder, uploads, the checked apply
+        settings (an error names the control) and the number of variations."""
+        source, folder, uploads, *settings, variations = values
+        given = {rule.name: read(rule, value) for rule, value in zip(APPLY_RULES, settings)}
+        return source, folder, uploads, apply_settings(given, {r.name: label(r.name) for r in APPLY_RULES}), \
+            int(variations)
 
 
 @dataclass
@@ -56,20 +59,11 @@ def image_inputs(app: App, prefix: str) -> ImageInputs:
                       elem_id=f"{prefix}-images")
     source.change(lambda s: (gr.update(visible=s == FOLDER), gr.update(visible=s == UPLOAD)), source,
                   [folder, uploads], queue=False, api_visibility="private")
-    text = gr.Textbox(label="Extra text (a hybrid instruction)", placeholder="e.g. with a red circle")
-    with gr.Row():
-        strength = gr.Slider(0, 2, 1, step=0.05, label="Strength", info="0: the init text, 1: as learned")
-        steps = gr.Slider(1, 100, 20, step=1, label="Sampling steps")
-    with gr.Row():
-        # Textboxes, not numbers: a number field cannot be left empty (the file's own scale).
-        guidance = gr.Textbox(label="Text guidance", placeholder="the file's")
-        image_guidance = gr.Textbox(label="Image guidance", placeholder="the file's")
-    with gr.Row():
-        seed = gr.Number(0, precision=0, label="Seed")
-        variations = gr.Slider(1, MAX_VARIATIONS, 1, step=1, label="Variations", info="seeds seed, seed+1, ...")
-        fresh_noise = gr.Checkbox(False, label="Fresh noise", info="from the seed, not the fit's own noise")
-    return ImageInputs(source, folder, uploads, text, strength, steps, guidance, image_guidance, seed, variations,
-                       fresh_noise)
+    with gr.Accordion("Sampling settings (empty: the file's own)", open=True):
+        settings = {rule.name: control(rule, rule.default) for rule in APPLY_RULES}
+        variations = gr.Slider(1, MAX_VARIATIONS_SHOWN, 1, step=1, label="Variations",
+                               info="results per image, from seeds seed, seed+1, ... (fresh noise)")
+    return ImageInputs(source, folder, uploads, settings, variations)
 
 
 def results_view(app: App, prefix: str) -> Results:
@@ -81,42 +75,30 @@ def results_view(app: App, prefix: str) -> Results:
     return Results(gallery, slider, files)
 
 
-def edit(app: App, session: Session, tab: str, inst: Instruction, source: str, folder: str | None,
-         uploads: list[str] | None, text: str, strength: float, steps: float, guidance: str | None,
-         image_guidance: str | None, seed: float | None, variations: float, fresh_noise: bool) -> tuple:
-    """Edit the chosen images (every variation) and write the results to the session folder: the outputs of a
-    Results view. ``tab``: whose gallery the results fill (its slider follows them)."""
+def edit(app: App, session: Session, tab: str, inst: Instruction, values: tuple) -> tuple:
+    """Edit the chosen images (every variation) with the settings of ``values`` (an :class:`ImageInputs`'
+    components' values) and write the results to the session folder: the outputs of a Results view. ``tab``:
+    whose gallery the results fill (its slider follows them)."""
+    source, folder, uploads, settings, count = ImageInputs.read(values)
+    seeds = settings.seeds(inst.meta.noise_seed, count, label)
+    fresh = settings.noise_mode(count, label) == "fresh"
     files, images = open_images(session, uploads if source == UPLOAD else None,
                                 folder if source == FOLDER else None, "images")
-    stems = [f.stem.casefold() for f in files]
-    if len(set(stems)) != len(stems):
-        raise InvertError("two images share a file stem; their results would overwrite each other")
-    scales = {"guidance": _scale(guidance, "Text guidance"), "image_guidance": _scale(image_guidance, "Image guidance")}
+    names = {(f, s): f"{f.stem}_seed{s}" if count > 1 else f.stem for s in seeds for f in files}
+    check_distinct_outputs([f"{n}.png" for n in names.values()])
     out = session.new_folder("results")
-    count, seed = int(variations), int(seed or 0)
     rows: list[tuple[str, str, str]] = []  # (before, result, caption)
-    for v in range(count):
-        edited = app.model.apply(inst, images, text=text, strength=float(strength), steps=int(steps), seed=seed + v,
-                                 fresh_noise=bool(fresh_noise) or count > 1, **scales)
+    for seed in seeds:
+        edited = app.model.apply(inst, images, replace(settings, seed=seed if fresh else None))
         for f, before, after in zip(files, images, edited):
-            name = f"{f.stem}_seed{seed + v}" if count > 1 else f.stem
-            after.save(out / f"{name}.png")
+            name = names[f, seed]
+            save_image(after, out / f"{name}.png")
             # The slider compares images of one size: the input as the pipeline saw it (rounded down to 8).
-            before.resize(after.size).save(out / f"{name}_before.png")
+            save_image(before.resize(after.size), out / f"{name}_before.png")
             rows.append((str(out / f"{name}_before.png"), str(out / f"{name}.png"),
-                         name if count == 1 else f"{f.stem} · seed {seed + v}"))
+                         printable(name if count == 1 else f"{f.stem} · seed {seed}")))
     session.results[tab] = rows
     return ([(r, caption) for _, r, caption in rows], (rows[0][0], rows[0][1]), [r for _, r, _ in rows])
-
-
-def _scale(value: str | None, label: str) -> float | None:
-    """A guidance scale typed in a text field; empty: None (the file's)."""
-    if not (value or "").strip():
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise InvertError(f"{label}: expected a number, not {value!r}") from None
 
 
 def build(app: App, learned: gr.State) -> None:
@@ -142,21 +124,19 @@ def build(app: App, learned: gr.State) -> None:
         try:
             insts = _instructions(session, names, uploads)
         except InvertError as exc:
-            return f"⚠️ {app.sessions.shorten(str(exc))}"
-        return "\n".join(f"{i}. **{html.escape(name)}**: {html.escape(describe(inst))}"
+            return f"⚠️ {markdown_text(app.sessions.shorten(str(exc)))}"
+        return "\n".join(f"{i}. **{markdown_text(name)}**: {markdown_text(describe(inst))}"
                          for i, (name, inst) in enumerate(insts, 1))
 
     gr.on([chosen.change, uploaded.change], app.handler(listed), [chosen, uploaded], listing,
           api_visibility="private")
 
-    def apply(names, uploads, weights, source, folder, images, text, strength, steps, guidance, image_guidance,
-              seed, variations, fresh_noise, request: gr.Request):
+    def apply(request: gr.Request, names, uploads, weights, *values):
         session = app.session(request)
         insts = [inst for _, inst in _instructions(session, names, uploads)]
         if not insts:
             raise InvertError("choose an instruction learned in this session or upload an .inst file")
-        return edit(app, session, "apply", _mixed(app, insts, weights), source, folder, images, text, strength, steps,
-                    guidance, image_guidance, seed, variations, fresh_noise)
+        return edit(app, session, "apply", _mixed(app, insts, weights), values)
 
     run.click(app.handler(apply), [chosen, uploaded, weights, *inputs.components()], results.components(),
               api_name="apply", **MODEL_EVENT)

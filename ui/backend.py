@@ -2,25 +2,85 @@
 functions and names, so that a change in the library's API is adapted here, in one place."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from PIL import Image
 
 import invert
 from invert.api import FitProgress
 from invert.defaults import DEFAULT_TEMPERATURE
+from invert.display import printable
 from invert.errors import InvertError
 from invert.fitting.checkpoint import FitState, FitStopped
 from invert.instruction import Instruction
-from invert.pairs import Pair, find_pairs, is_image_file, open_image
+from invert.methods import method_entries, settings_classes
+from invert.pairs import Pair, check_distinct_outputs, find_pairs, is_image_file, open_image
+from invert.settings import ApplySettings, FitSettings, build_settings
+from invert.settings.apply import MAX_VARIATIONS
+from invert.settings.fields import describe_range
+from invert.writing import make_folder, output_exists, write_atomically, write_failure
 
 if TYPE_CHECKING:
     from invert.fitting.phrases import PhraseChoice
 
-__all__ = ["DEFAULT_TEMPERATURE", "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model",
-           "Pair", "describe", "find_pairs", "is_image_file", "load_instruction", "open_image", "save_instruction",
-           "save_state"]
+__all__ = ["APPLY_RULES", "DEFAULT_TEMPERATURE", "FIT_RULES", "MAX_VARIATIONS", "ApplySettings",
+           "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model", "Pair", "SettingRule",
+           "apply_settings", "check_distinct_outputs", "copy_file", "describe", "find_pairs", "is_image_file",
+           "load_instruction", "make_folder", "method_options", "methods", "open_image", "output_exists", "printable",
+           "save_image", "save_instruction", "save_state", "write_failure"]
+
+
+@dataclass(frozen=True)
+class SettingRule:
+    """One setting as a control shows it: its name, its type (``kind``, without None; ``optional``: None allowed;
+    ``is_list``: several texts), its help and range, its library default."""
+
+    name: str
+    kind: Any
+    optional: bool
+    is_list: bool
+    help: str
+    range: str
+    default: Any
+
+
+def setting_rules(*classes: type) -> list[SettingRule]:
+    """The settings of ``classes`` in order, a name they share once."""
+    rules: dict[str, SettingRule] = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            union = typing.get_origin(hint) in (typing.Union, type(int | None))
+            kind = next(a for a in typing.get_args(hint) if a is not type(None)) if union else hint
+            rules.setdefault(f.name, SettingRule(
+                f.name, kind, union and type(None) in typing.get_args(hint), typing.get_origin(kind) is tuple,
+                f.metadata.get("help", ""), describe_range(f.metadata), f.default))
+    return list(rules.values())
+
+
+FIT_RULES = setting_rules(FitSettings, *settings_classes().values())
+APPLY_RULES = setting_rules(ApplySettings)
+
+
+def method_options(method: str) -> set[str]:
+    """The settings a fit with ``method`` takes: the loop's and the method's own."""
+    return {f.name for cls in (FitSettings, settings_classes()[method]) for f in dataclasses.fields(cls)}
+
+
+def apply_settings(values: Mapping[str, Any], labels: Mapping[str, str]) -> ApplySettings:
+    """Apply settings from the page's controls, checked; an error names the control's label."""
+    return build_settings(ApplySettings, dict(values), lambda name: labels.get(name, name))
+
+
+def methods() -> list[tuple[str, str]]:
+    """Every registered method as (label, name), for the app's menus."""
+    return [(f"{e.title}: {e.summary}", e.name) for e in method_entries()]
 
 
 class Model:
@@ -45,15 +105,13 @@ class Model:
     def resolution(self) -> int:
         return self.editor.resolution
 
-    def defaults(self) -> dict[str, float | int]:
-        """The Learn tab's starting settings: the library's, except on the toy model, which learns well only with
-        a larger learning rate and lower guidance, in 100 steps (README's quick start)."""
-        from invert.settings import FitSettings
+    def fit_defaults(self, method: str) -> dict[str, Any]:
+        """The settings a fit with ``method`` starts from, resolved as ``invert fit`` resolves them: the model
+        folder's own (its invert.json, per method) over the library's."""
+        from invert.api import model_defaults
 
-        d = FitSettings()
-        if self.name == "toy":
-            return {"steps": 100, "lr": 1e-2, "guidance": 3.0, "image_guidance": d.image_guidance}
-        return {"steps": d.steps, "lr": d.lr, "guidance": d.guidance, "image_guidance": d.image_guidance}
+        library = {r.name: r.default for r in FIT_RULES if r.name in method_options(method)}
+        return {**library, **model_defaults(self.editor.model_id, method, {})}
 
     def load_pairs(self, pairs: list[Pair]) -> tuple[list[Image.Image], list[Image.Image]]:
         """Open every pair as ``invert fit`` does (its checks, its one-line errors), at the model's resolution."""
@@ -76,14 +134,27 @@ class Model:
         befores, afters = self.load_pairs(pairs)
         return unique_phrases(self.clip, befores, afters, load_vocab(model_vocab(self.name)))
 
+    def fit_options(self, method: str, values: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
+        """Of the page's setting values, those the user changed from :meth:`fit_defaults` (the others resolve in
+        the fit as ``invert fit``'s do), checked now; an error names the control by its label."""
+        from invert.methods import settings_for
+
+        defaults = self.fit_defaults(method)
+        # 3 is 3.0 (a number field may send either), but True is not 1.0
+        given = {name: value for name, value in values.items() if name in defaults and
+                 (value != defaults[name] or isinstance(value, bool) != isinstance(defaults[name], bool))}
+        settings_for(method, given, lambda name: labels.get(name, name))
+        return given
+
     def fit(self, pairs: list[Pair], method: str, *, progress: Callable[[FitProgress], None],
             should_stop: Callable[[], bool], checkpoint: Callable[[Instruction, int], None], save_every: int,
-            resume: FitState | None, **options) -> Instruction:
-        """``invert.fit`` on this model; ``options``: steps, lr, seed, guidance, image_guidance, init_text.
-        A stop raises FitStopped, whose ``state`` resumes the fit."""
+            resume: FitState | None, sources: Mapping[str, str] | None = None, **options) -> Instruction:
+        """``invert.fit`` on this model; ``options``: the settings the user set, by name (the others resolve as
+        ``invert fit``'s do); ``sources``: each one's control label, for errors. A stop raises FitStopped, whose
+        ``state`` resumes the fit."""
         return invert.fit(pairs, method, editor=self.editor, clip=self.clip, quiet=True, progress=progress,
                           should_stop=should_stop, checkpoint=checkpoint, save_every=save_every, resume=resume,
-                          **options)
+                          sources=sources, **options)
 
     @property
     def encoder(self):
@@ -102,13 +173,9 @@ class Model:
 
         return encode_images(self.encoder, self.editor, self.clip, *self.load_pairs(pairs))
 
-    def apply(self, instruction: Instruction, images: list[Image.Image], *, text: str | None = None,
-              strength: float = 1.0, steps: int = 20, guidance: float | None = None,
-              image_guidance: float | None = None, seed: int | None = None, fresh_noise: bool = False,
+    def apply(self, instruction: Instruction, images: list[Image.Image], settings: ApplySettings | None = None
               ) -> list[Image.Image]:
-        return invert.apply(instruction, images, editor=self.editor, text=text or None, strength=strength,
-                            steps=steps, guidance=guidance, image_guidance=image_guidance, seed=seed,
-                            fresh_noise=fresh_noise)
+        return invert.apply(instruction, images, editor=self.editor, settings=settings or ApplySettings())
 
     def mix(self, instructions: list[Instruction], weights: list[float]) -> Instruction:
         """Instructions of one method mixed by weight (``invert apply --mix``), as one instruction."""
@@ -126,8 +193,7 @@ class Model:
 
         lib = Library.load(library)
         pairs = [find_pairs(before=b, after=a)[0] for b, a in zip(befores, afters)]
-        size = int(lib.entries[0].instruction.meta.get("resolution") or self.resolution)
-        inst, chosen, weights = lib.instruction_for(*load_pairs(pairs, size), editor=self.editor,
+        inst, chosen, weights = lib.instruction_for(*load_pairs(pairs, lib.exemplar_size(self.editor)), editor=self.editor,
                                                     method=method, temperature=temperature, top=top)
         return inst, [(e.name, w) for e, w in zip(chosen, weights)]
 
@@ -146,12 +212,22 @@ def save_state(state: FitState, path: Path) -> Path:
     return state.save(path)
 
 
+def save_image(img: Image.Image, path: Path) -> Path:
+    """A PNG written as the library writes every file: atomically, a failure one InvertError naming it."""
+    write_atomically(path, lambda tmp: img.save(tmp, format="PNG"), force=True)
+    return path
+
+
+def copy_file(source: str | Path, target: Path) -> Path:
+    """``source`` copied to ``target`` (which must not exist), written as :func:`save_image` writes."""
+    write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
+    return target
+
+
 def describe(inst: Instruction) -> str:
     """One line about an instruction: method, init text, steps and final loss."""
     meta = inst.meta
-    parts = [inst.method, f"init text {meta.get('init_text', '')!r}"]
-    if meta.get("steps") is not None:
-        parts.append(f"{meta['steps']} steps")
-    if meta.get("final_loss"):
-        parts.append(f"loss {meta['final_loss']}")
+    parts = [inst.method, f"init text {meta.init_text!r}", f"{meta.steps} steps"]
+    if meta.final_loss is not None:
+        parts.append(f"loss {meta.final_loss}")
     return ", ".join(parts)

@@ -18,12 +18,13 @@ from .backend import FitProgress, FitState, FitStopped, Instruction, InvertError
 
 class FitJob:
     def __init__(self, model: Model, pairs: list[Pair], method: str, options: dict, previews: list[Image.Image],
-                 preview_every: int, state: FitState | None = None, losses: list[float] | None = None):
-        self.model, self.pairs, self.method, self.options = model, pairs, method, options
+                 preview_every: int, state: FitState | None = None, losses: list[float] | None = None,
+                 sources: dict[str, str] | None = None):
+        self.model, self.pairs, self.method, self.options, self.sources = model, pairs, method, options, sources
         self.previews, self.preview_every = previews, preview_every
         # What the page shows; written by the worker thread, read by the page's generator.
         self.step = state.step if state is not None else 0
-        self.total = int(options.get("steps", 0))
+        self.total = 0  # known from the fit's first progress
         self.losses: list[float] = list(losses or [])
         self.score: float | None = None  # the latest validation score (dB), once the fit has one
         self.preview: tuple[int, list[Image.Image]] | None = None  # (step, edited preview images)
@@ -57,7 +58,7 @@ class FitJob:
         if self.state is None:
             raise InvertError("there is no stopped fit to resume")
         job = FitJob(self.model, self.pairs, self.method, self.options, self.previews, self.preview_every,
-                     self.state, self.losses)
+                     self.state, self.losses, self.sources)
         job.preview = self.preview
         return job
 
@@ -116,7 +117,8 @@ class FitJob:
             try:
                 inst = self.model.fit(self.pairs, self.method, progress=self._progress,
                                       should_stop=self._should_stop, checkpoint=self._checkpoint,
-                                      save_every=self.preview_every, resume=self.state, **self.options)
+                                      save_every=self.preview_every, resume=self.state, sources=self.sources,
+                                      **self.options)
             except FitStopped as stopped:
                 self.state = stopped.state
                 if self._snapshot is not None:

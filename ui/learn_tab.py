@@ -11,21 +11,30 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from .app import MODEL_EVENT, App, example_folders, first_example, side_by_side
-from .backend import InvertError, Pair, find_pairs, is_image_file, open_image, save_instruction, save_state
+from .app import MODEL_EVENT, App, example_folders, first_example, markdown_text, side_by_side
+from .backend import (FIT_RULES, InvertError, Pair, find_pairs, is_image_file, methods, open_image, printable,
+                      save_instruction, save_state)
+from .controls import control, label, read, shown
 from .fitjob import FitJob
 from .session import Session
 
 FOLDER, UPLOAD = "Exemplar folder", "Upload pairs"
 PREVIEWS = 4  # preview edits shown during a fit
-METHODS = [("VISII: a learned prompt", "visii"), ("InstructBrush: learned attention K/V", "brush"),
-           ("LoRA of change", "lora")]
+FIRST_METHOD = "brush"
+MAIN = ("steps", "lr", "guidance", "image_guidance", "init_text", "seed")  # shown first; the rest folded away
+RULES = {rule.name: rule for rule in FIT_RULES}
+LABELS = {rule.name: label(rule.name) for rule in FIT_RULES}  # how an error names a setting: its control
+
+
+def preview_interval(steps: int) -> int:
+    """Five previews per fit by default."""
+    return max(1, int(steps) // 5)
 
 
 def build(app: App, blocks: gr.Blocks) -> gr.State:
     """The tab's components and events; returns the names of the session's learned instructions (a State whose
     changes the Apply tab follows)."""
-    defaults = app.model.defaults()
+    defaults = app.model.fit_defaults(FIRST_METHOD)
     folders = example_folders("toy/*/train")
     learned = gr.State([])
     with gr.Row(equal_height=False):
@@ -54,22 +63,23 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
                 phrases_table = gr.Dataframe(headers=["phrase", "side", "Δ CLIP"], max_height=180,
                                              interactive=False, visible=False, column_widths=["60%", "20%", "20%"])
         with gr.Column(scale=7):
-            gr.Markdown("### 2. Learn it")
+            gr.Markdown("### 2. Learn it\nEvery setting starts at what `invert fit` would use for this model and "
+                        "method (the model folder's own, else the library's); only those you change are sent.")
             with gr.Row():
-                method = gr.Radio(METHODS, value="brush", label="Method")
-            with gr.Row():
-                steps = gr.Number(defaults["steps"], precision=0, minimum=0, label="Steps", elem_id="learn-steps")
-                lr = gr.Number(defaults["lr"], minimum=0, step=1e-3, label="Learning rate")
-                guidance = gr.Number(defaults["guidance"], minimum=0, step=0.5, label="Text guidance")
-                preview_every = gr.Number(max(1, int(defaults["steps"]) // 5), precision=0, minimum=0,
+                method = gr.Radio(methods(), value=FIRST_METHOD, label="Method")
+                preview_every = gr.Number(preview_interval(defaults["steps"]), precision=0, minimum=0,
                                           label="Preview every N steps", info="and at the end; 0: none",
                                           elem_id="learn-preview-every")
+            made: dict[str, gr.components.Component] = {}
             with gr.Row():
-                init_text = gr.Textbox(label="Init text", scale=3, placeholder="empty: the method's own choice "
-                                       "(brush: the phrases; visii: a caption of the afters; lora: none)")
-                seed = gr.Number(0, precision=0, label="Seed", scale=1)
-                image_guidance = gr.Number(defaults["image_guidance"], minimum=0, step=0.1, scale=1,
-                                           label="Image guidance")
+                for name in MAIN:
+                    made[name] = control(RULES[name], defaults[name], elem_id=f"learn-{name.replace('_', '-')}")
+            with gr.Accordion("All settings", open=False):
+                for rule in FIT_RULES:
+                    if rule.name not in MAIN:
+                        made[rule.name] = control(rule, defaults.get(rule.name, rule.default),
+                                                  visible=rule.name in defaults)
+            settings = [made[rule.name] for rule in FIT_RULES]  # the order /fit takes them in
             with gr.Row():
                 fit = gr.Button("Fit", variant="primary", elem_id="fit-button")
                 stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop-button")
@@ -95,19 +105,19 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
             pairs, name, _ = _gather(session, source, folder, befores, afters)
             shown_befores, shown_afters = app.model.load_pairs(pairs)
         except InvertError as exc:
-            return [], f"⚠️ {app.sessions.shorten(str(exc))}"
+            return [], f"⚠️ {markdown_text(app.sessions.shorten(str(exc)))}"
         session.checked = pairs
-        gallery = [(side_by_side(b, a), p.name) for p, b, a in zip(pairs, shown_befores, shown_afters)]
+        gallery = [(side_by_side(b, a), printable(p.name)) for p, b, a in zip(pairs, shown_befores, shown_afters)]
         w, h = shown_befores[0].size
-        return gallery, f"**{len(pairs)} pairs** ({name}), used at {w}x{h}."
+        return gallery, f"**{len(pairs)} pairs** ({markdown_text(name)}), used at {w}x{h}."
 
     def phrases(request: gr.Request):
         pairs = app.session(request).checked
         if not pairs:
             return "Shown once the pairs are checked.", gr.update(visible=False)
         choice = app.model.phrases(pairs)
-        text = f"**{html.escape(choice.text)}**" if choice.text else "none above the threshold: an empty init text"
-        rows = [[c["phrase"], c["side"], round(c["sensitivity"], 4)] for c in choice.candidates]
+        text = f"**{markdown_text(choice.text)}**" if choice.text else "none above the threshold: an empty init text"
+        rows = [[printable(c["phrase"]), c["side"], round(c["sensitivity"], 4)] for c in choice.candidates]
         return f"InstructBrush would start from: {text}", gr.update(value=rows, visible=True)
 
     def encoded(source, folder, befores, afters, held, request: gr.Request):
@@ -131,18 +141,25 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
 
     outputs = [status, loss_plot, previews, inst_file, ckpt_file, fit, stop, resume, learned]
 
-    def start(source, folder, befores, afters, held, method, steps, lr, guidance, image_guidance, init_text,
-              seed, every, request: gr.Request):
+    def method_changed(method):
+        """The chosen method's settings shown, each at the value ``invert fit`` would use for it."""
+        chosen = app.model.fit_defaults(method)
+        return [gr.update(value=shown(rule, chosen[rule.name]), visible=True) if rule.name in chosen
+                else gr.update(visible=False) for rule in FIT_RULES] + [preview_interval(chosen["steps"])]
+
+    method.change(method_changed, method, [*settings, preview_every], queue=False, api_visibility="private")
+
+    def start(request: gr.Request, source, folder, befores, afters, held, method, every, *values):
         session = app.session(request)
         if session.job is not None and session.job.running:
             raise InvertError("a fit is already running in this page")
+        options = app.model.fit_options(method, {rule.name: read(rule, v) for rule, v in zip(FIT_RULES, values)},
+                                        LABELS)  # what the user changed, checked: an error names its control
         pairs, name, heldout_dir = _gather(session, source, folder, befores, afters)
         shown_befores, _ = app.model.load_pairs(pairs)
-        options = {"steps": _whole(steps, "Steps"), "lr": float(lr or 0), "guidance": float(guidance or 0),
-                   "image_guidance": float(image_guidance or 0), "seed": int(seed or 0),
-                   "init_text": (init_text or "").strip() or None}
         images = _preview_images(app, session, source, held, heldout_dir) or shown_befores[:PREVIEWS]
-        session.job = FitJob(app.model, pairs, method, options, images, _whole(every, "Preview every")).start()
+        session.job = FitJob(app.model, pairs, method, options, images, _whole(every, "Preview every"),
+                             sources=LABELS).start()
         session.job_name = f"{name}-{method}"
         yield from _stream(app, session, session.job, images)
 
@@ -159,7 +176,7 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
             job.stop()
         return gr.update(interactive=False)
 
-    fit_inputs = [*pair_inputs, heldout, method, steps, lr, guidance, image_guidance, init_text, seed, preview_every]
+    fit_inputs = [*pair_inputs, heldout, method, preview_every, *settings]
     fit.click(app.handler(start), fit_inputs, outputs, api_name="fit", show_progress="hidden", **MODEL_EVENT)
     resume.click(app.handler(resumed), None, outputs, api_name="resume", show_progress="hidden", **MODEL_EVENT)
     stop.click(stopped, None, stop, api_name="stop", queue=False)
@@ -194,7 +211,7 @@ def _stream(app: App, session: Session, job: FitJob, inputs: list[Image.Image]) 
         return
     path = save_instruction(job.instruction, session.unique_path(f"{session.job_name}.inst"))
     session.instructions[path.name] = path
-    check = job.instruction.meta.get("fit_check")  # the fit's one-line warning, if its self-check found one
+    check = job.instruction.meta.fit_check  # the fit's one-line warning, if its self-check found one
     yield (_status_html(f"done: {path.name}" + (f" · {check}" if check else ""), job.step, job.total, loss, seconds,
                         job.score), _losses(job.losses), previews,
            str(path), gr.update(visible=False), *idle, gr.update(interactive=False), list(session.instructions))
@@ -250,7 +267,7 @@ def _status_html(what: str, step: int, total: int, loss: float | None = None, se
         facts.append(f"val {score:.2f} dB")  # as the CLI's progress bar
     if seconds is not None:
         facts.append(f"{seconds:.1f} s")
-    line = " · ".join([html.escape(what)] * bool(what) + facts) or "Press Fit to start."
+    line = " · ".join([html.escape(printable(what))] * bool(what) + facts) or "Press Fit to start."
     return (f'<div class="fit-bar"><div style="width:{share:.1f}%"></div></div>'
             f'<div class="fit-line">{line}</div>')
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from .app import MODEL_EVENT, App
+from .app import MODEL_EVENT, App, markdown_text
 from .apply_tab import edit, follow_selection, image_inputs, results_view
-from .backend import DEFAULT_TEMPERATURE, InvertError
+from .backend import DEFAULT_TEMPERATURE, InvertError, methods, printable
 
 ANY_METHOD = "its only one"
 
@@ -19,7 +19,7 @@ def build(app: App) -> None:
                         "exemplars' CLIP direction matches this pair's (`invert library build` makes one).")
             with gr.Row():
                 library = gr.File(file_types=[".safetensors"], label="Library file", elem_id="library-file", scale=2)
-                method = gr.Dropdown([ANY_METHOD, "visii", "brush", "lora"], value=ANY_METHOD, scale=1,
+                method = gr.Dropdown([ANY_METHOD, *(name for _, name in methods())], value=ANY_METHOD, scale=1,
                                      label="Method", info="for a library of several")
             with gr.Row():
                 before = gr.File(file_types=["image"], label="Before", elem_id="library-before")
@@ -38,8 +38,7 @@ def build(app: App) -> None:
             chosen_text = gr.Markdown(elem_id="library-weights")
             results = results_view(app, "library")
 
-    def apply(library, before, after, temperature, top, method, source, folder, images, text, strength, steps,
-              guidance, image_guidance, seed, variations, fresh_noise, request: gr.Request):
+    def apply(request: gr.Request, library, before, after, temperature, top, method, *values):
         if not library:
             raise InvertError("upload a library file (invert library build writes one)")
         if not before or not after:
@@ -51,9 +50,8 @@ def build(app: App) -> None:
         inst, chosen = app.model.library_instruction(session.copy_uploads([library], session.new_folder("lib"))[0],
                                                      befores, afters, float(temperature), int(top or 0) or None,
                                                      None if method == ANY_METHOD else method)
-        edited = edit(app, session, "library", inst, source, folder, images, text, strength, steps, guidance,
-                      image_guidance, seed, variations, fresh_noise)
-        listed = " · ".join(f"**{name}** {w:.3f}" for name, w in chosen)
+        edited = edit(app, session, "library", inst, values)
+        listed = " · ".join(f"**{markdown_text(name)}** {w:.3f}" for name, w in chosen)  # names from the file
         return (_weights(chosen), f"Mixed: {listed}", *edited)
 
     run.click(app.handler(apply), [library, before, after, temperature, top, method, *inputs.components()],
@@ -62,4 +60,4 @@ def build(app: App) -> None:
 
 
 def _weights(chosen: list[tuple[str, float]]) -> pd.DataFrame:
-    return pd.DataFrame({"instruction": [n for n, _ in chosen], "weight": [round(w, 4) for _, w in chosen]})
+    return pd.DataFrame({"instruction": [printable(n) for n, _ in chosen], "weight": [round(w, 4) for _, w in chosen]})

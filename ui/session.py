@@ -9,7 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .backend import InvertError
+from .backend import InvertError, copy_file, make_folder, output_exists, write_failure
 
 
 class Session:
@@ -24,28 +24,25 @@ class Session:
 
     def new_folder(self, prefix: str) -> Path:
         """A fresh subfolder, so that one upload never overwrites another's files."""
-        folder = self.folder / f"{prefix}-{next(self._numbers)}"
-        folder.mkdir(parents=True)
-        return folder
+        return make_folder(self.folder / f"{prefix}-{next(self._numbers)}")
 
     def copy_uploads(self, files: list[str], folder: Path) -> list[Path]:
         """Copy uploaded files into ``folder`` under the names they were uploaded with, the names the library's
         messages (and ``invert fit``'s matching of befores to afters) use."""
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         copied = []
         for f in files:
             target = folder / Path(f).name
-            if target.exists():
+            if output_exists(target):
                 raise InvertError(f"two uploaded files are named {target.name}")
-            shutil.copyfile(f, target)
-            copied.append(target)
+            copied.append(copy_file(f, target))
         return copied
 
     def unique_path(self, name: str) -> Path:
         """``name`` in the session folder, numbered when taken (night-brush.inst, night-brush-2.inst, ...)."""
         path, stem, suffix = self.folder / name, Path(name).stem, Path(name).suffix
         for n in itertools.count(2):
-            if not path.exists():
+            if not output_exists(path):
                 return path
             path = self.folder / f"{stem}-{n}{suffix}"
 
@@ -61,14 +58,18 @@ class Sessions:
 
     def __init__(self, root: Path, uploads: Path):
         self.root, self.uploads = root, uploads  # uploads: Gradio's upload cache
-        root.mkdir(parents=True, exist_ok=True)
+        make_folder(root)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Session:
         with self._lock:
             if key not in self._sessions:
-                self._sessions[key] = Session(Path(tempfile.mkdtemp(prefix="session-", dir=self.root)))
+                try:
+                    folder = tempfile.mkdtemp(prefix="session-", dir=self.root)
+                except OSError as exc:
+                    raise write_failure(self.root, exc) from None
+                self._sessions[key] = Session(Path(folder))
             return self._sessions[key]
 
     def close(self, key: str) -> None:

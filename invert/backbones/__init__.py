@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,9 +20,13 @@ from .model_info import local_folder, looks_like_path, resolve_model_path, where
 
 log = logging.getLogger("invert")
 
-# backbone name -> "module:class"; each class lists the pipeline classes it loads (Editor.pipeline_classes)
+# backbone name -> "module:class"; each class lists the pipeline classes it loads (Editor.pipeline_classes). In
+# order of importance: the GPU benchmark (benchmarks.gpu) measures them in this order.
 BACKBONES = {
     "ip2p": "ip2p:InstructPix2Pix",
+    "flux2-klein": "flux2_klein:Flux2Klein",
+    "sdxl-ip2p": "sdxl:SDXLInstructPix2Pix",
+    "flux1-kontext": "flux_kontext:FluxKontext",
 }
 
 
@@ -60,12 +65,41 @@ def pipeline_class_name(source: str) -> str:
     from diffusers import DiffusionPipeline
 
     try:
-        return str(DiffusionPipeline.load_config(source).get("_class_name", ""))
+        with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it deprecated: not the user's
+            warnings.simplefilter("ignore")
+            return str(DiffusionPipeline.load_config(source).get("_class_name", ""))
     except Exception:  # hub and file errors come in many types; all end in one line for the user
         raise ModelLoadError(
             f"cannot load '{source}': it is no local folder, not in the Hugging Face cache, and the hub cannot be "
             f"reached. Download it where there is network (hf download {source} --local-dir model) and pass "
             "--model model") from None
+
+
+def backbone_of(model: str) -> type[Editor]:
+    """The backbone that loads ``model`` (any name :func:`load_editor` takes), from its model_index.json."""
+    if model.startswith("random"):
+        folder = random_folder(model)
+        return backbone_for_pipeline(pipeline_class_name(folder), folder)
+    source = resolve_model_path(model)
+    return backbone_for_pipeline(pipeline_class_name(source), source)
+
+
+def random_folder(model: str) -> str:
+    """The folder of configs ``random:FOLDER`` names: a folder, or the name of one shipped in
+    invert/backbones/configs; ``random`` alone is the full IP2P's."""
+    from .ip2p import CONFIGS, IP2P_CONFIGS
+
+    folder = model.partition(":")[2] or str(IP2P_CONFIGS)
+    return str(CONFIGS / folder) if not Path(folder).is_dir() and (CONFIGS / folder).is_dir() else folder
+
+
+def architecture_defaults(model: str) -> dict:
+    """The fit options ``model``'s architecture recommends (:attr:`Editor.fit_defaults`); none when the model
+    cannot be looked at (loading it says why)."""
+    try:
+        return dict(backbone_of(model).fit_defaults)
+    except ModelLoadError:
+        return {}
 
 
 def _load_pipeline(cls: type[Editor], source: str, dtype: torch.dtype):
@@ -84,24 +118,23 @@ def _load_pipeline(cls: type[Editor], source: str, dtype: torch.dtype):
 def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",
                 ) -> Editor:
     """Load an editing model from a hub id, a local diffusers folder, ``toy`` (the shipped toy model) or
-    ``random:FOLDER`` (random weights from a folder of diffusers configs; ``random`` alone is the full IP2P
-    architecture). The pipeline class in its ``model_index.json`` picks the backbone."""
-    from .ip2p import IP2P_CONFIGS
-
+    ``random:FOLDER`` (random weights from a folder of diffusers configs, or from the shipped full-size configs
+    of that name: ``random:sdxl-instructpix2pix``; ``random`` alone is the full IP2P architecture). The pipeline
+    class in its ``model_index.json`` picks the backbone."""
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    resolve_dtype(dtype, dev)  # a bad dtype is refused before anything is looked up
+    log.info("loading %s (%s) ...", model, where(model))
+    cls = backbone_of(model)
+    dt = resolve_dtype(dtype, dev, cls.half_dtype)
     # A bf16 model is loaded in fp32, fingerprinted and then cast, so that an instruction fitted in bf16 records,
     # and one fitted in any dtype is checked against, the fingerprint of fp32 and fp16 loading.
     load = torch.float32 if dt == torch.bfloat16 else dt
-    log.info("loading %s (%s) ...", model, where(model))
     if model.startswith("random"):
-        folder = model.partition(":")[2] or str(IP2P_CONFIGS)
+        folder = random_folder(model)
         cls = backbone_for_pipeline(pipeline_class_name(folder), folder)
         pipe = cls.from_configs(folder, dtype=load)
     else:
-        source = resolve_model_path(model)
-        cls = backbone_for_pipeline(pipeline_class_name(source), source)
-        pipe = _load_pipeline(cls, source, load)
+        pipe = _load_pipeline(cls, resolve_model_path(model), load)
     name = local_folder(model)
     if load == dt:
         return cls(pipe, name, dev, dt)
@@ -109,5 +142,6 @@ def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: 
     return cls(pipe.to(dtype=dt), name, dev, dt, fingerprint=taken)
 
 
-__all__ = ["BACKBONES", "Conditioning", "Editor", "TextEncoding", "backbone_class", "backbone_for_pipeline", "fingerprint",
-           "load_editor", "pipeline_class_name", "resolve_device", "resolve_dtype"]
+__all__ = ["BACKBONES", "Conditioning", "Editor", "TextEncoding", "architecture_defaults", "backbone_class",
+           "backbone_for_pipeline", "backbone_of", "fingerprint", "load_editor", "pipeline_class_name",
+           "resolve_device", "resolve_dtype"]

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager
 
 import torch
 from PIL import Image
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, NonFiniteResult
+from ..settings.limits import ModelLimits
 
 
 def _mps_available() -> bool:
@@ -54,15 +56,17 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` is fp16 on cuda and mps, fp32 on the cpu, whatever bf16 units the cpu has."""
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, half: torch.dtype = torch.float16
+                  ) -> torch.dtype:
+    """``auto`` is ``half`` (the model's half precision: fp16, or bf16 for a model that overflows in fp16) on cuda
+    and mps, fp32 on the cpu, whatever bf16 units the cpu has."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         # bf16 on the cpu was measured (benchmarks.precision, docs/performance.md) only on a cpu without bf16 units,
         # where torch emulates it: several times slower than fp32. It becomes auto's pick only where it has been
         # measured at least as fast and as good, which no cpu here has shown yet.
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+        return half if device.type in ("cuda", "mps") else torch.float32
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}' (use auto, fp32, fp16 or bf16)")
     return _DTYPES[dtype]
@@ -149,6 +153,13 @@ class Editor:
     lora_prefix: ClassVar[str]  # diffusers' LoRA files name the denoiser's adapter keys with this prefix
     instruction_start: ClassVar[int] = 1  # the first position of an instruction's tokens (CLIP: after BOS)
     learns_pooled: ClassVar[bool] = False  # VISII learns the pooled vector too (SDXL: it conditions every block)
+    half_dtype: ClassVar[torch.dtype] = torch.float16  # what --dtype auto picks on a GPU
+    # Fit options every model of this architecture recommends (as a folder's invert.json "fit" object: shared
+    # values, and an object per method), below what a model folder recommends for itself.
+    fit_defaults: ClassVar[dict[str, Any]] = {}
+    # The shipped diffusers configs of the architecture's reference model at full size (no weights): random
+    # weights of it load as ``--model random:<folder name>``; the GPU benchmark measures it.
+    full_size_configs: ClassVar[Path]
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         """``fingerprint``: the model's, when it was taken before a cast that changes it (see :func:`fingerprint`);
@@ -218,6 +229,11 @@ class Editor:
         """Image sides must be a multiple of this (the VAE's factor, times the patch size of a DiT)."""
         return self.pipe.vae_scale_factor
 
+    @property
+    def limits(self) -> ModelLimits:
+        """What this model allows: learned tokens, image sizes, sampling steps."""
+        return ModelLimits(self.text_positions, self.size_multiple, self.num_train_timesteps)
+
     def set_low_memory(self, enabled: bool) -> None:
         """Trade speed for memory without changing results: the denoiser recomputes its activations in the
         backward pass (gradient checkpointing, fitting only) and the VAE takes one image at a time (slicing)."""
@@ -249,6 +265,13 @@ class Editor:
     def text_width(self) -> int:
         raise NotImplementedError
 
+    @property
+    def text_segments(self) -> list[int]:
+        """The widths of the text encoders whose outputs the token sequence concatenates, in order (SDXL: CLIP
+        ViT-L's 768, then OpenCLIP bigG's 1280); one encoder by default. VISII's CLIP direction term reads the
+        first encoder of its CLIP model's width."""
+        return [self.text_width]
+
     # -- images -------------------------------------------------------------------------------------------------
     def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
         return self.pipe.image_processor.preprocess(images).to(self.device, self.dtype)
@@ -267,7 +290,18 @@ class Editor:
         raise NotImplementedError
 
     def decode(self, x0: torch.Tensor) -> list[Image.Image]:
+        """Denoised ``x0`` as images, as the pipeline decodes them (each backbone's own way, ending in
+        :meth:`to_images`)."""
         raise NotImplementedError
+
+    def to_images(self, pixels: torch.Tensor) -> list[Image.Image]:
+        """Decoded pixels (about [-1, 1]) as the pipeline's images; pixels of which any is NaN or inf are an error
+        (one check per batch), never an image: clamped, they would be all black or white."""
+        bad = ~torch.isfinite(pixels.flatten(1)).all(1)
+        if bad.any():
+            count = f" ({int(bad.sum())} of the batch's {len(pixels)} images)" if len(pixels) > 1 else ""
+            raise NonFiniteResult(f"sampling gave NaN or inf{count}, not an image")
+        return self.pipe.image_processor.postprocess(pixels, output_type="pil")
 
     # -- training -----------------------------------------------------------------------------------------------
     @property
@@ -299,11 +333,12 @@ class Editor:
         """The guided prediction from each group's (in :meth:`groups`' order)."""
         raise NotImplementedError
 
-    def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows, groups: list[Group]
-                ) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows, groups: list[Group],
+                guidance: float | None = None) -> torch.Tensor:
         """One denoiser call on ``x`` (the rows of one group) repeated for each of ``groups``, each group seeing
         ``image`` or none as it says, with ``conditioning`` laid out as ``rows`` (Rows.of(groups, ...)); the raw
-        prediction of every row, groups stacked."""
+        prediction of every row, groups stacked. ``guidance``: the text guidance scale, which a guidance-distilled
+        denoiser (FLUX.1's) reads as an input; others ignore it."""
         raise NotImplementedError
 
     # -- sampling -----------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ THREE_ROWS = [Group(text=True, image=True), Group(text=False, image=True), Group
 class InstructPix2Pix(Editor):
     name = "ip2p"
     pipeline_classes = ("StableDiffusionInstructPix2PixPipeline",)
+    full_size_configs = IP2P_CONFIGS
     lora_prefix = "unet."
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
@@ -146,7 +147,7 @@ class InstructPix2Pix(Editor):
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> list[Image.Image]:
         images = self.vae.decode(x0 / self.vae.config.scaling_factor).sample
-        return self.pipe.image_processor.postprocess(images, output_type="pil")
+        return self.to_images(images)
 
     # -- training -----------------------------------------------------------------------------------------------
     @property
@@ -183,17 +184,27 @@ class InstructPix2Pix(Editor):
     def combine(self, predictions: list[torch.Tensor], guidance: float, image_guidance: float) -> torch.Tensor:
         return guided(*predictions, guidance, image_guidance) if len(predictions) == 3 else predictions[0]
 
-    def added_conditions(self, conditioning: Conditioning, rows: int) -> dict:
-        """Keyword arguments of a UNet call besides the token sequence (SDXL's pooled vector and size ids)."""
+    def added_conditions(self, conditioning: Conditioning, latents: torch.Tensor) -> dict:
+        """Keyword arguments of a UNet call on ``latents`` (its input batch) besides the token sequence (SDXL's
+        pooled vector and size ids)."""
         return {}
 
+    def sampling_position(self, timestep: torch.Tensor) -> torch.Tensor:
+        """A sampling timestep of the scheduler in :meth:`timestep_values`' units, which rows carry and the fit's
+        noises are indexed by (a DDPM scheduler's timesteps are those units)."""
+        return torch.as_tensor(timestep, device=self.device)
+
+    def unet_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The UNet's timestep argument for rows at ``timesteps`` (:meth:`timestep_values`' units)."""
+        return timesteps
+
     def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows: Rows,
-                groups: list[Group]) -> torch.Tensor:
+                groups: list[Group], guidance: float | None = None) -> torch.Tensor:
         inputs = [torch.cat([x, image if g.image else torch.zeros_like(image)], 1) for g in groups]
         x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
-        return self.unet(x.to(self.dtype), rows.timesteps, encoder_hidden_states=conditioning.embeds,
-                         cross_attention_kwargs=conditioning.attention,
-                         **self.added_conditions(conditioning, len(rows))).sample
+        return self.unet(x.to(self.dtype), self.unet_timesteps(rows.timesteps),
+                         encoder_hidden_states=conditioning.embeds, cross_attention_kwargs=conditioning.attention,
+                         **self.added_conditions(conditioning, x)).sample
 
     # -- sampling -----------------------------------------------------------------------------------------------
     def sample(self, method, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
@@ -250,16 +261,21 @@ class InstructPix2Pix(Editor):
     def call_with(self, pipe, arguments) -> contextlib.AbstractContextManager:
         """For a user's own diffusers pipeline: a UNet pre-hook adds ``arguments(rows)`` (attention arguments for
         the pipeline's batch layout) to every UNet call of the block."""
+        return self.unet_hook(arguments, lambda: pipe.do_classifier_free_guidance)
+
+    def unet_hook(self, arguments, guided) -> contextlib.AbstractContextManager:
+        """A UNet pre-hook for the block that adds ``arguments(rows)`` to every call, its rows laid out as IP2P's
+        three groups when ``guided()`` says the pipeline's call is guided, as the text rows alone otherwise."""
         groups = THREE_ROWS
 
         def add(module, args, kwargs):
             sample = args[0] if args else kwargs["sample"]
             timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-            laid_out = groups if pipe.do_classifier_free_guidance else groups[:1]
+            laid_out = groups if guided() else groups[:1]
             if sample.shape[0] % len(laid_out):
                 raise InvertError(f"a guided IP2P batch of {sample.shape[0]} rows is not three groups")
             n = sample.shape[0] // len(laid_out)
-            rows = Rows.of(laid_out, torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(n))
+            rows = Rows.of(laid_out, self.sampling_position(timestep).to(sample.device).reshape(-1).expand(n))
             kwargs["cross_attention_kwargs"] = {**(kwargs.get("cross_attention_kwargs") or {}), **arguments(rows)}
             return args, kwargs
 

@@ -90,17 +90,19 @@ def sample_ip2p(editor: Editor, method: Any, images: list[Image.Image], *, steps
     n = len(images)
     shape = (n, editor.vae.config.latent_channels, *image_latents.shape[-2:])
     fit_noise = FitNoise(seed, shape, editor) if noise == "fit" else None
-    first = fit_noise.at(sched.timesteps[0]) if fit_noise else randn_tensor(shape, generator=generators,
-                                                                             device=device, dtype=dtype)
+    if fit_noise:
+        first = fit_noise.at(editor.sampling_position(sched.timesteps[0]))
+    else:
+        first = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
     latents = first * sched.init_noise_sigma
     takes_generator = "generator" in _step_parameters(sched)
     for i, t in enumerate(sched.timesteps):
         x = torch.cat([latents] * len(groups)) if len(groups) > 1 else latents
         x = torch.cat([sched.scale_model_input(x, t), image_latents], dim=1)
-        rows = Rows.of(groups, torch.as_tensor(t, device=device).reshape(-1).expand(n))
+        rows = Rows.of(groups, editor.sampling_position(t).reshape(-1).expand(n))
         c = method.conditioning(rows, editor.uncond)
         pred = editor.unet(x, t, encoder_hidden_states=c.embeds, cross_attention_kwargs=c.attention,
-                           **editor.added_conditions(c, len(rows))).sample
+                           **editor.added_conditions(c, x)).sample
         pred = editor.combine(list(pred.chunk(len(groups))), guidance, image_guidance)
         sigma_up = _sigma_up(sched, i) if fit_noise else None
         states = [g.get_state() for g in generators] if sigma_up else None
@@ -110,7 +112,7 @@ def sample_ip2p(editor: Editor, method: Any, images: list[Image.Image], *, steps
             drawn = randn_tensor(shape, generator=[torch.Generator("cpu").set_state(st) for st in states],
                                  device=device, dtype=dtype)
             landing = sched.timesteps[i + 1] if i + 1 < len(sched.timesteps) else t
-            latents = latents + sigma_up * (fit_noise.at(landing) - drawn)
+            latents = latents + sigma_up * (fit_noise.at(editor.sampling_position(landing)) - drawn)
         if on_step is not None:
             on_step(i + 1)
     return editor.decode(latents)

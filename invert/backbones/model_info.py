@@ -11,20 +11,23 @@ from ..defaults import DEFAULT_MODEL
 from ..errors import ModelLoadError
 
 TOY_MODEL = "toy"
+TOY_DIT_MODEL = "toy-dit"
+# The models shipped with invert, by --model name: their folder under invert/toy/ and the command that trains it.
+SHIPPED = {TOY_MODEL: ("model", "benchmarks.toy_train"), TOY_DIT_MODEL: ("dit", "benchmarks.toy_dit_train")}
 DEFAULTS_FILE = "invert.json"
 
 
-def toy_model_path() -> Path:
-    return Path(__file__).parent.parent / "toy" / "model"
+def toy_model_path(name: str = TOY_MODEL) -> Path:
+    return Path(__file__).parent.parent / "toy" / SHIPPED[name][0]
 
 
 def resolve_model_path(model: str) -> str:
-    """``toy`` names the model shipped with invert; anything else is a hub id or a folder."""
-    if model == TOY_MODEL:
-        path = toy_model_path()
+    """``toy`` and ``toy-dit`` name the models shipped with invert; anything else is a hub id or a folder."""
+    if model in SHIPPED:
+        path = toy_model_path(model)
         if not (path / "model_index.json").exists():
-            raise ModelLoadError(f"{path}: the toy model is not in this installation "
-                                 f"(train it with 'python -m benchmarks.toy_train --out {path}')")
+            raise ModelLoadError(f"{path}: the {model} model is not in this installation "
+                                 f"(train it with 'python -m {SHIPPED[model][1]} --out {path}')")
         return str(path)
     return model
 
@@ -37,7 +40,7 @@ def looks_like_path(model: str) -> bool:
 def local_folder(model: str) -> str:
     """An existing local model folder as an absolute path (what an .inst records, so that it can be applied from
     any working folder); anything else unchanged."""
-    if model != TOY_MODEL and not model.startswith("random") and Path(model).expanduser().is_dir():
+    if model not in SHIPPED and not model.startswith("random") and Path(model).expanduser().is_dir():
         return os.path.abspath(Path(model).expanduser())  # not resolve(): a symlinked path stays as the user has it
     return model
 
@@ -72,8 +75,8 @@ def model_file(model: str, name: str) -> Path | None:
 
 def where(model: str) -> str:
     """Where loading ``model`` reads it from, in words."""
-    if model == TOY_MODEL:
-        return "the toy model shipped with invert"
+    if model in SHIPPED:
+        return f"the {model} model shipped with invert"
     if model.startswith("random"):
         return "random weights from configs"
     if Path(model).expanduser().is_dir() or looks_like_path(model):
@@ -86,17 +89,38 @@ def where(model: str) -> str:
 
 
 def model_resolution(model: str) -> int | None:
-    """The image size the model was trained at (its UNet's sample size times the VAE's downsampling), read
-    from its configs; None when they are not at hand."""
+    """The image size the model was trained at, read from its configs (a UNet's sample size times the VAE's
+    downsampling; for a DiT editor, which has no UNet, its VAE's sample size); None when they are not at hand."""
     unet, vae = model_file(model, "unet/config.json"), model_file(model, "vae/config.json")
-    if unet is None or vae is None:
+    if vae is None:
         return None
     try:
+        vae_config = json.loads(vae.read_text())
+        if unet is None:
+            size = vae_config["sample_size"]
+            return int(size[0] if isinstance(size, list) else size)
         size = json.loads(unet.read_text())["sample_size"]
-        factor = 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1)
+        factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return int(size) * factor
+
+
+def pipeline_settings(model: str) -> dict[str, Any]:
+    """The pipeline call arguments a model folder asks for (the ``pipeline`` object of its ``invert.json``: a toy
+    model's padded prompt length and text-encoder layers, where they differ from the pipeline's defaults for the
+    real model); ``random:FOLDER`` reads FOLDER's."""
+    folder = model.partition(":")[2] if model.startswith("random:") else None
+    path = Path(folder) / DEFAULTS_FILE if folder else model_file(model, DEFAULTS_FILE)
+    if path is None or not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text()).get("pipeline", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{path}: not a valid {DEFAULTS_FILE} ({exc})") from None
+    if not isinstance(settings, dict):
+        raise ModelLoadError(f"{path}: 'pipeline' should be an object of pipeline call arguments")
+    return settings
 
 
 def fit_defaults(model: str) -> dict[str, Any]:
@@ -114,5 +138,6 @@ def fit_defaults(model: str) -> dict[str, Any]:
     return defaults
 
 
-__all__ = ["DEFAULTS_FILE", "TOY_MODEL", "fit_defaults", "local_folder", "looks_like_path", "model_file",
-           "model_resolution", "recorded_model", "resolve_model_path", "toy_model_path", "where"]
+__all__ = ["DEFAULTS_FILE", "SHIPPED", "TOY_DIT_MODEL", "TOY_MODEL", "fit_defaults", "local_folder", "looks_like_path",
+           "model_file", "model_resolution", "pipeline_settings", "recorded_model", "resolve_model_path",
+           "toy_model_path", "where"]

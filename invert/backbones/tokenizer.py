@@ -10,9 +10,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from transformers import CLIPTokenizer
+
+from ..errors import InvertError
+from ..writing import make_folder, write_failure
 
 _NUM_MERGES = 49152 - 256 - 2  # as open_clip's SimpleTokenizer
 
@@ -56,5 +61,29 @@ def clip_tokenizer(cache_dir: str | os.PathLike | None = None) -> CLIPTokenizer:
 
     folder = Path(cache_dir) if cache_dir else default_cache() / "clip-tokenizer"
     if not (folder / "merges.txt").exists():
-        write_clip_tokenizer_files(folder)
+        _build(folder)
     return CLIPTokenizer.from_pretrained(folder)
+
+
+def _build(folder: Path) -> None:
+    """Write the tokenizer's files into a temporary folder beside ``folder``, then rename it into place: a failed
+    write (a full disk) leaves no half-written tokenizer for the next run to load, and is one InvertError."""
+    try:
+        make_folder(folder.parent, folder)
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        except OSError as exc:
+            raise write_failure(folder, exc) from None
+        try:
+            write_clip_tokenizer_files(tmp)
+            if folder.is_dir() and not (folder / "merges.txt").exists():  # left incomplete by an older invert
+                shutil.rmtree(folder)
+            os.rename(tmp, folder)
+        except OSError as exc:
+            if not (folder / "merges.txt").exists():  # else another process has just built it
+                raise write_failure(folder, exc) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except InvertError as exc:
+        raise InvertError(f"{exc}: the CLIP tokenizer is built there once; set INVERT_CACHE to a writable folder") \
+            from None

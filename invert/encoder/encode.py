@@ -22,18 +22,19 @@ from ..methods import method_class, settings_for
 from ..methods.base import Method
 from ..methods.two_way import TwoWay
 from ..pairs import as_pairs, file_sha256, load_pairs
-from ..settings import FitSettings, encoder_init
+from ..settings import FitSettings
 from .file import EncoderFile
 from .network import load_state
 
 ENCODER_FOLDER = "encoder"  # a model folder's own encoders: encoder/<method>.safetensors
+ENCODER_INIT = "encoder"  # the --init mode that starts a fit from an encoder's state
 
 
 def shipped_encoders(model: str) -> dict[str, Path]:
     """The encoders a model's folder ships, by method (the toy model's: encoder/visii.safetensors)."""
-    from ..methods import METHOD_NAMES
+    from ..methods import method_names
 
-    found = {m: model_file(model, f"{ENCODER_FOLDER}/{m}.safetensors") for m in METHOD_NAMES}
+    found = {m: model_file(model, f"{ENCODER_FOLDER}/{m}.safetensors") for m in method_names()}
     return {m: p for m, p in found.items() if p is not None}
 
 
@@ -79,17 +80,17 @@ def encoded_method(encoder: EncoderFile, editor: Editor, clip: Clip, befores: li
 
 def encoder_start(editor: Editor, method: str, settings: FitSettings, method_settings: Any, clip: Clip | None,
                   befores: list[Image.Image], afters: list[Image.Image]) -> tuple[Method, str] | None:
-    """A fit's untrained instruction and init text under ``--init encoder[:FILE]``: the state the encoder gives for
-    the (training) pairs, at the encoder's base init text; with --reverse, its reverse instruction the state it
-    gives for the pairs the other way round. None for any other --init."""
-    spec = encoder_init(settings.init)
-    if spec is None:
+    """A fit's untrained instruction and init text under ``--init encoder`` (the encoder: ``--encoder-file``, else the
+    model folder's own for the method): the state the encoder gives for the (training) pairs, at the encoder's base
+    init text; with --reverse, its reverse instruction the state it gives for the pairs the other way round. None
+    for any other --init."""
+    if settings.init != ENCODER_INIT:
         return None
     if settings.init_texts:
         raise InvertError("--init-text and --init encoder both give the fit's start; give one")
     if clip is None:
         raise InvertError("--init encoder needs the encoder's CLIP model (see --clip-model)")
-    encoder = EncoderFile.load(find_encoder(spec, editor.model_id, method))
+    encoder = EncoderFile.load(find_encoder(settings.encoder_file, editor.model_id, method))
     if encoder.method != method:
         raise EncoderFileError(f"{encoder.where}: encodes {encoder.method} instructions; this fit is --method {method}")
     learned = encoded_method(encoder, editor, clip, befores, afters, method_settings)

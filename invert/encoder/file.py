@@ -18,8 +18,9 @@ from ..backbones import Editor
 from ..backbones.base import fingerprint
 from ..clip import Clip
 from ..errors import EncoderFileError
-from ..instruction import read_verified, tensors_sha256, write_atomically
-from ..methods import METHOD_NAMES
+from ..instruction import read_verified, tensors_sha256
+from ..writing import write_atomically
+from ..methods import method_names
 from .network import MIXTURES, EditEncoder, _key
 
 FORMAT = "invert.encoder"
@@ -76,9 +77,9 @@ class EncoderFile:
         for key, kind in _REQUIRED.items():
             if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
                 raise EncoderFileError(f"{path}: metadata '{key}' missing or not a JSON {kind.__name__}")
-        if info["method"] not in METHOD_NAMES:
+        if info["method"] not in method_names():
             raise EncoderFileError(f"{path}: unknown method '{info['method']}' (this invert knows "
-                                   f"{', '.join(METHOD_NAMES)})")
+                                   f"{', '.join(method_names())})")
         if info["mixture"] not in MIXTURES:
             raise EncoderFileError(f"{path}: unknown mixture '{info['mixture']}' (known: {', '.join(MIXTURES)})")
         if min(info["features"], info["hidden"], info["basis"]) < 1:

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import InvertError
-from ..instruction import read_verified, tensors_sha256, write_atomically
+from ..instruction import read_verified, tensors_sha256
+from ..writing import write_atomically
 
 FORMAT = "invert.fit-state"
 VERSION = 2  # 2: parameters and optimizer state by parameter name

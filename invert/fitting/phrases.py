@@ -3,17 +3,21 @@ the phrases whose similarity changes most from the before to the after images.""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..backbones import fingerprint
 from ..cache import cache_dir
 from ..clip import Clip
+from ..errors import InvertError, InvertWarning
+from ..writing import make_folder, write_atomically
 
 
 def phrase_features(clip: Clip, phrases: list[str], chunk: int = 256, quiet: bool = True) -> torch.Tensor:
@@ -23,15 +27,18 @@ def phrase_features(clip: Clip, phrases: list[str], chunk: int = 256, quiet: boo
     key = hashlib.sha256(("v2" + clip.name + (fingerprint(model) if model is not None else "") + "\n".join(phrases))
                          .encode()).hexdigest()[:24]
     path = cache_dir() / "phrase-features" / f"{key}.safetensors"
-    if path.exists():
+    try:
         return load_file(str(path))["features"]
+    except (OSError, SafetensorError, KeyError):  # not cached yet, or a damaged cache file: computed again
+        pass
     parts = [clip.text_features(phrases[i:i + chunk])
              for i in tqdm(range(0, len(phrases), chunk), desc="embedding phrases", disable=quiet)]
     feats = torch.nn.functional.normalize(torch.cat(parts).float().cpu(), dim=-1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"features": feats}, str(tmp))
-    tmp.replace(path)
+    try:  # a cache: when it cannot be written (a full disk, a read-only home) the features are computed again
+        make_folder(path.parent, path)
+        write_atomically(path, lambda tmp: save_file({"features": feats}, tmp), force=True)
+    except InvertError as exc:
+        warnings.warn(InvertWarning(f"phrase features not cached: {exc}"))
     return feats
 
 
@@ -110,8 +117,8 @@ INSTRUCTION_TEMPLATES = ("make it {p}", "turn it into {p}")  # an edit in words,
 def init_candidates(clip: Clip, vocab: tuple[str, ...], model: str, befores: list[Image.Image],
                     afters: list[Image.Image], phrase_settings: Any, count: int = 3) -> tuple[list[str], PhraseChoice]:
     """Texts worth trying as a fit's init (``--init best``), each a way this module words an edit: the caption of
-    the afters, InstructBrush's phrase instruction (``phrase_settings``: top, threshold, relative_threshold,
-    template, as :class:`invert.methods.settings.PhraseSettings`), each of the
+    the afters, InstructBrush's phrase instruction (``phrase_settings``: the phrase search's options of
+    :class:`invert.settings.InitSettings`), each of the
     ``count`` phrases whose similarity rises most from the befores to the afters put in an instruction template
     (and in the phrase template with the phrase that falls most), and the empty text. No duplicates, in that
     order; also the phrase search's result, which the file records."""
@@ -119,14 +126,15 @@ def init_candidates(clip: Clip, vocab: tuple[str, ...], model: str, befores: lis
 
     phrases = load_vocab(vocab or model_vocab(model))
     s = phrase_settings
-    choice = unique_phrases(clip, befores, afters, phrases, s.top, s.threshold, s.relative_threshold, s.template)
+    choice = unique_phrases(clip, befores, afters, phrases, s.phrases_top, s.phrases_threshold,
+                            s.phrases_relative_threshold, s.phrases_template)
     rising = [c["phrase"] for c in choice.candidates if c["side"] == "after"][:count]
     falling = next((c["phrase"] for c in choice.candidates if c["side"] == "before"), None)
     texts = [caption(clip, afters, phrases), choice.text]
     for p in rising:
         texts += [t.format(p=p) for t in INSTRUCTION_TEMPLATES]
         if falling is not None and falling != p:
-            texts.append(s.template.format(p_x=falling, p_y=p))
+            texts.append(s.phrases_template.format(p_x=falling, p_y=p))
     return list(dict.fromkeys([*texts, ""])), choice
 
 
@@ -134,8 +142,8 @@ def initial_text(init: str, vocab: tuple[str, ...], clip: Clip | None, model: st
                  afters: list[Image.Image], phrase_settings: Any, *, pez_steps: int = 300, pez_tokens: int = 10,
                  seed: int = 0) -> tuple[str, PhraseChoice | None]:
     """A fit's init text as ``init`` says, and for phrase initialization the phrases found: "empty", a "caption"
-    of the afters, InstructBrush's "phrases" (``phrase_settings``: top, threshold, relative_threshold, template,
-    as :class:`invert.methods.settings.PhraseSettings`) or a "pez" hard prompt optimized against the afters."""
+    of the afters, InstructBrush's "phrases" (``phrase_settings``: the phrase search's options of
+    :class:`invert.settings.InitSettings`) or a "pez" hard prompt optimized against the afters."""
     from ..errors import InvertError
     from ..vocab import load_vocab, model_vocab
 
@@ -150,6 +158,7 @@ def initial_text(init: str, vocab: tuple[str, ...], clip: Clip | None, model: st
     phrases = load_vocab(vocab or model_vocab(model))
     if init == "phrases":
         s = phrase_settings
-        choice = unique_phrases(clip, befores, afters, phrases, s.top, s.threshold, s.relative_threshold, s.template)
+        choice = unique_phrases(clip, befores, afters, phrases, s.phrases_top, s.phrases_threshold,
+                                s.phrases_relative_threshold, s.phrases_template)
         return choice.text, choice
     return caption(clip, afters, phrases), None

@@ -16,7 +16,8 @@ from PIL import Image
 from ..backbones import Editor
 from ..methods.base import Method
 from ..metrics import as_tensor, psnr
-from ..sampling import sample
+from ..sampling import NonFiniteResult, sample
+from ..settings import FitSettings
 
 MIN_PAIRS_TO_HOLD_OUT = 8  # below this every pair trains, and the fit is scored on them
 DEFAULT_HELD_OUT = 2
@@ -53,19 +54,22 @@ class Validation:
         self.steps, self.guidance, self.image_guidance, self.seed = steps, guidance, image_guidance, seed
         self.no_edit = float(psnr(as_tensor(befores), self.truth).mean())  # doing nothing scores this
 
+    @classmethod
+    def of_fit(cls, editor: Editor, befores: list[Image.Image], afters: list[Image.Image], settings: FitSettings
+               ) -> "Validation":
+        """The score a fit with ``settings`` uses: its validation steps, guidance and seed."""
+        return cls(editor, befores, afters, steps=settings.val_steps, guidance=settings.guidance,
+                   image_guidance=settings.image_guidance, seed=settings.seed)
+
     def score(self, method: Method, installed: bool = False) -> float:
-        """``installed``: the method is already on the UNet (inside its fit)."""
-        results = sample(self.editor, method, self.befores, steps=self.steps, guidance=self.guidance,
-                         image_guidance=self.image_guidance, seed=self.seed, install=not installed)
+        """``installed``: the method is already on the UNet (inside its fit). A state whose edit is NaN or inf
+        scores -inf: it is never chosen or kept."""
+        try:
+            results = sample(self.editor, method, self.befores, steps=self.steps, guidance=self.guidance,
+                             image_guidance=self.image_guidance, seed=self.seed, install=not installed)
+        except NonFiniteResult:
+            return float("-inf")
         return float(psnr(as_tensor(results), self.truth).mean())
-
-
-def best_text(scores: dict[str, float], no_edit: float) -> str:
-    """The best-scoring candidate text; the empty one only when no other beats doing nothing (an empty init
-    leaves all of the edit to the optimization)."""
-    worded = {t: v for t, v in scores.items() if t.strip()}
-    pool = worded if any(v > no_edit for v in worded.values()) else scores
-    return max(pool, key=lambda t: pool[t])
 
 
 # Score checks. A score is PSNR on 2 held-out pairs with 10 sampling steps: differences below a dB are mostly
@@ -116,7 +120,7 @@ def check_fit(history: list[float], curve: list[tuple[int, float]], no_edit: flo
         if kept < start - FALL_MARGIN:
             fell = True
             check.add(f"the state it keeps ({'step ' + str(kept_step) if kept_step is not None else 'the last'}) "
-                      f"scores {kept:.2f} dB, below its start's {start:.2f} dB", "--keep best", lower_lr,
+                      f"scores {kept:.2f} dB, below its start's {start:.2f} dB", "--keep last-unless-worse", lower_lr,
                       "another init text")
         elif trained and best < start + FALL_MARGIN and last < start - FALL_MARGIN:
             fell = True
@@ -145,4 +149,4 @@ def check_fit(history: list[float], curve: list[tuple[int, float]], no_edit: flo
     return check
 
 
-__all__ = ["FitCheck", "Validation", "best_text", "check_fit", "held_out", "scoring_interval"]
+__all__ = ["FitCheck", "Validation", "check_fit", "held_out", "scoring_interval"]

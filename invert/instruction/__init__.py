@@ -1,18 +1,16 @@
-"""The ``.inst`` file: its tensors and metadata, read and verified, written atomically (``file``), and the exemplar
-thumbnails it stores (``thumbnails``)."""
+"""The ``.inst`` file: its tensors and metadata, read and verified, written through ``invert.writing`` (``file``),
+its metadata typed (``metadata``), and the exemplar thumbnails it stores (``thumbnails``)."""
 from __future__ import annotations
 
 from .file import (
-                   FORMAT,
                    MAX_HEADER_BYTES,
-                   VERSION,
                    Instruction,
                    check_safetensors_header,
                    is_instruction_file,
                    read_verified,
                    tensors_sha256,
-                   write_atomically,
 )
+from .metadata import FORMAT, VERSION, Metadata
 
-__all__ = ["FORMAT", "MAX_HEADER_BYTES", "VERSION", "Instruction", "check_safetensors_header", "is_instruction_file",
-           "read_verified", "tensors_sha256", "write_atomically"]
+__all__ = ["FORMAT", "MAX_HEADER_BYTES", "VERSION", "Instruction", "Metadata", "check_safetensors_header",
+           "is_instruction_file", "read_verified", "tensors_sha256"]

@@ -1,33 +1,23 @@
 """The ``.inst`` file: a safetensors file of learned tensors plus string metadata, checked on load.
 
-Metadata values are strings (safetensors' rule); structured values are JSON. ``tensor_sha256`` covers every
-tensor's name, dtype, shape and bytes, so a changed byte is detected on load."""
+Metadata values are strings (safetensors' rule), read and written by :class:`~invert.instruction.metadata.Metadata`.
+``tensor_sha256`` covers every tensor's name, dtype, shape and bytes, so a changed byte is detected on load."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
-from ..errors import InstructionFileError, InvertError
+from ..errors import InstructionFileError
+from ..writing import write_atomically
+from .metadata import FORMAT, VERSION, Metadata
 
-FORMAT = "invert.inst"
-# 2: InstructBrush's K/V stored per cross-attention layer by name (brush.<processor>.k), where version 1 stored
-# one (parts, m, sum of widths) tensor with the widths in extra.layers; version 1 files still load.
-VERSION = 2
-# Metadata keys holding JSON rather than plain strings.
-_JSON_KEYS = {"guidance", "exemplars", "options", "phrases", "extra", "model_defaults", "validation", "init_scores"}
-# The JSON type each must have (apply reads into them), and the keys that must hold integers.
-_JSON_TYPES = {"guidance": dict, "exemplars": list, "options": dict, "phrases": dict, "extra": dict,
-               "model_defaults": dict, "validation": dict, "init_scores": dict}
-_INT_KEYS = {"seed", "noise_seed", "steps", "resolution", "num_tokens"}
 # safetensors' own limit is 100 MB of header JSON; an .inst needs a few kB (1 MB with a huge phrase list).
 MAX_HEADER_BYTES = 16 << 20
 
@@ -42,54 +32,19 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def write_atomically(path: Path, write, force: bool = False) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a half-written file."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise InvertError(f"{path}: already exists (use --force to overwrite)")
-    if not path.parent.exists():
-        raise InvertError(f"{path.parent}: output folder does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise InvertError(f"{path.parent}: cannot write there ({exc.strerror or exc})") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file 0600 (and a writer may replace it with a private file of its own): the result
-        # gets the mode any new file gets, so that a group, a web server or a shared folder can read it as the
-        # user's umask allows.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # a full disk, a vanished folder: one line, and nothing half-written
-            raise InvertError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-
-
-def _umask() -> int:
-    """The process's umask. Linux reports it in /proc; elsewhere it can only be read by setting it, which is not
-    thread-safe (the web app writes from threads), so that is the fallback."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @dataclass
 class Instruction:
-    """A learned instruction: its method, its tensors and what is needed to apply and audit it."""
+    """A learned instruction: its method, its tensors and what is needed to apply and audit it (``meta``:
+    :class:`Metadata`, or its plain values by name, which are checked into one)."""
 
     method: str
     tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Metadata = field(default_factory=Metadata)
     path: Path | None = field(default=None, compare=False)  # the file it was loaded from, for error messages
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, Metadata):
+            self.meta = Metadata.from_values(self.meta)
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write atomically; refuse to overwrite an existing file unless ``force``."""
@@ -113,35 +68,24 @@ class Instruction:
     def stored_metadata(self) -> dict[str, str]:
         """The metadata as the file stores it (strings; JSON where structured), without format, version, method
         and checksum."""
-        return {k: (json.dumps(v, sort_keys=True) if k in _JSON_KEYS else str(v)) for k, v in self.meta.items()
-                if v is not None}
+        return self.meta.stored()
 
     @classmethod
     def from_stored(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> "Instruction":
         """An instruction from stored tensors and metadata strings (``method`` among them), checked as ``load``
-        checks a file: finite values, JSON and types of the metadata. Instruction libraries store them so too."""
+        checks a file: finite values, and every metadata value's type and range. Instruction libraries store them
+        so too."""
         for name, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t.float()).all():  # float() as fp8 has no isfinite
                 raise InstructionFileError(f"{path}: tensor '{name}' holds NaN or inf values")
-        parsed: dict[str, Any] = {}
-        for key, value in meta.items():
-            if key in _JSON_KEYS:
-                try:
-                    parsed[key] = json.loads(value)
-                except json.JSONDecodeError:
-                    raise InstructionFileError(f"{path}: metadata '{key}' is not valid JSON") from None
-            else:
-                parsed[key] = value
-        _check_metadata_types(path, parsed)
-        method = parsed.pop("method", None)
-        return cls(method, tensors, parsed, path)
+        return cls(meta.get("method"), tensors, Metadata.from_stored(meta, path), path)
 
     def check_model(self, fingerprint: str, allow_mismatch: bool = False, path: str | os.PathLike = "") -> None:
         """Refuse an instruction learned on other base weights unless ``allow_mismatch``."""
-        expected = self.meta.get("model_fingerprint")
+        expected = self.meta.model_fingerprint
         if expected and expected != fingerprint and not allow_mismatch:
             raise InstructionFileError(
-                f"{path or 'instruction'}: learned on base model '{self.meta.get('base_model')}' (fingerprint "
+                f"{path or 'instruction'}: learned on base model '{self.meta.base_model}' (fingerprint "
                 f"{expected}), not on the loaded one ({fingerprint}); pass --allow-model-mismatch to use it anyway")
 
 
@@ -153,11 +97,7 @@ def read_verified(path: Path, fmt: str, version: int, kind: str = "an .inst file
         raise InstructionFileError(f"{path}: no such file")
     check_safetensors_header(path, kind)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        tensors = load_file(str(path))
+        tensors, meta = _read_safetensors(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise InstructionFileError(f"{path}: not {kind} (unreadable safetensors: {exc})") from None
     if meta.get("format") != fmt:
@@ -172,6 +112,22 @@ def read_verified(path: Path, fmt: str, version: int, kind: str = "an .inst file
     if meta.pop("tensor_sha256", None) != tensors_sha256(tensors):
         raise InstructionFileError(f"{path}: tensor checksum mismatch (the file is corrupted or was modified)")
     return tensors, meta
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and metadata. safetensors opens only paths that are UTF-8: a file whose name
+    holds other bytes (a Latin-1 name, say) is read into memory and parsed from there."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        return load(data), dict(header.get("__metadata__") or {})
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    return load_file(str(path)), meta
 
 
 def check_safetensors_header(path: Path, kind: str = "an .inst file") -> None:
@@ -219,17 +175,3 @@ def is_instruction_file(path: Path) -> bool:
         return False
     return isinstance(header, dict) and isinstance(header.get("__metadata__"), dict) \
         and header["__metadata__"].get("format") == FORMAT
-
-
-def _check_metadata_types(path: Path, meta: dict[str, Any]) -> None:
-    for key, kind in _JSON_TYPES.items():
-        if key in meta and not isinstance(meta[key], kind):
-            raise InstructionFileError(f"{path}: metadata '{key}' should be a JSON {kind.__name__}")
-    guidance = meta.get("guidance", {})
-    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in guidance.values()):
-        raise InstructionFileError(f"{path}: metadata 'guidance' should hold numbers")
-    for key in _INT_KEYS & meta.keys():
-        try:
-            int(meta[key])
-        except ValueError:
-            raise InstructionFileError(f"{path}: metadata '{key}' should be an integer, not {meta[key]!r}") from None

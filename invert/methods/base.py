@@ -8,6 +8,7 @@ token positions, mixing, its reverse (the edit undone) and its exports."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, ContextManager
 
@@ -17,6 +18,7 @@ from torch import nn
 from ..backbones import Conditioning, Editor, TextEncoding
 from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
+from ..instruction.metadata import Metadata
 
 DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's instructions have about 10 tokens)
 REVERSE = "reverse."  # prefix of a two-way instruction's reverse tensors in the file
@@ -53,23 +55,27 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Method":
         """The instruction a file's tensors and metadata hold, with its learned change scaled by ``strength``
         (0 = the initialization, 1 = as learned). Shape problems raise InstructionFileError."""
         raise NotImplementedError
 
     @classmethod
-    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0,
+    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0,
                          reverse: bool = False) -> "Method":
         """As :meth:`from_tensors`; ``reverse``: the instruction that undoes the edit (a two-way fit's reverse
         instruction by default; a method whose inverse is built in overrides this)."""
         if reverse:
             found = {k[len(REVERSE):]: v for k, v in tensors.items() if k.startswith(REVERSE)}
-            back = (meta.get("extra") or {}).get("reverse")
+            back = (meta.extra or {}).get("reverse")
             if not found or not isinstance(back, dict):
                 raise InstructionFileError("holds no reverse instruction (fit it with --reverse)")
-            tensors, meta = found, {**meta, "init_text": back.get("init_text", ""), "extra": back.get("extra")}
+            try:
+                meta = dataclasses.replace(meta, init_text=back.get("init_text", ""), extra=back.get("extra"))
+            except InvertError as exc:
+                raise InstructionFileError(f"its reverse instruction's metadata is malformed ({exc})") from None
+            tensors = found
         return cls.from_tensors({k: v for k, v in tensors.items() if not k.startswith(REVERSE)}, meta, editor,
                                 strength)
 
@@ -110,6 +116,11 @@ class Method(nn.Module):
         if trainable:
             start = self.init_pooled if learned is None else learned.detach().to(device, torch.float32).reshape(1, -1)
             self.pooled = nn.Parameter(start.clone())
+
+    def pooled_tensors(self) -> dict[str, torch.Tensor]:
+        """The file's tensors of :meth:`keep_pooled`'s vectors (none for backbones without one), for a method
+        whose :meth:`tensors` is not its state dict."""
+        return {f"{self.name}.{k}": getattr(self, k).detach() for k in ("init_pooled", "pooled") if hasattr(self, k)}
 
     def pooled_vector(self) -> torch.Tensor | None:
         """The pooled vector the instruction's rows get: the learned one, else the init text's, else none."""
@@ -196,11 +207,14 @@ class Method(nn.Module):
 
     @classmethod
     def mix(cls, methods: list["Method"], weights: list[float]) -> "Method":
-        """A weighted sum of the instructions' learned state (LoRWeB's mixed basis, without its training)."""
+        """The instructions' learned changes combined (LoRWeB's mixed basis, without its training): base +
+        sum_i w_i (learned_i - init_i), what no instruction learned left at the base (see :func:`mix_base`,
+        :func:`mix_learned`). Weights summing to 1 interpolate (copies of one instruction give it back; 1, 0 gives
+        the first); another total scales the combined change from the base, as --strength does."""
         raise NotImplementedError
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
         """Write an instruction of this method (its file's tensors and metadata) for use outside invert, in the
         form ``kind`` (one of :attr:`exports`) names; no model is needed."""
         raise InvertError(f"a {cls.name} instruction has no '{kind}' export"
@@ -232,6 +246,32 @@ def append_text(editor: Editor, embeds: torch.Tensor, eos: int, text: str) -> to
     return out
 
 
+def base_weights(weights: list[float]) -> list[float]:
+    """Each instruction's share of a mix's base: its |weight| over the sum (equal shares when every weight is 0),
+    so the base is an average of the inits whatever the weights' total, and 1, 0 takes the first's."""
+    total = sum(abs(w) for w in weights)
+    return [abs(w) / total for w in weights] if total else [1 / len(weights)] * len(weights)
+
+
+def mix_base(inits: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """The base a mix's changes are measured from: the instructions' init states (what they hold at strength 0,
+    widened alike) averaged by :func:`base_weights`. An entry on which every init agrees (BOS; every entry when
+    the init texts are the same) is that value exactly, never a rounded weighted sum of it."""
+    mean = sum(b * t for b, t in zip(base_weights(weights), inits))
+    agree = torch.stack([t == inits[0] for t in inits]).all(0)
+    return torch.where(agree, inits[0], mean)
+
+
+def mix_learned(learned: list[torch.Tensor], inits: list[torch.Tensor], weights: list[float],
+                base: torch.Tensor | None = None) -> torch.Tensor:
+    """``base`` + sum_i w_i (learned_i - inits_i): each instruction's change from its own init, added to the
+    base (:func:`mix_base` of ``inits`` unless given). Summed as sum_i w_i learned_i + (base - sum_i w_i
+    inits_i), so that where the inits agree and the weights sum to 1 it is the plain weighted sum of the learned
+    tensors (weights 1, 0: the first's, exactly)."""
+    base = mix_base(inits, weights) if base is None else base
+    return sum(w * t for w, t in zip(weights, learned)) + (base - sum(w * t for w, t in zip(weights, inits)))
+
+
 def check_mixable(methods: list[Method]) -> None:
     if len({type(m) for m in methods}) != 1:
         raise InvertError("cannot mix instructions of different methods: " + ", ".join(sorted({m.name for m in
@@ -239,4 +279,4 @@ def check_mixable(methods: list[Method]) -> None:
 
 
 __all__ = ["DEFAULT_TOKENS", "Conditioning", "Method", "REVERSE", "Stage", "TextEncoding", "append_text",
-           "check_mixable", "check_prompt_tensors"]
+           "base_weights", "check_mixable", "check_prompt_tensors", "mix_base", "mix_learned"]

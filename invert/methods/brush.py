@@ -19,8 +19,10 @@ from ..backbones import Editor, TextEncoding
 from ..backbones.base import KV_ARGUMENT, Conditioning, KVRoute
 from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
+from ..instruction.metadata import Metadata
 from ..schedules import parts_schedule, time_part
-from .base import DEFAULT_TOKENS, Method, Stage, append_text, check_mixable, check_prompt_tensors
+from .base import (DEFAULT_TOKENS, Method, Stage, append_text, check_mixable, check_prompt_tensors, mix_base,
+                   mix_learned)
 from .settings import BrushSettings
 
 def _key(name: str) -> str:
@@ -70,12 +72,14 @@ def part_timesteps(editor: Editor, parts: int) -> torch.Tensor:
     return torch.stack([values[part == p][(part == p).sum() // 2] for p in range(parts)])
 
 
-def project_kv(editor: Editor, embeds: torch.Tensor, m: int, parts: int
+def project_kv(editor: Editor, embeds: torch.Tensor, m: int, parts: int, pooled: torch.Tensor | None = None
                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every layer's own keys and values of the instruction's first ``m`` positions of ``embeds``, per time part:
+    """Every layer's own keys and values of the instruction's first ``m`` positions of ``embeds`` (and its
+    ``pooled`` vector, on backbones whose text stream it modulates), per time part:
     {layer: ((parts, m, width), (parts, m, width))}, fp32."""
     start = editor.instruction_start
-    return editor.instruction_kv(TextEncoding(embeds, [start + m], start=start), m, part_timesteps(editor, parts))
+    return editor.instruction_kv(TextEncoding(embeds, [start + m], pooled, start=start), m,
+                                 part_timesteps(editor, parts))
 
 
 class Brush(Method):
@@ -107,8 +111,8 @@ class Brush(Method):
                    settings: BrushSettings = BrushSettings(), seed: int = 0) -> "Brush":
         """Every part of every layer starts from the init text's K/V through that layer's own to_k/to_v."""
         m = settings.tokens or (init.eos[0] - init.start) or DEFAULT_TOKENS
-        kv = project_kv(editor, init.embeds, m, settings.parts)
-        return cls(editor, init.embeds, kv, init_text, settings.parts_sequential, init.pooled)
+        kv = project_kv(editor, init.embeds, m, settings.brush_parts, init.pooled)
+        return cls(editor, init.embeds, kv, init_text, settings.brush_parts_sequential, init.pooled)
 
     # -- conditioning ---------------------------------------------------------------------------------------
     def call(self, rows: Rows) -> BrushCall:
@@ -145,7 +149,7 @@ class Brush(Method):
 
     # -- the file, mixing -----------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"brush.init": self.init.detach()}
+        out = {"brush.init": self.init.detach(), **self.pooled_tensors()}
         for name in self.layer_names:
             k, v = self.layer(name).stacked()
             out[f"brush.{name}.k"], out[f"brush.{name}.v"] = k.detach(), v.detach()
@@ -155,7 +159,7 @@ class Brush(Method):
         return {"parts": self.parts, "tokens": self.m, "sequential": self.sequential}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Brush":
         init = tensors["brush.init"]
         widths = editor.instruction_kv_layers()
@@ -171,15 +175,14 @@ class Brush(Method):
             if k is None or v is None or k.shape != (parts, m, width) or v.shape != k.shape:
                 raise InstructionFileError(f"brush K/V of layer {name} missing or not ({parts}, {m}, {width}): they "
                                            f"do not fit this model's {len(widths)} attention layers that read the instruction")
-        init = init.to(editor.device)
-        projected = project_kv(editor, init, m, parts)
+        init, pooled = init.to(editor.device), tensors.get("brush.init_pooled")
+        projected = project_kv(editor, init, m, parts, pooled)
         kv = {}
         for name, (k0, v0) in projected.items():
             k, v = (x.to(editor.device, torch.float32) for x in stored[name])
             # lerp is exact at 0 and 1: strength 1 applies the learned K/V as they were learned.
             kv[name] = (torch.lerp(k0, k, strength), torch.lerp(v0, v, strength))
-        return cls(editor, init, kv, meta.get("init_text", ""), bool((meta.get("extra") or {}).get("sequential")),
-                   tensors.get("brush.init_pooled"))
+        return cls(editor, init, kv, meta.init_text, bool((meta.extra or {}).get("sequential")), pooled)
 
     def hybrid(self, text: str) -> "Brush":
         """Encode the init text followed by ``text``; the learned K/V still replace the instruction's first m
@@ -200,7 +203,7 @@ class Brush(Method):
         """New positions m+1..tokens get the init text's own K/V at those positions, in every part."""
         if tokens < self.m:
             raise InvertError(f"cannot narrow a brush instruction from {self.m} to {tokens} tokens")
-        frozen = project_kv(self.editor, self.init, tokens, self.parts)
+        frozen = project_kv(self.editor, self.init, tokens, self.parts, self.pooled_vector())
         kv = {}
         for name, (k, v) in self._kv().items():
             k0, v0 = frozen[name]
@@ -212,8 +215,10 @@ class Brush(Method):
 
     @classmethod
     def mix(cls, methods: list["Brush"], weights: list[float]) -> "Brush":
-        """The weighted sum of every layer's K/V and of the init encodings (the K/V are linear in it), token
-        counts widened to the largest first. Instructions of different part counts cannot mix."""
+        """The learned K/V's changes combined (see :meth:`Method.mix`), each measured from its own init text's
+        K/V; the text rows' encoding, which no fit learns, is the base: the init encodings averaged (one init
+        text: its encoding, exactly). Token counts are widened to the largest first; instructions of different
+        part counts cannot mix."""
         check_mixable(methods)
         if len({m.parts for m in methods}) != 1:
             raise InvertError("cannot mix brush instructions with different numbers of time parts: "
@@ -221,19 +226,21 @@ class Brush(Method):
         tokens = max(m.num_tokens for m in methods)
         wide = [m.widen(tokens) for m in methods]
         kvs = [m._kv() for m in wide]
-        kv = {name: (sum(w * kv[name][0] for w, kv in zip(weights, kvs)), sum(w * kv[name][1] for w, kv in
-                                                                             zip(weights, kvs)))
+        inits = [project_kv(m.editor, m.init, tokens, m.parts, m.pooled_vector()) for m in wide]  # each one's K/V at strength 0
+        kv = {name: tuple(mix_learned([kv[name][j] for kv in kvs], [init[name][j] for init in inits], weights)
+                          for j in (0, 1))
               for name in wide[0].layer_names}
-        init = sum(w * m.init for w, m in zip(weights, wide))
+        texts = {m.init_text for m in methods}
         pooled = None if methods[0].pooled_vector() is None else \
-            sum(w * m.pooled_vector() for w, m in zip(weights, wide))
-        return cls(methods[0].editor, init, kv, methods[0].init_text, methods[0].sequential, pooled)
+            mix_base([m.pooled_vector() for m in wide], weights)
+        return cls(methods[0].editor, mix_base([m.init for m in wide], weights), kv,
+                   texts.pop() if len(texts) == 1 else "", methods[0].sequential, pooled)
 
 
-def _per_layer(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _per_layer(tensors: dict[str, torch.Tensor], meta: Metadata) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """A version-1 file's K/V, stored as (parts, m, sum of widths) with the layers' names and widths in
     ``extra.layers``, split into each layer's own tensors."""
-    layers = (meta.get("extra") or {}).get("layers")
+    layers = (meta.extra or {}).get("layers")
     k, v = tensors["brush.k"], tensors["brush.v"]
     if not isinstance(layers, list) or k.dim() != 3 or k.shape != v.shape or \
             k.shape[-1] != sum(int(w) for _, w in layers):

@@ -22,7 +22,8 @@ from torch import nn
 from ..backbones import Editor, TextEncoding
 from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
-from .base import Conditioning, Method, check_mixable, check_prompt_tensors
+from ..instruction.metadata import Metadata
+from .base import Conditioning, Method, check_mixable, check_prompt_tensors, mix_base
 from .settings import LoraSettings
 
 ADAPTER = "invert_lora"
@@ -158,21 +159,22 @@ class Lora(Method):
     # -- the file, mixing, exporting ------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         prefix = self.editor.lora_prefix
-        return {**{prefix + k: self.weight(k).detach() for k in self.keys}, "lora.init": self.init.detach()}
+        return {**{prefix + k: self.weight(k).detach() for k in self.keys}, "lora.init": self.init.detach(),
+                **self.pooled_tensors()}
 
     def extra_meta(self) -> dict:
         return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "reverse": self.reverse_mode}
 
     @classmethod
-    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0,
+    def from_instruction(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0,
                          reverse: bool = False) -> "Lora":
         """``reverse``: the negated adapter, -Delta, which the fit trained to undo the edit."""
         return cls.from_tensors(tensors, meta, editor, -strength if reverse else strength)
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Lora":
-        extra = meta.get("extra") or {}
+        extra = meta.extra or {}
         try:
             rank, alpha, targets = int(extra["rank"]), float(extra["alpha"]), tuple(extra["targets"])
         except (KeyError, TypeError, ValueError):
@@ -182,7 +184,7 @@ class Lora(Method):
         check_adapter(editor, weights, rank)
         init = tensors["lora.init"]
         check_prompt_tensors(editor, init, {})
-        return cls(editor, init.to(editor.device), weights, rank, alpha, targets, meta.get("init_text", ""),
+        return cls(editor, init.to(editor.device), weights, rank, alpha, targets, meta.init_text,
                    extra.get("reverse", "off"), scale=strength, pooled=tensors.get("lora.init_pooled"))
 
     def hybrid(self, text: str) -> "Lora":
@@ -197,8 +199,11 @@ class Lora(Method):
 
     @classmethod
     def mix(cls, methods: list["Lora"], weights: list[float]) -> "Lora":
-        """Adapters mixed exactly: w1 B1 A1 + w2 B2 A2 = [w1 B1, w2 B2] [A1; A2], one adapter of the summed rank
-        (each adapter's scale alpha / rank, times its strength, folded into its B, so the mix has scale 1)."""
+        """The adapters' changes combined exactly (an adapter's change Delta W = scale B A is what is linear, not
+        A or B): w1 Delta1 + w2 Delta2 = [w1 s1 B1, w2 s2 B2] [A1; A2], one adapter of the summed rank with
+        each adapter's scale (alpha / rank, times its strength) folded into its B. No adapter is the init, so
+        weights not summing to 1 scale the combined change as --strength does. The prompt, which no fit learns,
+        is the base: the init encodings averaged (see :func:`mix_base`)."""
         check_mixable(methods)
         keys = methods[0].keys
         if any(sorted(m.keys) != sorted(keys) for m in methods[1:]):
@@ -211,21 +216,23 @@ class Lora(Method):
                 out[key] = torch.cat([w * m.scale * m.alpha / m.rank * m.weight(key).detach()
                                       for w, m in zip(weights, methods)], dim=1)
         rank = sum(m.rank for m in methods)
-        mixed = methods[0]._with(methods[0].init, out, rank, rank)
+        pooled = None if methods[0].pooled_vector() is None else \
+            mix_base([m.pooled_vector() for m in methods], weights)
+        mixed = methods[0]._with(mix_base([m.init for m in methods], weights), out, rank, rank, pooled)
         mixed.scale = 1.0
         return mixed
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
         """``lora``: the adapter with diffusers' own ``save_lora_weights`` (its key names and its adapter-config
         metadata, so rank and alpha load as fitted); ``reverse``: the negated adapter, which undoes the edit."""
         if kind != "lora":
             super().export(kind, tensors, meta, path, reverse)
         from ..backbones import backbone_class
 
-        backbone = backbone_class(meta.get("backbone") or "ip2p")
+        backbone = backbone_class(meta.backbone)
         prefix = backbone.lora_prefix
-        extra = meta.get("extra") or {}
+        extra = meta.extra or {}
         layers = {k[len(prefix):]: (-v if reverse and ".lora_B." in k else v).contiguous()
                   for k, v in tensors.items() if k.startswith(prefix)}
         config = lora_config(int(extra["rank"]), float(extra["alpha"]), extra["targets"]).to_dict()

@@ -16,7 +16,9 @@ from ..backbones import Editor, TextEncoding
 from ..backbones.rows import Rows
 from ..clip import Clip
 from ..errors import InstructionFileError, InvertError
-from .base import DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors
+from ..instruction.metadata import Metadata
+from .base import (DEFAULT_TOKENS, Conditioning, Method, append_text, check_mixable, check_prompt_tensors, mix_base,
+                   mix_learned)
 from .settings import VisiiSettings
 
 EMBEDS_FORMAT = "invert.prompt_embeds"
@@ -40,7 +42,7 @@ class Visii(Method):
         self.learned = nn.Parameter((init[:, self.start:eos] if learned is None else learned.detach().float()).clone())
         self.eos = eos
         self.keep_pooled(pooled, learned_pooled, trainable=editor.learns_pooled)
-        self.clip_term: tuple[Clip, torch.Tensor, float, float] | None = None
+        self.clip_term: tuple[Clip, torch.Tensor, float, float, slice] | None = None
 
     @classmethod
     def initialize(cls, editor: Editor, init: TextEncoding, init_text: str = "",
@@ -54,7 +56,7 @@ class Visii(Method):
 
     @classmethod
     def needs_clip(cls, settings: VisiiSettings) -> bool:
-        return bool(settings.clip_weight)
+        return bool(settings.visii_clip_weight)
 
     @property
     def num_tokens(self) -> int:
@@ -72,25 +74,28 @@ class Visii(Method):
         return torch.cat([self.prompt_embeds().detach().flatten(), uncond.embeds.float().flatten()])
 
     def set_clip_direction(self, clip: Clip, direction: torch.Tensor) -> None:
-        weight, clamp = self.settings.clip_weight, self.settings.clip_clamp
+        weight, clamp = self.settings.visii_clip_weight, self.settings.visii_clip_clamp
         if not weight:
             return
-        if clip.text_width != self.init.shape[-1]:
-            raise InvertError(f"CLIP model '{clip.name}' has text width {clip.text_width}, the IP2P text encoder "
-                              f"{self.init.shape[-1]}: the direction loss needs them equal (or --clip-weight 0)")
-        self.clip_term = (clip, direction, weight, clamp)
+        widths = self.editor.text_segments
+        if clip.text_width not in widths:
+            raise InvertError(f"CLIP model '{clip.name}' has text width {clip.text_width}, this model's text "
+                              f"encoder{'s' if len(widths) > 1 else ''} {', '.join(map(str, widths))}: the direction "
+                              "loss needs one equal (or --visii-clip-weight 0)")
+        start = sum(widths[:widths.index(clip.text_width)])  # the first encoder of the CLIP model's width
+        self.clip_term = (clip, direction, weight, clamp, slice(start, start + clip.text_width))
 
     def extra_loss(self) -> torch.Tensor | None:
         if self.clip_term is None:
             return None
-        clip, direction, weight, clamp = self.clip_term
-        text = torch.nn.functional.normalize(clip.project_text(self.prompt_embeds()[0].mean(0, keepdim=True)).float(),
-                                             dim=-1)
+        clip, direction, weight, clamp, part = self.clip_term
+        hidden = self.prompt_embeds()[0, :, part].mean(0, keepdim=True)
+        text = torch.nn.functional.normalize(clip.project_text(hidden).float(), dim=-1)
         cos = (text * direction.to(text.device)).sum(-1).clamp(max=clamp)
         return -weight * cos.mean()
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, editor: Editor, strength: float = 1.0
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Visii":
         init, learned = tensors["visii.init"], tensors["visii.learned"]
         check_prompt_tensors(editor, init, {"visii.learned": learned})
@@ -121,15 +126,21 @@ class Visii(Method):
 
     @classmethod
     def mix(cls, methods: list["Visii"], weights: list[float]) -> "Visii":
-        """The weighted sum of the prompt embeddings, token counts widened to the largest first (so the mix is
-        the weighted sum of what each instruction conditions at every position)."""
+        """The learned tokens' changes combined (see :meth:`Method.mix`), token counts widened to the largest
+        first; BOS, EOS and padding, which no fit learns, are the base: the init encodings averaged (one init
+        text: its encoding, exactly)."""
         check_mixable(methods)
         tokens = max(m.num_tokens for m in methods)
         wide = [m.widen(tokens) for m in methods]
-        init = sum(w * m.init for w, m in zip(weights, wide))
-        learned = sum(w * m.learned.detach() for w, m in zip(weights, wide))
-        pooled = [_weighted(weights, vectors) for vectors in zip(*(m._pooled() for m in wide))]
-        return cls(methods[0].editor, init, tokens + methods[0].start, learned, methods[0].settings, *pooled)
+        s = methods[0].start
+        init = mix_base([m.init for m in wide], weights)
+        learned = mix_learned([m.learned.detach() for m in wide], [m.init[:, s:tokens + s] for m in wide], weights,
+                              init[:, s:tokens + s])
+        init_pooled, learned_pooled = zip(*(m._pooled() for m in wide))
+        base_pooled = None if init_pooled[0] is None else mix_base(list(init_pooled), weights)
+        mixed_pooled = None if learned_pooled[0] is None else \
+            mix_learned(list(learned_pooled), list(init_pooled), weights, base_pooled)
+        return cls(methods[0].editor, init, tokens + s, learned, methods[0].settings, base_pooled, mixed_pooled)
 
     def _pooled(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The init and learned pooled vectors (None where there are none), to build a changed copy."""
@@ -137,19 +148,18 @@ class Visii(Method):
         return getattr(self, "init_pooled", None), None if learned is None else learned.detach()
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: dict, path, reverse: bool = False) -> None:
-        """``embeds``: the whole prompt embedding (1, 77, width) as ``prompt_embeds`` in a safetensors file, for
-        ``pipe(prompt_embeds=...)`` of any IP2P pipeline of the same base model."""
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
+        """``embeds``: the whole prompt embedding (1, 77, width) as ``prompt_embeds`` in a safetensors file, and
+        the pooled vector as ``pooled_prompt_embeds`` where the model takes one (SDXL), for
+        ``pipe(**load_file(path), image=...)`` of any pipeline of the same base model."""
         if kind != "embeds" or reverse:
             super().export(kind if not reverse else f"{kind} --reverse", tensors, meta, path)
         init, learned = tensors["visii.init"].float(), tensors["visii.learned"].float()
         embeds = torch.cat([init[:, :1], learned, init[:, learned.shape[1] + 1:]], dim=1)
-        guidance = meta.get("guidance") or {}
-        save_file({"prompt_embeds": embeds.contiguous()}, str(Path(path)),
-                  metadata={"format": EMBEDS_FORMAT, "base_model": str(meta.get("base_model", "")),
-                            "guidance_scale": str(guidance.get("text", 7.5)),
-                            "image_guidance_scale": str(guidance.get("image", 1.5))})
-
-
-def _weighted(weights: list[float], tensors: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
-    return None if tensors[0] is None else sum(w * t for w, t in zip(weights, tensors))
+        pooled = tensors.get("visii.pooled", tensors.get("visii.init_pooled"))
+        arguments = {"prompt_embeds": embeds.contiguous(),
+                     **({} if pooled is None else {"pooled_prompt_embeds": pooled.float().contiguous()})}
+        save_file(arguments, str(Path(path)),
+                  metadata={"format": EMBEDS_FORMAT, "base_model": meta.base_model,
+                            "guidance_scale": str(meta.text_guidance),
+                            "image_guidance_scale": str(meta.image_guidance)})

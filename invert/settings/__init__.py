@@ -1,13 +1,16 @@
-"""Typed settings: every fit option declared once, with its default, type and help.
+"""Typed settings: every fit and apply option declared once, with its default, type, limits and help.
 
-The CLI's options (``fit`` and ``fit-batch`` alike) and the web UI's controls are generated from these
-dataclasses, and ``invert.fit(**options)`` checks option names against them, so a default lives in one place
-and an unknown option is an error. Importing this module imports no torch (``invert --help`` stays fast).
+The CLI's options (``fit``, ``fit-batch``, ``apply`` and ``eval``) and the web UI's controls are generated from
+these dataclasses, and ``invert.fit(**options)`` and ``invert.apply(**options)`` check names and values against
+them, so a default and a limit live in one place and a bad value is an error wherever it comes from. Importing
+this module imports no torch (``invert --help`` stays fast).
 """
 from __future__ import annotations
 
+from .apply import ApplySettings
 from .fields import as_dict, build_settings, check_value, field_type, option, settings_fields
-from .fit import ENCODER_INIT, INIT_MODES, OFFICIAL, FitSettings, encoder_init
+from .fit import OFFICIAL, FitSettings
+from .init import InitSettings
 
-__all__ = ["ENCODER_INIT", "INIT_MODES", "OFFICIAL", "FitSettings", "as_dict", "build_settings", "check_value",
-           "encoder_init", "field_type", "option", "settings_fields"]
+__all__ = ["OFFICIAL", "ApplySettings", "FitSettings", "InitSettings", "as_dict", "build_settings", "check_value",
+           "field_type", "option", "settings_fields"]

@@ -380,7 +380,7 @@ def _at_strength(edit: Edit, rng: np.random.Generator) -> Edit:
     strength = round(float(rng.uniform(low, high)), 2)
     fn = edit.pixel_fn
     return replace(edit, name=f"{edit.name}@{strength:g}", instruction=f"{edit.instruction} ({strength:.0%})",
-                   pixel_fn=lambda x: _mix(x, fn(x), strength), parts=(edit.name,))
+                   pixel_fn=lambda x: _mix(x, fn(x), strength), parts=())
 
 
 def get_edit(name: str) -> Edit:

@@ -1,0 +1,73 @@
+"""The init text a fit starts from: the candidates (given with --init-text, found with CLIP for --init best, or the
+method's own way), their scores on the training pairs, and the choice.
+
+A candidate is scored as the fit's validation scores a state: the untrained instruction applied to the pairs with
+few sampling steps and fixed noise, PSNR to the afters. Only the training pairs choose: the held-out pairs score
+the fit, and an init chosen on them would make the start's validation score in-sample."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from ..backbones import Editor
+from ..clip import Clip
+from ..methods.base import Method
+from ..settings import FitSettings
+from .phrases import PhraseChoice, init_candidates, initial_text
+from .validation import Validation
+
+
+@dataclass(frozen=True)
+class InitChoice:
+    """The chosen text, the phrase search's result (recorded in the file) and, when candidates were compared, their
+    scores: ``{"no_edit": dB, "texts": {text: dB}}``."""
+
+    text: str
+    phrases: PhraseChoice | None = None
+    scores: dict | None = None
+
+
+def init_mode(cls: type[Method], settings: FitSettings) -> str:
+    """--init, with auto resolved to the method's own way."""
+    return cls.init_from if settings.init == "auto" else settings.init
+
+
+def own_init(cls: type[Method], settings: FitSettings) -> str:
+    """How the init text is found without a candidate search: --init best searches among texts found with CLIP,
+    and falls back to the method's own way when no CLIP model is at hand."""
+    mode = init_mode(cls, settings)
+    return cls.init_from if mode == "best" else mode
+
+
+def choose_init(editor: Editor, cls: type[Method], settings: FitSettings, method_settings: Any, clip: Clip | None,
+                befores: list[Image.Image], afters: list[Image.Image]) -> InitChoice:
+    """The init text for the (training) pairs ``befores`` -> ``afters``: the one --init-text gives; the best-scoring
+    of several given, or of those --init best finds with CLIP; else the one the method's own way finds."""
+    texts = settings.init_texts
+    if len(texts) == 1:
+        return InitChoice(texts[0])
+    found = None
+    if not texts and init_mode(cls, settings) == "best" and clip is not None:
+        texts, found = init_candidates(clip, settings.vocab, editor.model_id, befores, afters, settings)
+    if texts:
+        scorer = Validation.of_fit(editor, befores, afters, settings)
+        scores = {t: scorer.score(cls.initialize(editor, editor.encode_text([t]), t, method_settings, settings.seed))
+                  for t in texts}
+        return InitChoice(best_text(scores, scorer.no_edit), found, {"no_edit": scorer.no_edit, "texts": scores})
+    text, found = initial_text(own_init(cls, settings), settings.vocab, clip, editor.model_id, befores, afters,
+                               settings, pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens,
+                               seed=settings.seed)
+    return InitChoice(text, found)
+
+
+def best_text(scores: dict[str, float], no_edit: float) -> str:
+    """The best-scoring candidate text; the empty one only when no other beats doing nothing (an empty init
+    leaves all of the edit to the optimization)."""
+    worded = {t: v for t, v in scores.items() if t.strip()}
+    pool = worded if any(v > no_edit for v in worded.values()) else scores
+    return max(pool, key=lambda t: pool[t])
+
+
+__all__ = ["InitChoice", "best_text", "choose_init", "init_mode", "own_init"]

@@ -1,0 +1,65 @@
+"""The init's settings: how a fit finds the text it starts from, whatever its method (--init and its candidates,
+the phrase search's options, PEZ's). Every method's fit takes them. Importing this module imports no torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import InvertError
+from .fields import Checked, option
+from .limits import MAX_FIT_STEPS, MAX_TOKENS
+
+DEFAULT_TEMPLATE = "turn {p_x} into {p_y}"
+
+
+@dataclass(frozen=True)
+class InitSettings(Checked):
+    """How the init text is found. Options of one --init mode are prefixed with its name (``phrases_``,
+    ``pez_``), as a method's own options are with the method's."""
+
+    init_text: tuple[str, ...] | str | None = option(
+        None, "Initial instruction; repeat it to give several, and the fit starts from the one that scores best on the "
+              "exemplars. Default: as --init says.", metavar="TEXT", split_commas=False)
+    vocab: tuple[str, ...] = option((), "Phrase lists for the caption or phrase search (repeatable): default, toy, "
+                                        "flavors, mediums, movements, artists, or a .txt file. Default: the model "
+                                        "folder's vocab.txt if it has one, else 'default'.", metavar="NAME")
+    init: Literal["best", "auto", "caption", "phrases", "pez", "empty", "encoder"] = option(
+        "best", "How to find the init text when --init-text is not given: best, the candidate texts (the caption, "
+                "InstructBrush's phrases, the most changed phrases in instruction templates, empty) applied to the "
+                "exemplars and the best-scoring one taken; auto, the method's own (caption for visii, phrases for "
+                "brush, empty for lora); a CLIP-ranked caption of the afters; InstructBrush's phrases; a PEZ hard "
+                "prompt optimized against the afters (the official VISII code's); empty; or encoder, the state an "
+                "edit encoder ('invert encoder train', see --encoder-file) gives for the exemplars, the fit starting "
+                "from it.")
+    encoder_file: str = option("", "--init encoder: the edit encoder file; empty: the one the model's folder ships "
+                                   "for the method.", metavar="FILE")
+    phrases_top: int = option(5, "--init phrases (and best): phrases kept per image.", minimum=1, maximum=1000,
+                              aliases=("top",))
+    phrases_threshold: float = option(0.15, "--init phrases (and best): drop a side whose |sensitivity| is below "
+                                            "this.", minimum=0.0, maximum=100.0, aliases=("threshold",))
+    phrases_relative_threshold: bool = option(False, "--init phrases (and best): --phrases-threshold in units of the "
+                                                     "similarities' spread over the vocabulary.",
+                                              aliases=("relative_threshold",))
+    phrases_template: str = option(DEFAULT_TEMPLATE, "--init phrases (and best): the instruction template.",
+                                   aliases=("template",))
+    pez_steps: int = option(300, "--init pez: optimization steps (the official code: 3000).",
+                            minimum=1, maximum=MAX_FIT_STEPS)
+    pez_tokens: int = option(10, "--init pez: prompt length in tokens (the official code: 10); at most the text "
+                                 "encoder's positions less BOS and EOS (75).", minimum=1, maximum=MAX_TOKENS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.encoder_file and self.init != "encoder":
+            raise InvertError(f"--encoder-file {self.encoder_file}: only with --init encoder (here --init {self.init})")
+        # One --init-text is kept as a string (as files have always recorded it), several as a tuple, none as None.
+        if isinstance(self.init_text, (tuple, list)):
+            texts = tuple(self.init_text)
+            object.__setattr__(self, "init_text", None if not texts else texts[0] if len(texts) == 1 else texts)
+
+    @property
+    def init_texts(self) -> tuple[str, ...]:
+        """The --init-text candidates (none: found as --init says)."""
+        return (self.init_text,) if isinstance(self.init_text, str) else self.init_text or ()
+
+
+__all__ = ["DEFAULT_TEMPLATE", "InitSettings"]

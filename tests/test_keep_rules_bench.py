@@ -1,0 +1,36 @@
+"""The keep-rule study (benchmarks.keep_rules): its rules pick what they say from a held-out curve, and each
+snapshot it scores is the state the fit's curve scored at that step."""
+import pytest
+from conftest import tiny_fit
+
+from benchmarks import quality
+from benchmarks.keep_rules import best, last_unless, smoothed, summarize, trace
+from invert.api import apply
+from invert.evaluation import as_tensor, psnr
+
+
+def test_the_rules_pick_from_the_curve():
+    curve = [10.0, 12.0, 11.5, 12.4, 9.0]
+    assert best(curve) == 3, "the highest; the start is a candidate"
+    assert best([12.0, 11.0, 12.0]) == 0, "a later state must score strictly higher"
+    assert best(curve, margin=0.5) == 1, "12.4 is not 0.5 dB above the kept 12.0"
+    assert smoothed(curve) == 2, "3-point means: 11.0, 11.17, 11.97, 10.97, 10.7"
+    assert last_unless(curve, 1.0) == 3 and last_unless([10.0, 12.0, 11.5], 1.0) == 2
+    runs = {"m": {"e": {"held_out": curve, "held_out_rescored": curve, "truth": [1.0, 2.0, 3.0, 0.0, 4.0]}}}
+    table = summarize(runs)
+    assert table["best (--keep best, the default before)"]["m"] == 0.0 and table["oracle (reference)"]["all"] == 4.0
+    assert table["last (--keep last)"]["regret"] == 0.0 and table["start (reference)"]["regret"] == 3.0
+
+
+def test_a_snapshot_is_the_state_the_curve_scored(editor, clip):
+    """Step 2 of a 4-step trace is a 2-step fit's last state: the same held-out score and validation score."""
+    options = {"steps": 4, "lr": 5e-2, "val_every": 2, "val_steps": 2, "init_text": "make it night"}
+    row = trace(editor, clip, "visii", "night", shots=8, n_val=2, log=lambda line: None, **options)
+    assert row["steps"] == [0, 2, 4] and len(row["truth"]) == len(row["held_out_rescored"]) == 3
+    train, val = quality.edit_pairs("night", 8, 2, editor.resolution, test_seed=quality.VALIDATION_SEED)
+    two = tiny_fit(editor, [b for b, _ in train], [a for _, a in train], "visii", clip=clip, keep="last",
+                   guidance=3.0, **{**options, "steps": 2})
+    assert row["held_out"][1] == pytest.approx(two.meta.validation["curve"][-1][1], abs=1e-5)
+    results = apply(two, [b for b, _ in val], editor=editor, steps=20)
+    assert row["truth"][1] == pytest.approx(psnr(as_tensor(results), as_tensor([a for _, a in val])).mean().item(),
+                                            abs=1e-4)
