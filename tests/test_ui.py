@@ -257,7 +257,7 @@ def test_the_web_app_fits_as_invert_fit_does(client, run, tmp_path):
     status, _, _, inst_file, *_ = client.predict(*fit_args(method="visii", steps=4), api_name="/fit")
     assert "done: night-visii" in status
     r = run("fit", NIGHT / "train", "-o", tmp_path / "cli.inst", "--model", "toy", "--method", "visii", "--steps", 4,
-            "--threads", 1, "--quiet")  # the app's server runs on one thread too
+            "--init-text", "make it night", "--threads", 1, "--quiet")  # the app's server runs on one thread too
     assert r.exit_code == 0, r.output
     web, cli = Instruction.load(inst_file), Instruction.load(tmp_path / "cli.inst")
     assert web.meta.model_defaults == {"lr": 0.03, "guidance": 3.0}
