@@ -67,25 +67,24 @@ def train(ctx, output, data, method, clip_model, resume, quiet, force, model, de
     from invert.backbones import load_editor
     from invert.clip import clip_name_for, load_clip
     from invert.encoder.data import training_data
-    from invert.encoder.training import EncoderTrainer, check_settings
+    from invert.encoder.training import EncoderTrainer
     from invert.fitting.checkpoint import FitState, FitStopped
     from invert.methods import settings_for
     from invert.settings import build_settings
+    from invert.settings.fields import flag
 
     given = given_settings(ctx, {k: v for k, v in values.items() if k in OPTION_NAMES})
     encoder_values = {k: values[k] for k in EncoderSettings.__dataclass_fields__}
     fit_values = {k: v for k, v in given.items() if k not in EncoderSettings.__dataclass_fields__}
-    settings = build_settings(EncoderSettings, encoder_values)
-    check_settings(settings)
+    settings = build_settings(EncoderSettings, encoder_values, flag)
     fit_settings, method_settings = settings_for(method, {**invert.api.model_defaults(model, method, fit_values),
                                                           **ENCODER_FIT_DEFAULTS, **fit_values})
     if resume is None:
         check_output(output, force)
+    episodes = training_data(data)
     editor = load_editor(model, process_device(device), dtype)
     clip = load_clip(clip_name_for(clip_model, editor.model_id), editor.device)
-    resolution = fit_settings.resolution or editor.resolution
-    trainer = EncoderTrainer(editor, clip, method, fit_settings, method_settings, settings,
-                             training_data(data, resolution))
+    trainer = EncoderTrainer(editor, clip, method, fit_settings, method_settings, settings, episodes)
     state_path = output.with_name(f"{output.name}.ckpt")
 
     def checkpoint(result, state):

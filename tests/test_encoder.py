@@ -53,7 +53,7 @@ def sets(tmp_path_factory):
 def make_trainer(editor, clip, sets, method="visii", **options):
     fit_settings, method_settings = settings_for(method, {"resolution": TINY_RES, "lr": 1e-2, **ENCODER_FIT_DEFAULTS})
     return EncoderTrainer(editor, clip, method, fit_settings, method_settings,
-                          EncoderSettings(**{**QUICK, **options}), PairSets(sets, TINY_RES))
+                          EncoderSettings(**{**QUICK, **options}), PairSets(sets))
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_every_method_trains_through_its_parameters(editor, clip, sets):
     for method, options in (("brush", {"brush_parts": 2}), ("lora", {})):
         fit_settings, method_settings = settings_for(method, {"resolution": TINY_RES, **ENCODER_FIT_DEFAULTS, **options})
         trainer = EncoderTrainer(editor, clip, method, fit_settings, method_settings,
-                                 EncoderSettings(**{**QUICK, "steps": 1}), PairSets(sets, TINY_RES))
+                                 EncoderSettings(**{**QUICK, "steps": 1}), PairSets(sets))
         result = trainer.run(quiet=True)
         moved = [n for n, p in result.encoder.basis.items() if p.abs().sum() > 0]
         assert moved, method
@@ -303,3 +303,59 @@ def test_the_web_apps_model_uses_the_encoder_its_folder_ships(trained, tiny_mode
 
     inst = model.encode(find_pairs(pairs_dir))
     assert inst.method == "visii" and inst.meta.steps == 0
+
+
+def test_invert_encoder_train_checkpoints_and_resumes(tiny_model_dir, sets, tmp_path, run):
+    """The CLI writes the encoder and a resumable state every --save-every steps; --resume finishes the run to the
+    encoder the uninterrupted run writes."""
+    args = ("--data", sets, "--model", tiny_model_dir, "--device", "cpu", "--resolution", 32, "--steps", 3,
+            "--save-every", 2, "--basis", 2, "--hidden", 8, "--max-pairs", 2, "--val-every", 0, "--quiet")
+    whole = tmp_path / "whole.safetensors"
+    r = run("encoder", "train", "-o", whole, *args)
+    assert r.exit_code == 0, r.output
+    assert EncoderFile.load(whole).info["training"]["steps"] == 3
+    ckpt = whole.with_name("whole.safetensors.ckpt")
+    assert ckpt.is_file()  # written at step 2 of 3
+    resumed = tmp_path / "resumed.safetensors"
+    r = run("encoder", "train", "-o", resumed, *args, "--resume", ckpt)
+    assert r.exit_code == 0, r.output
+    a, b = EncoderFile.load(whole), EncoderFile.load(resumed)
+    assert b.info["training"]["steps"] == 3
+    for (name, x), (_, y) in zip(a.encoder.state_dict().items(), b.encoder.state_dict().items()):
+        torch.testing.assert_close(x, y, msg=name)
+
+
+def test_invert_encoder_train_refuses_bad_input(tiny_model_dir, sets, tmp_path, run):
+    """One line naming the folder or flag; a bad folder or value before any model loads."""
+    out = tmp_path / "enc.safetensors"
+    (tmp_path / "one" / "edit" / "before").mkdir(parents=True)
+    (tmp_path / "one" / "edit" / "after").mkdir()
+    scene(0).save(tmp_path / "one" / "edit" / "before" / "0.png")
+    scene(0, night=True).save(tmp_path / "one" / "edit" / "after" / "0.png")
+    for args, expected, early in (
+            (("--data", tmp_path / "none"), "not a folder of exemplar sets", True),
+            (("--data", tmp_path / "one"), "1 pair; an encoder learns from sets of at least 2", True),
+            (("--data", sets, "--basis", 0, "--resolution", 32), "no basis states", False),
+    ):
+        r = run("encoder", "train", "-o", out, "--model", tiny_model_dir, "--device", "cpu", *args)
+        lines = messages(r.output)
+        assert r.exit_code != 0 and len(lines) == 1 and expected in lines[0], (args, r.output)
+        assert not early or "loading" not in r.output, args
+    r = run("encoder", "train", "-o", out, "--data", sets, "--lr", 5)
+    assert r.exit_code == 2 and "Invalid value for '--lr': must be at most 1, not 5.0" in r.output
+    assert not out.exists()
+
+
+def test_invert_fit_init_encoder_on_the_command_line(trained, tiny_model_dir, pairs_dir, tmp_path, run):
+    out = tmp_path / "fit.inst"
+    r = run("fit", pairs_dir, "-o", out, "--model", tiny_model_dir, "--device", "cpu", "--steps", 0, "--init", "encoder",
+            "--encoder-file", trained[0], "--quiet")
+    assert r.exit_code == 0, r.output
+    inst = Instruction.load(out)
+    assert inst.meta.options["init"] == "encoder" and inst.meta.options["encoder_file"] == str(trained[0])
+    r = run("fit", pairs_dir, "-o", tmp_path / "other.inst", "--model", tiny_model_dir, "--encoder-file", trained[0])
+    lines = messages(r.output)
+    assert r.exit_code == 1 and len(lines) == 1 and "only with --init encoder" in lines[0], r.output
+    r = run("fit", pairs_dir, "-o", tmp_path / "none.inst", "--model", tiny_model_dir, "--init", "encoder")
+    lines = messages(r.output)
+    assert r.exit_code == 1 and len(lines) == 1 and "ships no visii encoder" in lines[0], r.output

@@ -29,16 +29,13 @@ class ToyEdits:
 
     description = "the toy world's catalogue edits, composed and at random strengths (the hard edits held out)"
 
-    def __init__(self, resolution: int):
-        self.resolution = resolution
-
-    def episode(self, rng: np.random.Generator, encoded: int, loss: int) -> Episode:
+    def episode(self, rng: np.random.Generator, encoded: int, loss: int, resolution: int) -> Episode:
         from ..toy import world
 
         while True:
             edit = world.random_edit(rng)
             try:
-                pairs = [world.apply_edit(edit, world.scene_for(edit, rng), self.resolution)
+                pairs = [world.apply_edit(edit, world.scene_for(edit, rng), resolution)
                          for _ in range(encoded + loss)]
             except RuntimeError:  # a composition that the drawn scenes could not take
                 continue
@@ -49,8 +46,7 @@ class PairSets:
     """One edit per subfolder of ``root`` (fit-batch's layout: a pairs folder, or one in ``train/``), each with at
     least two pairs; an episode encodes some of a set's pairs and takes the loss on others."""
 
-    def __init__(self, root: str | Path, resolution: int):
-        self.resolution = resolution
+    def __init__(self, root: str | Path):
         self.sets: list[tuple[str, list[Pair]]] = []
         for name, folder in exemplar_sets(Path(root)):
             pairs = find_pairs(folder)
@@ -60,12 +56,12 @@ class PairSets:
             self.sets.append((name, pairs))
         self.description = f"{len(self.sets)} pair sets of {root}"
 
-    def episode(self, rng: np.random.Generator, encoded: int, loss: int) -> Episode:
+    def episode(self, rng: np.random.Generator, encoded: int, loss: int, resolution: int) -> Episode:
         name, pairs = self.sets[int(rng.integers(len(self.sets)))]
         order = rng.permutation(len(pairs))
         encoded = min(encoded, len(pairs) - 1)  # at least one pair is left for the loss
         chosen = [pairs[i] for i in order[:encoded + loss]]
-        befores, afters = load_pairs(chosen, self.resolution)
+        befores, afters = load_pairs(chosen, resolution)
         return _split(name, list(zip(befores, afters)), encoded)
 
 
@@ -74,9 +70,9 @@ def _split(name: str, pairs: list[tuple[Image.Image, Image.Image]], encoded: int
                    [b for b, _ in pairs[encoded:]], [a for _, a in pairs[encoded:]])
 
 
-def training_data(source: str | Path, resolution: int) -> ToyEdits | PairSets:
-    """``toy`` (the toy world's generator) or a folder of pair sets."""
-    return ToyEdits(resolution) if str(source) == TOY else PairSets(source, resolution)
+def training_data(source: str | Path) -> ToyEdits | PairSets:
+    """``toy`` (the toy world's generator) or a folder of pair sets (checked now, before any model loads)."""
+    return ToyEdits() if str(source) == TOY else PairSets(source)
 
 
 __all__ = ["Episode", "PairSets", "TOY", "ToyEdits", "training_data"]

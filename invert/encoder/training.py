@@ -97,7 +97,7 @@ class EncoderTrainer:
                  settings: EncoderSettings, data):
         self.editor, self.clip, self.data = editor, clip, data
         if fit_settings.resolution is None:  # recorded as the size the encoder's instructions were made at
-            fit_settings = dataclasses.replace(fit_settings, resolution=data.resolution)
+            fit_settings = dataclasses.replace(fit_settings, resolution=editor.resolution)
         self.fit_settings, self.method_settings, self.settings = fit_settings, method_settings, settings
         self.processes = Processes(editor.device)
         cls = method_class(method)
@@ -106,7 +106,7 @@ class EncoderTrainer:
         self.method.requires_grad_(True)
         self.method.schedule(settings.steps, editor.num_train_timesteps, settings.seed)  # per-step state (lora's swap)
         torch.manual_seed(settings.seed)
-        features = clip.image_features([Image.new("RGB", (data.resolution,) * 2)]).shape[-1]
+        features = clip.image_features([Image.new("RGB", (fit_settings.resolution,) * 2)]).shape[-1]
         self.features = features
         start, keys = phrase_states(editor, clip, self.method, method_settings, settings)
         base = {n: p.detach() for n, p in self.method.named_parameters()}
@@ -133,7 +133,7 @@ class EncoderTrainer:
         """Episode ``index`` of ``step`` (validation episodes are keyed apart and the same at every step)."""
         rng = self._rng(1 if validation else 0, step, self.processes.rank, index)
         encoded = int(rng.integers(1, self.settings.max_pairs + 1))
-        return self.data.episode(rng, encoded, self.settings.loss_pairs)
+        return self.data.episode(rng, encoded, self.settings.loss_pairs, self.fit_settings.resolution)
 
     def pair_features(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.clip.image_features(episode.befores).to(self.editor.device),
@@ -142,7 +142,7 @@ class EncoderTrainer:
     def set_input_statistics(self) -> None:
         inputs = []
         for i in range(STATISTICS_EPISODES):
-            episode = self.data.episode(self._rng(2, i), self.settings.max_pairs, 0)
+            episode = self.data.episode(self._rng(2, i), self.settings.max_pairs, 0, self.fit_settings.resolution)
             inputs.append(EditEncoder.pair_inputs(*self.pair_features(episode)))
         self.encoder.set_input_statistics(torch.cat(inputs).to(self.editor.device))
 
@@ -302,11 +302,4 @@ def phrase_states(editor: Editor, clip: Clip, base: Method, method_settings: Any
     return {n: torch.stack([r[n] for r in rows]) for n in own}, clip.text_features(kept)
 
 
-def check_settings(settings: EncoderSettings) -> None:
-    for name in ("lr", "basis_lr"):
-        value = getattr(settings, name)
-        if value is not None and not (0 < value < float("inf")):
-            raise InvertError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
-
-
-__all__ = ["EncoderProgress", "EncoderTrainer", "check_settings", "lr_factor"]
+__all__ = ["EncoderProgress", "EncoderTrainer", "lr_factor"]
