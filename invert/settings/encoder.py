@@ -36,7 +36,8 @@ class EncoderSettings(Checked):
     hidden: int = option(256, "Width of the encoder's networks.", minimum=1, maximum=MAX_WIDTH)
     mixture: Literal["linear", "softmax"] = option(
         "softmax", "How the basis is mixed: softmax, a convex mix (LoRWeB's) by the pairs' CLIP direction against "
-                   "each state's key, corrected by the network; linear, free coefficients from the network.")
+                   "each state's key, corrected by the network and scaled by a gain it gives (so that an edit made "
+                   "of two can add their states); linear, free coefficients from the network.")
     edits_per_step: int = option(4, "Edits per step (their gradients are summed).", minimum=1,
                                  maximum=MAX_EPISODE)
     max_pairs: int = option(10, "Each edit is encoded from 1 to this many of its pairs, drawn at random.", minimum=1,
