@@ -50,8 +50,7 @@ def find_encoder(spec: str | os.PathLike | None, model: str, method: str | None 
                                    "'invert encoder train' and pass its file")
         return shipped[method]
     if len(shipped) != 1:
-        raise EncoderFileError(f"the model '{model}' ships {_listed(shipped)}; pass --encoder FILE"
-                               + (" or --method" if shipped else ""))
+        raise EncoderFileError(f"the model '{model}' ships {_listed(shipped)}; pass --encoder FILE")
     return next(iter(shipped.values()))
 
 
