@@ -171,7 +171,7 @@ def _log(log: Callable[[str], None], name: str, k: int, row: str, cells: dict, t
 
 def _encoded_rows(editor: Editor, clip: Clip, shots, common: dict, s: QualitySettings, applied, log) -> dict:
     """The encoder rows: the encoder's instruction for the shots (its seconds: the forward pass alone), and a fit of
-    the encoder's method at the defaults (the toy model's own) started from it (``--init encoder --encoder-file FILE``)."""
+    the encoder's method at the defaults (the toy model's own) started from it (``--init encoder``)."""
     from invert.encoder import EncoderFile, encode_images
 
     encoder = EncoderFile.load(s.encoder)
@@ -185,8 +185,7 @@ def _encoded_rows(editor: Editor, clip: Clip, shots, common: dict, s: QualitySet
     if "encoder+fit" in s.rows:
         method = encoder.method
         given = {**common, **({"steps": s.steps} if s.steps is not None else {}), "init": "encoder",
-                 "encoder_file": s.encoder,
-                 **({"lr": s.lr[method]} if method in s.lr else {})}
+                 "encoder_file": s.encoder, **({"lr": s.lr[method]} if method in s.lr else {})}
         start = time.perf_counter()
         inst = fit_images(editor, befores, afters, method,
                           *settings_for(method, {**model_defaults(editor.model_id, method, given), **given}),
