@@ -154,7 +154,8 @@ def test_a_fit_starts_from_the_encoders_instruction(trained, editor, clip, pairs
     with pytest.raises(EncoderFileError, match="encodes visii instructions; this fit is --method brush"):
         tiny_fit(editor, befores, afters, "brush", clip=clip, steps=0, init="encoder", encoder_file=str(trained[0]))
     with pytest.raises(InvertError, match="give one"):
-        tiny_fit(editor, befores, afters, clip=clip, steps=0, init="encoder", encoder_file=str(trained[0]), init_text="x")
+        tiny_fit(editor, befores, afters, clip=clip, steps=0, init="encoder", encoder_file=str(trained[0]),
+                 init_text="x")
 
 
 def test_bad_encoder_files_are_one_line_errors(trained, tiny_model_dir, pairs_dir, tmp_path, run):
@@ -222,7 +223,8 @@ def test_every_method_trains_through_its_parameters(editor, clip, sets):
     """brush's K/V routes and a LoRA's peft layers read the method's Parameter objects: the encoder's state reaches
     them, and the loss's gradient comes back to the basis."""
     for method, options in (("brush", {"brush_parts": 2}), ("lora", {})):
-        fit_settings, method_settings = settings_for(method, {"resolution": TINY_RES, **ENCODER_FIT_DEFAULTS, **options})
+        fit_settings, method_settings = settings_for(method, {"resolution": TINY_RES, **ENCODER_FIT_DEFAULTS,
+                                                              **options})
         trainer = EncoderTrainer(editor, clip, method, fit_settings, method_settings,
                                  EncoderSettings(**{**QUICK, "steps": 1}), PairSets(sets))
         result = trainer.run(quiet=True)
@@ -349,8 +351,8 @@ def test_invert_encoder_train_refuses_bad_input(tiny_model_dir, sets, tmp_path, 
 
 def test_invert_fit_init_encoder_on_the_command_line(trained, tiny_model_dir, pairs_dir, tmp_path, run):
     out = tmp_path / "fit.inst"
-    r = run("fit", pairs_dir, "-o", out, "--model", tiny_model_dir, "--device", "cpu", "--steps", 0, "--init", "encoder",
-            "--encoder-file", trained[0], "--quiet")
+    r = run("fit", pairs_dir, "-o", out, "--model", tiny_model_dir, "--device", "cpu", "--steps", 0, "--init",
+            "encoder", "--encoder-file", trained[0], "--quiet")
     assert r.exit_code == 0, r.output
     inst = Instruction.load(out)
     assert inst.meta.options["init"] == "encoder" and inst.meta.options["encoder_file"] == str(trained[0])

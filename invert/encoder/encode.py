@@ -46,8 +46,8 @@ def find_encoder(spec: str | os.PathLike | None, model: str, method: str | None 
     shipped = shipped_encoders(model)
     if method is not None:
         if method not in shipped:
-            raise EncoderFileError(f"the model '{model}' ships no {method} encoder ({_listed(shipped)}); train one with "
-                                   "'invert encoder train' and pass its file")
+            raise EncoderFileError(f"the model '{model}' ships no {method} encoder ({_listed(shipped)}); train one "
+                                   "with 'invert encoder train' and pass its file")
         return shipped[method]
     if len(shipped) != 1:
         raise EncoderFileError(f"the model '{model}' ships {_listed(shipped)}; pass --encoder FILE")

@@ -141,7 +141,8 @@ def encoder_info(editor: Editor, clip: Clip, method: str, method_state: torch.nn
     from .. import __version__
 
     return {"method": method, "backbone": editor.name, "base_model": editor.model_id,
-            "model_fingerprint": editor.fingerprint, "clip_model": clip.name, "clip_fingerprint": clip_fingerprint(clip),
+            "model_fingerprint": editor.fingerprint, "clip_model": clip.name,
+            "clip_fingerprint": clip_fingerprint(clip),
             "init_text": init_text, "parameters": [n for n, _ in method_state.named_parameters()], "options": options,
             "features": encoder.features, "hidden": encoder.hidden, "basis": encoder.size, "mixture": encoder.mixture,
             "invert_version": __version__}

@@ -34,8 +34,9 @@ class EditEncoder(nn.Module):
     ``base``: the method's untrained state by parameter name; ``features``: the CLIP feature width; ``basis``:
     how many basis states; ``mixture``: ``linear`` (free coefficients from the network) or ``softmax`` (a convex
     mix, LoRWeB's: each basis state has a key, a CLIP direction, and the pairs' own direction, by the temperature,
-    is the query; the network adds to the logits and scales the mix by a gain); ``start``: the first basis states' starting values by parameter
-    name (k, ...), the others start at zero; ``keys``: their keys (k, features), the others' are random."""
+    is the query; the network adds to the logits and scales the mix by a gain); ``start``: the first basis states'
+    starting values by parameter name (k, ...), the others start at zero; ``keys``: their keys (k, features), the
+    others' are random."""
 
     def __init__(self, base: dict[str, torch.Tensor], features: int, hidden: int = 256, basis: int = 32,
                  mixture: Mixture = "linear", start: dict[str, torch.Tensor] | None = None,
