@@ -60,7 +60,7 @@ def train(ctx, output, data, method, clip_model, resume, quiet, force, model, de
 
     \b
       invert encoder train -o visii.safetensors --model toy --steps 2000
-      invert encoder train -o enc.safetensors --data sets/ --method brush --parts 1
+      invert encoder train -o enc.safetensors --data sets/ --method brush --brush-parts 1
       torchrun --nproc-per-node 4 -m invert.cli encoder train -o enc.safetensors --data sets/
     """
     import invert.api
