@@ -388,3 +388,14 @@ def test_the_toy_model_ships_an_encoder(run, tmp_path):
             "encoder", "--steps", 0, "--quiet")
     assert r.exit_code == 0, r.output
     assert Instruction.load(tmp_path / "fit.inst").meta.options["init"] == "encoder"
+
+
+def test_a_non_finite_loss_stops_with_the_state_before_it(editor, clip, sets):
+    from invert.fitting.checkpoint import FitDiverged
+
+    trainer = make_trainer(editor, clip, sets, steps=3)
+    with torch.no_grad():
+        trainer.encoder.basis["learned"].fill_(float("nan"))
+    with pytest.raises(FitDiverged, match="the encoder's loss became nan at step 1") as diverged:
+        trainer.run(quiet=True)
+    assert diverged.value.state.step == 0
