@@ -140,3 +140,42 @@ def test_the_architecture_pattern_finds_branches():
                  "cls = backbone_for_pipeline(type(pipe).__name__, 'pipe')", "if isinstance(clip, OpenClip):",
                  'if hasattr(clip.model, "token_embedding"):'):
         assert not ARCH_BRANCH.search(line), line
+
+
+PIPELINE_ARGUMENTS = ("prompt_embeds", "pooled_prompt_embeds", "guidance_scale", "image_guidance_scale")
+
+
+def spelled_pipeline_arguments(source: str) -> list[int]:
+    """Lines that spell a diffusers pipeline call's argument: a keyword argument or a string of that name (a dict
+    key), or ``name=`` inside a string (a call shown to the user). Docstrings may show calls."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    shown = re.compile(rf"(?<![\w.])({'|'.join(PIPELINE_ARGUMENTS)})=")
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg in PIPELINE_ARGUMENTS:
+            lines.append(node.value.lineno)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
+                and (node.value in PIPELINE_ARGUMENTS or shown.search(node.value)):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_pipeline_call_is_spelled_by_the_backbones():
+    """What a diffusers pipeline call takes for an instruction (prompt_embeds, the pooled vector of SDXL and
+    Kontext, the guidance scales a pipeline has) is the backbone's (Editor.pipeline_arguments and
+    pipeline_guidance): installed(), the exports and the CLI's hints take it from there."""
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for path in python_files("invert", "cli", "ui")
+                 if path.relative_to(ROOT).parts[:2] != ("invert", "backbones")
+                 for number in spelled_pipeline_arguments(path.read_text())]
+    assert not offenders, offenders
+
+
+def test_the_pipeline_argument_rule_finds_spellings():
+    found = spelled_pipeline_arguments('def f(pipe, e, p):\n    """pipe(prompt_embeds=e)"""\n'
+                                       '    pipe(prompt_embeds=e)\n    d = {"pooled_prompt_embeds": p}\n'
+                                       '    print(f"pipe(image=..., image_guidance_scale={p})")\n'
+                                       '    fmt = "invert.prompt_embeds"\n    x = read_prompt_embeds(e)\n')
+    assert found == [3, 4, 5]

@@ -80,6 +80,10 @@ class InstructPix2Pix(Editor):
         return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
 
     @classmethod
+    def pipeline_guidance(cls, guidance: float, image_guidance: float) -> dict[str, float]:
+        return {"guidance_scale": guidance, "image_guidance_scale": image_guidance}
+
+    @classmethod
     def save_lora(cls, folder: str, layers: dict[str, torch.Tensor], config: dict, weight_name: str) -> None:
         cls.pipeline_type().save_lora_weights(folder, unet_lora_layers=layers, weight_name=weight_name,
                                               unet_lora_adapter_metadata=config)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import scene
 from flux_checks import (KLEIN_TEXT, check_fitting_lowers_the_loss_and_moves_only_the_learned_state,
-                         check_full_size_configs, check_lora_export_loads_in_diffusers,
+                         check_full_size_configs, check_installed_and_exported_embeds_edit_as_apply,
+                         check_lora_export_loads_in_diffusers,
                          check_low_memory_computes_the_same_gradients, check_reverse_and_hybrid,
                          check_routes_compute_what_the_layers_do, check_saved_loaded_mixed_and_applied,
                          check_text_kv_follow_the_timestep, check_untrained_apply_is_the_pipeline, fit, pixels, save,
@@ -102,13 +103,25 @@ def test_a_brush_instruction_in_a_users_own_pipeline_edits_as_apply(klein, pipe)
     inst = fit(klein, "brush", steps=3, lr=5e-2, parts=2)
     image = scene(9, 64)
     ours = invert.apply(inst, [image], editor=klein, steps=3, fresh_noise=True, seed=4)[0]
-    with invert.installed(inst, pipe) as embeds:
-        theirs = pipe(image=image, prompt_embeds=embeds, num_inference_steps=3, guidance_scale=inst.meta.text_guidance,
-                      generator=torch.Generator().manual_seed(4), **CALL).images[0]
-    plain = pipe(image=image, prompt_embeds=embeds, num_inference_steps=3, guidance_scale=inst.meta.text_guidance,
-                 generator=torch.Generator().manual_seed(4), **CALL).images[0]
+    run = dict(image=image, num_inference_steps=3, guidance_scale=inst.meta.text_guidance, **CALL)
+    with invert.installed(inst, pipe) as arguments:
+        theirs = pipe(**arguments, **run, generator=torch.Generator().manual_seed(4)).images[0]
+    plain = pipe(**arguments, **run, generator=torch.Generator().manual_seed(4)).images[0]
     assert np.array_equal(pixels(ours), pixels(theirs))
     assert not np.array_equal(pixels(plain), pixels(theirs)), "the learned K/V matter"
+
+
+def test_installed_and_exported_embeds_edit_as_apply(klein, pipe, tmp_path):
+    check_installed_and_exported_embeds_edit_as_apply(klein, pipe, tmp_path, **CALL)
+
+
+def test_the_export_hint_names_the_pipelines_own_arguments(klein, tmp_path, run):
+    """klein's pipeline has no image guidance: the call export-lora suggests is one its pipeline takes."""
+    inst = fit(klein, "lora", steps=0)
+    inst.save(tmp_path / "a.inst")
+    r = run("export-lora", tmp_path / "a.inst", "-o", tmp_path / "a.safetensors")
+    assert r.exit_code == 0, r.output
+    assert f"image=..., guidance_scale={inst.meta.text_guidance}) as it was fitted" in r.output, r.output
 
 
 def test_the_lora_export_loads_in_plain_diffusers(klein, pipe, tmp_path):

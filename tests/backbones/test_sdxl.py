@@ -238,18 +238,22 @@ def test_exported_lora_loads_in_the_sdxl_pipeline_and_edits_as_apply(sdxl, sdxl_
 
 @pytest.mark.parametrize("method", ["visii", "brush", "lora"])
 def test_an_installed_instruction_edits_inside_the_users_own_sdxl_pipeline_call(sdxl, method):
-    """Brush's K/V routes follow the SDXL pipeline's own batch layout (guided or not), read from its call."""
+    """invert.installed's keyword arguments carry the instruction's pooled vector (visii's learned one), which the
+    SDXL pipeline needs beside the tokens: pipe(**arguments, image=...) edits as apply does, guided or not (brush's
+    K/V routes follow the pipeline's own batch layout, read from its call)."""
     inst = fit(sdxl, method, steps=3, val_every=0, **METHODS[method])
     image = scene(7)
-    learned = load_method(inst, sdxl)
-    text = learned.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), sdxl.uncond)
+    text = load_method(inst, sdxl).conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), sdxl.uncond)
     for guidance in (4.0, 1.0):
         expected = invert.apply(inst, [image], editor=sdxl, steps=3, guidance=guidance, fresh_noise=True, seed=5)[0]
-        with learned.in_pipeline(sdxl.pipe):
-            mine = sdxl.pipe(prompt_embeds=text.embeds, pooled_prompt_embeds=text.pooled, image=image,
-                             num_inference_steps=3, guidance_scale=guidance, height=RES, width=RES,
-                             generator=torch.Generator().manual_seed(5)).images[0]
+        with invert.installed(inst, sdxl.pipe) as arguments:
+            mine = sdxl.pipe(**arguments, image=image, num_inference_steps=3, guidance_scale=guidance, height=RES,
+                             width=RES, generator=torch.Generator().manual_seed(5)).images[0]
         assert np.array_equal(pixels(mine), pixels(expected))
+    assert torch.equal(arguments["prompt_embeds"], text.embeds)
+    assert torch.equal(arguments["pooled_prompt_embeds"], text.pooled)
+    if method == "visii":
+        assert not torch.equal(text.pooled, sdxl.encode_text(["make it night"]).pooled), "the learned pooled vector"
     assert "encode_prompt" not in sdxl.pipe.__dict__, "the pipeline is as it was after the block"
 
 
