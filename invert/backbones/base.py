@@ -214,6 +214,13 @@ class Editor:
         """The text encoders."""
         raise NotImplementedError
 
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """The denoiser's modules a LoRA adapts unless ``--lora-targets`` says otherwise: its attention
+        projections, named (as peft matches them: a module's name or the end of it after a dot) as diffusers' LoRA
+        training scripts for the architecture target them."""
+        raise NotImplementedError
+
     @classmethod
     def fingerprinted(cls, pipe) -> list[torch.nn.Module]:
         """The modules whose weights an instruction depends on (the denoiser and the text encoders), of a pipeline

@@ -35,6 +35,9 @@ def is_guided(guidance: float, image_guidance: float) -> bool:
 THREE_ROWS = [Group(text=True, image=True), Group(text=False, image=True), Group(text=False, image=False)]
 
 
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+
+
 class InstructPix2Pix(Editor):
     name = "ip2p"
     pipeline_classes = ("StableDiffusionInstructPix2PixPipeline",)
@@ -99,6 +102,11 @@ class InstructPix2Pix(Editor):
 
     def text_modules(self) -> list[torch.nn.Module]:
         return [self.pipe.text_encoder]
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """Every attention projection of the UNet, self- and cross-attention (diffusers' SD and SDXL scripts)."""
+        return UNET_ATTENTION
 
     @classmethod
     def fingerprinted(cls, pipe) -> list[torch.nn.Module]:

@@ -266,6 +266,21 @@ def check_low_memory_computes_the_same_gradients(editor):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+DOUBLE_STREAM_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def check_lora_adapts_the_attention(editor, expected: set[str]):
+    """A LoRA fit with the default targets adapts exactly ``expected`` (the attention projections of both streams)
+    and trains each of them (peft's B starts at zero), and the file records the targets it was fitted with."""
+    inst = fit(editor, "lora", steps=3, lr=LEARNING_RATES["lora"])
+    prefix = editor.lora_prefix
+    trained = {k[len(prefix):].rpartition(".lora_")[0]: v for k, v in inst.tensors.items()
+               if k.startswith(prefix) and ".lora_B." in k}
+    assert set(trained) == expected
+    assert all(v.abs().sum() > 0 for v in trained.values()), [k for k, v in trained.items() if not v.abs().sum()]
+    assert inst.meta.extra["targets"] == list(editor.lora_targets)
+
+
 def check_lora_export_loads_in_diffusers(editor, pipe, tmp_path: Path, guidance: float, **call):
     """The exported adapter, loaded with the pipeline's own load_lora_weights, edits as invert's apply does."""
     from invert.methods.lora import Lora

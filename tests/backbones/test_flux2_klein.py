@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import scene
-from flux_checks import (KLEIN_TEXT, check_fitting_lowers_the_loss_and_moves_only_the_learned_state,
-                         check_full_size_configs, check_installed_and_exported_embeds_edit_as_apply,
-                         check_lora_export_loads_in_diffusers,
-                         check_low_memory_computes_the_same_gradients, check_reverse_and_hybrid,
-                         check_routes_compute_what_the_layers_do, check_saved_loaded_mixed_and_applied,
-                         check_text_kv_follow_the_timestep, check_untrained_apply_is_the_pipeline, fit, pixels, save,
-                         tiny_klein)
+from flux_checks import (DOUBLE_STREAM_ATTENTION, KLEIN_TEXT,
+                         check_fitting_lowers_the_loss_and_moves_only_the_learned_state, check_full_size_configs,
+                         check_installed_and_exported_embeds_edit_as_apply, check_lora_adapts_the_attention,
+                         check_lora_export_loads_in_diffusers, check_low_memory_computes_the_same_gradients,
+                         check_reverse_and_hybrid, check_routes_compute_what_the_layers_do,
+                         check_saved_loaded_mixed_and_applied, check_text_kv_follow_the_timestep,
+                         check_untrained_apply_is_the_pipeline, fit, pixels, save, tiny_klein)
 
 import invert
 from invert.backbones import load_editor
@@ -124,6 +124,13 @@ def test_the_export_hint_names_the_pipelines_own_arguments(klein, tmp_path, run)
     assert f"image=..., guidance_scale={inst.meta.text_guidance}) as it was fitted" in r.output, r.output
 
 
+def test_a_default_lora_adapts_the_attention_of_both_streams(klein):
+    """klein's single-stream attention is fused (queries, keys, values and the feed-forward input in one
+    projection): the default LoRA adapts it and its output too, as diffusers' klein LoRA script does."""
+    check_lora_adapts_the_attention(klein, {f"transformer_blocks.0.attn.{n}" for n in DOUBLE_STREAM_ATTENTION}
+                                    | {f"single_transformer_blocks.0.attn.{n}" for n in ("to_qkv_mlp_proj", "to_out")})
+
+
 def test_the_lora_export_loads_in_plain_diffusers(klein, pipe, tmp_path):
     check_lora_export_loads_in_diffusers(klein, pipe, tmp_path, 4.0, **CALL)
 
@@ -136,6 +143,12 @@ def test_the_full_size_configs_are_klein_base_4b():
     pipe = check_full_size_configs(Flux2Klein, KLEIN_CONFIGS, {"transformer": 3_875_544_576, "vae": 84_046_115,
                                                                "text_encoder": 4_022_468_096})
     assert not pipe.config.is_distilled and pipe.transformer.config.joint_attention_dim == 3 * 2560
+    # the default LoRA's targets, matched as peft matches them: every attention Linear of the 5 double-stream
+    # blocks (8 each) and of the 20 single-stream blocks (2 each), and nothing peft cannot adapt
+    targets = Flux2Klein(pipe, "klein-4b", torch.device("meta"), torch.float32, fingerprint="meta").lora_targets
+    matched = [m for name, m in pipe.transformer.named_modules()
+               if any(name == t or name.endswith("." + t) for t in targets)]
+    assert len(matched) == 5 * 8 + 20 * 2 and all(isinstance(m, torch.nn.Linear) for m in matched)
 
 
 def test_the_command_line_fits_and_applies_with_the_architectures_defaults(run, klein_dir, pairs_dir, tmp_path):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import scene
-from flux_checks import (KONTEXT_TEXT, check_fitting_lowers_the_loss_and_moves_only_the_learned_state,
-                         check_full_size_configs, check_installed_and_exported_embeds_edit_as_apply,
-                         check_lora_export_loads_in_diffusers,
-                         check_low_memory_computes_the_same_gradients, check_reverse_and_hybrid,
-                         check_routes_compute_what_the_layers_do, check_saved_loaded_mixed_and_applied,
-                         check_text_kv_follow_the_timestep, check_untrained_apply_is_the_pipeline, fit, pixels, save,
-                         tiny_kontext)
+from flux_checks import (DOUBLE_STREAM_ATTENTION, KONTEXT_TEXT,
+                         check_fitting_lowers_the_loss_and_moves_only_the_learned_state, check_full_size_configs,
+                         check_installed_and_exported_embeds_edit_as_apply, check_lora_adapts_the_attention,
+                         check_lora_export_loads_in_diffusers, check_low_memory_computes_the_same_gradients,
+                         check_reverse_and_hybrid, check_routes_compute_what_the_layers_do,
+                         check_saved_loaded_mixed_and_applied, check_text_kv_follow_the_timestep,
+                         check_untrained_apply_is_the_pipeline, fit, pixels, save, tiny_kontext)
 
 import invert
 from invert.backbones import load_editor
@@ -113,6 +113,13 @@ def test_a_brush_instruction_in_a_users_own_pipeline_edits_as_apply(kontext, pip
 
 def test_installed_and_exported_embeds_carry_the_pooled_vector(kontext, pipe, tmp_path):
     check_installed_and_exported_embeds_edit_as_apply(kontext, pipe, tmp_path, **CALL)
+
+
+def test_a_default_lora_adapts_the_attention_of_both_streams(kontext):
+    """Kontext's single-stream blocks have their own to_q, to_k, to_v (their output is
+    the block's proj_out, shared with the feed-forward): the default LoRA adapts every attention projection."""
+    check_lora_adapts_the_attention(kontext, {f"transformer_blocks.0.attn.{n}" for n in DOUBLE_STREAM_ATTENTION}
+                                    | {f"single_transformer_blocks.0.attn.{n}" for n in ("to_q", "to_k", "to_v")})
 
 
 def test_the_lora_export_loads_in_plain_diffusers(kontext, pipe, tmp_path):

@@ -2,6 +2,7 @@
 tests build them (a 2-block UNet with SDXL's text-time added conditions, two 32-wide CLIP text encoders, the real
 CLIP BPE), saved with save_pretrained and loaded through load_editor like a user's folder."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -217,6 +218,19 @@ def test_each_method_learns_saves_loads_mixes_and_applies(which, method, request
     assert np.abs(pixels(mixed) - pixels(ours)).max() <= 1, "a mix weighted 1, 0 is the first instruction"
     half = invert.apply([inst, other], [image], editor=editor, steps=2)[0]
     assert not np.array_equal(pixels(half), pixels(ours))
+
+
+def test_a_default_lora_adapts_every_attention_projection_of_the_unet(sdxl):
+    """Self- and cross-attention's to_q, to_k, to_v and to_out.0 in every transformer block, as diffusers' SDXL
+    LoRA script targets them; each is trained (peft's B starts at zero)."""
+    inst = fit(sdxl, "lora", steps=3, val_every=0, lr=1e-2)
+    expected = {name for name, _ in sdxl.unet.named_modules()
+                if re.search(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$", name)}
+    trained = {k[len("unet."):].rpartition(".lora_")[0]: v for k, v in inst.tensors.items()
+               if k.startswith("unet.") and ".lora_B." in k}
+    assert len(expected) == 8 * len(sdxl.cross_attention_layers()) and set(trained) == expected  # 2 attentions a block
+    assert all(v.abs().sum() > 0 for v in trained.values())
+    assert inst.meta.extra["targets"] == ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def test_exported_lora_loads_in_the_sdxl_pipeline_and_edits_as_apply(sdxl, sdxl_dir, tmp_path, run):
