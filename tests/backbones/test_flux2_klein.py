@@ -131,6 +131,21 @@ def test_a_default_lora_adapts_the_attention_of_both_streams(klein):
                                     | {f"single_transformer_blocks.0.attn.{n}" for n in ("to_qkv_mlp_proj", "to_out")})
 
 
+def test_a_visii_file_that_does_not_say_where_its_tokens_start_is_not_exported(klein, tmp_path, run):
+    """klein's first instruction position depends on its tokenizer's chat template: a file from before visii
+    recorded it cannot be exported without the model (one line, nothing written)."""
+    from dataclasses import replace
+
+    from conftest import messages
+
+    inst = fit(klein, "visii", steps=0)
+    assert inst.meta.extra == {"start": klein.instruction_start}
+    invert.Instruction("visii", inst.tensors, replace(inst.meta, extra=None)).save(tmp_path / "old.inst")
+    r = run("export-embeds", tmp_path / "old.inst", "-o", tmp_path / "e.safetensors")
+    assert r.exit_code == 1 and len(messages(r.output)) == 1, r.output
+    assert "does not record where its learned tokens start" in r.output and not (tmp_path / "e.safetensors").exists()
+
+
 def test_the_lora_export_loads_in_plain_diffusers(klein, pipe, tmp_path):
     check_lora_export_loads_in_diffusers(klein, pipe, tmp_path, 4.0, **CALL)
 
