@@ -376,7 +376,7 @@ def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | 
     diffusers' pipeline does with ``generator=torch.Generator().manual_seed(seed)``; without one, the noise stream
     of the fit's seed (stored in the file). ``noise="fit"`` reuses the noise the fit drew for each timestep (the
     VISII paper's fixed noise). ``reverse`` undoes the edit. ``editor``: an editor already loaded; ``pipe``: your
-    own ``StableDiffusionInstructPix2PixPipeline`` to edit with. Images of one size go through the model together,
+    own diffusers pipeline of the instruction's architecture to edit with. Images of one size go through the model together,
     ``batch_size`` at a most; ``on_images`` receives each batch's results as soon as they are done, ``on_step``
     each sampling step."""
     settings = apply_settings(settings, options)
@@ -433,13 +433,15 @@ def same_size_batches(images: list[Image.Image], batch_size: int | None = None) 
 
 @contextlib.contextmanager
 def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str | None = None, strength: float = 1.0,
-              reverse: bool = False, allow_model_mismatch: bool = False) -> Iterator[torch.Tensor]:
-    """Inside the block, your own IP2P ``pipe`` edits with this instruction: call it with ``prompt_embeds=``
-    the yielded tensor and any arguments of your own. An InstructBrush instruction's attention processors or a
-    LoRA's adapter are on ``pipe.unet`` for the block only.
+              reverse: bool = False, allow_model_mismatch: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Inside the block, your own diffusers ``pipe`` (of the architecture the instruction was learned on) edits
+    with this instruction: call it with the yielded keyword arguments, the instruction's ``prompt_embeds`` (and
+    ``pooled_prompt_embeds`` on SDXL and FLUX.1 Kontext, whose pipelines need it), and any arguments of your own.
+    An InstructBrush instruction's attention processors or a LoRA's adapter are on the pipeline's denoiser for the
+    block only.
 
-    >>> with invert.installed("sketch.inst", pipe) as embeds:                             # doctest: +SKIP
-    ...     image = pipe(prompt_embeds=embeds, image=photo, num_inference_steps=30).images[0]
+    >>> with invert.installed("sketch.inst", pipe) as instruction:                        # doctest: +SKIP
+    ...     image = pipe(**instruction, image=photo, num_inference_steps=30).images[0]
     """
     inst = _load(instruction)
     editor = editor_of(pipe, inst.meta.base_model)
@@ -448,7 +450,8 @@ def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str |
     from .backbones.rows import Rows
 
     with method.in_pipeline(pipe):
-        yield method.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), editor.uncond).embeds.detach()
+        c = method.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), editor.uncond)
+        yield editor.pipeline_arguments(c.embeds.detach(), None if c.pooled is None else c.pooled.detach())
 
 
 def editor_of(pipe, model_id: str) -> Editor:
