@@ -313,6 +313,18 @@ class Ratio:
         q1, q3 = self.quartiles
         return (q3 - q1) / self.median
 
+    def spread_warnings(self, what: str) -> list[str]:
+        """The warning a result carries when ``what``'s cycles cannot be judged: one cycle, or a spread over
+        SPREAD_WARNING (a busy machine); none otherwise."""
+        q1, q3 = self.quartiles
+        if len(self.values) < 2:
+            return [f"{what}: one cycle, so no spread to judge it by; use --steps of 2 blocks or more"]
+        if self.spread > SPREAD_WARNING:
+            return [f"{what}: the middle half of {len(self.values)} cycles ranges {q1:.2f}-{q3:.2f} around the "
+                    f"median {self.median:.2f} (spread {self.spread:.0%}): the machine's load varies; more --steps and "
+                    f"a fixed thread count (OMP_NUM_THREADS) steady it"]
+        return []
+
 
 def interleaved(trainer: Trainer, others: list[Callable[[int], float]], warmup: int, steps: int, block: int,
                 on_warm: Callable[[], None] | None = None) -> tuple[list[float], list[list[float]]]:
@@ -401,13 +413,13 @@ def benchmark(model: str, options: SpeedOptions, device: str = "auto", dtype: st
                       reference_projected_fit_seconds=whole / ref_rate,
                       reference_peak_memory_mb=reference.peak_memory_mb,
                       **_ratio("speedup_vs_reference", speedup))
-        _check_spread(result, "ours/reference", speedup)
+        result["warnings"] += speedup.spread_warnings("ours/reference")
         reference.loop = None  # the reference's own model, if it loaded one, goes before apply is timed
     if o.floor:
         bare = times.pop(0)
         over = Ratio([s / f for s, f in zip(ours, bare)])
         result.update(floor_steps_per_s=rows * o.steps / sum(bare), **_ratio("ours_over_floor", over))
-        _check_spread(result, "ours/floor", over)
+        result["warnings"] += over.spread_warnings("ours/floor")
         if o.reference:  # the structural ceiling: what ours would gain over the reference with no overhead
             ceiling = Ratio([(r / o.block) / (f / (o.block * rows)) for r, f in zip(ref, bare)])
             result.update(ceiling_vs_reference=ceiling.median, ceiling_fraction=1 / over.median)
@@ -425,17 +437,6 @@ def _name(dtype: torch.dtype) -> str:
 def _ratio(key: str, ratio: Ratio) -> dict:
     return {key: ratio.median, f"{key}_quartiles": list(ratio.quartiles), f"{key}_spread": ratio.spread,
             f"{key}_cycles": ratio.values}
-
-
-def _check_spread(result: dict, what: str, ratio: Ratio) -> None:
-    q1, q3 = ratio.quartiles
-    if len(ratio.values) < 2:
-        result["warnings"].append(f"{what}: one cycle, so no spread to judge it by; use --steps of 2 blocks or more")
-    elif ratio.spread > SPREAD_WARNING:
-        result["warnings"].append(
-            f"{what}: the middle half of {len(ratio.values)} cycles ranges {q1:.2f}-{q3:.2f} around the median "
-            f"{ratio.median:.2f} (spread {ratio.spread:.0%}): the machine's load varies; more --steps and a fixed "
-            f"thread count (OMP_NUM_THREADS) steady it")
 
 
 class _LazyReference:

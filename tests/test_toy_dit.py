@@ -102,6 +102,9 @@ def test_the_oracle_reads_a_klein_folder(folder):
                                     edits=["night", "circle_red", "dusk"])
     assert result["settings"] == ["1", "3"] and set(result["means"]) == {"global", "local", "hard"}
     assert "target_gain" not in result["means"]["hard"]  # the targets are the catalogue's
+    means, rows = result["means"], result["rows"]  # dusk is a global look, but a held-out edit: not a global mean's
+    assert means["global"]["no_edit"] == rows["night"]["no_edit"]
+    assert means["hard"]["no_edit"] == rows["dusk"]["no_edit"]
     assert "mean hard" in oracle.format_table(result)
     with pytest.raises(InvertError, match="one guidance scale"):
         oracle.evaluate_oracle(folder, n=1, guidances=((7.5, 1.5),), steps=1, edits=["night"])
