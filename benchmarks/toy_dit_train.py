@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from invert.backbones.model_info import TOY_MODEL, toy_model_path
+from invert.backbones.trained_tokenizers import QWEN3_CHAT_TEMPLATE
 from invert.toy import world
 from invert.vocab import vocab_path
 
@@ -69,17 +70,6 @@ SAMPLER_STEPS = 20  # the oracle's; training draws s as the sampler's shifted si
 PHASE_ENDS = {"text": 0.03, "vae": 0.25}  # fractions of the budget; the transformer gets the rest
 CHECK_RESERVE = 0.03  # of the budget, kept for the final oracle check (--eval-n) so that it ends in time
 DROP_TEXT = 0.1
-QWEN3_CHAT_TEMPLATE = (  # Qwen3's template, the parts klein uses: user turns, the generation prompt, no thinking
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}"
-    "{%- endif %}"
-    "{%- endif %}"
-)
 
 
 # ----------------------------------------------------------------------------------------------- text
