@@ -130,7 +130,7 @@ def test_the_skip_list_names_only_examples_the_pages_have():
 
 def test_quickstart_script_runs_the_next_block():
     script = (ROOT / "examples" / "quickstart.sh").read_text()
-    names = {"INVERT": "invert", "OUT": "quickstart-out", "PAIRS": "examples/toy/night"}  # the script's defaults
+    names = {"INVERT": "invert", "OUT": "quickstart-out", "PAIRS": "examples/toy/night", "MODEL": "toy"}  # its defaults
     commands = [re.sub(r'"\$(\w+)([^"]*)"', lambda m: names[m[1]] + m[2], line).replace(" --force", "")
                 for line in script.splitlines() if line.startswith('"$INVERT"')]
     block = next(lines for _, lines in README_BLOCKS if lines and lines[0].startswith("invert fit examples/toy/night/train"))
