@@ -1,0 +1,37 @@
+"""What a fit's self-check costs (issue 27): each phase's denoiser rows, counted at the denoiser."""
+import pytest
+from conftest import scene, tiny_fit
+
+from invert.instruction import Instruction
+
+BEFORES = [scene(i) for i in range(3)]
+AFTERS = [scene(i, night=True) for i in range(3)]
+GROUPS = 3  # IP2P's guidance rows at the default scales: text+image, image only, neither
+
+
+@pytest.mark.parametrize("method, text_rows_only", [("visii", True), ("lora", False)])
+def test_each_phase_counts_its_denoiser_rows(editor, clip, tmp_path, method, text_rows_only):
+    """2 candidates scored on 3 pairs with 2 sampling steps; 2 fit steps scored before, after each step: every
+    sampling row forward only; a step trains its text row forward and backward and runs the other two without
+    autograd, except for an adapter, which changes every row."""
+    texts = ("make it night", "make it sepia")
+    inst = tiny_fit(editor, BEFORES, AFTERS, method, clip=clip, steps=2, init_text=texts, val_steps=2, val_every=1,
+                    lr=1e-3)
+    cost = inst.meta.cost
+    assert cost["init_search"] | {"seconds": 0} == {"seconds": 0, "forward_rows": 2 * 2 * 3 * GROUPS,
+                                                     "backward_rows": 0}
+    assert cost["validation"] | {"seconds": 0} == {"seconds": 0, "forward_rows": 3 * 2 * 3 * GROUPS,
+                                                    "backward_rows": 0}
+    trained = (1, 2) if text_rows_only else (3, 0)
+    assert (cost["training"]["backward_rows"], cost["training"]["forward_rows"]) == tuple(2 * r for r in trained)
+    assert all(c["seconds"] > 0 for c in cost.values())
+    inst.save(tmp_path / "a.inst")
+    assert Instruction.load(tmp_path / "a.inst").meta.cost == cost, "the file keeps it"
+
+
+def test_a_fit_without_checks_costs_only_its_loop(editor):
+    inst = tiny_fit(editor, BEFORES, AFTERS, "visii", steps=2, init_text="make it night", val_every=0)
+    cost = inst.meta.cost
+    assert cost["init_search"]["forward_rows"] == cost["validation"]["forward_rows"] == 0
+    assert cost["validation"]["seconds"] == 0 and cost["training"]["backward_rows"] == 2
+
