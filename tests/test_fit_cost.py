@@ -1,5 +1,4 @@
-"""What a fit's self-check costs (issue 27): each phase's denoiser rows, counted at the denoiser, and the init
-search's candidates scored in one batched sampling run."""
+"""What a fit's self-check costs (issue 27): each phase's denoiser rows, counted at the denoiser."""
 import pytest
 from conftest import scene, tiny_fit
 
@@ -36,25 +35,3 @@ def test_a_fit_without_checks_costs_only_its_loop(editor):
     assert cost["init_search"]["forward_rows"] == cost["validation"]["forward_rows"] == 0
     assert cost["validation"]["seconds"] == 0 and cost["training"]["backward_rows"] == 2
 
-
-@pytest.mark.parametrize("method", ["visii", "brush", "lora"])
-def test_candidates_scored_together_score_as_one_by_one(editor, method):
-    """The init search samples all its candidates in one run, one denoiser call per sampling step: each scores
-    what it scores alone (the same noise per image; only a larger batch's float rounding differs)."""
-    from invert.fitting.validation import Validation
-    from invert.methods import method_class, settings_for
-
-    cls, options = method_class(method), settings_for(method, {"parts": 2} if method == "brush" else {})[1]
-    texts = ["make it night", "a photo at dusk with long shadows", ""]
-    candidates = [cls.initialize(editor, editor.encode_text([t]), t, options, 0) for t in texts]
-    scorer = Validation(editor, BEFORES, AFTERS, steps=3, guidance=7.5, image_guidance=1.5, seed=0)
-    calls = []
-    handle = editor.denoiser.register_forward_pre_hook(lambda module, args: calls.append(1))
-    try:
-        together = scorer.score_many(candidates)
-    finally:
-        handle.remove()
-    alone = [scorer.score(c) for c in candidates]
-    assert len(calls) == 3, "one call per sampling step for every candidate and pair"
-    assert together == pytest.approx(alone, abs=1e-3)
-    assert len(set(alone)) == len(alone), "the candidates edit differently: the test tells them apart"

@@ -15,9 +15,6 @@ from .base import Group
 class Rows:
     conditional: torch.Tensor  # (batch,) bool: the rows that receive the instruction (text rows)
     timesteps: torch.Tensor  # (batch,) each row's timestep
-    # (batch,) which item of its group each row is (sampling: which image); None: row i is item i. A stack of
-    # instructions (invert.methods.stack) conditions each item with its own.
-    items: torch.Tensor | None = None
 
     @classmethod
     def uniform(cls, timesteps: torch.Tensor, conditional: bool) -> "Rows":
@@ -27,18 +24,10 @@ class Rows:
 
     @classmethod
     def of(cls, groups: list[Group], timesteps: torch.Tensor) -> "Rows":
-        """A guidance batch: ``groups`` one after another, each with a row per entry of ``timesteps`` (its items)."""
+        """A guidance batch: ``groups`` one after another, each with a row per entry of ``timesteps``."""
         t = torch.as_tensor(timesteps).reshape(-1)
         conditional = torch.cat([torch.full(t.shape, g.text, dtype=torch.bool, device=t.device) for g in groups])
-        return cls(conditional, t.repeat(len(groups)), torch.arange(len(t), device=t.device).repeat(len(groups)))
-
-    def item_of_row(self) -> torch.Tensor:
-        """(batch,) each row's item."""
-        return torch.arange(len(self), device=self.conditional.device) if self.items is None else self.items
-
-    def select(self, index: torch.Tensor) -> "Rows":
-        """The rows at ``index``, in that order."""
-        return Rows(self.conditional[index], self.timesteps[index], self.item_of_row()[index])
+        return cls(conditional, t.repeat(len(groups)))
 
     def __len__(self) -> int:
         return len(self.conditional)

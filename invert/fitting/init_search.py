@@ -53,8 +53,8 @@ def choose_init(editor: Editor, cls: type[Method], settings: FitSettings, method
         texts, found = init_candidates(clip, settings.vocab, editor.model_id, befores, afters, settings)
     if texts:
         scorer = Validation.of_fit(editor, befores, afters, settings)
-        candidates = [cls.initialize(editor, editor.encode_text([t]), t, method_settings, settings.seed) for t in texts]
-        scores = dict(zip(texts, scorer.score_many(candidates)))
+        scores = {t: scorer.score(cls.initialize(editor, editor.encode_text([t]), t, method_settings, settings.seed))
+                  for t in texts}
         return InitChoice(best_text(scores, scorer.no_edit), found, {"no_edit": scorer.no_edit, "texts": scores})
     text, found = initial_text(own_init(cls, settings), settings.vocab, clip, editor.model_id, befores, afters,
                                settings, pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens,

@@ -11,12 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
 from PIL import Image
 
 from ..backbones import Editor
 from ..methods.base import Method
-from ..methods.stack import Stack
 from ..metrics import as_tensor, psnr
 from ..sampling import NonFiniteResult, sample
 from ..settings import FitSettings
@@ -27,10 +25,6 @@ SCORES_PER_FIT = 10  # --val-every's default: this many scores over a fit (besid
 # Below this many steps a fit is not scored unless --val-every asks: each score samples the held-out pairs, which
 # would cost more than so short a fit (and such fits are previews and tests, not results).
 MIN_STEPS_TO_SCORE = 20
-# The most image pixels one scoring run samples when it stacks several instructions (Validation.score_many): as
-# many as 16 images of 512 px (48 UNet rows with IP2P's guidance), so that stacking never asks for much more
-# memory than one instruction's scoring of a few pairs; the toy model's 32 px images all go in one run.
-STACK_PIXELS = 16 * 512 * 512
 
 
 def held_out(pairs: int, val: int | None) -> list[int]:
@@ -76,32 +70,6 @@ class Validation:
         except NonFiniteResult:
             return float("-inf")
         return float(psnr(as_tensor(results), self.truth).mean())
-
-    def score_many(self, methods: list[Method]) -> list[float]:
-        """Each of ``methods``' :meth:`score` (none installed), those that can share the denoiser stacked
-        (:class:`~invert.methods.stack.Stack`) into as few sampling runs as STACK_PIXELS allows: the same scores
-        as one by one, up to the float rounding of a larger batch, with one denoiser call per sampling step for
-        all of them. A run whose edits hold NaN or inf scores its instructions one by one, so only those that
-        give them score -inf."""
-        pairs = len(self.befores)
-        width, height = self.befores[0].size
-        per_run = max(1, STACK_PIXELS // (pairs * width * height))
-        scores: list[float] = []
-        for first in range(0, len(methods), per_run):
-            chunk = methods[first:first + per_run]
-            if len(chunk) == 1 or not Stack.stackable(chunk):
-                scores += [self.score(m) for m in chunk]
-                continue
-            stack = Stack(chunk, torch.arange(len(chunk)).repeat_interleave(pairs))
-            try:
-                results = sample(self.editor, stack, self.befores * len(chunk), steps=self.steps,
-                                 guidance=self.guidance, image_guidance=self.image_guidance, seed=self.seed)
-            except NonFiniteResult:
-                scores += [self.score(m) for m in chunk]
-                continue
-            each = psnr(as_tensor(results), self.truth.repeat(len(chunk), 1, 1, 1)).view(len(chunk), pairs)
-            scores += [float(row.mean()) for row in each]
-        return scores
 
 
 # Score checks. A score is PSNR on 2 held-out pairs with 10 sampling steps: differences below a dB are mostly

@@ -140,12 +140,6 @@ class Method(nn.Module):
         """Put what the method needs on the UNet (attention processors, an adapter) for the block."""
         return contextlib.nullcontext()
 
-    def installs_as(self, other: "Method") -> bool:
-        """Whether ``other``'s :meth:`installed` puts the same on the denoiser as this one's, so one installation
-        serves both (a stack of instructions, :mod:`invert.methods.stack`). By default a method installs none of
-        its own state: everything it learned is in the conditioning a call is given."""
-        return type(other) is type(self)
-
     def in_pipeline(self, pipe) -> ContextManager:
         """Install into a user's own diffusers IP2P pipeline for a call of theirs (which passes no attention
         arguments of ours)."""

@@ -128,13 +128,6 @@ class Lora(Method):
             finally:
                 self._layers = []
 
-    def installs_as(self, other: Method) -> bool:
-        """The adapter is what this method installs: another serves for it only with the same weights, scale and
-        configuration (candidate init texts of one fit: the same seeded init)."""
-        return super().installs_as(other) and (other.rank, other.alpha, other.targets, other.scale, other.keys) == \
-            (self.rank, self.alpha, self.targets, self.scale, self.keys) and \
-            all(torch.equal(self.weight(k), other.weight(k)) for k in self.keys)
-
     @contextlib.contextmanager
     def direction(self, reverse: bool):
         """-Delta: every adapted layer's scale negated (peft's ``set_scale`` on the installed layers)."""
