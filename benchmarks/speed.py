@@ -500,6 +500,7 @@ class _LazyReference:
         return seconds
 
 
-__all__ = ["FloorLoop", "INIT_TEXT", "project_phases", "ReferenceLoop", "SpeedOptions", "apply_block", "benchmark", "device_name",
-           "first_call_clock", "fit_block", "interleaved", "make_method", "peak_memory_mb", "reference_loss",
-           "reference_run", "reset_peak_memory", "sync", "synthetic_pairs", "time_apply", "trainer_for"]
+__all__ = ["FloorLoop", "INIT_TEXT", "ReferenceLoop", "SpeedOptions", "apply_block", "benchmark", "device_name",
+           "first_call_clock", "fit_block", "interleaved", "make_method", "peak_memory_mb", "project_phases",
+           "reference_loss", "reference_run", "reset_peak_memory", "sync", "synthetic_pairs", "time_apply",
+           "trainer_for"]
