@@ -35,3 +35,28 @@ def test_a_fit_without_checks_costs_only_its_loop(editor):
     assert cost["init_search"]["forward_rows"] == cost["validation"]["forward_rows"] == 0
     assert cost["validation"]["seconds"] == 0 and cost["training"]["backward_rows"] == 2
 
+
+
+def test_bench_speed_projects_a_fits_phases_from_its_rows():
+    """Training rows at the measured seconds per trained timestep row (its guidance rows in it), sampling rows at
+    the measured seconds per row of a sampling step."""
+    from benchmarks.speed import project_phases
+
+    measured = {"steps_per_s": 2.0, "apply_images_per_s": 0.5, "apply_steps": 4, "sampling_rows_per_image": 3}
+    cost = {"init_search": {"seconds": 9.0, "forward_rows": 60, "backward_rows": 0},
+            "training": {"seconds": 9.0, "forward_rows": 200, "backward_rows": 100},
+            "validation": {"seconds": 9.0, "forward_rows": 12, "backward_rows": 0}}
+    out = project_phases(cost, measured)
+    per_row = 1 / (0.5 * 4 * 3)  # seconds per sampling row
+    assert out["projected_phase_seconds"] == pytest.approx({"init_search": 60 * per_row, "training": 50.0,
+                                                            "validation": 12 * per_row})
+    assert out["projected_checks_over_loop"] == pytest.approx(72 * per_row / 50)
+
+
+def test_rank_correlation_of_the_proxy_study():
+    from benchmarks.selfcheck_proxies import ranks, spearman
+
+    assert ranks([3.0, 1.0, 2.0, 2.0]) == [4.0, 1.0, 2.5, 2.5]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
