@@ -60,3 +60,17 @@ def test_rank_correlation_of_the_proxy_study():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+@pytest.mark.processes  # six invert processes: .ci/run runs it after README's command
+def test_the_ratio_benchmark_runs_the_default_fit_beside_its_loop(tiny_model_dir, pairs_dir):
+    from benchmarks.selfcheck import measure
+
+    fast = ["--resolution", "32", "--steps", "2", "--val-every", "1", "--val-steps", "2"]
+    out = measure(str(pairs_dir), ["visii"], str(tiny_model_dir), 1, fast, ["--val-steps", "1"])
+    run = out["methods"]["visii"]["runs"][0]
+    assert run["ratio"] == pytest.approx(run["default"] / run["loop_alone"], abs=1e-3)
+    searched = run["cost"]["init_search"]["forward_rows"]
+    assert searched > 0 and searched % (2 * 3 * GROUPS) == 0, "candidates x 2 steps x 3 pairs x 3 rows"
+    assert run["proposed_cost"]["init_search"]["forward_rows"] * 2 == searched, "one sampling step instead of 2"
+    assert run["loop_cost"]["init_search"]["forward_rows"] == run["loop_cost"]["validation"]["forward_rows"] == 0
