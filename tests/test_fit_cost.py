@@ -29,6 +29,14 @@ def test_each_phase_counts_its_denoiser_rows(editor, clip, tmp_path, method, tex
     assert Instruction.load(tmp_path / "a.inst").meta.cost == cost, "the file keeps it"
 
 
+def test_the_init_search_may_score_with_fewer_sampling_steps_than_the_validation(editor):
+    inst = tiny_fit(editor, BEFORES, AFTERS, "visii", steps=2, init_text=("make it night", "make it sepia"),
+                    val_steps=2, best_val_steps=1, val_every=1)
+    cost = inst.meta.cost
+    assert cost["init_search"]["forward_rows"] == 2 * 1 * 3 * GROUPS and inst.meta.init_scores["steps"] == 1
+    assert cost["validation"]["forward_rows"] == 3 * 2 * 3 * GROUPS and inst.meta.validation["steps"] == 2
+
+
 def test_a_fit_without_checks_costs_only_its_loop(editor):
     inst = tiny_fit(editor, BEFORES, AFTERS, "visii", steps=2, init_text="make it night", val_every=0)
     cost = inst.meta.cost
