@@ -1,4 +1,5 @@
-"""What a fit's self-check costs (issue 27): each phase's denoiser rows, counted at the denoiser."""
+"""What a fit's self-check costs (issue 27): each phase's denoiser rows, counted at the denoiser, and the benchmarks
+that measure, project and judge it."""
 import pytest
 from conftest import scene, tiny_fit
 
