@@ -36,6 +36,7 @@ from PIL import Image
 
 from invert.backbones import Editor, load_editor, resolve_dtype
 from invert.backbones.rows import Rows
+from invert.defaults import IP2P_GUIDANCE, IP2P_IMAGE_GUIDANCE
 from invert.errors import InvertError
 from invert.fitting.loop import FitData, FitProgress, Trainer
 from invert.fitting.losses import row_mse
@@ -70,6 +71,8 @@ class SpeedOptions:
     # The reference's compute precision: None, ours' (the ratio measures how the work is done); "fp32" etc.
     # compares precisions as well, a separate question.
     reference_dtype: str | None = None
+    # A fit's cost (fit --json's "cost": denoiser rows per phase) to project onto this model (project_phases).
+    fit_cost: dict | None = None
 
 
 def synthetic_pairs(count: int, resolution: int, seed: int = 0) -> tuple[list[Image.Image], list[Image.Image]]:
@@ -426,8 +429,29 @@ def benchmark(model: str, options: SpeedOptions, device: str = "auto", dtype: st
     inputs = (befores * o.batch_size)[:o.batch_size]
     apply_rate, apply_peak = time_apply(editor, method, inputs, o.apply_steps, o.apply_batches)
     result.update(apply_steps=o.apply_steps, batch_size=o.batch_size, apply_images_per_s=apply_rate,
-                  apply_peak_memory_mb=apply_peak)
+                  apply_peak_memory_mb=apply_peak,
+                  sampling_rows_per_image=len(editor.groups(IP2P_GUIDANCE, IP2P_IMAGE_GUIDANCE)))
+    if o.fit_cost is not None:
+        result.update(project_phases(o.fit_cost, result))
     return result
+
+
+def project_phases(cost: dict, result: dict) -> dict:
+    """A fit's phases (its ``cost``: denoiser rows per phase, as ``fit --json`` and the .inst record them) projected
+    onto the benchmarked model and resolution from the per-row costs measured here: a forward+backward row costs
+    what one timestep row of ours' fit step costs (its guidance rows without autograd included, as the fit runs
+    them), a forward-only row what one row of a sampling step costs (the VAE's encode and decode of apply's call
+    included, spread over its steps). Rows at the measured batch sizes: per-row costs of other batch sizes differ
+    where the device is not saturated (small models, CPUs). Seconds per phase, and the checks' (init search and
+    validation) share of the loop's."""
+    per_step = 1 / result["steps_per_s"]  # one timestep row trained, with its guidance rows
+    per_forward = 1 / (result["apply_images_per_s"] * result["apply_steps"] * result["sampling_rows_per_image"])
+    # A step's guidance rows without autograd are in per_step: only the trained rows count its steps.
+    seconds = {phase: c["backward_rows"] * per_step + (0 if phase == "training" else c["forward_rows"] * per_forward)
+               for phase, c in cost.items()}
+    checks = sum(v for phase, v in seconds.items() if phase != "training")
+    return {"projected_phase_seconds": seconds,
+            "projected_checks_over_loop": checks / seconds["training"] if seconds["training"] else None}
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -478,5 +502,6 @@ class _LazyReference:
 
 
 __all__ = ["FloorLoop", "INIT_TEXT", "ReferenceLoop", "SpeedOptions", "apply_block", "benchmark", "device_name",
-           "first_call_clock", "fit_block", "interleaved", "make_method", "peak_memory_mb", "reference_loss",
-           "reference_run", "reset_peak_memory", "sync", "synthetic_pairs", "time_apply", "trainer_for"]
+           "first_call_clock", "fit_block", "interleaved", "make_method", "peak_memory_mb", "project_phases",
+           "reference_loss", "reference_run", "reset_peak_memory", "sync", "synthetic_pairs", "time_apply",
+           "trainer_for"]

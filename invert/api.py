@@ -19,6 +19,7 @@ from .defaults import DEFAULT_MODEL
 from .errors import InstructionFileError, InvertError, InvertWarning
 from .fitting.assembly import make_instruction
 from .fitting.checkpoint import FitState, FitStopped
+from .fitting.cost import CostMeter
 from .fitting.init_search import InitChoice, choose_init, own_init
 from .fitting.loop import FitData, FitProgress, Scoring, Trainer
 from .fitting.losses import clip_direction
@@ -169,12 +170,15 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     train_b, train_a = [befores[i] for i in train], [afters[i] for i in train]
     val_b, val_a = ([befores[i] for i in held], [afters[i] for i in held]) if held else (befores, afters)
     # 3. The init text, chosen on the training pairs, and the untrained instruction (--reverse: and its reverse).
-    init = choose_init(editor, cls, settings, method_settings, clip, train_b, train_a)
-    learned = cls.initialize(editor, editor.encode_text([init.text]), init.text, method_settings, settings.seed)
-    if settings.reverse and learned.needs_reverse_instruction:
-        back = choose_init(editor, cls, settings, method_settings, clip, train_a, train_b).text  # the pairs reversed
-        learned = TwoWay(learned, cls.initialize(editor, editor.encode_text([back]), back, method_settings,
-                                                 settings.seed), back)
+    # Each phase's seconds and denoiser rows are counted (see invert.fitting.cost).
+    meter = CostMeter(editor.denoiser, editor.device)
+    with meter.phase("init_search"):
+        init = choose_init(editor, cls, settings, method_settings, clip, train_b, train_a)
+        learned = cls.initialize(editor, editor.encode_text([init.text]), init.text, method_settings, settings.seed)
+        if settings.reverse and learned.needs_reverse_instruction:
+            back = choose_init(editor, cls, settings, method_settings, clip, train_a, train_b).text  # reversed pairs
+            learned = TwoWay(learned, cls.initialize(editor, editor.encode_text([back]), back, method_settings,
+                                                     settings.seed), back)
     # 4. What the file keeps besides the learned state: thumbnails and the exemplars' CLIP direction (the key of
     # libraries and eval); the method's CLIP loss, if any, takes the training pairs' direction.
     stored = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0])}
@@ -192,11 +196,17 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     trainer = Trainer(learned, FitData(editor, train_b, train_a, settings.seed), settings)
     validation = Validation.of_fit(editor, val_b, val_a, settings)
     every = scoring_interval(trainer.total - trainer.complete_from, settings.val_every)  # over the complete states
-    scoring = Scoring(lambda: validation.score(learned, installed=True), every) if every else None
+
+    def score() -> float:
+        with meter.phase("validation"):
+            return validation.score(learned, installed=True)
+
+    scoring = Scoring(score, every) if every else None
     try:
-        history = trainer.run(quiet=quiet, progress=_Progress(progress, checkpoint, save_every, record),
-                              resume=resume, should_stop=should_stop, scoring=scoring,
-                              sync_at=(lambda done: done % save_every == 0) if save_every else None)
+        with meter.phase("training"):
+            history = trainer.run(quiet=quiet, progress=_Progress(progress, checkpoint, save_every, record),
+                                  resume=resume, should_stop=should_stop, scoring=scoring,
+                                  sync_at=(lambda done: done % save_every == 0) if save_every else None)
     except FitStopped as stopped:
         stopped.state.identity, stopped.state.seconds = identity, record.seconds()
         raise
@@ -209,7 +219,8 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     names = [e["name"] for e in exemplars] if exemplars else list(range(len(befores)))
     report = {"kept_step": kept_step, "fit_check": check.line(), "init_scores": init.scores,
               "validation": {"pairs": [names[i] for i in held] if held else "train", "steps": settings.val_steps,
-                             "every": every, "no_edit": validation.no_edit, "curve": [list(x) for x in curve]}}
+                             "every": every, "no_edit": validation.no_edit, "curve": [list(x) for x in curve]},
+              "cost": meter.report()}
     return record(history[-1] if history else None, settings.steps, report)
 
 

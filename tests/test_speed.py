@@ -246,3 +246,20 @@ def test_an_adapter_runs_its_three_rows_in_one_call(editor):
     finally:
         handle.remove()
     assert calls == [(3, True)] * 2
+
+
+@pytest.mark.bench
+def test_bench_speed_projects_a_fit_report(bench, tiny_model_dir, tmp_path):
+    cost = {"init_search": {"seconds": 1.0, "forward_rows": 30, "backward_rows": 0},
+            "training": {"seconds": 1.0, "forward_rows": 4, "backward_rows": 2},
+            "validation": {"seconds": 1.0, "forward_rows": 6, "backward_rows": 0}}
+    report = tmp_path / "fit.json"
+    report.write_text(json.dumps({"cost": cost}))
+    r = bench("--model", tiny_model_dir, *FAST, "--no-reference", "--no-floor", "--fit-report", report, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["projected_phase_seconds"]["training"] == pytest.approx(2 / out["steps_per_s"])
+    assert out["projected_checks_over_loop"] > 0
+    report.write_text("[1, 2]")
+    r = bench("--model", tiny_model_dir, *FAST, "--fit-report", report)
+    assert r.exit_code != 0 and "--fit-report" in r.output and "not the JSON object" in r.output

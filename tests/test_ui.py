@@ -284,7 +284,7 @@ def test_the_web_app_fits_as_invert_fit_does(client, run, tmp_path):
     assert r.exit_code == 0, r.output
     web, cli = Instruction.load(inst_file), Instruction.load(tmp_path / "cli.inst")
     assert web.meta.model_defaults == {"lr": 0.03, "guidance": 3.0}
-    assert replace(web.meta, fit_seconds=None) == replace(cli.meta, fit_seconds=None)
+    assert replace(web.meta, fit_seconds=None, cost=None) == replace(cli.meta, fit_seconds=None, cost=None)
     assert web.tensors.keys() == cli.tensors.keys()
     for key in web.tensors:
         assert torch.equal(web.tensors[key], cli.tensors[key]), key

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .fields import Checked, option
-from .limits import MAX_FIT_STEPS, MAX_TOKENS
+from .limits import MAX_FIT_STEPS, MAX_SAMPLING_STEPS, MAX_TOKENS
 
 DEFAULT_TEMPLATE = "turn {p_x} into {p_y}"
 
@@ -28,6 +28,9 @@ class InitSettings(Checked):
                 "exemplars and the best-scoring one taken; auto, the method's own (caption for visii, phrases for "
                 "brush, empty for lora); a CLIP-ranked caption of the afters; InstructBrush's phrases; a PEZ hard "
                 "prompt optimized against the afters (the official VISII code's); or empty.")
+    best_val_steps: int | None = option(
+        None, "--init best (and several --init-text): sampling steps of each candidate's score on the exemplars "
+              "(fixed noise: the fit's seed). Default: --val-steps.", minimum=1, maximum=MAX_SAMPLING_STEPS)
     phrases_top: int = option(5, "--init phrases (and best): phrases kept per image.", minimum=1, maximum=1000,
                               aliases=("top",))
     phrases_threshold: float = option(0.15, "--init phrases (and best): drop a side whose |sensitivity| is below "
