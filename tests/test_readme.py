@@ -55,6 +55,14 @@ SKIPPED = {  # the start of an example -> why it is not run here
     "OMP_NUM_THREADS=1 python -m benchmarks.growth": "minutes; tests/test_bench_growth.py runs pairs, parts and "
                                                      "apply-batch on the tiny model (resolution has no test)",
     "python -m benchmarks.growth fit-batch": "a benchmark of minutes (tests/test_bench_growth.py runs it tiny)",
+    "OMP_NUM_THREADS=1 python -m benchmarks.selfcheck": "whole fit processes side by side, minutes "
+                                                        "(tests/test_fit_cost.py runs its measure and ranks small)",
+    "invert fit examples/toy/night/train -o f1000.inst": "a 1000-step fit whose denoiser rows the projection below "
+                                                         "reads (a fit's cost is tested in tests/test_fit_cost.py)",
+    "OMP_NUM_THREADS=1 python -m benchmarks speed --model random --resolution 512": "the full-size IP2P at 512 on the "
+                                                                                    "CPU: minutes a step",
+    "python -m benchmarks quality --model toy-dit": "the toy DiT's table: 16 minutes of CPU (tests/test_quality_bench.py "
+                                                    "runs the benchmark small)",
     "python -m benchmarks quality --shots 10": "the table at the defaults: hours of CPU (tests/test_quality_bench.py "
                                                "runs the benchmark small, and docs/reference.md's short lines run "
                                                "here)",
