@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import click
 
@@ -48,12 +49,16 @@ def bench():
 @click.option("--reference-dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16"]),
               help="The reference's compute precision. Default: ours', so that the ratio is about how the work is "
                    "done; another compares precisions too.")
+@click.option("--fit-report", type=click.Path(exists=True, dir_okay=False),
+              help="A fit's report (fit --json's output, or its .inst): project its phases (init search, training, "
+                   "validation) onto this model from the per-row costs measured here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @quiet_option
 @model_options("random")
 @user_errors
 def speed(method, resolution, steps, block, warmup, pairs, parts, loss_target, fit_steps, apply_steps, batch_size,
-          apply_batches, low_memory, no_reference, no_floor, reference_dtype, as_json, quiet, model, device, dtype):
+          apply_batches, low_memory, no_reference, no_floor, reference_dtype, fit_report, as_json, quiet, model, device,
+          dtype):
     """Time fit steps and apply: ours, the reference loop and the floor, interleaved in one run.
 
     The reference does per step what VISII's official code does (batch 1, the three-way guidance batch in one
@@ -75,7 +80,8 @@ def speed(method, resolution, steps, block, warmup, pairs, parts, loss_target, f
     options = SpeedOptions(method=method, resolution=resolution, steps=steps, block=block, warmup=warmup, pairs=pairs,
                            parts=parts, loss_target=loss_target, fit_steps=fit_steps, apply_steps=apply_steps,
                            batch_size=batch_size, apply_batches=apply_batches, reference=not no_reference,
-                           floor=not no_floor, reference_dtype=reference_dtype)
+                           floor=not no_floor, reference_dtype=reference_dtype,
+                           fit_cost=read_fit_cost(fit_report) if fit_report else None)
     result = benchmark(model, options, device=device, dtype=dtype, low_memory=low_memory)
     result["load_average"] = round(load, 2)
     if load >= BUSY_LOAD:
@@ -87,6 +93,24 @@ def speed(method, resolution, steps, block, warmup, pairs, parts, loss_target, f
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(format_speed(result))
+
+
+def read_fit_cost(path: str) -> dict:
+    """The ``cost`` of a fit's report: fit --json's output, or the .inst it wrote."""
+    from invert.errors import InvertError
+
+    if path.endswith(".inst"):
+        from invert.instruction import Instruction
+
+        cost = Instruction.load(path).meta.cost
+    else:
+        try:
+            cost = json.loads(Path(path).read_text()).get("cost")
+        except (ValueError, AttributeError):
+            raise InvertError(f"--fit-report {path}: not the JSON object fit --json prints") from None
+    if not cost:
+        raise InvertError(f"--fit-report {path}: records no cost (fitted before invert counted it)")
+    return cost
 
 
 def format_speed(r: dict) -> str:
@@ -115,6 +139,11 @@ def format_speed(r: dict) -> str:
                      f"{r['ceiling_fraction']:.0%} of it")
     lines.append(f"apply ({r['apply_steps']} steps, batch {r['batch_size']}): {r['apply_images_per_s']:.3g} images/s, "
                  f"peak memory {r['apply_peak_memory_mb']:.0f} MB")
+    if "projected_phase_seconds" in r:
+        phases = ", ".join(f"{phase} {s:.1f} s" for phase, s in r["projected_phase_seconds"].items())
+        share = r["projected_checks_over_loop"]
+        lines.append(f"the fit report projected here: {phases}" + ("" if share is None else
+                                                                     f"; the checks add {share:.0%} to the loop"))
     return "\n".join(lines)
 
 

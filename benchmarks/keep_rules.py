@@ -73,9 +73,11 @@ RULES: dict[str, Callable[[dict], int]] = {
 }
 
 
-def trace(editor, clip, method: str, name: str, shots: int = 10, n_val: int = 8, log=print, **overrides) -> dict:
+def trace(editor, clip, method: str, name: str, shots: int = 10, n_val: int = 8, log=print,
+          also_steps: tuple[int, ...] = (), **overrides) -> dict:
     """One fit's held-out curve, its snapshots' scores on the validation scenes, and the held-out pairs scored
-    again with RESCORE_STEPS sampling steps. ``overrides``: fit settings instead of the model's (a test's)."""
+    again with RESCORE_STEPS sampling steps (and with each of ``also_steps``, under ``held_out_at``).
+    ``overrides``: fit settings instead of the model's (a test's)."""
     size = editor.resolution
     train, val = edit_pairs(name, shots, n_val, size, test_seed=VALIDATION_SEED)
     befores, afters = [b for b, _ in train], [a for _, a in train]
@@ -94,8 +96,12 @@ def trace(editor, clip, method: str, name: str, shots: int = 10, n_val: int = 8,
     steps = [int(step) for step, _ in curve]
     states = {**snaps, steps[-1]: final}
     truths, held = as_tensor([a for _, a in val]), held_out(len(train), settings.val)
-    rescorer = Validation(editor, [befores[i] for i in held], [afters[i] for i in held], steps=RESCORE_STEPS,
-                          guidance=settings.guidance, image_guidance=settings.image_guidance, seed=settings.seed)
+
+    def rescored(sampling_steps: int) -> list[float]:
+        rescorer = Validation(editor, [befores[i] for i in held], [afters[i] for i in held], steps=sampling_steps,
+                              guidance=settings.guidance, image_guidance=settings.image_guidance, seed=settings.seed)
+        return [rescorer.score(load_method(final, editor, 0.0)),
+                *(rescorer.score(load_method(states[s], editor)) for s in steps[1:])]
 
     def truth(inst, strength: float = 1.0) -> float:
         results = apply(inst, [b for b, _ in val], editor=editor, steps=BENCH.apply_steps, strength=strength)
@@ -103,10 +109,11 @@ def trace(editor, clip, method: str, name: str, shots: int = 10, n_val: int = 8,
 
     row = {"steps": steps, "held_out": [float(score) for _, score in curve],
            "truth": [truth(final, 0.0), *(truth(states[s]) for s in steps[1:])],
-           "held_out_rescored": [rescorer.score(load_method(final, editor, 0.0)),
-                                 *(rescorer.score(load_method(states[s], editor)) for s in steps[1:])],
+           "held_out_rescored": rescored(RESCORE_STEPS),
            "no_edit": float(psnr(as_tensor([b for b, _ in val]), truths).mean()),
            "init_text": final.meta.init_text, "fit_seconds": seconds}
+    if also_steps:
+        row["held_out_at"] = {str(n): rescored(n) for n in also_steps}
     log(f"{method:6s} {name:12s} held-out " + " ".join(f"{x:.1f}" for x in row["held_out"]) + "  val "
         + " ".join(f"{x:.1f}" for x in row["truth"]) + f"  ({seconds:.0f} s)")
     return row

@@ -141,8 +141,10 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
                 # on the method (each method's start edits as its text does), so each row gets the text its own
                 # search would choose, and its fit seconds include the search's.
                 start = time.perf_counter()
+                zero_options = {**common, "steps": 0}
                 zero = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], "visii",
-                                  *settings_for("visii", {**common, "steps": 0}), clip=clip, quiet=True)
+                                  *settings_for("visii", {**model_defaults(editor.model_id, "visii", zero_options),
+                                                          **zero_options}), clip=clip, quiet=True)
                 search = {"text": zero.meta.init_text, "scores": zero.meta.init_scores,
                           "seconds": time.perf_counter() - start}
             start = time.perf_counter()

@@ -36,6 +36,7 @@ from PIL import Image
 
 from invert.backbones import Editor, load_editor, resolve_dtype
 from invert.backbones.rows import Rows
+from invert.defaults import IP2P_GUIDANCE, IP2P_IMAGE_GUIDANCE
 from invert.errors import InvertError
 from invert.fitting.loop import FitData, FitProgress, Trainer
 from invert.fitting.losses import row_mse
@@ -70,6 +71,8 @@ class SpeedOptions:
     # The reference's compute precision: None, ours' (the ratio measures how the work is done); "fp32" etc.
     # compares precisions as well, a separate question.
     reference_dtype: str | None = None
+    # A fit's cost (fit --json's "cost": denoiser rows per phase) to project onto this model (project_phases).
+    fit_cost: dict | None = None
 
 
 def synthetic_pairs(count: int, resolution: int, seed: int = 0) -> tuple[list[Image.Image], list[Image.Image]]:
@@ -313,6 +316,18 @@ class Ratio:
         q1, q3 = self.quartiles
         return (q3 - q1) / self.median
 
+    def spread_warnings(self, what: str) -> list[str]:
+        """The warning a result carries when ``what``'s cycles cannot be judged: one cycle, or a spread over
+        SPREAD_WARNING (a busy machine); none otherwise."""
+        q1, q3 = self.quartiles
+        if len(self.values) < 2:
+            return [f"{what}: one cycle, so no spread to judge it by; use --steps of 2 blocks or more"]
+        if self.spread > SPREAD_WARNING:
+            return [f"{what}: the middle half of {len(self.values)} cycles ranges {q1:.2f}-{q3:.2f} around the "
+                    f"median {self.median:.2f} (spread {self.spread:.0%}): the machine's load varies; more --steps and "
+                    f"a fixed thread count (OMP_NUM_THREADS) steady it"]
+        return []
+
 
 def interleaved(trainer: Trainer, others: list[Callable[[int], float]], warmup: int, steps: int, block: int,
                 on_warm: Callable[[], None] | None = None) -> tuple[list[float], list[list[float]]]:
@@ -401,21 +416,42 @@ def benchmark(model: str, options: SpeedOptions, device: str = "auto", dtype: st
                       reference_projected_fit_seconds=whole / ref_rate,
                       reference_peak_memory_mb=reference.peak_memory_mb,
                       **_ratio("speedup_vs_reference", speedup))
-        _check_spread(result, "ours/reference", speedup)
+        result["warnings"] += speedup.spread_warnings("ours/reference")
         reference.loop = None  # the reference's own model, if it loaded one, goes before apply is timed
     if o.floor:
         bare = times.pop(0)
         over = Ratio([s / f for s, f in zip(ours, bare)])
         result.update(floor_steps_per_s=rows * o.steps / sum(bare), **_ratio("ours_over_floor", over))
-        _check_spread(result, "ours/floor", over)
+        result["warnings"] += over.spread_warnings("ours/floor")
         if o.reference:  # the structural ceiling: what ours would gain over the reference with no overhead
             ceiling = Ratio([(r / o.block) / (f / (o.block * rows)) for r, f in zip(ref, bare)])
             result.update(ceiling_vs_reference=ceiling.median, ceiling_fraction=1 / over.median)
     inputs = (befores * o.batch_size)[:o.batch_size]
     apply_rate, apply_peak = time_apply(editor, method, inputs, o.apply_steps, o.apply_batches)
     result.update(apply_steps=o.apply_steps, batch_size=o.batch_size, apply_images_per_s=apply_rate,
-                  apply_peak_memory_mb=apply_peak)
+                  apply_peak_memory_mb=apply_peak,
+                  sampling_rows_per_image=len(editor.groups(IP2P_GUIDANCE, IP2P_IMAGE_GUIDANCE)))
+    if o.fit_cost is not None:
+        result.update(project_phases(o.fit_cost, result))
     return result
+
+
+def project_phases(cost: dict, result: dict) -> dict:
+    """A fit's phases (its ``cost``: denoiser rows per phase, as ``fit --json`` and the .inst record them) projected
+    onto the benchmarked model and resolution from the per-row costs measured here: a forward+backward row costs
+    what one timestep row of ours' fit step costs (its guidance rows without autograd included, as the fit runs
+    them), a forward-only row what one row of a sampling step costs (the VAE's encode and decode of apply's call
+    included, spread over its steps). Rows at the measured batch sizes: per-row costs of other batch sizes differ
+    where the device is not saturated (small models, CPUs). Seconds per phase, and the checks' (init search and
+    validation) share of the loop's."""
+    per_step = 1 / result["steps_per_s"]  # one timestep row trained, with its guidance rows
+    per_forward = 1 / (result["apply_images_per_s"] * result["apply_steps"] * result["sampling_rows_per_image"])
+    # A step's guidance rows without autograd are in per_step: only the trained rows count its steps.
+    seconds = {phase: c["backward_rows"] * per_step + (0 if phase == "training" else c["forward_rows"] * per_forward)
+               for phase, c in cost.items()}
+    checks = sum(v for phase, v in seconds.items() if phase != "training")
+    return {"projected_phase_seconds": seconds,
+            "projected_checks_over_loop": checks / seconds["training"] if seconds["training"] else None}
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -425,17 +461,6 @@ def _name(dtype: torch.dtype) -> str:
 def _ratio(key: str, ratio: Ratio) -> dict:
     return {key: ratio.median, f"{key}_quartiles": list(ratio.quartiles), f"{key}_spread": ratio.spread,
             f"{key}_cycles": ratio.values}
-
-
-def _check_spread(result: dict, what: str, ratio: Ratio) -> None:
-    q1, q3 = ratio.quartiles
-    if len(ratio.values) < 2:
-        result["warnings"].append(f"{what}: one cycle, so no spread to judge it by; use --steps of 2 blocks or more")
-    elif ratio.spread > SPREAD_WARNING:
-        result["warnings"].append(
-            f"{what}: the middle half of {len(ratio.values)} cycles ranges {q1:.2f}-{q3:.2f} around the median "
-            f"{ratio.median:.2f} (spread {ratio.spread:.0%}): the machine's load varies; more --steps and a fixed "
-            f"thread count (OMP_NUM_THREADS) steady it")
 
 
 class _LazyReference:
@@ -477,5 +502,6 @@ class _LazyReference:
 
 
 __all__ = ["FloorLoop", "INIT_TEXT", "ReferenceLoop", "SpeedOptions", "apply_block", "benchmark", "device_name",
-           "first_call_clock", "fit_block", "interleaved", "make_method", "peak_memory_mb", "reference_loss",
-           "reference_run", "reset_peak_memory", "sync", "synthetic_pairs", "time_apply", "trainer_for"]
+           "first_call_clock", "fit_block", "interleaved", "make_method", "peak_memory_mb", "project_phases",
+           "reference_loss", "reference_run", "reset_peak_memory", "sync", "synthetic_pairs", "time_apply",
+           "trainer_for"]

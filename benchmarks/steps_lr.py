@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from invert.api import apply, fit_images
+from invert.api import apply, fit_images, model_defaults
 from invert.backbones import load_editor
 from invert.clip import clip_name_for, load_clip
 from invert.evaluation import as_tensor, psnr
@@ -31,8 +31,9 @@ STUDY_EDITS = ["sepia", "circle_red", "night_frame", "hue200"]
 
 
 def study(editor, clip, method: str, lr: float, edits: list[str], checkpoints: list[int], shots: int = 10,
-          n_val: int = 5, log=print) -> dict:
-    """``{edit: {step: psnr}}`` plus each edit's no-edit PSNR, for one method and learning rate."""
+          n_val: int = 5, log=print, guidance: tuple[float, float] = BENCH.guidance) -> dict:
+    """``{edit: {step: psnr}}`` plus each edit's no-edit PSNR, for one method and learning rate (the other
+    settings: the model's own, e.g. the toy DiT's VISII without its CLIP term)."""
     size, last = editor.resolution, max(checkpoints)
     out: dict = {}
     for name in edits:
@@ -43,8 +44,9 @@ def study(editor, clip, method: str, lr: float, edits: list[str], checkpoints: l
         def keep(inst, step):
             if step in checkpoints:
                 snaps[step] = inst
-        options = {"steps": last, "lr": lr, "seed": BENCH.seed, "guidance": BENCH.guidance[0],
-                   "image_guidance": BENCH.guidance[1], "keep": "last", "val_every": 0, "resolution": size}
+        options = {"steps": last, "lr": lr, "seed": BENCH.seed, "guidance": guidance[0],
+                   "image_guidance": guidance[1], "keep": "last", "val_every": 0, "resolution": size}
+        options = {**model_defaults(editor.model_id, method, options), **options}
         start = time.perf_counter()
         final = fit_images(editor, [b for b, _ in train], [a for _, a in train], method,
                            *settings_for(method, options), clip=clip, quiet=True,
@@ -75,15 +77,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lrs", default="3e-3,1e-2,3e-2")
     parser.add_argument("--steps", default="100,300,1000", help="the step counts to score (snapshots of one fit)")
     parser.add_argument("--edits", default=",".join(STUDY_EDITS))
+    parser.add_argument("--guidance", default="3,1.5", help="text guidance, or text and image guidance (G,IG)")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     editor = load_editor(args.model, "cpu")
     clip = load_clip(clip_name_for(None, editor.model_id))
     checkpoints = sorted(int(s) for s in args.steps.split(","))
+    guidance = (*(float(g) for g in args.guidance.split(",")), BENCH.guidance[1])[:2]
     result: dict = {"steps": checkpoints, "edits": args.edits.split(","), "runs": {}}
     for method in args.methods.split(","):
         for lr in (float(x) for x in args.lrs.split(",")):
-            result["runs"][f"{method} {lr:g}"] = study(editor, clip, method, lr, result["edits"], checkpoints)
+            result["runs"][f"{method} {lr:g}"] = study(editor, clip, method, lr, result["edits"], checkpoints,
+                                                         guidance=guidance)
             if args.json:
                 args.json.write_text(json.dumps(result, indent=1))
     for key, rows in result["runs"].items():

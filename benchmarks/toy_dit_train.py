@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -42,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from invert.backbones.model_info import TOY_MODEL, toy_model_path
+from invert.backbones.trained_tokenizers import QWEN3_CHAT_TEMPLATE
 from invert.toy import world
 from invert.vocab import vocab_path
 
@@ -67,17 +70,6 @@ SAMPLER_STEPS = 20  # the oracle's; training draws s as the sampler's shifted si
 PHASE_ENDS = {"text": 0.03, "vae": 0.25}  # fractions of the budget; the transformer gets the rest
 CHECK_RESERVE = 0.03  # of the budget, kept for the final oracle check (--eval-n) so that it ends in time
 DROP_TEXT = 0.1
-QWEN3_CHAT_TEMPLATE = (  # Qwen3's template, the parts klein uses: user turns, the generation prompt, no thinking
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}"
-    "{%- endif %}"
-    "{%- endif %}"
-)
 
 
 # ----------------------------------------------------------------------------------------------- text
@@ -274,9 +266,11 @@ def save_model(out: Path, text_encoder, tokenizer, vae, transformer) -> None:
     pipe.save_pretrained(out)
     settings = {"pipeline": {"max_sequence_length": TEXT.max_sequence_length,
                              "text_encoder_out_layers": list(TEXT.text_encoder_out_layers)},
+                "clip": os.path.relpath(toy_model_path(TOY_MODEL) / "clip", out),
                 "why": "The toy klein was trained on prompts padded to 32 tokens and reads its 4-layer text "
                        "encoder's layers 1-3; Flux2KleinPipeline's defaults (512, (9, 18, 27)) are the real "
-                       "model's. Pass these to the pipeline's call."}
+                       "model's. Pass these to the pipeline's call. Its CLIP is the toy IP2P's, trained on the "
+                       "same world."}
     (out / "invert.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 

@@ -21,6 +21,14 @@ def _export(instruction: Path, output: Path, kind: str, force: bool, reverse: bo
     return inst
 
 
+def _guidance(inst) -> str:
+    """The fit's guidance as the pipeline call's keyword arguments (a FLUX pipeline has no image guidance)."""
+    from invert.backbones import backbone_class
+
+    arguments = backbone_class(inst.meta.backbone).pipeline_guidance(inst.meta.text_guidance, inst.meta.image_guidance)
+    return ", ".join(f"{k}={v}" for k, v in arguments.items())
+
+
 @click.command("export-lora")
 @click.argument("instruction", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .safetensors file to write.")
@@ -36,8 +44,7 @@ def export_lora(instruction, output, reverse, force):
     """
     inst = _export(instruction, output, "lora", force, reverse)
     click.echo(f"wrote {output}: load it with pipe.load_lora_weights({str(output)!r}) and call pipe(prompt="
-               f"{inst.meta.init_text!r}, image=..., guidance_scale={inst.meta.text_guidance}, "
-               f"image_guidance_scale={inst.meta.image_guidance}) as it was fitted")
+               f"{inst.meta.init_text!r}, image=..., {_guidance(inst)}) as it was fitted")
 
 
 @click.command("export-embeds")
@@ -46,8 +53,8 @@ def export_lora(instruction, output, reverse, force):
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @user_errors
 def export_embeds(instruction, output, force):
-    """Write a visii INSTRUCTION's prompt embedding (1, 77, width) as a safetensors file for a plain diffusers
-    pipeline's prompt_embeds (and, for SDXL, its pooled vector as pooled_prompt_embeds).
+    """Write a visii INSTRUCTION's prompt embedding as a safetensors file for a plain diffusers pipeline's
+    prompt_embeds (and, for SDXL and FLUX.1 Kontext, its pooled vector as pooled_prompt_embeds).
 
     \b
       invert export-embeds sketch.inst -o sketch_embeds.safetensors
@@ -56,7 +63,6 @@ def export_embeds(instruction, output, force):
     from safetensors import safe_open
 
     inst = _export(instruction, output, "embeds", force)
-    with safe_open(str(output), "pt") as written:  # the pipeline's argument names: prompt_embeds (and pooled_...)
+    with safe_open(str(output), "pt") as written:  # the pipeline call's argument names
         names = ", ".join(written.keys())
-    click.echo(f"wrote {output} ({names}): pipe(**load_file({str(output)!r}), image=..., "
-               f"guidance_scale={inst.meta.text_guidance}, image_guidance_scale={inst.meta.image_guidance})")
+    click.echo(f"wrote {output} ({names}): pipe(**load_file({str(output)!r}), image=..., {_guidance(inst)})")

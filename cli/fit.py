@@ -107,4 +107,5 @@ def fit_report(output: Path, method: str, meta: Metadata) -> dict:
     """What ``fit --json`` prints: the fit's outcome and how it checked itself."""
     return {"output": str(output), "method": method, "init_text": meta.init_text, "init_scores": meta.init_scores,
             "steps": meta.steps, "final_loss": meta.final_loss, "fit_seconds": meta.fit_seconds,
-            "kept_step": meta.kept_step, "validation": meta.validation, "fit_check": meta.fit_check}
+            "kept_step": meta.kept_step, "validation": meta.validation, "fit_check": meta.fit_check,
+            "cost": meta.cost}

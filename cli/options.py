@@ -19,8 +19,8 @@ from invert.settings.fields import BadValue, convert, flag
 from .common import threads_option
 from .numbers import Number, number
 
-MODEL_HELP = ("Base editor (InstructPix2Pix, FLUX.2 [klein], FLUX.1 Kontext): hub id, local diffusers folder, "
-              "'toy' or 'toy-dit'.")
+MODEL_HELP = ("Base editor (InstructPix2Pix, SDXL InstructPix2Pix, FLUX.2 [klein], FLUX.1 Kontext): hub id, local "
+              "diffusers folder, 'toy' or 'toy-dit'.")
 CONFIG = "invert.cli.config"  # ctx.meta key: the --config file and the key each option was read from
 
 

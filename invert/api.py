@@ -20,6 +20,7 @@ from .encoder.encode import encoder_start
 from .errors import InstructionFileError, InvertError, InvertWarning
 from .fitting.assembly import make_instruction
 from .fitting.checkpoint import FitState, FitStopped
+from .fitting.cost import CostMeter
 from .fitting.init_search import InitChoice, choose_init, own_init
 from .fitting.loop import FitData, FitProgress, Scoring, Trainer
 from .fitting.losses import clip_direction
@@ -162,17 +163,21 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     train_b, train_a = [befores[i] for i in train], [afters[i] for i in train]
     val_b, val_a = ([befores[i] for i in held], [afters[i] for i in held]) if held else (befores, afters)
     # 3. The init text, chosen on the training pairs, and the untrained instruction (--reverse: and its reverse);
-    # under --init encoder, the state an edit encoder gives for the training pairs.
-    encoded = encoder_start(editor, method, settings, method_settings, clip, train_b, train_a)
-    if encoded is not None:
-        learned, init = encoded[0], InitChoice(encoded[1])
-    else:
-        init = choose_init(editor, cls, settings, method_settings, clip, train_b, train_a)
-        learned = cls.initialize(editor, editor.encode_text([init.text]), init.text, method_settings, settings.seed)
-    if encoded is None and settings.reverse and learned.needs_reverse_instruction:
-        back = choose_init(editor, cls, settings, method_settings, clip, train_a, train_b).text  # the pairs reversed
-        learned = TwoWay(learned, cls.initialize(editor, editor.encode_text([back]), back, method_settings,
-                                                 settings.seed), back)
+    # under --init encoder, the state an edit encoder gives for the training pairs. Each phase's seconds and
+    # denoiser rows are counted (see invert.fitting.cost).
+    meter = CostMeter(editor.denoiser, editor.device)
+    with meter.phase("init_search"):
+        encoded = encoder_start(editor, method, settings, method_settings, clip, train_b, train_a)
+        if encoded is not None:
+            learned, init = encoded[0], InitChoice(encoded[1])
+        else:
+            init = choose_init(editor, cls, settings, method_settings, clip, train_b, train_a)
+            learned = cls.initialize(editor, editor.encode_text([init.text]), init.text, method_settings,
+                                     settings.seed)
+        if encoded is None and settings.reverse and learned.needs_reverse_instruction:
+            back = choose_init(editor, cls, settings, method_settings, clip, train_a, train_b).text  # reversed pairs
+            learned = TwoWay(learned, cls.initialize(editor, editor.encode_text([back]), back, method_settings,
+                                                     settings.seed), back)
     # 4. What the file keeps besides the learned state: thumbnails and the exemplars' CLIP direction (the key of
     # libraries and eval); the method's CLIP loss, if any, takes the training pairs' direction.
     stored = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0])}
@@ -190,11 +195,17 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     trainer = Trainer(learned, FitData(editor, train_b, train_a, settings.seed), settings)
     validation = Validation.of_fit(editor, val_b, val_a, settings)
     every = scoring_interval(trainer.total - trainer.complete_from, settings.val_every)  # over the complete states
-    scoring = Scoring(lambda: validation.score(learned, installed=True), every) if every else None
+
+    def score() -> float:
+        with meter.phase("validation"):
+            return validation.score(learned, installed=True)
+
+    scoring = Scoring(score, every) if every else None
     try:
-        history = trainer.run(quiet=quiet, progress=_Progress(progress, checkpoint, save_every, record),
-                              resume=resume, should_stop=should_stop, scoring=scoring,
-                              sync_at=(lambda done: done % save_every == 0) if save_every else None)
+        with meter.phase("training"):
+            history = trainer.run(quiet=quiet, progress=_Progress(progress, checkpoint, save_every, record),
+                                  resume=resume, should_stop=should_stop, scoring=scoring,
+                                  sync_at=(lambda done: done % save_every == 0) if save_every else None)
     except FitStopped as stopped:
         stopped.state.identity, stopped.state.seconds = identity, record.seconds()
         raise
@@ -207,7 +218,8 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     names = [e["name"] for e in exemplars] if exemplars else list(range(len(befores)))
     report = {"kept_step": kept_step, "fit_check": check.line(), "init_scores": init.scores,
               "validation": {"pairs": [names[i] for i in held] if held else "train", "steps": settings.val_steps,
-                             "every": every, "no_edit": validation.no_edit, "curve": [list(x) for x in curve]}}
+                             "every": every, "no_edit": validation.no_edit, "curve": [list(x) for x in curve]},
+              "cost": meter.report()}
     return record(history[-1] if history else None, settings.steps, report)
 
 
@@ -374,7 +386,7 @@ def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | 
     diffusers' pipeline does with ``generator=torch.Generator().manual_seed(seed)``; without one, the noise stream
     of the fit's seed (stored in the file). ``noise="fit"`` reuses the noise the fit drew for each timestep (the
     VISII paper's fixed noise). ``reverse`` undoes the edit. ``editor``: an editor already loaded; ``pipe``: your
-    own ``StableDiffusionInstructPix2PixPipeline`` to edit with. Images of one size go through the model together,
+    own diffusers pipeline of the instruction's architecture to edit with. Images of one size go through the model together,
     ``batch_size`` at a most; ``on_images`` receives each batch's results as soon as they are done, ``on_step``
     each sampling step."""
     settings = apply_settings(settings, options)
@@ -431,13 +443,15 @@ def same_size_batches(images: list[Image.Image], batch_size: int | None = None) 
 
 @contextlib.contextmanager
 def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str | None = None, strength: float = 1.0,
-              reverse: bool = False, allow_model_mismatch: bool = False) -> Iterator[torch.Tensor]:
-    """Inside the block, your own IP2P ``pipe`` edits with this instruction: call it with ``prompt_embeds=``
-    the yielded tensor and any arguments of your own. An InstructBrush instruction's attention processors or a
-    LoRA's adapter are on ``pipe.unet`` for the block only.
+              reverse: bool = False, allow_model_mismatch: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Inside the block, your own diffusers ``pipe`` (of the architecture the instruction was learned on) edits
+    with this instruction: call it with the yielded keyword arguments, the instruction's ``prompt_embeds`` (and
+    ``pooled_prompt_embeds`` on SDXL and FLUX.1 Kontext, whose pipelines need it), and any arguments of your own.
+    An InstructBrush instruction's attention processors or a LoRA's adapter are on the pipeline's denoiser for the
+    block only.
 
-    >>> with invert.installed("sketch.inst", pipe) as embeds:                             # doctest: +SKIP
-    ...     image = pipe(prompt_embeds=embeds, image=photo, num_inference_steps=30).images[0]
+    >>> with invert.installed("sketch.inst", pipe) as instruction:                        # doctest: +SKIP
+    ...     image = pipe(**instruction, image=photo, num_inference_steps=30).images[0]
     """
     inst = _load(instruction)
     editor = editor_of(pipe, inst.meta.base_model)
@@ -446,7 +460,8 @@ def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str |
     from .backbones.rows import Rows
 
     with method.in_pipeline(pipe):
-        yield method.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), editor.uncond).embeds.detach()
+        c = method.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), editor.uncond)
+        yield editor.pipeline_arguments(c.embeds.detach(), None if c.pooled is None else c.pooled.detach())
 
 
 def editor_of(pipe, model_id: str) -> Editor:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .backbones.model_info import resolve_model_path, where
+from .backbones.model_info import paired_clip, resolve_model_path, where
 from .errors import ModelLoadError
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -112,13 +112,15 @@ def _transformers_clip(name: str, device: torch.device) -> TransformersClip:
 
 
 def clip_name_for(clip_model: str | None, model: str | None) -> str:
-    """``clip_model`` if given; else the base model folder's own ``clip/`` (as the toy model has); else ViT-L/14."""
+    """``clip_model`` if given; else the base model folder's own ``clip/`` (as the toy model has), or the CLIP its
+    ``invert.json`` names (as the toy DiT does); else ViT-L/14."""
     if clip_model:
         return clip_model
     if model:
         folder = Path(resolve_model_path(model)) / "clip"
         if (folder / "config.json").exists():
             return str(folder)
+        return paired_clip(model) or DEFAULT_CLIP
     return DEFAULT_CLIP
 
 

@@ -33,7 +33,7 @@ def same_instruction(a: Instruction, b: Instruction):
     assert a.tensors.keys() == b.tensors.keys()
     for key in a.tensors:
         assert torch.equal(a.tensors[key], b.tensors[key]), key
-    assert replace(a.meta, fit_seconds=None) == replace(b.meta, fit_seconds=None)
+    assert replace(a.meta, fit_seconds=None, cost=None) == replace(b.meta, fit_seconds=None, cost=None)
 
 
 def test_resume_refuses_another_fit_but_allows_a_new_lr(editor, clip):

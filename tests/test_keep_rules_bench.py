@@ -25,8 +25,9 @@ def test_the_rules_pick_from_the_curve():
 def test_a_snapshot_is_the_state_the_curve_scored(editor, clip):
     """Step 2 of a 4-step trace is a 2-step fit's last state: the same held-out score and validation score."""
     options = {"steps": 4, "lr": 5e-2, "val_every": 2, "val_steps": 2, "init_text": "make it night"}
-    row = trace(editor, clip, "visii", "night", shots=8, n_val=2, log=lambda line: None, **options)
+    row = trace(editor, clip, "visii", "night", shots=8, n_val=2, log=lambda line: None, also_steps=(2,), **options)
     assert row["steps"] == [0, 2, 4] and len(row["truth"]) == len(row["held_out_rescored"]) == 3
+    assert row["held_out_at"]["2"] == pytest.approx(row["held_out"], abs=1e-4), "rescored as the fit scored"
     train, val = quality.edit_pairs("night", 8, 2, editor.resolution, test_seed=quality.VALIDATION_SEED)
     two = tiny_fit(editor, [b for b, _ in train], [a for _, a in train], "visii", clip=clip, keep="last",
                    guidance=3.0, **{**options, "steps": 2})

@@ -48,7 +48,7 @@ def same_instruction(a: Instruction, b: Instruction, same_seconds: bool = False)
     assert a.method == b.method and a.tensors.keys() == b.tensors.keys()
     for key, value in a.tensors.items():
         assert value.dtype == b.tensors[key].dtype and np.array_equal(value.numpy(), b.tensors[key].numpy()), key
-    seconds = {} if same_seconds else {"fit_seconds": None}
+    seconds = {} if same_seconds else {"fit_seconds": None, "cost": None}  # cost: seconds per phase
     assert dataclasses.replace(a.meta, **seconds) == dataclasses.replace(b.meta, **seconds)
 
 

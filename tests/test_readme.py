@@ -33,6 +33,12 @@ SKIPPED = {  # the start of an example -> why it is not run here
     ".venv/bin/invert ui": "a server that runs until stopped (tests/test_ui.py starts and drives it)",
     "hf download": "needs the Hugging Face hub",
     "invert fit pairs/ -o edit.inst --model ip2p": "needs the real IP2P weights (the hub)",
+    "invert fit pairs/ -o night.inst --model sdxl-ip2p": "needs SDXL InstructPix2Pix's real weights (the hub; "
+                                                         "tests/backbones/test_sdxl.py fits on tiny components)",
+    "invert apply night.inst photo.jpg -o out/ --model sdxl-ip2p": "needs SDXL InstructPix2Pix's real weights",
+    "invert fit pairs/ --model klein": "needs FLUX.2 [klein]'s real weights (the hub; "
+                                      "tests/backbones/test_flux2_klein.py fits on tiny components)",
+    "invert apply edit.inst photo.png -o out/ --steps 50": "an instruction fitted on FLUX.2 [klein]'s real weights",
     "invert import-visii": "needs the real IP2P weights and a file the official VISII code wrote "
                            "(tests/test_bad_inst.py imports one on the tiny model)",
     "torchrun": "one process per GPU (tests/test_fit_batch.py runs torchrun with two CPU processes)",
@@ -49,6 +55,14 @@ SKIPPED = {  # the start of an example -> why it is not run here
     "OMP_NUM_THREADS=1 python -m benchmarks.growth": "minutes; tests/test_bench_growth.py runs pairs, parts and "
                                                      "apply-batch on the tiny model (resolution has no test)",
     "python -m benchmarks.growth fit-batch": "a benchmark of minutes (tests/test_bench_growth.py runs it tiny)",
+    "OMP_NUM_THREADS=1 python -m benchmarks.selfcheck": "whole fit processes side by side, minutes "
+                                                        "(tests/test_fit_cost.py runs its measure and ranks small)",
+    "invert fit examples/toy/night/train -o f1000.inst": "a 1000-step fit whose denoiser rows the projection below "
+                                                         "reads (a fit's cost is tested in tests/test_fit_cost.py)",
+    "OMP_NUM_THREADS=1 python -m benchmarks speed --model random --resolution 512": "the full-size IP2P at 512 on the "
+                                                                                    "CPU: minutes a step",
+    "python -m benchmarks quality --model toy-dit": "the toy DiT's table: 16 minutes of CPU (tests/test_quality_bench.py "
+                                                    "runs the benchmark small)",
     "python -m benchmarks quality --shots 10": "the table at the defaults: hours of CPU (tests/test_quality_bench.py "
                                                "runs the benchmark small, and docs/reference.md's short lines run "
                                                "here)",
@@ -62,8 +76,13 @@ SKIPPED = {  # the start of an example -> why it is not run here
     "python -m benchmarks.visii_clip_rules": "minutes (tests/test_bench_faithfulness.py runs it on the tiny model)",
     "python -m benchmarks.pez_init": "PEZ at 3000 steps: minutes (tests/test_bench_faithfulness.py runs it on the toy "
                                      "CLIP)",
-    "python -m benchmarks.oracle": "minutes of sampling over 34 edits; no test runs it",
-    "python -m benchmarks.toy_train": "trains the toy model: an hour; no test runs it",
+    "python -m benchmarks.oracle": "minutes of sampling over the catalogue (tests/test_toy_dit.py runs the oracle on a "
+                                   "tiny klein folder, tests/test_toy_train.py on two edits)",
+    "python -m benchmarks.toy_train": "trains the toy model: an hour (tests/test_toy_train.py runs it a step a phase)",
+    "python -m benchmarks.toy_dit_train": "trains the toy DiT: 90 minutes (tests/test_toy_dit.py runs it a few steps "
+                                          "a phase)",
+    "OMP_NUM_THREADS=1 python -m benchmarks.keep_rules": "69 minutes (tests/test_keep_rules_bench.py tests its rules "
+                                                         "and its snapshot scoring on the tiny model)",
     "python examples/toy/make_examples.py": "rewrites examples/toy/ in the checkout (tests/test_toy_world.py checks "
                                             "write_pair_folder, which it calls)",
     "examples/apply_every_instruction.sh": "20 invert processes over the 4 toy sets, minutes; "
@@ -119,7 +138,7 @@ def test_the_skip_list_names_only_examples_the_pages_have():
 
 def test_quickstart_script_runs_the_next_block():
     script = (ROOT / "examples" / "quickstart.sh").read_text()
-    names = {"INVERT": "invert", "OUT": "quickstart-out", "PAIRS": "examples/toy/night"}  # the script's defaults
+    names = {"INVERT": "invert", "OUT": "quickstart-out", "PAIRS": "examples/toy/night", "MODEL": "toy"}  # its defaults
     commands = [re.sub(r'"\$(\w+)([^"]*)"', lambda m: names[m[1]] + m[2], line).replace(" --force", "")
                 for line in script.splitlines() if line.startswith('"$INVERT"')]
     block = next(lines for _, lines in README_BLOCKS if lines and lines[0].startswith("invert fit examples/toy/night/train"))

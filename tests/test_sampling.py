@@ -89,8 +89,9 @@ def test_an_installed_instruction_edits_inside_the_users_own_pipeline_call(edito
     expected = invert.apply(inst, [image], editor=editor, steps=3, guidance=4.0, fresh_noise=True, seed=5)[0]
     plain = editor.pipe(prompt="make it night", image=image, num_inference_steps=3, guidance_scale=4.0,
                         generator=torch.Generator().manual_seed(5)).images[0]
-    with invert.installed(inst, editor.pipe) as embeds:
-        mine = editor.pipe(prompt_embeds=embeds, image=image, num_inference_steps=3, guidance_scale=4.0,
+    with invert.installed(inst, editor.pipe) as arguments:
+        assert list(arguments) == ["prompt_embeds"], "IP2P's pipeline takes no pooled vector"
+        mine = editor.pipe(**arguments, image=image, num_inference_steps=3, guidance_scale=4.0,
                            generator=torch.Generator().manual_seed(5)).images[0]
     assert np.array_equal(np.asarray(mine), np.asarray(expected))
     assert not np.array_equal(np.asarray(plain), np.asarray(expected)), "the learned instruction must matter"

@@ -15,7 +15,6 @@ from benchmarks.speed import (
     FloorLoop,
     Ratio,
     ReferenceLoop,
-    _check_spread,
     interleaved,
     make_method,
     reference_loss,
@@ -147,13 +146,12 @@ def test_reference_autocast_computes_in_half_precision_with_fp32_weights(editor)
 
 
 def test_a_wide_spread_or_a_single_cycle_is_warned_about():
-    result = {"warnings": []}
-    _check_spread(result, "steady", Ratio([1.0, 1.02, 0.99, 1.01, 1.6]))  # one disturbed cycle: the IQR ignores it
-    assert result["warnings"] == []
-    _check_spread(result, "busy", Ratio([0.7, 1.0, 1.3, 0.8, 1.2]))
-    _check_spread(result, "once", Ratio([1.0]))
-    assert len(result["warnings"]) == 2 and result["warnings"][0].startswith("busy: the middle half of 5 cycles")
-    assert "one cycle" in result["warnings"][1]
+    steady = Ratio([1.0, 1.02, 0.99, 1.01, 1.6])  # one disturbed cycle: the interquartile range ignores it
+    assert steady.spread_warnings("steady") == []
+    busy = Ratio([0.7, 1.0, 1.3, 0.8, 1.2]).spread_warnings("busy")
+    assert len(busy) == 1 and busy[0].startswith("busy: the middle half of 5 cycles")
+    once = Ratio([1.0]).spread_warnings("once")
+    assert len(once) == 1 and "one cycle" in once[0]
 
 
 @pytest.fixture
@@ -248,3 +246,20 @@ def test_an_adapter_runs_its_three_rows_in_one_call(editor):
     finally:
         handle.remove()
     assert calls == [(3, True)] * 2
+
+
+@pytest.mark.bench
+def test_bench_speed_projects_a_fit_report(bench, tiny_model_dir, tmp_path):
+    cost = {"init_search": {"seconds": 1.0, "forward_rows": 30, "backward_rows": 0},
+            "training": {"seconds": 1.0, "forward_rows": 4, "backward_rows": 2},
+            "validation": {"seconds": 1.0, "forward_rows": 6, "backward_rows": 0}}
+    report = tmp_path / "fit.json"
+    report.write_text(json.dumps({"cost": cost}))
+    r = bench("--model", tiny_model_dir, *FAST, "--no-reference", "--no-floor", "--fit-report", report, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["projected_phase_seconds"]["training"] == pytest.approx(2 / out["steps_per_s"])
+    assert out["projected_checks_over_loop"] > 0
+    report.write_text("[1, 2]")
+    r = bench("--model", tiny_model_dir, *FAST, "--fit-report", report)
+    assert r.exit_code != 0 and "--fit-report" in r.output and "not the JSON object" in r.output

@@ -1,6 +1,7 @@
 """The toy DiT trainer (benchmarks/toy_dit_train.py) writes a folder Flux2KleinPipeline loads, and the hand loop
 the oracle samples with (benchmarks/klein_loop.py) is the pipeline's own, bit for bit."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,21 @@ def test_the_folder_is_a_klein_pipeline_with_its_text_settings(folder, pipe):
     assert info["training"]["transformer"]["steps"] == 2 and info["weights_mb"] < 30
     # the batch-norm statistics the pipeline normalizes latents with were set from the data, not left at 0 / 1
     assert pipe.vae.bn.running_var.ne(1).all() and pipe.vae.bn.running_mean.ne(0).any()
+
+
+def test_its_clip_is_the_toy_clip_it_names(folder, tmp_path):
+    """The folder names the toy IP2P's CLIP (the same world) in its invert.json, wherever the folder is, so
+    --init best and eval find a CLIP offline; a bad name is one error naming the file."""
+    from invert.backbones.model_info import toy_model_path
+    from invert.clip import clip_name_for
+    from invert.errors import ModelLoadError
+
+    assert Path(clip_name_for(None, str(folder))) == (toy_model_path("toy") / "clip").resolve()
+    assert clip_name_for("open_clip:ViT-B-32/openai", str(folder)) == "open_clip:ViT-B-32/openai"
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "invert.json").write_text(json.dumps({"clip": 3}))
+    with pytest.raises(ModelLoadError, match=r"invert.json: 'clip' should be"):
+        clip_name_for(None, str(tmp_path))
 
 
 def test_reuse_trains_the_transformer_only(folder, pipe, tmp_path):
@@ -86,6 +102,9 @@ def test_the_oracle_reads_a_klein_folder(folder):
                                     edits=["night", "circle_red", "dusk"])
     assert result["settings"] == ["1", "3"] and set(result["means"]) == {"global", "local", "hard"}
     assert "target_gain" not in result["means"]["hard"]  # the targets are the catalogue's
+    means, rows = result["means"], result["rows"]  # dusk is a global look, but a held-out edit: not a global mean's
+    assert means["global"]["no_edit"] == rows["night"]["no_edit"]
+    assert means["hard"]["no_edit"] == rows["dusk"]["no_edit"]
     assert "mean hard" in oracle.format_table(result)
     with pytest.raises(InvertError, match="one guidance scale"):
         oracle.evaluate_oracle(folder, n=1, guidances=((7.5, 1.5),), steps=1, edits=["night"])

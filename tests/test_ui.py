@@ -28,13 +28,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, model: str = "toy"):
         self.cwd, self.tmp = work / "cwd", work / "tmp"
         self.cwd.mkdir()
         self.tmp.mkdir()
         self.log = work / "server.log"
         env = {**os.environ, "TMPDIR": str(self.tmp), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "invert.cli", "ui", "--model", "toy", "--port",
+        self.proc = subprocess.Popen([sys.executable, "-m", "invert.cli", "ui", "--model", model, "--port",
                                       str(free_port())], cwd=self.cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=self.log.open("w"), text=True)
         self.banner = self._wait_for_banner()
@@ -76,7 +76,7 @@ def client(server):
 
 
 def fit_args(source="Exemplar folder", folder=str(NIGHT / "train"), befores=None, afters=None, method="brush",
-             steps=10, preview_every=0, init_text="make it night", **settings):
+             steps=10, preview_every=0, init_text="make it night", model="toy", **settings):
     """/fit's inputs in order: pairs (source, folder, befores, afters, held-out), method, preview every, then every
     fit setting as the page shows it for the toy model and ``method`` (the model's own defaults, else the
     library's), ``steps``, ``init_text`` and ``settings`` changed. An init text unless one asks for none: an empty
@@ -85,7 +85,7 @@ def fit_args(source="Exemplar folder", folder=str(NIGHT / "train"), befores=None
     from invert.ui.backend import FIT_RULES
     from invert.ui.controls import shown
 
-    values = ({r.name: r.default for r in FIT_RULES} | model_defaults("toy", method, {})
+    values = ({r.name: r.default for r in FIT_RULES} | model_defaults(model, method, {})
               | {"steps": steps, "init_text": init_text} | settings)
     return (source, folder, befores, afters, None, method, preview_every,
             *(shown(r, values[r.name]) for r in FIT_RULES))
@@ -222,6 +222,29 @@ def test_stop_keeps_the_state_and_resume_finishes(server, client, fitted):
     assert Instruction.load(inst_file).meta.steps == 60
 
 
+def test_the_web_app_fits_and_applies_on_the_toy_dit(tmp_path_factory):
+    """The web app on the other toy model, the toy DiT (a FLUX.2 [klein] editor, issue 29): a fit through its API
+    starts from the model's own defaults (klein's text guidance) and its result edits an uploaded image."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from invert.instruction import Instruction
+
+    server = Server(tmp_path_factory.mktemp("ui-dit"), model="toy-dit")
+    try:
+        client = Client(server.url, verbose=False, download_files=str(server.cwd.parent / "downloads"))
+        status, _, _, inst_file, *_ = client.predict(*fit_args(method="visii", steps=2, model="toy-dit"),
+                                                     api_name="/fit")
+        assert "done: night-visii" in status
+        inst = Instruction.load(inst_file)
+        assert inst.meta.backbone == "flux2-klein" and inst.meta.steps == 2
+        image = sorted((NIGHT / "test" / "before").iterdir())[0]
+        _, _, files = client.predict(*apply_args([handle_file(inst_file)], [handle_file(image)]), api_name="/apply")
+        assert Image.open(files[0]).size == Image.open(image).size
+    finally:
+        server.stop()
+
+
 def test_api_apply(client, fitted):
     from gradio_client import handle_file
     from PIL import Image
@@ -261,7 +284,7 @@ def test_the_web_app_fits_as_invert_fit_does(client, run, tmp_path):
     assert r.exit_code == 0, r.output
     web, cli = Instruction.load(inst_file), Instruction.load(tmp_path / "cli.inst")
     assert web.meta.model_defaults == {"lr": 0.03, "guidance": 3.0}
-    assert replace(web.meta, fit_seconds=None) == replace(cli.meta, fit_seconds=None)
+    assert replace(web.meta, fit_seconds=None, cost=None) == replace(cli.meta, fit_seconds=None, cost=None)
     assert web.tensors.keys() == cli.tensors.keys()
     for key in web.tensors:
         assert torch.equal(web.tensors[key], cli.tensors[key]), key

@@ -228,6 +228,9 @@ def test_fit_json_and_fit_batch_name_the_fits_that_fail_their_check(tiny_model_d
     assert report["fit_check"].startswith("fit check: the kept state scores") and "Try " in report["fit_check"]
     assert [s for s, _ in report["validation"]["curve"]] == [0, 1, 2] and report["validation"]["pairs"] == "train"
     assert f"warning: {report['fit_check']}" in r.stderr
+    # its cost: 3 scores (start, steps 1 and 2) of 2 sampling steps on the 3 pairs, 3 guidance rows each
+    cost = report["cost"]
+    assert cost["validation"]["forward_rows"] == 3 * 2 * 3 * 3 and cost["init_search"]["forward_rows"] == 0
     saved = Instruction.load(tmp_path / "same.inst").meta
     assert saved.validation == report["validation"] and saved.fit_check == report["fit_check"]
 

@@ -186,6 +186,19 @@ class Editor:
         raise NotImplementedError
 
     @classmethod
+    def pipeline_arguments(cls, embeds: torch.Tensor, pooled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """An instruction's token sequence (and its pooled vector, which only the encodings of pipelines that take
+        one have) as keyword arguments of this architecture's diffusers pipeline call: ``pipe(**arguments,
+        image=...)`` conditions as invert does."""
+        return {"prompt_embeds": embeds, **({} if pooled is None else {"pooled_prompt_embeds": pooled})}
+
+    @classmethod
+    def pipeline_guidance(cls, guidance: float, image_guidance: float) -> dict[str, float]:
+        """invert's guidance scales as keyword arguments of the pipeline call (a pipeline without image guidance
+        takes the text scale alone)."""
+        return {"guidance_scale": guidance}
+
+    @classmethod
     def save_lora(cls, folder: str, layers: dict[str, torch.Tensor], config: dict, weight_name: str) -> None:
         """Write a LoRA of the denoiser (peft's state-dict names, without the prefix) with the pipeline's own
         ``save_lora_weights``, so ``pipe.load_lora_weights`` loads it with its rank and alpha."""
@@ -199,6 +212,13 @@ class Editor:
 
     def text_modules(self) -> list[torch.nn.Module]:
         """The text encoders."""
+        raise NotImplementedError
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """The denoiser's modules a LoRA adapts unless ``--lora-targets`` says otherwise: its attention
+        projections, named (as peft matches them: a module's name or the end of it after a dot) as diffusers' LoRA
+        training scripts for the architecture target them."""
         raise NotImplementedError
 
     @classmethod

@@ -71,6 +71,13 @@ class FluxEditor(Editor):
         return self.pipe.transformer
 
     @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """The attention projections of both streams: the image tokens' (to_q, to_k, to_v, to_out.0) and the
+        text tokens' of double-stream blocks (add_q_proj, add_k_proj, add_v_proj, to_add_out), which read and
+        write the instruction (diffusers' FLUX.1 and Kontext LoRA scripts, less their feed-forward layers)."""
+        return ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+    @property
     def resolution(self) -> int:
         """The image size the model was trained at: its VAE config's sample size (1024 for the FLUX models)."""
         size = self.vae.config.sample_size

@@ -85,6 +85,14 @@ class Flux2Klein(FluxEditor):
         return [pipe.transformer, pipe.text_encoder]
 
     @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """Also the single-stream blocks' attention, which is fused: its input projection (queries, keys, values
+        and the feed-forward input in one Linear) and its output, named block by block (a double-stream block's
+        ``attn.to_out`` is a ModuleList peft cannot adapt), as diffusers' klein LoRA script targets them."""
+        single = [f"single_transformer_blocks.{i}.attn.to_out" for i in range(self.transformer.config.num_single_layers)]
+        return (*super().lora_targets, "to_qkv_mlp_proj", *single)
+
+    @property
     def is_distilled(self) -> bool:
         return bool(self.pipe.config.is_distilled)
 

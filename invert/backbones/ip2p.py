@@ -35,6 +35,9 @@ def is_guided(guidance: float, image_guidance: float) -> bool:
 THREE_ROWS = [Group(text=True, image=True), Group(text=False, image=True), Group(text=False, image=False)]
 
 
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+
+
 class InstructPix2Pix(Editor):
     name = "ip2p"
     pipeline_classes = ("StableDiffusionInstructPix2PixPipeline",)
@@ -80,6 +83,10 @@ class InstructPix2Pix(Editor):
         return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
 
     @classmethod
+    def pipeline_guidance(cls, guidance: float, image_guidance: float) -> dict[str, float]:
+        return {"guidance_scale": guidance, "image_guidance_scale": image_guidance}
+
+    @classmethod
     def save_lora(cls, folder: str, layers: dict[str, torch.Tensor], config: dict, weight_name: str) -> None:
         cls.pipeline_type().save_lora_weights(folder, unet_lora_layers=layers, weight_name=weight_name,
                                               unet_lora_adapter_metadata=config)
@@ -95,6 +102,11 @@ class InstructPix2Pix(Editor):
 
     def text_modules(self) -> list[torch.nn.Module]:
         return [self.pipe.text_encoder]
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """Every attention projection of the UNet, self- and cross-attention (diffusers' SD and SDXL scripts)."""
+        return UNET_ATTENTION
 
     @classmethod
     def fingerprinted(cls, pipe) -> list[torch.nn.Module]:

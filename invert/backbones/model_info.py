@@ -123,6 +123,25 @@ def pipeline_settings(model: str) -> dict[str, Any]:
     return settings
 
 
+def paired_clip(model: str) -> str | None:
+    """The CLIP model a model folder names as its own (the ``clip`` of its ``invert.json``: a hub id, or a folder,
+    relative to the model's folder; the toy DiT names the toy IP2P's toy CLIP, trained on the same world), or
+    None."""
+    path = model_file(model, DEFAULTS_FILE)
+    if path is None:
+        return None
+    try:
+        name = json.loads(path.read_text()).get("clip")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{path}: not a valid {DEFAULTS_FILE} ({exc})") from None
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError(f"{path}: 'clip' should be the name or folder of a CLIP model")
+    folder = path.parent / name
+    return str(folder.resolve()) if folder.is_dir() else name
+
+
 def fit_defaults(model: str) -> dict[str, Any]:
     """The fit options a model's folder recommends for itself, from the ``fit`` object of its ``invert.json``
     (the toy model's: a higher learning rate and a lower text guidance than IP2P's)."""

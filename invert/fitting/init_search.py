@@ -22,7 +22,7 @@ from .validation import Validation
 @dataclass(frozen=True)
 class InitChoice:
     """The chosen text, the phrase search's result (recorded in the file) and, when candidates were compared, their
-    scores: ``{"no_edit": dB, "texts": {text: dB}}``."""
+    scores: ``{"no_edit": dB, "texts": {text: dB}, "steps": sampling steps of each score}``."""
 
     text: str
     phrases: PhraseChoice | None = None
@@ -52,10 +52,11 @@ def choose_init(editor: Editor, cls: type[Method], settings: FitSettings, method
     if not texts and init_mode(cls, settings) == "best" and clip is not None:
         texts, found = init_candidates(clip, settings.vocab, editor.model_id, befores, afters, settings)
     if texts:
-        scorer = Validation.of_fit(editor, befores, afters, settings)
+        scorer = Validation.of_fit(editor, befores, afters, settings, settings.best_val_steps)
         scores = {t: scorer.score(cls.initialize(editor, editor.encode_text([t]), t, method_settings, settings.seed))
                   for t in texts}
-        return InitChoice(best_text(scores, scorer.no_edit), found, {"no_edit": scorer.no_edit, "texts": scores})
+        return InitChoice(best_text(scores, scorer.no_edit), found, {"no_edit": scorer.no_edit, "texts": scores,
+                                                                     "steps": scorer.steps})
     text, found = initial_text(own_init(cls, settings), settings.vocab, clip, editor.model_id, befores, afters,
                                settings, pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens,
                                seed=settings.seed)

@@ -55,10 +55,10 @@ class Validation:
         self.no_edit = float(psnr(as_tensor(befores), self.truth).mean())  # doing nothing scores this
 
     @classmethod
-    def of_fit(cls, editor: Editor, befores: list[Image.Image], afters: list[Image.Image], settings: FitSettings
-               ) -> "Validation":
-        """The score a fit with ``settings`` uses: its validation steps, guidance and seed."""
-        return cls(editor, befores, afters, steps=settings.val_steps, guidance=settings.guidance,
+    def of_fit(cls, editor: Editor, befores: list[Image.Image], afters: list[Image.Image], settings: FitSettings,
+               steps: int | None = None) -> "Validation":
+        """The score a fit with ``settings`` uses: its validation steps (or ``steps``), guidance and seed."""
+        return cls(editor, befores, afters, steps=steps or settings.val_steps, guidance=settings.guidance,
                    image_guidance=settings.image_guidance, seed=settings.seed)
 
     def score(self, method: Method, installed: bool = False) -> float:

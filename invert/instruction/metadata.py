@@ -59,6 +59,8 @@ class Metadata(Checked):
     model_defaults: dict | None = option(None, "The settings that came from the model folder's invert.json.")
     validation: dict | None = option(None, "The held-out pairs and the validation curve.")
     init_scores: dict | None = option(None, "Each init candidate's validation score.")
+    cost: dict | None = option(None, "Per phase of the fit (init_search, training, validation): seconds and denoiser "
+                                     "rows, forward-only and forward+backward (a resumed fit's: since it resumed).")
     kept_step: int | None = option(None, "The step whose state the file keeps.", minimum=0)
     fit_check: str | None = option(None, "The fit's self-check warning, if it gave one.")
     imported_from: str | None = option(None, "The official VISII file it was imported from.")

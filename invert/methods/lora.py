@@ -93,12 +93,13 @@ class Lora(Method):
         """peft's initialization (A Kaiming-uniform, B zero: the adapter starts as the identity edit), drawn on
         the CPU from ``seed`` so every device starts from the same adapter."""
         alpha = settings.lora_alpha or settings.lora_rank
+        targets = settings.lora_targets or editor.lora_targets  # recorded in the file: it loads on any version
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            with adapter(editor, lora_config(settings.lora_rank, alpha, settings.lora_targets)) as state:
+            with adapter(editor, lora_config(settings.lora_rank, alpha, targets)) as state:
                 weights = {k: v.detach().float().clone() for k, v in state.items()}
-        return cls(editor, init.embeds, weights, settings.lora_rank, alpha, settings.lora_targets, init_text,
-                   settings.lora_reverse, pooled=init.pooled)
+        return cls(editor, init.embeds, weights, settings.lora_rank, alpha, targets, init_text, settings.lora_reverse,
+                   pooled=init.pooled)
 
     def weight(self, key: str) -> nn.Parameter:
         return self.weights[_key(key)]

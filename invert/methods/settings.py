@@ -14,8 +14,6 @@ from ..settings import option
 from ..settings.fields import Checked
 from ..settings.limits import MAX_TOKENS, MAX_WEIGHT
 
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection, as diffusers' LoRA scripts
-
 
 def tokens_option():
     """One option of visii and brush alike."""
@@ -47,8 +45,11 @@ class LoraSettings(Checked):
     lora_rank: int = option(4, "lora: adapter rank.", minimum=1, maximum=1024)
     lora_alpha: float | None = option(None, "lora: scale numerator (scale = alpha / rank); default: the rank.",
                                       above=0, maximum=1024.0)
-    lora_targets: tuple[str, ...] = option(DEFAULT_LORA_TARGETS, "lora: UNet module names the adapter goes on "
-                                                                 "(comma-separated).", metavar="NAMES")
+    lora_targets: tuple[str, ...] = option((), "lora: the denoiser's module names the adapter goes on (peft's "
+                                               "matching); default: the model's attention projections (IP2P, SDXL: "
+                                               "to_q, to_k, to_v, to_out.0; FLUX also the text stream's add_*_proj "
+                                               "and to_add_out, and klein's fused single-stream ones).",
+                                           metavar="NAMES")
     lora_reverse: Literal["swap", "both", "off"] = option(
         "swap", "lora: LoRA Reverse, -Delta editing after -> before: the pair order exchanged at random each step "
                 "(swap), both directions every step, or off.")

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..backbones import Editor, TextEncoding
+from ..backbones import Editor, TextEncoding, backbone_class
 from ..backbones.rows import Rows
 from ..clip import Clip
 from ..errors import InstructionFileError, InvertError
@@ -28,8 +28,8 @@ class Visii(Method):
     name = "visii"
     has_official_code = True
     default_grad_clip = "abs"
-    exports = {"embeds": "the prompt embedding (1, 77, width) as a safetensors file for a plain diffusers "
-                         "pipeline's prompt_embeds"}
+    exports = {"embeds": "the prompt embedding (1, positions, width), and the pooled vector where the model takes "
+                         "one, as a safetensors file of a plain diffusers pipeline call's keyword arguments"}
 
     def __init__(self, editor: Editor, init: torch.Tensor, eos: int, learned: torch.Tensor | None = None,
                  settings: VisiiSettings = VisiiSettings(), pooled: torch.Tensor | None = None,
@@ -61,6 +61,10 @@ class Visii(Method):
     @property
     def num_tokens(self) -> int:
         return self.eos - self.start
+
+    def extra_meta(self) -> dict:
+        """Where the learned tokens start (klein's depends on its tokenizer), so that an export needs no model."""
+        return {"start": self.start}
 
     def prompt_embeds(self) -> torch.Tensor:
         return torch.cat([self.init[:, :self.start], self.learned, self.init[:, self.eos:]], dim=1)
@@ -149,17 +153,23 @@ class Visii(Method):
 
     @classmethod
     def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
-        """``embeds``: the whole prompt embedding (1, 77, width) as ``prompt_embeds`` in a safetensors file, and
-        the pooled vector as ``pooled_prompt_embeds`` where the model takes one (SDXL), for
-        ``pipe(**load_file(path), image=...)`` of any pipeline of the same base model."""
+        """``embeds``: the whole prompt embedding (1, positions, width), and the pooled vector where the model
+        takes one (SDXL, FLUX.1 Kontext), as the pipeline call's keyword arguments (the backbone's
+        :meth:`~invert.backbones.Editor.pipeline_arguments`) in a safetensors file, for
+        ``pipe(**load_file(path), image=...)`` of any pipeline of the same base model; its metadata: the fit's
+        guidance as the pipeline's arguments."""
         if kind != "embeds" or reverse:
             super().export(kind if not reverse else f"{kind} --reverse", tensors, meta, path)
+        backbone = backbone_class(meta.backbone)
         init, learned = tensors["visii.init"].float(), tensors["visii.learned"].float()
-        embeds = torch.cat([init[:, :1], learned, init[:, learned.shape[1] + 1:]], dim=1)
+        start = (meta.extra or {}).get("start", backbone.instruction_start)
+        if not isinstance(start, int):  # a file from before instructions recorded it, of a model whose start varies
+            raise InvertError(f"this {meta.backbone} instruction does not record where its learned tokens start "
+                              "(fitted by an older invert): use invert.installed(instruction, pipe) instead")
+        embeds = torch.cat([init[:, :start], learned, init[:, learned.shape[1] + start:]], dim=1)
         pooled = tensors.get("visii.pooled", tensors.get("visii.init_pooled"))
-        arguments = {"prompt_embeds": embeds.contiguous(),
-                     **({} if pooled is None else {"pooled_prompt_embeds": pooled.float().contiguous()})}
-        save_file(arguments, str(Path(path)),
+        arguments = backbone.pipeline_arguments(embeds, None if pooled is None else pooled.float())
+        guidance = backbone.pipeline_guidance(meta.text_guidance, meta.image_guidance)
+        save_file({k: v.contiguous() for k, v in arguments.items()}, str(Path(path)),
                   metadata={"format": EMBEDS_FORMAT, "base_model": meta.base_model,
-                            "guidance_scale": str(meta.text_guidance),
-                            "image_guidance_scale": str(meta.image_guidance)})
+                            **{k: str(v) for k, v in guidance.items()}})

@@ -7,7 +7,7 @@ from typing import Literal
 
 from ..errors import InvertError
 from .fields import Checked, option
-from .limits import MAX_FIT_STEPS, MAX_TOKENS
+from .limits import MAX_FIT_STEPS, MAX_SAMPLING_STEPS, MAX_TOKENS
 
 DEFAULT_TEMPLATE = "turn {p_x} into {p_y}"
 
@@ -33,6 +33,9 @@ class InitSettings(Checked):
                 "from it.")
     encoder_file: str = option("", "--init encoder: the edit encoder file; empty: the one the model's folder ships "
                                    "for the method.", metavar="FILE")
+    best_val_steps: int | None = option(
+        None, "--init best (and several --init-text): sampling steps of each candidate's score on the exemplars "
+              "(fixed noise: the fit's seed). Default: --val-steps.", minimum=1, maximum=MAX_SAMPLING_STEPS)
     phrases_top: int = option(5, "--init phrases (and best): phrases kept per image.", minimum=1, maximum=1000,
                               aliases=("top",))
     phrases_threshold: float = option(0.15, "--init phrases (and best): drop a side whose |sensitivity| is below "

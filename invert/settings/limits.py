@@ -56,7 +56,8 @@ class ModelLimits:
 
 
 # The fit's settings a model limits, by name: which of its limits applies.
-MODEL_LIMITED = {"tokens": "tokens", "pez_tokens": "tokens", "resolution": "resolution", "val_steps": "sampling_steps"}
+MODEL_LIMITED = {"tokens": "tokens", "pez_tokens": "tokens", "resolution": "resolution", "val_steps": "sampling_steps",
+                 "best_val_steps": "sampling_steps"}
 
 
 __all__ = ["GUIDANCE_WHY", "MAX_FIT_STEPS", "MAX_GUIDANCE", "MAX_RESOLUTION", "MAX_SAMPLING_STEPS", "MAX_SEED",

@@ -12,6 +12,7 @@ import torch
 from conftest import make_trainer, scene, tiny_fit
 
 import invert
+from invert.api import load_method
 from invert.backbones.base import KV_ARGUMENT, Conditioning
 from invert.backbones.flux_attention import Capture
 from invert.backbones.rows import Rows
@@ -172,6 +173,36 @@ def check_saved_loaded_mixed_and_applied(editor, method: str, tmp_path: Path):
     assert np.abs(pixels(zero) - pixels(invert.apply(initial, [image], editor=editor, steps=2)[0])).max() <= 1
 
 
+def check_installed_and_exported_embeds_edit_as_apply(editor, pipe, tmp_path: Path, **call):
+    """A fitted visii instruction (tokens, and Kontext's pooled vector, learned) through the Python API's hand-off
+    to the user's own pipeline: invert.installed's keyword arguments and export-embeds' file, each called as
+    ``pipe(**arguments, image=...)``, edit as invert's apply does; the pipeline's own prompt does not."""
+    from safetensors.torch import load_file
+
+    from invert.methods.visii import Visii
+
+    inst = fit(editor, "visii", steps=3, lr=LEARNING_RATES["visii"])
+    learned = load_method(inst, editor)
+    image = scene(9, 64)
+    ours = invert.apply(inst, [image], editor=editor, steps=3, fresh_noise=True, seed=4)[0]
+    run = dict(image=image, num_inference_steps=3, guidance_scale=inst.meta.text_guidance, **call)
+    with invert.installed(inst, pipe) as arguments:
+        theirs = pipe(**arguments, **run, generator=torch.Generator().manual_seed(4)).images[0]
+    assert set(arguments) == ({"prompt_embeds"} | ({"pooled_prompt_embeds"} if editor.learns_pooled else set()))
+    if editor.learns_pooled:
+        init = editor.encode_text(["make it night"]).pooled
+        assert torch.equal(arguments["pooled_prompt_embeds"], learned.pooled_vector().to(editor.dtype))
+        assert not torch.equal(arguments["pooled_prompt_embeds"], init), "the learned pooled vector, not the init's"
+    assert np.array_equal(pixels(ours), pixels(theirs))
+    Visii.export("embeds", inst.tensors, inst.meta, tmp_path / "embeds.safetensors")
+    exported = load_file(tmp_path / "embeds.safetensors")
+    assert exported.keys() == arguments.keys()
+    from_file = pipe(**exported, **run, generator=torch.Generator().manual_seed(4)).images[0]
+    assert np.array_equal(pixels(ours), pixels(from_file))
+    plain = pipe(prompt="make it night", **run, generator=torch.Generator().manual_seed(4)).images[0]
+    assert not np.array_equal(pixels(plain), pixels(ours)), "the learned instruction matters"
+
+
 def check_routes_compute_what_the_layers_do(editor):
     """With the routes installed, a call is the layers' own computation; a brush instruction holding the K/V the
     layers compute in this very call changes nothing, other K/V change the result, on the conditional rows only."""
@@ -233,6 +264,21 @@ def check_low_memory_computes_the_same_gradients(editor):
         editor.set_low_memory(False)
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+DOUBLE_STREAM_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def check_lora_adapts_the_attention(editor, expected: set[str]):
+    """A LoRA fit with the default targets adapts exactly ``expected`` (the attention projections of both streams)
+    and trains each of them (peft's B starts at zero), and the file records the targets it was fitted with."""
+    inst = fit(editor, "lora", steps=3, lr=LEARNING_RATES["lora"])
+    prefix = editor.lora_prefix
+    trained = {k[len(prefix):].rpartition(".lora_")[0]: v for k, v in inst.tensors.items()
+               if k.startswith(prefix) and ".lora_B." in k}
+    assert set(trained) == expected
+    assert all(v.abs().sum() > 0 for v in trained.values()), [k for k, v in trained.items() if not v.abs().sum()]
+    assert inst.meta.extra["targets"] == list(editor.lora_targets)
 
 
 def check_lora_export_loads_in_diffusers(editor, pipe, tmp_path: Path, guidance: float, **call):

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import scene
-from flux_checks import (KLEIN_TEXT, check_fitting_lowers_the_loss_and_moves_only_the_learned_state,
-                         check_full_size_configs, check_lora_export_loads_in_diffusers,
-                         check_low_memory_computes_the_same_gradients, check_reverse_and_hybrid,
-                         check_routes_compute_what_the_layers_do, check_saved_loaded_mixed_and_applied,
-                         check_text_kv_follow_the_timestep, check_untrained_apply_is_the_pipeline, fit, pixels, save,
-                         tiny_klein)
+from flux_checks import (DOUBLE_STREAM_ATTENTION, KLEIN_TEXT,
+                         check_fitting_lowers_the_loss_and_moves_only_the_learned_state, check_full_size_configs,
+                         check_installed_and_exported_embeds_edit_as_apply, check_lora_adapts_the_attention,
+                         check_lora_export_loads_in_diffusers, check_low_memory_computes_the_same_gradients,
+                         check_reverse_and_hybrid, check_routes_compute_what_the_layers_do,
+                         check_saved_loaded_mixed_and_applied, check_text_kv_follow_the_timestep,
+                         check_untrained_apply_is_the_pipeline, fit, pixels, save, tiny_klein)
 
 import invert
 from invert.backbones import load_editor
@@ -102,13 +103,47 @@ def test_a_brush_instruction_in_a_users_own_pipeline_edits_as_apply(klein, pipe)
     inst = fit(klein, "brush", steps=3, lr=5e-2, parts=2)
     image = scene(9, 64)
     ours = invert.apply(inst, [image], editor=klein, steps=3, fresh_noise=True, seed=4)[0]
-    with invert.installed(inst, pipe) as embeds:
-        theirs = pipe(image=image, prompt_embeds=embeds, num_inference_steps=3, guidance_scale=inst.meta.text_guidance,
-                      generator=torch.Generator().manual_seed(4), **CALL).images[0]
-    plain = pipe(image=image, prompt_embeds=embeds, num_inference_steps=3, guidance_scale=inst.meta.text_guidance,
-                 generator=torch.Generator().manual_seed(4), **CALL).images[0]
+    run = dict(image=image, num_inference_steps=3, guidance_scale=inst.meta.text_guidance, **CALL)
+    with invert.installed(inst, pipe) as arguments:
+        theirs = pipe(**arguments, **run, generator=torch.Generator().manual_seed(4)).images[0]
+    plain = pipe(**arguments, **run, generator=torch.Generator().manual_seed(4)).images[0]
     assert np.array_equal(pixels(ours), pixels(theirs))
     assert not np.array_equal(pixels(plain), pixels(theirs)), "the learned K/V matter"
+
+
+def test_installed_and_exported_embeds_edit_as_apply(klein, pipe, tmp_path):
+    check_installed_and_exported_embeds_edit_as_apply(klein, pipe, tmp_path, **CALL)
+
+
+def test_the_export_hint_names_the_pipelines_own_arguments(klein, tmp_path, run):
+    """klein's pipeline has no image guidance: the call export-lora suggests is one its pipeline takes."""
+    inst = fit(klein, "lora", steps=0)
+    inst.save(tmp_path / "a.inst")
+    r = run("export-lora", tmp_path / "a.inst", "-o", tmp_path / "a.safetensors")
+    assert r.exit_code == 0, r.output
+    assert f"image=..., guidance_scale={inst.meta.text_guidance}) as it was fitted" in r.output, r.output
+
+
+def test_a_default_lora_adapts_the_attention_of_both_streams(klein):
+    """klein's single-stream attention is fused (queries, keys, values and the feed-forward input in one
+    projection): the default LoRA adapts it and its output too, as diffusers' klein LoRA script does."""
+    check_lora_adapts_the_attention(klein, {f"transformer_blocks.0.attn.{n}" for n in DOUBLE_STREAM_ATTENTION}
+                                    | {f"single_transformer_blocks.0.attn.{n}" for n in ("to_qkv_mlp_proj", "to_out")})
+
+
+def test_a_visii_file_that_does_not_say_where_its_tokens_start_is_not_exported(klein, tmp_path, run):
+    """klein's first instruction position depends on its tokenizer's chat template: a file from before visii
+    recorded it cannot be exported without the model (one line, nothing written)."""
+    from dataclasses import replace
+
+    from conftest import messages
+
+    inst = fit(klein, "visii", steps=0)
+    assert inst.meta.extra == {"start": klein.instruction_start}
+    invert.Instruction("visii", inst.tensors, replace(inst.meta, extra=None)).save(tmp_path / "old.inst")
+    r = run("export-embeds", tmp_path / "old.inst", "-o", tmp_path / "e.safetensors")
+    assert r.exit_code == 1 and len(messages(r.output)) == 1, r.output
+    assert "does not record where its learned tokens start" in r.output and not (tmp_path / "e.safetensors").exists()
 
 
 def test_the_lora_export_loads_in_plain_diffusers(klein, pipe, tmp_path):
@@ -123,6 +158,12 @@ def test_the_full_size_configs_are_klein_base_4b():
     pipe = check_full_size_configs(Flux2Klein, KLEIN_CONFIGS, {"transformer": 3_875_544_576, "vae": 84_046_115,
                                                                "text_encoder": 4_022_468_096})
     assert not pipe.config.is_distilled and pipe.transformer.config.joint_attention_dim == 3 * 2560
+    # the default LoRA's targets, matched as peft matches them: every attention Linear of the 5 double-stream
+    # blocks (8 each) and of the 20 single-stream blocks (2 each), and nothing peft cannot adapt
+    targets = Flux2Klein(pipe, "klein-4b", torch.device("meta"), torch.float32, fingerprint="meta").lora_targets
+    matched = [m for name, m in pipe.transformer.named_modules()
+               if any(name == t or name.endswith("." + t) for t in targets)]
+    assert len(matched) == 5 * 8 + 20 * 2 and all(isinstance(m, torch.nn.Linear) for m in matched)
 
 
 def test_the_command_line_fits_and_applies_with_the_architectures_defaults(run, klein_dir, pairs_dir, tmp_path):

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import scene
-from flux_checks import (KONTEXT_TEXT, check_fitting_lowers_the_loss_and_moves_only_the_learned_state,
-                         check_full_size_configs, check_lora_export_loads_in_diffusers,
-                         check_low_memory_computes_the_same_gradients, check_reverse_and_hybrid,
-                         check_routes_compute_what_the_layers_do, check_saved_loaded_mixed_and_applied,
-                         check_text_kv_follow_the_timestep, check_untrained_apply_is_the_pipeline, fit, pixels, save,
-                         tiny_kontext)
+from flux_checks import (DOUBLE_STREAM_ATTENTION, KONTEXT_TEXT,
+                         check_fitting_lowers_the_loss_and_moves_only_the_learned_state, check_full_size_configs,
+                         check_installed_and_exported_embeds_edit_as_apply, check_lora_adapts_the_attention,
+                         check_lora_export_loads_in_diffusers, check_low_memory_computes_the_same_gradients,
+                         check_reverse_and_hybrid, check_routes_compute_what_the_layers_do,
+                         check_saved_loaded_mixed_and_applied, check_text_kv_follow_the_timestep,
+                         check_untrained_apply_is_the_pipeline, fit, pixels, save, tiny_kontext)
 
 import invert
-from invert.api import editor_of, load_method
 from invert.backbones import load_editor
 from invert.backbones.flux_kontext import KONTEXT_CONFIGS, FluxKontext
 from invert.backbones.rows import Rows
@@ -98,21 +98,28 @@ def test_low_memory_computes_the_gradients_of_a_plain_fit(kontext):
 
 
 def test_a_brush_instruction_in_a_users_own_pipeline_edits_as_apply(kontext, pipe):
-    """Kontext calls its transformer once per step, on the prompt: every call gets the instruction's K/V. (The
-    pipeline needs the pooled vector besides the tokens, which ``invert.installed`` does not yield.)"""
+    """Kontext calls its transformer once per step, on the prompt: every call gets the instruction's K/V; the
+    pipeline also needs the pooled vector, which invert.installed's arguments carry."""
     inst = fit(kontext, "brush", steps=3, lr=5e-2, parts=2)
     image = scene(9, 64)
     ours = invert.apply(inst, [image], editor=kontext, steps=3, fresh_noise=True, seed=4)[0]
-    user = editor_of(pipe, inst.meta.base_model)  # what invert.installed does with a user's pipeline
-    method = load_method(inst, user)
-    c = method.conditioning(Rows.uniform(torch.zeros(1), True), user.uncond)
-    call = dict(image=image, prompt_embeds=c.embeds, pooled_prompt_embeds=c.pooled, num_inference_steps=3,
-                guidance_scale=inst.meta.text_guidance, **CALL)
-    with method.in_pipeline(pipe):
-        theirs = pipe(**call, generator=torch.Generator().manual_seed(4)).images[0]
-    plain = pipe(**call, generator=torch.Generator().manual_seed(4)).images[0]
+    run = dict(image=image, num_inference_steps=3, guidance_scale=inst.meta.text_guidance, **CALL)
+    with invert.installed(inst, pipe) as arguments:
+        theirs = pipe(**arguments, **run, generator=torch.Generator().manual_seed(4)).images[0]
+    plain = pipe(**arguments, **run, generator=torch.Generator().manual_seed(4)).images[0]
     assert np.array_equal(pixels(ours), pixels(theirs))
     assert not np.array_equal(pixels(plain), pixels(theirs)), "the learned K/V matter"
+
+
+def test_installed_and_exported_embeds_carry_the_pooled_vector(kontext, pipe, tmp_path):
+    check_installed_and_exported_embeds_edit_as_apply(kontext, pipe, tmp_path, **CALL)
+
+
+def test_a_default_lora_adapts_the_attention_of_both_streams(kontext):
+    """Kontext's single-stream blocks have their own to_q, to_k, to_v (their output is
+    the block's proj_out, shared with the feed-forward): the default LoRA adapts every attention projection."""
+    check_lora_adapts_the_attention(kontext, {f"transformer_blocks.0.attn.{n}" for n in DOUBLE_STREAM_ATTENTION}
+                                    | {f"single_transformer_blocks.0.attn.{n}" for n in ("to_q", "to_k", "to_v")})
 
 
 def test_the_lora_export_loads_in_plain_diffusers(kontext, pipe, tmp_path):

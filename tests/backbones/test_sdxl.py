@@ -2,6 +2,7 @@
 tests build them (a 2-block UNet with SDXL's text-time added conditions, two 32-wide CLIP text encoders, the real
 CLIP BPE), saved with save_pretrained and loaded through load_editor like a user's folder."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -219,6 +220,19 @@ def test_each_method_learns_saves_loads_mixes_and_applies(which, method, request
     assert not np.array_equal(pixels(half), pixels(ours))
 
 
+def test_a_default_lora_adapts_every_attention_projection_of_the_unet(sdxl):
+    """Self- and cross-attention's to_q, to_k, to_v and to_out.0 in every transformer block, as diffusers' SDXL
+    LoRA script targets them; each is trained (peft's B starts at zero)."""
+    inst = fit(sdxl, "lora", steps=3, val_every=0, lr=1e-2)
+    expected = {name for name, _ in sdxl.unet.named_modules()
+                if re.search(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$", name)}
+    trained = {k[len("unet."):].rpartition(".lora_")[0]: v for k, v in inst.tensors.items()
+               if k.startswith("unet.") and ".lora_B." in k}
+    assert len(expected) == 8 * len(sdxl.cross_attention_layers()) and set(trained) == expected  # 2 attentions a block
+    assert all(v.abs().sum() > 0 for v in trained.values())
+    assert inst.meta.extra["targets"] == ["to_q", "to_k", "to_v", "to_out.0"]
+
+
 def test_exported_lora_loads_in_the_sdxl_pipeline_and_edits_as_apply(sdxl, sdxl_dir, tmp_path, run):
     inst = fit(sdxl, "lora", steps=3, val_every=0, lr=5e-2, guidance=4.0)
     inst.save(tmp_path / "lora.inst")
@@ -238,18 +252,22 @@ def test_exported_lora_loads_in_the_sdxl_pipeline_and_edits_as_apply(sdxl, sdxl_
 
 @pytest.mark.parametrize("method", ["visii", "brush", "lora"])
 def test_an_installed_instruction_edits_inside_the_users_own_sdxl_pipeline_call(sdxl, method):
-    """Brush's K/V routes follow the SDXL pipeline's own batch layout (guided or not), read from its call."""
+    """invert.installed's keyword arguments carry the instruction's pooled vector (visii's learned one), which the
+    SDXL pipeline needs beside the tokens: pipe(**arguments, image=...) edits as apply does, guided or not (brush's
+    K/V routes follow the pipeline's own batch layout, read from its call)."""
     inst = fit(sdxl, method, steps=3, val_every=0, **METHODS[method])
     image = scene(7)
-    learned = load_method(inst, sdxl)
-    text = learned.conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), sdxl.uncond)
+    text = load_method(inst, sdxl).conditioning(Rows.uniform(torch.zeros(1, dtype=torch.long), True), sdxl.uncond)
     for guidance in (4.0, 1.0):
         expected = invert.apply(inst, [image], editor=sdxl, steps=3, guidance=guidance, fresh_noise=True, seed=5)[0]
-        with learned.in_pipeline(sdxl.pipe):
-            mine = sdxl.pipe(prompt_embeds=text.embeds, pooled_prompt_embeds=text.pooled, image=image,
-                             num_inference_steps=3, guidance_scale=guidance, height=RES, width=RES,
-                             generator=torch.Generator().manual_seed(5)).images[0]
+        with invert.installed(inst, sdxl.pipe) as arguments:
+            mine = sdxl.pipe(**arguments, image=image, num_inference_steps=3, guidance_scale=guidance, height=RES,
+                             width=RES, generator=torch.Generator().manual_seed(5)).images[0]
         assert np.array_equal(pixels(mine), pixels(expected))
+    assert torch.equal(arguments["prompt_embeds"], text.embeds)
+    assert torch.equal(arguments["pooled_prompt_embeds"], text.pooled)
+    if method == "visii":
+        assert not torch.equal(text.pooled, sdxl.encode_text(["make it night"]).pooled), "the learned pooled vector"
     assert "encode_prompt" not in sdxl.pipe.__dict__, "the pipeline is as it was after the block"
 
 
