@@ -23,6 +23,9 @@ from invert.errors import InvertError
 @click.option("--n-test", default=5, show_default=True, type=click.IntRange(min=1), help="Held-out pairs per edit.")
 @click.option("--rows", default=None, help="Comma-separated rows; default: all.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--encoder", type=click.Path(path_type=Path), default=None,
+              help="The edit encoder of the encoder rows; default: the one the model's folder ships (without one, "
+                   "the default rows leave them out).")
 @click.option("--guidance", default="3,1.5", show_default=True,
               help="Text guidance, or text and image guidance (G,IG), of every fit and edit: the toy IP2P edits best "
                    "at 3; an editor with one guidance scale (the toy DiT) ignores the image guidance.")
@@ -36,7 +39,8 @@ from invert.errors import InvertError
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 @quiet_option
 @user_errors
-def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, guidance, device, as_json, output, force, quiet):
+def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, encoder, guidance, device, as_json, output,
+            force, quiet):
     """Fit and apply every method on held-out scenes of the toy world and print the TOP-Bench-style table.
 
     \b
@@ -46,6 +50,7 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, guidanc
     """
     from invert.backbones import load_editor
     from invert.clip import clip_name_for, load_clip
+    from invert.encoder import shipped_encoders
     from invert.toy import world
 
     from . import quality as benchmark
@@ -60,6 +65,15 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, guidanc
     unknown = set(chosen_rows) - set(benchmark.ROWS)
     if unknown:
         raise InvertError(f"unknown rows {', '.join(sorted(unknown))} (known: {', '.join(benchmark.ROWS)})")
+    if encoder is None and set(chosen_rows) & set(benchmark.ENCODED):
+        shipped = shipped_encoders(model)
+        if len(shipped) == 1:
+            encoder = next(iter(shipped.values()))
+        elif rows:
+            raise InvertError(f"rows {', '.join(benchmark.ENCODED)} need --encoder FILE (the model ships "
+                              f"{len(shipped)} encoders)")
+        else:
+            chosen_rows = tuple(r for r in chosen_rows if r not in benchmark.ENCODED)
     try:
         shot_counts = tuple(int(k) for k in shots.split(","))
     except ValueError:
@@ -73,7 +87,8 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, guidanc
     editor = load_editor(model, device)
     clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
     settings = benchmark.QualitySettings(steps=steps, shots=shot_counts, n_test=n_test, apply_steps=apply_steps,
-                                        guidance=(scales + (1.5,))[:2], seed=seed, rows=chosen_rows)
+                                         guidance=(scales + (1.5,))[:2], seed=seed, rows=chosen_rows,
+                                         encoder=None if encoder is None else str(encoder))
     result = benchmark.run(editor, clip, names, settings, log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
     result["model"] = model
     click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))

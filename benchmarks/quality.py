@@ -4,7 +4,9 @@ method reproduce an edit on held-out scenes, from 1 and from 10 exemplar pairs?
 Rows: no edit (the input itself); IP2P with the edit's true instruction ("oracle text"); for the hard edits, the
 best single catalogue instruction (chosen on the test pairs themselves, so an upper bound for text); VISII;
 InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
-template. Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to the true edits, per edit group.
+template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no fitting) and a
+default fit started from it (``encoder+fit``). Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to
+the true edits, per edit group.
 
     python -m benchmarks quality -o bench.json             # or: python -m benchmarks.quality
 """
@@ -41,7 +43,8 @@ FITTED = {  # row -> (method, method options, init text override)
     "brush_no_phrase_init": ("brush", {"brush_parts": 5}, ""),
     "lora": ("lora", {}, None),
 }
-ROWS = ("no_edit", "oracle_text", "best_single_text", *FITTED)
+ENCODED = ("encoder", "encoder+fit")  # rows of an edit encoder (QualitySettings.encoder)
+ROWS = ("no_edit", "oracle_text", "best_single_text", *FITTED, *ENCODED)
 TRAIN_SEED, TEST_SEED = 2 * 10**6, 3 * 10**6  # disjoint from the toy model's training scenes (below 10**6)
 # The fit as it was before it checked itself (issue 17): the last state, the method's own init text, no held-out
 # pairs. The benchmarks whose README figures were measured then (ablation, lora_and_reverse) pin it.
@@ -63,6 +66,7 @@ class QualitySettings:
     guidance: tuple[float, float] = (3.0, 1.5)  # the toy model edits best at 3 (README)
     seed: int = 0
     rows: tuple[str, ...] = ROWS
+    encoder: str | None = None  # the edit encoder file of the encoder rows
 
 
 def edit_index(name: str) -> int:
@@ -123,6 +127,12 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
         rows = {}
         common = {"seed": s.seed, "resolution": size, "guidance": s.guidance[0], "image_guidance": s.guidance[1]}
         search = None
+
+        def applied(inst, seconds: float) -> dict:
+            results = apply(inst, befores, editor=editor, steps=s.apply_steps)
+            return {**_metrics(befores, results, truths, clip, direction), "fit_seconds": seconds,
+                    "init_text": inst.meta.init_text, "curve": (inst.meta.validation or {}).get("curve")}
+
         for row, (method, options, init_text) in FITTED.items():
             if row not in s.rows:
                 continue
@@ -144,16 +154,47 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
                               *settings_for(method, {**model_defaults(editor.model_id, method, given), **given}),
                               clip=clip, quiet=True)
             seconds = time.perf_counter() - start + (search["seconds"] if init_text is None else 0.0)
-            results = apply(inst, befores, editor=editor, steps=s.apply_steps)
-            rows[row] = {**_metrics(befores, results, truths, clip, direction), "fit_seconds": seconds,
-                         "init_text": inst.meta.init_text}
-            log(f"{name:22s} {k:2d}-shot {row:22s} psnr {rows[row]['psnr']:6.2f} "
-                f"(no edit {text_rows.get('no_edit', {}).get('psnr', float('nan')):6.2f}, "
-                f"oracle {text_rows.get('oracle_text', {}).get('psnr', float('nan')):6.2f}) {seconds:5.1f} s")
+            rows[row] = applied(inst, seconds)
+            _log(log, name, k, row, rows[row], text_rows)
+        if s.encoder is not None and any(row in s.rows for row in ENCODED):
+            rows.update(_encoded_rows(editor, clip, shots, common, s, applied,
+                                      lambda row, cells: _log(log, name, k, row, cells, text_rows)))
         result["shots"][str(k)] = rows
         if search is not None:
             result.setdefault("init_search", {})[str(k)] = search
     return result
+
+
+def _log(log: Callable[[str], None], name: str, k: int, row: str, cells: dict, text_rows: dict) -> None:
+    log(f"{name:22s} {k:2d}-shot {row:22s} psnr {cells['psnr']:6.2f} "
+        f"(no edit {text_rows.get('no_edit', {}).get('psnr', float('nan')):6.2f}, "
+        f"oracle {text_rows.get('oracle_text', {}).get('psnr', float('nan')):6.2f}) {cells['fit_seconds']:5.1f} s")
+
+
+def _encoded_rows(editor: Editor, clip: Clip, shots, common: dict, s: QualitySettings, applied, log) -> dict:
+    """The encoder rows: the encoder's instruction for the shots (its seconds: the forward pass alone), and a fit of
+    the encoder's method at the defaults (the toy model's own) started from it (``--init encoder``)."""
+    from invert.encoder import EncoderFile, encode_images
+
+    encoder = EncoderFile.load(s.encoder)
+    befores, afters = [b for b, _ in shots], [a for _, a in shots]
+    rows = {}
+    if "encoder" in s.rows:
+        start = time.perf_counter()
+        inst = encode_images(encoder, editor, clip, befores, afters)
+        rows["encoder"] = applied(inst, time.perf_counter() - start)
+        log("encoder", rows["encoder"])
+    if "encoder+fit" in s.rows:
+        method = encoder.method
+        given = {**common, **({"steps": s.steps} if s.steps is not None else {}), "init": "encoder",
+                 "encoder_file": s.encoder, **({"lr": s.lr[method]} if method in s.lr else {})}
+        start = time.perf_counter()
+        inst = fit_images(editor, befores, afters, method,
+                          *settings_for(method, {**model_defaults(editor.model_id, method, given), **given}),
+                          clip=clip, quiet=True)
+        rows["encoder+fit"] = applied(inst, time.perf_counter() - start)
+        log("encoder+fit", rows["encoder+fit"])
+    return rows
 
 
 def run(editor: Editor, clip: Clip, edits: list[str] | None = None, settings: QualitySettings | None = None,

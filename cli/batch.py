@@ -45,18 +45,6 @@ class Failures:
         return f"{len(self.messages)} of {total} images failed:\n" + "\n".join(f"  {m}" for m in self.messages)
 
 
-def exemplar_sets(root: Path) -> list[tuple[str, Path]]:
-    """``(name, pairs folder)`` for each subfolder of ``root``, sorted by name; a set with a ``train/`` subfolder
-    (the layout of ``examples/toy``) is fitted on that."""
-    if not root.is_dir():
-        raise InvertError(f"{root}: not a folder of exemplar sets")
-    sets = [(d.name, d / "train" if (d / "train").is_dir() else d)
-            for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    if not sets:
-        raise InvertError(f"{root}: no exemplar set folders in it")
-    return sets
-
-
 def parse_shard(spec: str | None, env: dict[str, str]) -> tuple[int, int]:
     """``K/N`` -> (K, N); without a spec, the process's rank under torchrun / accelerate launch (``RANK`` and
     ``WORLD_SIZE``), else (0, 1). Shard K takes every N-th set starting at K."""

@@ -124,6 +124,16 @@ def check_output(path: Path, force: bool) -> None:
         raise InvertError(f"{path}: cannot write (its folder {parent} is not writable)")
 
 
+def process_device(device: str) -> str:
+    """--device auto in a process that torchrun or accelerate launch started (LOCAL_RANK): the process's own GPU."""
+    if device == "auto" and "LOCAL_RANK" in os.environ:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    return device
+
+
 def announce_stop(signum: int) -> None:
     click.echo(f"\n{signal.Signals(signum).name}: saving the fit's state after this step (again: stop at once, "
                "saving nothing)", err=True)

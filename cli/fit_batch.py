@@ -15,7 +15,7 @@ from invert.errors import InvertError
 from invert.settings.fields import flag
 from invert.writing import make_folder, output_exists
 
-from .common import quiet_option, user_errors
+from .common import process_device, quiet_option, user_errors
 from .fit import CLIP_MODEL_HELP
 from .numbers import number_option
 from .options import (config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings,
@@ -61,7 +61,9 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
     from invert.clip import clip_name_for, load_clip
     from invert.methods import settings_for
 
-    from .batch import exemplar_sets, fitted_otherwise, parse_shard
+    from invert.pairs import exemplar_sets
+
+    from .batch import fitted_otherwise, parse_shard
 
     options = given_settings(ctx, pop_settings(values))
     # a bad option is refused before any set; the model's own defaults count, as invert.fit will use them
@@ -69,11 +71,8 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
     settings = settings_for(method, {**model_defaults(model, method, options), **options},
                             lambda name: given.get(name) or flag(name))
     k, n = parse_shard(shard, dict(os.environ))
-    if device == "auto" and n > 1 and "LOCAL_RANK" in os.environ:
-        import torch
-
-        if torch.cuda.is_available():  # each process its own GPU
-            device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    if n > 1:
+        device = process_device(device)  # each process its own GPU
     mine = exemplar_sets(sets)[k::n]
     make_folder(output)
     todo, rows = [], []

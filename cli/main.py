@@ -7,6 +7,8 @@ import click
 import invert
 
 from .apply import apply
+from .encode import encode
+from .encoder import encoder
 from .evaluate import eval_command
 from .export import export_embeds, export_lora
 from .fit import fit
@@ -26,6 +28,7 @@ def cli():
     \b
       invert fit pairs/ -o sketch.inst                 # learn an instruction
       invert apply sketch.inst photo.jpg -o out/       # use it
+      invert encode pairs/ -o sketch.inst --model toy  # no fitting: an edit encoder's
       invert apply sketch.inst photo.jpg -o out/ --text "at night"
       invert inspect sketch.inst
       invert phrases pairs/
@@ -41,6 +44,6 @@ def cli():
     """
 
 
-for command in (fit, apply, phrases, inspect, eval_command, export_lora, export_embeds, fit_batch,
+for command in (fit, apply, encode, encoder, phrases, inspect, eval_command, export_lora, export_embeds, fit_batch,
                 import_visii_command, library, ui):
     cli.add_command(command)

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "fit": "api", "apply": "api", "installed": "api", "load_method": "api",
+    "encode": "encoder", "EncoderFile": "encoder",
     "Editor": "backbones", "load_editor": "backbones",
     "InvertError": "errors",
     "FitSettings": "settings", "ApplySettings": "settings",

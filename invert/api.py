@@ -16,6 +16,7 @@ from .backbones import Editor, architecture_defaults, backbone_for_pipeline, loa
 from .backbones.model_info import DEFAULTS_FILE, fit_defaults, model_file, recorded_model
 from .clip import Clip, clip_name_for, load_clip
 from .defaults import DEFAULT_MODEL
+from .encoder.encode import encoder_start
 from .errors import InstructionFileError, InvertError, InvertWarning
 from .fitting.assembly import make_instruction
 from .fitting.checkpoint import FitState, FitStopped
@@ -29,19 +30,11 @@ from .instruction.thumbnails import thumbnail_tensor
 from .methods import method_class, settings_for
 from .methods.base import Method
 from .methods.two_way import TwoWay
-from .pairs import Pair, file_sha256, find_pairs, load_pairs
+from .pairs import as_pairs, file_sha256, load_pairs
 from .sampling import sample
 from .settings import FitSettings, as_dict, build_settings
 from .settings.apply import APPLY_MODEL_LIMITED, MIX_WEIGHT, ApplySettings, with_fresh_noise_flag
 from .settings.fields import check_value, keyword
-
-
-def _as_pairs(pairs) -> list[Pair]:
-    if isinstance(pairs, (str, os.PathLike)):
-        return find_pairs(pairs)
-    if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], Pair):
-        return find_pairs(before=pairs[0], after=pairs[1])
-    return list(pairs)
 
 
 def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Editor | None = None,
@@ -74,7 +67,7 @@ def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Edi
     settings, method_settings = settings_for(method, {**from_model, **options}, where)
     if isinstance(resume, (str, os.PathLike)):
         resume = FitState.load(resume)
-    found = _as_pairs(pairs)
+    found = as_pairs(pairs)
     editor = editor or load_editor(model, device, dtype)
     if low_memory:  # see Editor.set_low_memory; it stays on for an editor passed in
         editor.set_low_memory(True)
@@ -169,13 +162,19 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     train = [i for i in range(len(befores)) if i not in held]
     train_b, train_a = [befores[i] for i in train], [afters[i] for i in train]
     val_b, val_a = ([befores[i] for i in held], [afters[i] for i in held]) if held else (befores, afters)
-    # 3. The init text, chosen on the training pairs, and the untrained instruction (--reverse: and its reverse).
-    # Each phase's seconds and denoiser rows are counted (see invert.fitting.cost).
+    # 3. The init text, chosen on the training pairs, and the untrained instruction (--reverse: and its reverse);
+    # under --init encoder, the state an edit encoder gives for the training pairs. Each phase's seconds and
+    # denoiser rows are counted (see invert.fitting.cost).
     meter = CostMeter(editor.denoiser, editor.device)
     with meter.phase("init_search"):
-        init = choose_init(editor, cls, settings, method_settings, clip, train_b, train_a)
-        learned = cls.initialize(editor, editor.encode_text([init.text]), init.text, method_settings, settings.seed)
-        if settings.reverse and learned.needs_reverse_instruction:
+        encoded = encoder_start(editor, method, settings, method_settings, clip, train_b, train_a)
+        if encoded is not None:
+            learned, init = encoded[0], InitChoice(encoded[1])
+        else:
+            init = choose_init(editor, cls, settings, method_settings, clip, train_b, train_a)
+            learned = cls.initialize(editor, editor.encode_text([init.text]), init.text, method_settings,
+                                     settings.seed)
+        if encoded is None and settings.reverse and learned.needs_reverse_instruction:
             back = choose_init(editor, cls, settings, method_settings, clip, train_a, train_b).text  # reversed pairs
             learned = TwoWay(learned, cls.initialize(editor, editor.encode_text([back]), back, method_settings,
                                                      settings.seed), back)

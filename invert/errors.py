@@ -18,6 +18,10 @@ class InstructionFileError(InvertError):
     """An .inst file is malformed, tampered with, or does not fit the model."""
 
 
+class EncoderFileError(InvertError):
+    """An edit encoder file is malformed, tampered with, or does not fit the model."""
+
+
 class NonFiniteResult(InvertError):
     """Sampling gave NaN or inf: an image made of it would be all black (or white), so it is an error instead."""
 

@@ -9,6 +9,7 @@ Three layouts are accepted:
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,27 @@ def find_pairs(folder: str | Path | None = None, before: str | Path | None = Non
         raise InvertError(f"{folder}: no exemplar pairs found (expected before/ and after/ subfolders, "
                           "or NAME_before.EXT / NAME_after.EXT files)")
     return pairs
+
+
+def exemplar_sets(root: Path) -> list[tuple[str, Path]]:
+    """``(name, pairs folder)`` for each subfolder of ``root``, sorted by name; a set with a ``train/`` subfolder
+    (the layout of ``examples/toy``) is fitted on that."""
+    if not root.is_dir():
+        raise InvertError(f"{root}: not a folder of exemplar sets")
+    sets = [(d.name, d / "train" if (d / "train").is_dir() else d)
+            for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if not sets:
+        raise InvertError(f"{root}: no exemplar set folders in it")
+    return sets
+
+
+def as_pairs(pairs) -> list[Pair]:
+    """A pairs folder, a ``(before, after)`` tuple of files, or a list of :class:`Pair`, as the list of pairs."""
+    if isinstance(pairs, (str, os.PathLike)):
+        return find_pairs(pairs)
+    if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], Pair):
+        return find_pairs(before=pairs[0], after=pairs[1])
+    return list(pairs)
 
 
 def open_image(path: str | Path) -> Image.Image:

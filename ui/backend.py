@@ -156,6 +156,23 @@ class Model:
                           should_stop=should_stop, checkpoint=checkpoint, save_every=save_every, resume=resume,
                           sources=sources, **options)
 
+    @property
+    def encoder(self):
+        """The edit encoder the model's folder ships (its only one), or None."""
+        if not hasattr(self, "_encoder"):
+            from invert.encoder import EncoderFile, shipped_encoders
+
+            shipped = shipped_encoders(self.name)
+            self._encoder = EncoderFile.load(next(iter(shipped.values()))) if len(shipped) == 1 else None
+        return self._encoder
+
+    def encode(self, pairs: list[Pair]) -> Instruction:
+        """The instruction the model's own edit encoder gives for these pairs, in one forward pass
+        (``invert encode``); only for a model that ships one (:attr:`encoder`)."""
+        from invert.encoder import encode_images
+
+        return encode_images(self.encoder, self.editor, self.clip, *self.load_pairs(pairs))
+
     def apply(self, instruction: Instruction, images: list[Image.Image], settings: ApplySettings | None = None
               ) -> list[Image.Image]:
         return invert.apply(instruction, images, editor=self.editor, settings=settings or ApplySettings())

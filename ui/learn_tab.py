@@ -55,6 +55,9 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
             pairs_info = gr.Markdown(elem_id="learn-info")
             pairs_view = gr.Gallery(label="Pairs: before | after", columns=4, height="auto", object_fit="contain",
                                     format="png", elem_classes=app.pixel_class(), buttons=[], elem_id="learn-pairs")
+            encoded_view = gr.Gallery(label="The model's edit encoder, no fitting: input | edit", columns=4,
+                                      height=190, format="png", object_fit="contain", visible=app.model.encoder
+                                      is not None, elem_classes=app.pixel_class(), elem_id="learn-encoded")
             with gr.Accordion("InstructBrush's phrases (its init text when Init text is empty)", open=True):
                 phrases_info = gr.Markdown("Shown once the pairs are checked.", elem_id="learn-phrases")
                 phrases_table = gr.Dataframe(headers=["phrase", "side", "Δ CLIP"], max_height=180,
@@ -117,10 +120,24 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
         rows = [[printable(c["phrase"]), c["side"], round(c["sensitivity"], 4)] for c in choice.candidates]
         return f"InstructBrush would start from: {text}", gr.update(value=rows, visible=True)
 
+    def encoded(source, folder, befores, afters, held, request: gr.Request):
+        """The encoder's instruction for the checked pairs, applied to the preview images at once."""
+        session = app.session(request)
+        if not session.checked or app.model.encoder is None:
+            return []
+        heldout_dir = _gather(session, source, folder, befores, afters)[2] if source == FOLDER else None
+        images = _preview_images(app, session, source, held, heldout_dir) or \
+            app.model.load_pairs(session.checked)[0][:PREVIEWS]
+        edits = app.model.apply(app.model.encode(session.checked), images)
+        return [(side_by_side(i, e), "encoder") for i, e in zip(images, edits)]
+
     checked = gr.on([source.change, folder.change, befores.change, afters.change, blocks.load],
                     app.handler(check), pair_inputs, [pairs_view, pairs_info], api_visibility="private")
     checked.then(app.handler(phrases), None, [phrases_info, phrases_table], api_visibility="private",
                  **MODEL_EVENT)
+    if app.model.encoder is not None:
+        checked.then(app.handler(encoded), [*pair_inputs, heldout], encoded_view, api_visibility="private",
+                     **MODEL_EVENT)
 
     outputs = [status, loss_plot, previews, inst_file, ckpt_file, fit, stop, resume, learned]
 

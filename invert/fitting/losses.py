@@ -15,8 +15,12 @@ def row_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def clip_direction(clip: Clip, befores: list[Image.Image], afters: list[Image.Image]) -> torch.Tensor:
     """Normalized (mean after - mean before) projected CLIP image embedding."""
-    direction = clip.image_features(afters).mean(0) - clip.image_features(befores).mean(0)
-    return torch.nn.functional.normalize(direction, dim=-1)
+    return direction_of(clip.image_features(befores), clip.image_features(afters))
 
 
-__all__ = ["clip_direction", "row_mse"]
+def direction_of(before_features: torch.Tensor, after_features: torch.Tensor) -> torch.Tensor:
+    """:func:`clip_direction` of pairs whose CLIP image features are already at hand."""
+    return torch.nn.functional.normalize(after_features.mean(0) - before_features.mean(0), dim=-1)
+
+
+__all__ = ["clip_direction", "direction_of", "row_mse"]

@@ -65,6 +65,7 @@ class Metadata(Checked):
     fit_check: str | None = option(None, "The fit's self-check warning, if it gave one.")
     imported_from: str | None = option(None, "The official VISII file it was imported from.")
     library: str | None = option(None, "The library entries it mixes, with their weights.")
+    encoded_by: str | None = option(None, "The edit encoder that gave it ('invert encode'), with its sha256.")
 
     @property
     def guidance(self) -> tuple[float, float]:

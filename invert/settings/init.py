@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import InvertError
 from .fields import Checked, option
 from .limits import MAX_FIT_STEPS, MAX_SAMPLING_STEPS, MAX_TOKENS
 
@@ -22,12 +23,16 @@ class InitSettings(Checked):
     vocab: tuple[str, ...] = option((), "Phrase lists for the caption or phrase search (repeatable): default, toy, "
                                         "flavors, mediums, movements, artists, or a .txt file. Default: the model "
                                         "folder's vocab.txt if it has one, else 'default'.", metavar="NAME")
-    init: Literal["best", "auto", "caption", "phrases", "pez", "empty"] = option(
+    init: Literal["best", "auto", "caption", "phrases", "pez", "empty", "encoder"] = option(
         "best", "How to find the init text when --init-text is not given: best, the candidate texts (the caption, "
                 "InstructBrush's phrases, the most changed phrases in instruction templates, empty) applied to the "
                 "exemplars and the best-scoring one taken; auto, the method's own (caption for visii, phrases for "
                 "brush, empty for lora); a CLIP-ranked caption of the afters; InstructBrush's phrases; a PEZ hard "
-                "prompt optimized against the afters (the official VISII code's); or empty.")
+                "prompt optimized against the afters (the official VISII code's); empty; or encoder, the state an "
+                "edit encoder ('invert encoder train', see --encoder-file) gives for the exemplars, the fit starting "
+                "from it.")
+    encoder_file: str = option("", "--init encoder: the edit encoder file; empty: the one the model's folder ships "
+                                   "for the method.", metavar="FILE")
     best_val_steps: int | None = option(
         None, "--init best (and several --init-text): sampling steps of each candidate's score on the exemplars "
               "(fixed noise: the fit's seed). Default: --val-steps.", minimum=1, maximum=MAX_SAMPLING_STEPS)
@@ -47,6 +52,8 @@ class InitSettings(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.encoder_file and self.init != "encoder":
+            raise InvertError(f"--encoder-file {self.encoder_file}: only with --init encoder (here --init {self.init})")
         # One --init-text is kept as a string (as files have always recorded it), several as a tuple, none as None.
         if isinstance(self.init_text, (tuple, list)):
             texts = tuple(self.init_text)

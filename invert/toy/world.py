@@ -150,6 +150,7 @@ class Edit:
     pixel_fn: PixelFn | None = None
     requires: Callable[[Scene], bool] = lambda scene: True
     style: str = ""  # how captions describe an image after this (global) edit, e.g. "sepia"
+    parts: tuple[str, ...] = ()  # a composition's catalogue edits, in order (see :func:`components`)
 
     def applies(self, scene: Scene) -> bool:
         return self.requires(scene)
@@ -308,8 +309,13 @@ def _then(first: Edit, second: Edit, name: str) -> Edit:
         name, f"{first.instruction} and {second.instruction}", "global" if pixel_fns else "local",
         scene_fn=(lambda scene: second.edit_scene(first.edit_scene(scene))) if changes_scene else None,
         pixel_fn=_compose(*pixel_fns) if pixel_fns else None,
-        requires=lambda scene: first.applies(scene) and second.applies(second.edit_scene(scene)),
-        style=", ".join(s for s in (first.style, second.style) if s))
+        requires=lambda scene: first.applies(scene) and second.applies(first.edit_scene(scene)),
+        style=", ".join(s for s in (first.style, second.style) if s), parts=components(first) + components(second))
+
+
+def components(edit: Edit) -> tuple[str, ...]:
+    """The edits a composition is made of, in order; an edit that is no composition is its own one."""
+    return edit.parts or (edit.name,)
 
 
 HARD_EDITS: dict[str, Edit] = {e.name: e for e in [
@@ -335,6 +341,46 @@ HARD_EDITS: dict[str, Edit] = {e.name: e for e in [
 # The hard edits added with issue 17 (reported apart in the quality table).
 NEW_HARD_EDITS = ("night_frame_remove_square", "gray_contrast_frame", "hue30", "hue200", "sepia_half", "gray_half",
                   "circle_red_cooler", "add_star_night")
+
+
+# random_edit's strengths: a global edit blended with the input at these, never in between (the hard edits' half
+# strengths, 0.5, stay unseen).
+STRENGTHS = ((0.2, 0.4), (0.6, 1.0))
+
+
+def random_edit(rng: np.random.Generator, held_out: dict[str, Edit] = HARD_EDITS) -> Edit:
+    """A random edit made of the catalogue: one catalogue edit (half the time), or two or three composed, each global
+    part at full strength or, a third of the time, blended with its input at a strength from ``STRENGTHS``. A
+    composition holding all the parts of one of ``held_out`` (the hard edits: their compositions and half
+    strengths are what a learner of the catalogue is tested on) is never drawn, nor one no scene can take."""
+    forbidden = [set(components(e)) for e in held_out.values() if len(components(e)) > 1]
+    names = list(EDITS)
+    while True:
+        count = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
+        chosen = [str(n) for n in rng.choice(names, size=count, replace=False)]
+        if any(f <= set(chosen) for f in forbidden):
+            continue
+        parts = [_at_strength(EDITS[n], rng) for n in chosen]
+        edit = parts[0]
+        for part in parts[1:]:
+            edit = _then(edit, part, f"{edit.name}+{part.name}")
+        if sum(EDITS[n].kind == "local" for n in chosen) < 2:  # a global edit applies to any scene
+            return edit
+        try:
+            scene_for(edit, np.random.default_rng(0), tries=200)
+        except RuntimeError:  # e.g. removing the square and then making it smaller
+            continue
+        return edit
+
+
+def _at_strength(edit: Edit, rng: np.random.Generator) -> Edit:
+    if edit.kind != "global" or rng.random() >= 1 / 3:
+        return edit
+    low, high = STRENGTHS[int(rng.integers(len(STRENGTHS)))]
+    strength = round(float(rng.uniform(low, high)), 2)
+    fn = edit.pixel_fn
+    return replace(edit, name=f"{edit.name}@{strength:g}", instruction=f"{edit.instruction} ({strength:.0%})",
+                   pixel_fn=lambda x: _mix(x, fn(x), strength), parts=())
 
 
 def get_edit(name: str) -> Edit:

@@ -1,0 +1,147 @@
+"""Edit without fitting: an edit encoder turns exemplar pairs into an ordinary instruction in one forward pass, and
+gives a fit (``--init encoder:FILE``) its starting state."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..backbones import Editor, load_editor
+from ..backbones.model_info import model_file, recorded_model
+from ..clip import Clip, clip_name_for, load_clip
+from ..errors import EncoderFileError, InvertError
+from ..fitting.assembly import make_instruction
+from ..fitting.losses import clip_direction
+from ..instruction import Instruction
+from ..instruction.thumbnails import thumbnail_tensor
+from ..methods import method_class, settings_for
+from ..methods.base import Method
+from ..methods.two_way import TwoWay
+from ..pairs import as_pairs, file_sha256, load_pairs
+from ..settings import FitSettings
+from .file import EncoderFile
+from .network import load_state
+
+ENCODER_FOLDER = "encoder"  # a model folder's own encoders: encoder/<method>.safetensors
+ENCODER_INIT = "encoder"  # the --init mode that starts a fit from an encoder's state
+
+
+def shipped_encoders(model: str) -> dict[str, Path]:
+    """The encoders a model's folder ships, by method (the toy model's: encoder/visii.safetensors)."""
+    from ..methods import method_names
+
+    found = {m: model_file(model, f"{ENCODER_FOLDER}/{m}.safetensors") for m in method_names()}
+    return {m: p for m, p in found.items() if p is not None}
+
+
+def find_encoder(spec: str | os.PathLike | None, model: str, method: str | None = None) -> Path:
+    """The encoder file ``spec`` names, or (``spec`` empty) the one the model's folder ships for ``method`` (any
+    method: its only one)."""
+    if spec:
+        return Path(spec)
+    shipped = shipped_encoders(model)
+    if method is not None:
+        if method not in shipped:
+            raise EncoderFileError(f"the model '{model}' ships no {method} encoder ({_listed(shipped)}); train one "
+                                   "with 'invert encoder train' and pass its file")
+        return shipped[method]
+    if len(shipped) != 1:
+        raise EncoderFileError(f"the model '{model}' ships {_listed(shipped)}; pass --encoder FILE")
+    return next(iter(shipped.values()))
+
+
+def _listed(shipped: dict[str, Path]) -> str:
+    return f"encoders for {', '.join(shipped)}" if shipped else "no encoder"
+
+
+def encoded_method(encoder: EncoderFile, editor: Editor, clip: Clip, befores: list[Image.Image],
+                   afters: list[Image.Image], method_settings: Any = None, allow_model_mismatch: bool = False
+                   ) -> Method:
+    """The method state ``encoder`` gives for the pairs: the method initialized at the encoder's base init text
+    (with ``method_settings``, default the encoder's own) and its parameters set to the encoder's output."""
+    info = encoder.info
+    if method_settings is None:
+        method_settings = settings_for(info["method"], info["options"])[1]
+    text = info["init_text"]
+    cls = method_class(info["method"])
+    method = cls.initialize(editor, editor.encode_text([text]), text, method_settings, 0)
+    encoder.check(editor, clip, method, allow_model_mismatch)
+    net = encoder.encoder.to(editor.device)
+    with torch.no_grad():
+        state = net(clip.image_features(befores).to(editor.device), clip.image_features(afters).to(editor.device))
+    load_state(method, state)
+    return method
+
+
+def encoder_start(editor: Editor, method: str, settings: FitSettings, method_settings: Any, clip: Clip | None,
+                  befores: list[Image.Image], afters: list[Image.Image]) -> tuple[Method, str] | None:
+    """A fit's untrained instruction and init text under ``--init encoder`` (the encoder: ``--encoder-file``, else the
+    model folder's own for the method): the state the encoder gives for the (training) pairs, at the encoder's base
+    init text; with --reverse, its reverse instruction the state it gives for the pairs the other way round. None
+    for any other --init."""
+    if settings.init != ENCODER_INIT:
+        return None
+    if settings.init_texts:
+        raise InvertError("--init-text and --init encoder both give the fit's start; give one")
+    if clip is None:
+        raise InvertError("--init encoder needs the encoder's CLIP model (see --clip-model)")
+    encoder = EncoderFile.load(find_encoder(settings.encoder_file, editor.model_id, method))
+    if encoder.method != method:
+        raise EncoderFileError(f"{encoder.where}: encodes {encoder.method} instructions; this fit is --method {method}")
+    learned = encoded_method(encoder, editor, clip, befores, afters, method_settings)
+    text = encoder.info["init_text"]
+    if settings.reverse and learned.needs_reverse_instruction:
+        learned = TwoWay(learned, encoded_method(encoder, editor, clip, afters, befores, method_settings), text)
+    return learned, text
+
+
+def encode_images(encoder: EncoderFile, editor: Editor, clip: Clip, befores: list[Image.Image],
+                  afters: list[Image.Image], exemplars: list[dict] | None = None,
+                  allow_model_mismatch: bool = False) -> Instruction:
+    """The instruction ``encoder`` gives for already-opened pairs (at the model's resolution): an ordinary
+    instruction, as a fit of 0 steps from the encoder's state would record it."""
+    start = time.perf_counter()
+    method = encoded_method(encoder, editor, clip, befores, afters, allow_model_mismatch=allow_model_mismatch)
+    settings, method_settings = settings_for(encoder.method, encoder.info["options"])
+    stored = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0]),
+              "clip.direction": clip_direction(clip, befores, afters).detach().float().cpu()}
+    source = encoder.path.name if encoder.path is not None else "encoder"
+    sha = f", sha256 {file_sha256(encoder.path)}" if encoder.path is not None else ""
+    return make_instruction(method, editor, settings, method_settings, clip_name=clip.name,
+                            init_text=encoder.info["init_text"], seconds=time.perf_counter() - start,
+                            exemplars=exemplars, stored=stored,
+                            extra_meta={"encoded_by": f"edit encoder {source} ({len(befores)} pairs{sha})"})
+
+
+def encode(pairs, encoder: str | os.PathLike | EncoderFile | None = None, *, model: str | None = None,
+           editor: Editor | None = None, clip_model: str | None = None, clip: Clip | None = None,
+           device: str = "auto", dtype: str = "auto", allow_model_mismatch: bool = False) -> Instruction:
+    """The instruction an edit encoder gives for exemplar pairs, in one forward pass (no fitting).
+
+    ``pairs``: a pairs folder, a ``(before, after)`` tuple of files, or a list of :class:`Pair`. ``encoder``: its
+    file (default: the one the model's folder ships); ``model``: default the one it was trained on.
+
+    >>> inst = invert.encode("examples/toy/night/train", model="toy")    # doctest: +SKIP
+    >>> inst.save("night.inst")                                         # doctest: +SKIP
+    """
+    found = as_pairs(pairs)
+    if not isinstance(encoder, EncoderFile):
+        if editor is None and model is None and not encoder:
+            raise InvertError("give the encoder file or the model whose own encoder to use")
+        encoder = EncoderFile.load(find_encoder(encoder, editor.model_id if editor is not None else model))
+    if editor is None:
+        editor = load_editor(model or recorded_model(encoder.info["base_model"], encoder.where), device, dtype)
+    if clip is None:
+        clip = load_clip(clip_name_for(clip_model, editor.model_id), editor.device)
+    resolution = int(encoder.info["options"].get("resolution") or editor.resolution)
+    befores, afters = load_pairs(found, resolution)
+    exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
+    return encode_images(encoder, editor, clip, befores, afters, exemplars, allow_model_mismatch)
+
+
+__all__ = ["ENCODER_FOLDER", "encode", "encode_images", "encoded_method", "encoder_start", "find_encoder",
+           "shipped_encoders"]
