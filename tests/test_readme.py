@@ -61,6 +61,14 @@ SKIPPED = {  # the start of an example -> why it is not run here
                                                          "reads (a fit's cost is tested in tests/test_fit_cost.py)",
     "OMP_NUM_THREADS=1 python -m benchmarks speed --model random --resolution 512": "the full-size IP2P at 512 on the "
                                                                                     "CPU: minutes a step",
+    "invert encoder train": "trains an edit encoder: minutes to hours (tests/test_encoder.py trains small ones, from "
+                            "the toy world and from a folder of sets, and resumes one)",
+    "OMP_NUM_THREADS=1 invert encoder train": "the shipped toy encoder's 17-minute training (tests/test_encoder.py "
+                                              "trains small ones)",
+    "OMP_NUM_THREADS=1 python -m benchmarks quality --model toy --device cpu": "the encoder rows over the table's "
+                                                                               "edits: minutes to hours "
+                                                                               "(tests/test_quality_bench.py runs "
+                                                                               "them small)",
     "python -m benchmarks quality --model toy-dit": "the toy DiT's table: 16 minutes of CPU (tests/test_quality_bench.py "
                                                     "runs the benchmark small)",
     "python -m benchmarks quality --shots 10": "the table at the defaults: hours of CPU (tests/test_quality_bench.py "
