@@ -253,12 +253,12 @@ def apply_library(library: Library | str | os.PathLike, images: list[Image.Image
     >>> from invert.library import apply_library                                         # doctest: +SKIP
     >>> results, chosen = apply_library("lib.safetensors", [image], ("a.png", "b.png"))  # doctest: +SKIP
     """
-    from .api import _as_pairs, apply
-    from .pairs import load_pairs
+    from .api import apply
+    from .pairs import as_pairs, load_pairs
 
     lib = library if isinstance(library, Library) else Library.load(library)
     editor = editor or load_editor(model or lib.base_model, device, dtype)
-    befores, afters = load_pairs(_as_pairs(pairs), lib.exemplar_size(editor))
+    befores, afters = load_pairs(as_pairs(pairs), lib.exemplar_size(editor))
     inst, chosen, weights = lib.instruction_for(befores, afters, editor=editor, clip=clip, method=method,
                                                 temperature=temperature, top=top,
                                                 allow_model_mismatch=allow_model_mismatch)
