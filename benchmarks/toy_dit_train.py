@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from invert.backbones.model_info import TOY_MODEL, toy_model_path
-from invert.backbones.trained_tokenizers import QWEN3_CHAT_TEMPLATE
+from invert.backbones.trained_tokenizers import qwen_tokenizer
 from invert.toy import world
 from invert.vocab import vocab_path
 
@@ -89,23 +89,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = TOKENIZER_VOCAB):
     """A byte-level BPE trained on ``texts``, as a Qwen2TokenizerFast (klein's tokenizer class) with Qwen3's
     special tokens and chat template: any text encodes (bytes), the world's words as whole tokens, with and without
     the leading space (a word starts a prompt, or follows another as in the hard edits' "... and make it night")."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AddedToken, Qwen2TokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
     template = ["user\n", "assistant\n", "\n\n"]  # the chat template's words, single tokens as in Qwen3's
-    bpe.train_from_iterator(texts + [" " + t for t in texts] + template, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    tokenizer = Qwen2TokenizerFast(vocab=model["vocab"], merges=merges, model_max_length=131072)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
-    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
-    return tokenizer
+    return qwen_tokenizer(vocab_size, texts + [" " + t for t in texts] + template)
 
 
 def chat_tokens(tokenizer, texts: list[str]):

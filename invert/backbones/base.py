@@ -176,9 +176,14 @@ class Editor:
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
+    def pipeline_type(cls):
+        """The diffusers pipeline class."""
+        raise NotImplementedError
+
+    @classmethod
     def from_pretrained(cls, source: str, dtype: torch.dtype):
         """The diffusers pipeline in ``source`` (a folder or a hub id)."""
-        raise NotImplementedError
+        return cls.pipeline_type().from_pretrained(source, dtype=dtype)
 
     @classmethod
     def from_configs(cls, folder, dtype: torch.dtype):

@@ -50,15 +50,6 @@ class FluxEditor(Editor):
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
-    def pipeline_type(cls):
-        """The diffusers pipeline class."""
-        raise NotImplementedError
-
-    @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype):
-        return cls.pipeline_type().from_pretrained(source, dtype=dtype)
-
-    @classmethod
     def save_lora(cls, folder: str, layers: dict[str, torch.Tensor], config: dict, weight_name: str) -> None:
         cls.pipeline_type().save_lora_weights(folder, transformer_lora_layers=layers, weight_name=weight_name,
                                               transformer_lora_adapter_metadata=config)

@@ -47,10 +47,6 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
         return StableDiffusionXLInstructPix2PixPipeline
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype):
-        return cls.pipeline_type().from_pretrained(source, dtype=dtype)
-
-    @classmethod
     def from_configs(cls, folder: str | Path = SDXL_IP2P_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0):
         """The pipeline with random weights built from the diffusers configs in ``folder``: its scheduler class,
         ``force_zeros_for_empty_prompt`` and ``is_cosxl_edit`` from its model_index.json; both tokenizers the

@@ -44,15 +44,16 @@ def t5_tokenizer(vocab_size: int = 300):
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def qwen_tokenizer(vocab_size: int = 600):
-    """A byte-level BPE wrapped in Qwen2TokenizerFast with Qwen3's special tokens and chat template."""
+def qwen_tokenizer(vocab_size: int = 600, texts: list[str] | None = None):
+    """A byte-level BPE trained on ``texts`` (default: this module's fixed corpus), wrapped in Qwen2TokenizerFast
+    with Qwen3's special tokens and chat template."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus(), trainer=trainers.BpeTrainer(
+    tok.train_from_iterator(corpus() if texts is None else texts, trainer=trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     model = json.loads(tok.to_str())["model"]
