@@ -57,6 +57,15 @@ def last_unless(curve: list[float], margin: float) -> int:
     return top if curve[top] > curve[-1] + margin else len(curve) - 1
 
 
+def sparser(every: int, rule: Callable[[list[float]], int]) -> Callable[[dict], int]:
+    """``rule`` on a curve scored ``every`` times less often (every ``every``-th score, the start and the last kept):
+    what scoring fewer times per fit would keep (issue 27)."""
+    def pick(r: dict) -> int:
+        points = sorted({*range(0, len(r["held_out"]), every), len(r["held_out"]) - 1})
+        return points[rule([r["held_out"][i] for i in points])]
+    return pick
+
+
 RULES: dict[str, Callable[[dict], int]] = {
     "best (--keep best, the default before)": lambda r: best(r["held_out"]),
     "best, margin 0.5 dB": lambda r: best(r["held_out"], 0.5),
@@ -67,6 +76,8 @@ RULES: dict[str, Callable[[dict], int]] = {
     "last unless best +0.5 dB": lambda r: last_unless(r["held_out"], 0.5),
     "last unless best +1 dB (--keep last-unless-worse)": lambda r: last_unless(r["held_out"], 1.0),
     "last unless best +2 dB": lambda r: last_unless(r["held_out"], 2.0),
+    "last unless best +1 dB, scored half as often": sparser(2, lambda c: last_unless(c, 1.0)),
+    "last unless best +1 dB, scored a fifth as often": sparser(5, lambda c: last_unless(c, 1.0)),
     f"best, {RESCORE_STEPS} val steps": lambda r: best(r["held_out_rescored"]),
     "start (reference)": lambda r: 0,
     "oracle (reference)": lambda r: best(r["truth"]),

@@ -67,6 +67,8 @@ class QualitySettings:
     seed: int = 0
     rows: tuple[str, ...] = ROWS
     encoder: str | None = None  # the edit encoder file of the encoder rows
+    # fit options given to every fit and to the init search (e.g. {"best_val_steps": 5}); the model's own otherwise
+    fit_options: dict = field(default_factory=dict)
 
 
 def edit_index(name: str) -> int:
@@ -140,15 +142,9 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
                 # --init best's search, run once for every row: its candidate texts and their scores do not depend
                 # on the method (each method's start edits as its text does), so each row gets the text its own
                 # search would choose, and its fit seconds include the search's.
-                start = time.perf_counter()
-                zero_options = {**common, "steps": 0}
-                zero = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], "visii",
-                                  *settings_for("visii", {**model_defaults(editor.model_id, "visii", zero_options),
-                                                          **zero_options}), clip=clip, quiet=True)
-                search = {"text": zero.meta.init_text, "scores": zero.meta.init_scores,
-                          "seconds": time.perf_counter() - start}
+                search = search_init(editor, clip, shots, common, s)
             start = time.perf_counter()
-            given = {**common, **({"steps": s.steps} if s.steps is not None else {}), **options, "init_text": search["text"] if init_text is None
+            given = {**common, **s.fit_options, **({"steps": s.steps} if s.steps is not None else {}), **options, "init_text": search["text"] if init_text is None
                      else init_text, **({"lr": s.lr[method]} if method in s.lr else {})}
             inst = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], method,
                               *settings_for(method, {**model_defaults(editor.model_id, method, given), **given}),
@@ -163,6 +159,17 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
         if search is not None:
             result.setdefault("init_search", {})[str(k)] = search
     return result
+
+
+def search_init(editor: Editor, clip: Clip, shots: list, common: dict, s: QualitySettings) -> dict:
+    """``--init best``'s search on ``shots`` (a zero-step fit at the model's defaults and ``s.fit_options``):
+    ``{"text": the chosen text, "scores": every candidate's, "seconds"}``."""
+    start = time.perf_counter()
+    zero_options = {**common, **s.fit_options, "steps": 0}
+    zero = fit_images(editor, [b for b, _ in shots], [a for _, a in shots], "visii",
+                      *settings_for("visii", {**model_defaults(editor.model_id, "visii", zero_options),
+                                              **zero_options}), clip=clip, quiet=True)
+    return {"text": zero.meta.init_text, "scores": zero.meta.init_scores, "seconds": time.perf_counter() - start}
 
 
 def _log(log: Callable[[str], None], name: str, k: int, row: str, cells: dict, text_rows: dict) -> None:

@@ -12,17 +12,19 @@ GROUPS = 3  # IP2P's guidance rows at the default scales: text+image, image only
 
 @pytest.mark.parametrize("method, text_rows_only", [("visii", True), ("lora", False)])
 def test_each_phase_counts_its_denoiser_rows(editor, clip, tmp_path, method, text_rows_only):
-    """2 candidates scored on 3 pairs with 2 sampling steps; 2 fit steps scored before, after each step: every
+    """2 candidates scored on 3 pairs with 2 sampling steps (half the validation's 4, the default); 2 fit steps
+    scored before, after each step: every
     sampling row forward only; a step trains its text row forward and backward and runs the other two without
     autograd, except for an adapter, which changes every row."""
     texts = ("make it night", "make it sepia")
-    inst = tiny_fit(editor, BEFORES, AFTERS, method, clip=clip, steps=2, init_text=texts, val_steps=2, val_every=1,
+    inst = tiny_fit(editor, BEFORES, AFTERS, method, clip=clip, steps=2, init_text=texts, val_steps=4, val_every=1,
                     lr=1e-3)
     cost = inst.meta.cost
     assert cost["init_search"] | {"seconds": 0} == {"seconds": 0, "forward_rows": 2 * 2 * 3 * GROUPS,
                                                      "backward_rows": 0}
-    assert cost["validation"] | {"seconds": 0} == {"seconds": 0, "forward_rows": 3 * 2 * 3 * GROUPS,
+    assert cost["validation"] | {"seconds": 0} == {"seconds": 0, "forward_rows": 3 * 4 * 3 * GROUPS,
                                                     "backward_rows": 0}
+    assert inst.meta.init_scores["steps"] == 2 and inst.meta.validation["steps"] == 4
     trained = (1, 2) if text_rows_only else (3, 0)
     assert (cost["training"]["backward_rows"], cost["training"]["forward_rows"]) == tuple(2 * r for r in trained)
     assert all(c["seconds"] > 0 for c in cost.values())
@@ -30,12 +32,15 @@ def test_each_phase_counts_its_denoiser_rows(editor, clip, tmp_path, method, tex
     assert Instruction.load(tmp_path / "a.inst").meta.cost == cost, "the file keeps it"
 
 
-def test_the_init_search_may_score_with_fewer_sampling_steps_than_the_validation(editor):
+@pytest.mark.parametrize("val_steps, best_val_steps, scored", [(3, None, 2), (3, 3, 3), (2, 1, 1)])
+def test_the_init_search_scores_with_best_val_steps_or_half_the_validations(editor, val_steps, best_val_steps,
+                                                                             scored):
     inst = tiny_fit(editor, BEFORES, AFTERS, "visii", steps=2, init_text=("make it night", "make it sepia"),
-                    val_steps=2, best_val_steps=1, val_every=1)
+                    val_steps=val_steps, best_val_steps=best_val_steps, val_every=1)
     cost = inst.meta.cost
-    assert cost["init_search"]["forward_rows"] == 2 * 1 * 3 * GROUPS and inst.meta.init_scores["steps"] == 1
-    assert cost["validation"]["forward_rows"] == 3 * 2 * 3 * GROUPS and inst.meta.validation["steps"] == 2
+    assert cost["init_search"]["forward_rows"] == 2 * scored * 3 * GROUPS and inst.meta.init_scores["steps"] == scored
+    assert cost["validation"]["forward_rows"] == 3 * val_steps * 3 * GROUPS
+    assert inst.meta.validation["steps"] == val_steps
 
 
 def test_a_fit_without_checks_costs_only_its_loop(editor):

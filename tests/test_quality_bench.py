@@ -88,3 +88,40 @@ def test_quality_encoder_rows(editor, clip, tiny_model_dir, tmp_path):
     assert rows["encoder+fit"]["init_text"] == rows["encoder"]["init_text"] == encoder.info["init_text"]
     r = CliRunner().invoke(bench, ["quality", "--model", str(tiny_model_dir), "--edits", "night", "--rows", "encoder"])
     assert r.exit_code == 1 and "need --encoder FILE" in r.output
+
+
+def test_the_init_steps_check_fits_only_where_the_picks_differ(editor, clip):
+    """benchmarks.init_steps: both searches' picks; the rows fitted both ways only where they differ, each way
+    starting from its own pick."""
+    from benchmarks import init_steps
+
+    bench = benchmark.QualitySettings(steps=1, n_test=2, apply_steps=2)
+    same = init_steps.compare(editor, clip, "night", 2, 2, bench, log=lambda line: None)
+    assert same["today_steps"] == 10 and same["texts"]["today"] == same["texts"]["proposed"]
+    assert "today" not in same and "proposed" not in same
+    for steps in (1, 2, 3, 10):  # some step count picks another text than 10 steps on the tiny model
+        found = init_steps.compare(editor, clip, "night", 2, steps, bench, log=lambda line: None)
+        if found["texts"]["today"] != found["texts"]["proposed"]:
+            break
+    else:
+        pytest.skip("every step count picks the same text on the tiny model")
+    for key in ("today", "proposed"):
+        assert set(found[key]) == set(init_steps.ROWS)
+        assert {cells["init_text"] for cells in found[key].values()} == {found["texts"][key]}
+
+
+def test_the_init_steps_summary_counts_unchanged_edits_as_no_change():
+    def edit(group, today=None, proposed=None, no_edit=10.0):
+        out = {"group": group, "shots": 10}
+        if today is not None:
+            out |= {"no_edit": no_edit, "today": {r: {"psnr": today} for r in ROWS},
+                    "proposed": {r: {"psnr": proposed} for r in ROWS}}
+        return out
+
+    from benchmarks.init_steps import ROWS, summarize
+    summary = summarize([edit("local", 12.0, 9.0), edit("local"), edit("local"), edit("hard", 9.0, 11.0)])
+    cells = summary["10"]["visii"]
+    assert cells["local"] == {"delta_db": pytest.approx(-1.0), "changed_edits": 1, "edits": 3,
+                              "below_no_edit_today": 0, "below_no_edit_proposed": 1}
+    assert cells["hard"]["delta_db"] == pytest.approx(2.0) and cells["hard"]["below_no_edit_today"] == 1
+    assert "global" not in cells

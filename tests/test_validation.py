@@ -163,10 +163,11 @@ def test_the_best_text_is_never_empty_when_a_worded_one_beats_no_edit():
 def test_several_init_texts_start_from_the_best_scoring_one(editor, clip):
     texts = ("make it night", "a photo, with a comma", "make it sepia")
     inst = tiny_fit(editor, BEFORES, AFTERS, "visii", clip=clip, steps=2, lr=1e-2, init_text=texts, val_steps=2,
-                    val_every=1)
+                    best_val_steps=2, val_every=1)
     scores = inst.meta.init_scores["texts"]
     assert set(scores) == set(texts) and inst.meta.init_text == max(scores, key=scores.get)
-    # Scored on every pair, as the fit's validation is with 3 pairs: the fit starts from the best text's score.
+    # Scored on every pair with the validation's steps, as the fit's validation is with 3 pairs: the fit starts from
+    # the best text's score.
     assert inst.meta.validation["curve"][0][1] == pytest.approx(max(scores.values()), abs=1e-4)
 
 
@@ -178,8 +179,9 @@ def test_the_init_is_chosen_on_the_training_pairs_only(editor, clip):
     texts = ("make it night", "make it sepia")
     inst = tiny_fit(editor, befores, afters, "visii", clip=clip, steps=0, init_text=texts, val_steps=2)
     assert inst.meta.validation["pairs"] == [6, 7]
-    judge = Validation(editor, befores[:6], afters[:6], steps=2, guidance=7.5, image_guidance=1.5, seed=0)
     found = inst.meta.init_scores
+    assert found["steps"] == 1, "half the validation's steps, by default"
+    judge = Validation(editor, befores[:6], afters[:6], steps=1, guidance=7.5, image_guidance=1.5, seed=0)
     assert found["no_edit"] == pytest.approx(judge.no_edit, abs=1e-6)
     for text in texts:
         assert found["texts"][text] == pytest.approx(judge.score(visii(editor, text)), abs=1e-4), text

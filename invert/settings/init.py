@@ -35,7 +35,7 @@ class InitSettings(Checked):
                                    "for the method.", metavar="FILE")
     best_val_steps: int | None = option(
         None, "--init best (and several --init-text): sampling steps of each candidate's score on the exemplars "
-              "(fixed noise: the fit's seed). Default: --val-steps.", minimum=1, maximum=MAX_SAMPLING_STEPS)
+              "(fixed noise: the fit's seed). Default: half of --val-steps, rounded up (5).", minimum=1, maximum=MAX_SAMPLING_STEPS)
     phrases_top: int = option(5, "--init phrases (and best): phrases kept per image.", minimum=1, maximum=1000,
                               aliases=("top",))
     phrases_threshold: float = option(0.15, "--init phrases (and best): drop a side whose |sensitivity| is below "
