@@ -399,3 +399,15 @@ def test_a_non_finite_loss_stops_with_the_state_before_it(editor, clip, sets):
     with pytest.raises(FitDiverged, match="the encoder's loss became nan at step 1") as diverged:
         trainer.run(quiet=True)
     assert diverged.value.state.step == 0
+
+
+def test_the_validation_comparison_scores_each_encoder_and_the_parts_of_a_composition(trained, editor, clip):
+    """benchmarks.encoder_val: a PSNR per shots setting for every edit, and the parts-sum row only for a composed
+    edit (night_frame is night then frame; night is one part)."""
+    from benchmarks.encoder_val import compare
+
+    path, _, _ = trained
+    result = compare(editor, clip, {"e": EncoderFile.load(path)}, ["night_frame", "night"], (2, 1), parts=True,
+                     log=lambda line: None)
+    assert set(result["e"]["night_frame"]) == {"2", "1", "parts"} and set(result["e"]["night"]) == {"2", "1"}
+    assert all(np.isfinite(v) for cells in result["e"].values() for v in cells.values())

@@ -78,6 +78,9 @@ SKIPPED = {  # the start of an example -> why it is not run here
                                                        "runs its snapshot scoring small)",
     "OMP_NUM_THREADS=1 python -m benchmarks.ablation": "81 minutes; no test runs this benchmark "
                                                        "(tests/test_faithful_options.py tests each option it compares)",
+    "OMP_NUM_THREADS=1 python -m benchmarks.encoder_val": "encoders' instructions sampled on the toy model, a minute "
+                                                          "or more (tests/test_encoder.py runs its comparison on the "
+                                                          "tiny model)",
     "python -m benchmarks.library": "minutes; no test runs this benchmark (tests/test_library.py tests libraries)",
     "python -m benchmarks.lora_and_reverse": "minutes; no test runs this benchmark (tests/test_lora.py and "
                                              "tests/test_reverse.py test what it measures)",
