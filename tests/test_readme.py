@@ -69,7 +69,7 @@ SKIPPED = {  # the start of an example -> why it is not run here
                                                                                "edits: minutes to hours "
                                                                                "(tests/test_quality_bench.py runs "
                                                                                "them small)",
-    "python -m benchmarks quality --model toy-dit": "the toy DiT's table: 16 minutes of CPU (tests/test_quality_bench.py "
+    "python -m benchmarks quality --model toy-dit": "the toy DiT's table: 30 minutes of CPU (tests/test_quality_bench.py "
                                                     "runs the benchmark small)",
     "python -m benchmarks quality --shots 10": "the table at the defaults: hours of CPU (tests/test_quality_bench.py "
                                                "runs the benchmark small, and docs/reference.md's short lines run "
