@@ -84,13 +84,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="the proposed --best-val-steps")
     parser.add_argument("--shots", default="10,1")
     parser.add_argument("--edits", default=None, help="comma-separated; default: the quality table's 22")
+    parser.add_argument("--guidance", type=float, default=QualitySettings().guidance[0],
+                        help="text guidance of the fits and applies (the toy DiT: 1)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     editor = load_editor(args.model, "cpu")
     clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
     names = args.edits.split(",") if args.edits else [n for group in DEFAULT_EDITS.values() for n in group]
     start = time.perf_counter()
-    per_edit = [compare(editor, clip, name, int(k), args.steps) for k in args.shots.split(",") for name in names]
+    bench = QualitySettings(guidance=(args.guidance, QualitySettings().guidance[1]))
+    per_edit = [compare(editor, clip, name, int(k), args.steps, bench) for k in args.shots.split(",") for name in names]
     result = {"command": "python -m benchmarks.init_steps " + " ".join(sys.argv[1:] if argv is None else argv), "model": args.model,
               "edits": per_edit, "summary": summarize(per_edit), "seconds": time.perf_counter() - start}
     for shots, rows in result["summary"].items():

@@ -80,11 +80,11 @@ def test_rank_correlation_of_the_proxy_study():
 def test_the_ratio_benchmark_runs_the_default_fit_beside_its_loop(tiny_model_dir, pairs_dir):
     from benchmarks.selfcheck import measure
 
-    fast = ["--resolution", "32", "--steps", "2", "--val-every", "1", "--val-steps", "2"]
-    out = measure(str(pairs_dir), ["visii"], str(tiny_model_dir), 1, fast, ["--val-steps", "1"])
+    fast = ["--resolution", "32", "--steps", "2", "--val-every", "1", "--val-steps", "4"]
+    out = measure(str(pairs_dir), ["visii"], str(tiny_model_dir), 1, fast, ["--best-val-steps", "1"])
     run = out["methods"]["visii"]["runs"][0]
     assert run["ratio"] == pytest.approx(run["default"] / run["loop_alone"], abs=1e-3)
     searched = run["cost"]["init_search"]["forward_rows"]
-    assert searched > 0 and searched % (2 * 3 * GROUPS) == 0, "candidates x 2 steps x 3 pairs x 3 rows"
+    assert searched > 0 and searched % (2 * 3 * GROUPS) == 0, "candidates x 2 steps (half of 4) x 3 pairs x 3 rows"
     assert run["proposed_cost"]["init_search"]["forward_rows"] * 2 == searched, "one sampling step instead of 2"
     assert run["loop_cost"]["init_search"]["forward_rows"] == run["loop_cost"]["validation"]["forward_rows"] == 0
