@@ -251,11 +251,11 @@ def save_model(out: Path, text_encoder, tokenizer, vae, transformer) -> None:
     pipe.save_pretrained(out)
     settings = {"pipeline": {"max_sequence_length": TEXT.max_sequence_length,
                              "text_encoder_out_layers": list(TEXT.text_encoder_out_layers)},
-                "clip": os.path.relpath(toy_model_path(TOY_MODEL) / "clip", out),
+                "clip": os.path.relpath(toy_model_path(TOY_MODEL) / "clip", out), "vocab": "toy",
                 "why": "The toy klein was trained on prompts padded to 32 tokens and reads its 4-layer text "
                        "encoder's layers 1-3; Flux2KleinPipeline's defaults (512, (9, 18, 27)) are the real "
                        "model's. Pass these to the pipeline's call. Its CLIP is the toy IP2P's, trained on the "
-                       "same world."}
+                       "same world, and its phrases the toy world's (vocab 'toy')."}
     (out / "invert.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 

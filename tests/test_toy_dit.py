@@ -58,6 +58,24 @@ def test_its_clip_is_the_toy_clip_it_names(folder, tmp_path):
         clip_name_for(None, str(tmp_path))
 
 
+def test_its_phrases_are_the_toy_worlds(folder, tmp_path):
+    """--init best's phrases on the toy DiT are the toy world's (its invert.json names the vocabulary, as the toy
+    IP2P's folder holds it), not the default list of photo phrases; a file relative to the folder works too, and a
+    bad name is one error naming the file."""
+    from invert.errors import ModelLoadError
+    from invert.vocab import load_vocab, model_vocab
+
+    assert model_vocab(str(folder)) == model_vocab("toy-dit") == ("toy",)
+    assert load_vocab(model_vocab("toy-dit")) == load_vocab(model_vocab("toy"))
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "words.txt").write_text("a red circle\n")
+    (tmp_path / "invert.json").write_text(json.dumps({"vocab": "words.txt"}))
+    assert load_vocab(model_vocab(str(tmp_path))) == ["a red circle"]
+    (tmp_path / "invert.json").write_text(json.dumps({"vocab": ["toy"]}))
+    with pytest.raises(ModelLoadError, match=r"invert.json: 'vocab' should be"):
+        model_vocab(str(tmp_path))
+
+
 def test_reuse_trains_the_transformer_only(folder, pipe, tmp_path):
     from diffusers import Flux2KleinPipeline
 

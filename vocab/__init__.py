@@ -47,13 +47,17 @@ def read_phrases(path: Path) -> list[str]:
 
 def model_vocab(model: str | None) -> tuple[str, ...]:
     """The default vocabulary for a base model: its folder's own ``vocab.txt`` (the toy model ships one, as the
-    default list describes photos, not its world), else ``default``."""
+    default list describes photos, not its world), else the one its ``invert.json`` names (the toy DiT: ``toy``),
+    else ``default``."""
     if model:
-        from ..backbones.model_info import resolve_model_path
+        from ..backbones.model_info import paired_vocab, resolve_model_path
 
         own = Path(resolve_model_path(model)) / "vocab.txt"
         if own.is_file():
             return (str(own),)
+        named = paired_vocab(model)
+        if named:
+            return (named,)
     return ("default",)
 
 

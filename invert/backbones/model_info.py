@@ -142,6 +142,24 @@ def paired_clip(model: str) -> str | None:
     return str(folder.resolve()) if folder.is_dir() else name
 
 
+def paired_vocab(model: str) -> str | None:
+    """The phrase vocabulary a model folder names as its own (the ``vocab`` of its ``invert.json``: a vocabulary
+    name, or a file relative to the model's folder; the toy DiT names the toy world's), or None."""
+    path = model_file(model, DEFAULTS_FILE)
+    if path is None:
+        return None
+    try:
+        name = json.loads(path.read_text()).get("vocab")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{path}: not a valid {DEFAULTS_FILE} ({exc})") from None
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError(f"{path}: 'vocab' should be a vocabulary name or a file of phrases")
+    file = path.parent / name
+    return str(file.resolve()) if file.is_file() else name
+
+
 def fit_defaults(model: str) -> dict[str, Any]:
     """The fit options a model's folder recommends for itself, from the ``fit`` object of its ``invert.json``
     (the toy model's: a higher learning rate and a lower text guidance than IP2P's)."""
