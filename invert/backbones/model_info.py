@@ -123,41 +123,41 @@ def pipeline_settings(model: str) -> dict[str, Any]:
     return settings
 
 
-def paired_clip(model: str) -> str | None:
-    """The CLIP model a model folder names as its own (the ``clip`` of its ``invert.json``: a hub id, or a folder,
-    relative to the model's folder; the toy DiT names the toy IP2P's toy CLIP, trained on the same world), or
-    None."""
+def _paired(model: str, key: str, expected: str) -> tuple[Path, str] | None:
+    """The ``key`` a model folder's ``invert.json`` names (a non-empty string) and the file it came from, or None."""
     path = model_file(model, DEFAULTS_FILE)
     if path is None:
         return None
     try:
-        name = json.loads(path.read_text()).get("clip")
+        name = json.loads(path.read_text()).get(key)
     except (OSError, ValueError, AttributeError) as exc:
         raise ModelLoadError(f"{path}: not a valid {DEFAULTS_FILE} ({exc})") from None
     if name is None:
         return None
     if not isinstance(name, str) or not name:
-        raise ModelLoadError(f"{path}: 'clip' should be the name or folder of a CLIP model")
-    folder = path.parent / name
-    return str(folder.resolve()) if folder.is_dir() else name
+        raise ModelLoadError(f"{path}: '{key}' should be {expected}")
+    return path, name
+
+
+def paired_clip(model: str) -> str | None:
+    """The CLIP model a model folder names as its own (the ``clip`` of its ``invert.json``: a hub id, or a folder,
+    relative to the model's folder; the toy DiT names the toy IP2P's toy CLIP, trained on the same world), or
+    None."""
+    paired = _paired(model, "clip", "the name or folder of a CLIP model")
+    if paired is None:
+        return None
+    folder = paired[0].parent / paired[1]
+    return str(folder.resolve()) if folder.is_dir() else paired[1]
 
 
 def paired_vocab(model: str) -> str | None:
     """The phrase vocabulary a model folder names as its own (the ``vocab`` of its ``invert.json``: a vocabulary
     name, or a file relative to the model's folder; the toy DiT names the toy world's), or None."""
-    path = model_file(model, DEFAULTS_FILE)
-    if path is None:
+    paired = _paired(model, "vocab", "a vocabulary name or a file of phrases")
+    if paired is None:
         return None
-    try:
-        name = json.loads(path.read_text()).get("vocab")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ModelLoadError(f"{path}: not a valid {DEFAULTS_FILE} ({exc})") from None
-    if name is None:
-        return None
-    if not isinstance(name, str) or not name:
-        raise ModelLoadError(f"{path}: 'vocab' should be a vocabulary name or a file of phrases")
-    file = path.parent / name
-    return str(file.resolve()) if file.is_file() else name
+    file = paired[0].parent / paired[1]
+    return str(file.resolve()) if file.is_file() else paired[1]
 
 
 def fit_defaults(model: str) -> dict[str, Any]:
