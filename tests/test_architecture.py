@@ -60,6 +60,19 @@ def test_the_cli_modules_do_not_import_main():
             assert "invert.cli.main" not in imported_modules(path), path.name
 
 
+def lines_matching(pattern: re.Pattern, paths, outside) -> list[str]:
+    """``path:line: text`` of every code line (comments cut) matching ``pattern`` in ``paths``, except in files whose
+    path parts ``outside`` accepts (the one place allowed to branch)."""
+    found = []
+    for path in paths:
+        if outside(path.relative_to(ROOT).parts):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line.split("#")[0]):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return found
+
+
 NAME = "|".join(method_names())
 # A comparison with a method's name, or hasattr() on a method or its class.
 BRANCH = re.compile(rf"""(==|!=|\bin)\s*[(\[{{]?\s*["']({NAME})["']|["']({NAME})["']\s*(==|!=)"""
@@ -69,13 +82,8 @@ BRANCH = re.compile(rf"""(==|!=|\bin)\s*[(\[{{]?\s*["']({NAME})["']|["']({NAME})
 def test_no_branching_on_a_method_name_outside_the_methods():
     """A method is one file: nothing else asks which method it runs (== "lora", in ("visii", ...),
     hasattr(...) on a method); the loop, sampler, library and CLI call the method's own operations."""
-    offenders = []
-    for path in python_files("invert", "cli", "ui"):
-        if "methods" in path.relative_to(ROOT).parts:
-            continue
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if BRANCH.search(line.split("#")[0]):
-                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    offenders = lines_matching(BRANCH, python_files("invert", "cli", "ui"),
+                               outside=lambda parts: "methods" in parts)
     assert not offenders, "\n".join(offenders)
 
 
@@ -114,13 +122,8 @@ def test_no_branching_on_the_architecture_outside_the_backbones():
     """A backbone is one module: nothing else asks which architecture runs (== "sdxl-ip2p", isinstance(editor,
     FluxEditor), type(pipe).__name__ == ..., hasattr(editor.denoiser, ...)); what differs is a protocol attribute or
     method of the backbone. The benchmarks too: they measure every registered backbone through the protocol."""
-    offenders = []
-    for path in python_files("invert", "cli", "ui", "benchmarks"):
-        if path.relative_to(ROOT).parts[:2] == ("invert", "backbones"):
-            continue
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if ARCH_BRANCH.search(line.split("#")[0]):
-                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    offenders = lines_matching(ARCH_BRANCH, python_files("invert", "cli", "ui", "benchmarks"),
+                               outside=lambda parts: parts[:2] == ("invert", "backbones"))
     assert not offenders, "\n".join(offenders)
 
 
