@@ -17,8 +17,7 @@ from invert.backbones import load_editor
 from invert.clip import clip_name_for, load_clip
 from invert.encoder import EncoderFile, encoded_method
 from invert.encoder.network import load_state
-from invert.evaluation import as_tensor, psnr
-from invert.sampling import sample
+from invert.fitting.validation import Validation
 from invert.toy import world
 
 from .quality import VALIDATION_SEED, QualitySettings, edit_pairs
@@ -30,9 +29,9 @@ EDITS = ["night_frame", "gray_contrast_frame", "circle_red_cooler", "sepia_half"
 
 
 def _psnr(editor, method, befores, truths) -> float:
-    results = sample(editor, method, befores, steps=BENCH.apply_steps, guidance=BENCH.guidance[0],
-                     image_guidance=BENCH.guidance[1], seed=BENCH.seed)
-    return float(psnr(as_tensor(results), as_tensor(truths)).mean())
+    """The method applied as the quality table applies, mean PSNR to the true edits."""
+    return Validation(editor, befores, truths, steps=BENCH.apply_steps, guidance=BENCH.guidance[0],
+                      image_guidance=BENCH.guidance[1], seed=BENCH.seed).score(method)
 
 
 def _features(clip, pairs):

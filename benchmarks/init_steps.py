@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     bench = QualitySettings(guidance=(args.guidance, QualitySettings().guidance[1]))
     per_edit = [compare(editor, clip, name, int(k), args.steps, bench) for k in args.shots.split(",") for name in names]
-    result = {"command": "python -m benchmarks.init_steps " + " ".join(sys.argv[1:] if argv is None else argv), "model": args.model,
-              "edits": per_edit, "summary": summarize(per_edit), "seconds": time.perf_counter() - start}
+    command = "python -m benchmarks.init_steps " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command, "model": args.model, "edits": per_edit, "summary": summarize(per_edit), "seconds": time.perf_counter() - start}
     for shots, rows in result["summary"].items():
         for row, groups in rows.items():
             print(f"{shots:>2}-shot {row:15s} " + "  ".join(
