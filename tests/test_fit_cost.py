@@ -3,6 +3,7 @@ that measure, project and judge it."""
 import pytest
 from conftest import scene, tiny_fit
 
+from invert.fitting.init_search import best_text, shortlist
 from invert.instruction import Instruction
 
 BEFORES = [scene(i) for i in range(3)]
@@ -40,6 +41,41 @@ def test_the_init_search_scores_with_best_val_steps_or_half_the_validations(edit
     assert cost["init_search"]["forward_rows"] == 2 * scored * 3 * GROUPS and inst.meta.init_scores["steps"] == scored
     assert cost["validation"]["forward_rows"] == 3 * val_steps * 3 * GROUPS
     assert inst.meta.validation["steps"] == val_steps
+
+
+SIX_BEFORES = [scene(i) for i in range(6)]
+SIX_AFTERS = [scene(i, night=True) for i in range(6)]
+FIVE_TEXTS = ("make it night", "make it sepia", "a photo", "make it dark", "")
+
+
+def test_a_shortlist_scores_every_candidate_on_half_the_pairs_and_its_best_on_all(editor):
+    """5 candidates, 6 training pairs (none held out: val 0), a shortlist of 2: all 5 on the first 3 pairs, the best
+    2 of them on the other 3 too, and those 2 score what scoring every candidate on every pair gives them."""
+    common = dict(steps=0, init_text=FIVE_TEXTS, val=0, val_steps=2, best_val_steps=1)
+    full = tiny_fit(editor, SIX_BEFORES, SIX_AFTERS, "visii", best_shortlist=0, **common).meta
+    two = tiny_fit(editor, SIX_BEFORES, SIX_AFTERS, "visii", best_shortlist=2, **common).meta
+    assert full.cost["init_search"]["forward_rows"] == 5 * 6 * 1 * GROUPS
+    assert two.cost["init_search"]["forward_rows"] == (5 * 3 + 2 * 3) * 1 * GROUPS
+    first, listed = two.init_scores["first_round"], two.init_scores["texts"]
+    assert set(first) == set(FIVE_TEXTS) and two.init_scores["first_round_pairs"] == 3
+    assert list(listed) == shortlist(first, 2) and len(listed) == 2
+    for text, score in listed.items():
+        assert score == pytest.approx(full.init_scores["texts"][text], abs=1e-4), text
+    assert two.init_scores["no_edit"] == pytest.approx(full.init_scores["no_edit"], abs=1e-5)
+    assert two.init_text == best_text(listed, two.init_scores["no_edit"])
+    assert "first_round" not in full.init_scores
+
+
+@pytest.mark.parametrize("pairs, keep", [(3, 2), (6, 5), (6, 0)])
+def test_no_shortlist_below_four_pairs_or_for_as_many_candidates_as_it_keeps(editor, pairs, keep):
+    meta = tiny_fit(editor, SIX_BEFORES[:pairs], SIX_AFTERS[:pairs], "visii", steps=0, init_text=FIVE_TEXTS, val=0,
+                    val_steps=2, best_val_steps=1, best_shortlist=keep).meta
+    assert meta.cost["init_search"]["forward_rows"] == 5 * pairs * GROUPS and "first_round" not in meta.init_scores
+
+
+def test_a_shortlist_is_the_best_first_round_scores_ties_in_order():
+    assert shortlist({"a": 1.0, "b": 3.0, "c": 3.0, "d": 2.0}, 3) == ["b", "c", "d"]
+    assert shortlist({"a": 1.0, "b": float("-inf")}, 5) == ["a", "b"]
 
 
 def test_a_fit_without_checks_costs_only_its_loop(editor):
@@ -87,3 +123,16 @@ def test_the_ratio_benchmark_runs_the_default_fit_beside_its_loop(tiny_model_dir
     assert searched > 0 and searched % (2 * 3 * GROUPS) == 0, "candidates x 2 steps (half of 4) x 3 pairs x 3 rows"
     assert run["proposed_cost"]["init_search"]["forward_rows"] * 2 == searched, "one sampling step instead of 2"
     assert run["loop_cost"]["init_search"]["forward_rows"] == run["loop_cost"]["validation"]["forward_rows"] == 0
+
+
+def test_the_shortlist_study_replays_the_two_rounds_on_per_pair_scores():
+    """benchmarks.init_shortlist: round one on the first half of the pairs, the shortlist on all; a miss when
+    today's best is left off the shortlist, its regret in today's score."""
+    from benchmarks.init_shortlist import apply_rule
+
+    scores = {"a": [20.0, 20.0, 10.0, 10.0], "b": [19.0, 19.0, 19.0, 19.0], "c": [18.0, 18.0, 18.0, 18.0],
+              "d": [10.0, 10.0, 10.0, 10.0]}
+    missed = apply_rule(scores, keep=1)
+    assert missed == {"pick": "a", "today": "b", "regret_db": 4.0, "rank_of_today_in_round_one": 2,
+                      "samplings": 4 * 2 + 1 * 2, "today_samplings": 16}
+    assert apply_rule(scores, keep=2)["pick"] == "b" and apply_rule(scores, keep=2)["regret_db"] == 0.0

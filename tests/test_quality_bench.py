@@ -90,27 +90,29 @@ def test_quality_encoder_rows(editor, clip, tiny_model_dir, tmp_path):
     assert r.exit_code == 1 and "need --encoder FILE" in r.output
 
 
-def test_the_init_steps_check_fits_only_where_the_picks_differ(editor, clip):
-    """benchmarks.init_steps: both searches' picks; the rows fitted both ways only where they differ, each way
+def test_the_init_pick_check_fits_only_where_the_picks_differ(editor, clip):
+    """benchmarks.init_pick: both searches' picks; the rows fitted both ways only where they differ, each way
     starting from its own pick."""
-    from benchmarks import init_steps
+    from benchmarks import init_pick
 
     bench = benchmark.QualitySettings(steps=1, n_test=2, apply_steps=2)
-    same = init_steps.compare(editor, clip, "night", 2, 2, bench, log=lambda line: None)
-    assert same["today_steps"] == 10 and same["texts"]["today"] == same["texts"]["proposed"]
+    same = init_pick.compare(editor, clip, "night", 2, {"best_val_steps": 10}, {"best_val_steps": 10}, bench,
+                             log=lambda line: None)
+    assert same["today_options"] == {"best_val_steps": 10} and same["texts"]["today"] == same["texts"]["proposed"]
     assert "today" not in same and "proposed" not in same
-    for steps in (1, 2, 3, 10):  # some step count picks another text than 10 steps on the tiny model
-        found = init_steps.compare(editor, clip, "night", 2, steps, bench, log=lambda line: None)
+    for steps in (1, 2, 3):  # some step count picks another text than 10 steps on the tiny model
+        found = init_pick.compare(editor, clip, "night", 2, {"best_val_steps": 10}, {"best_val_steps": steps}, bench,
+                                  log=lambda line: None)
         if found["texts"]["today"] != found["texts"]["proposed"]:
             break
     else:
         pytest.skip("every step count picks the same text on the tiny model")
     for key in ("today", "proposed"):
-        assert set(found[key]) == set(init_steps.ROWS)
+        assert set(found[key]) == set(init_pick.ROWS)
         assert {cells["init_text"] for cells in found[key].values()} == {found["texts"][key]}
 
 
-def test_the_init_steps_summary_counts_unchanged_edits_as_no_change():
+def test_the_init_pick_summary_counts_unchanged_edits_as_no_change():
     def edit(group, today=None, proposed=None, no_edit=10.0):
         out = {"group": group, "shots": 10}
         if today is not None:
@@ -118,7 +120,7 @@ def test_the_init_steps_summary_counts_unchanged_edits_as_no_change():
                     "proposed": {r: {"psnr": proposed} for r in ROWS}}
         return out
 
-    from benchmarks.init_steps import ROWS, summarize
+    from benchmarks.init_pick import ROWS, summarize
     summary = summarize([edit("local", 12.0, 9.0), edit("local"), edit("local"), edit("hard", 9.0, 11.0)])
     cells = summary["10"]["visii"]
     assert cells["local"] == {"delta_db": pytest.approx(-1.0), "changed_edits": 1, "edits": 3,

@@ -55,8 +55,10 @@ SKIPPED = {  # the start of an example -> why it is not run here
     "OMP_NUM_THREADS=1 python -m benchmarks.growth": "minutes; tests/test_bench_growth.py runs pairs, parts and "
                                                      "apply-batch on the tiny model (resolution has no test)",
     "python -m benchmarks.growth fit-batch": "a benchmark of minutes (tests/test_bench_growth.py runs it tiny)",
-    "OMP_NUM_THREADS=1 python -m benchmarks.init_steps": "31 minutes of CPU (tests/test_quality_bench.py runs its "
+    "OMP_NUM_THREADS=1 python -m benchmarks.init_pick": "31 minutes of CPU (tests/test_quality_bench.py runs its "
                                                          "comparison and summary on the tiny model)",
+    "OMP_NUM_THREADS=1 python -m benchmarks.init_shortlist": "2.5 minutes of CPU (tests/test_fit_cost.py replays its "
+                                                              "rule on stored scores)",
     "OMP_NUM_THREADS=1 python -m benchmarks.selfcheck": "whole fit processes side by side, minutes "
                                                         "(tests/test_fit_cost.py runs its measure and ranks small)",
     "invert fit examples/toy/night/train -o f1000.inst": "a 1000-step fit whose denoiser rows the projection below "

@@ -15,6 +15,7 @@ from ..backbones import Editor
 from ..clip import Clip
 from ..methods.base import Method
 from ..settings import FitSettings
+from ..settings.init import MIN_PAIRS_TO_SHORTLIST
 from .phrases import PhraseChoice, init_candidates, initial_text
 from .validation import Validation
 
@@ -52,15 +53,44 @@ def choose_init(editor: Editor, cls: type[Method], settings: FitSettings, method
     if not texts and init_mode(cls, settings) == "best" and clip is not None:
         texts, found = init_candidates(clip, settings.vocab, editor.model_id, befores, afters, settings)
     if texts:
-        scorer = Validation.of_fit(editor, befores, afters, settings, candidate_steps(settings))
-        scores = {t: scorer.score(cls.initialize(editor, editor.encode_text([t]), t, method_settings, settings.seed))
-                  for t in texts}
-        return InitChoice(best_text(scores, scorer.no_edit), found, {"no_edit": scorer.no_edit, "texts": scores,
-                                                                     "steps": scorer.steps})
+        scores = score_candidates(editor, cls, settings, method_settings, texts, befores, afters)
+        return InitChoice(best_text(scores["texts"], scores["no_edit"]), found, scores)
     text, found = initial_text(own_init(cls, settings), settings.vocab, clip, editor.model_id, befores, afters,
                                settings, pez_steps=settings.pez_steps, pez_tokens=settings.pez_tokens,
                                seed=settings.seed)
     return InitChoice(text, found)
+
+
+def score_candidates(editor: Editor, cls: type[Method], settings: FitSettings, method_settings: Any,
+                     texts: list[str] | tuple[str, ...], befores: list[Image.Image], afters: list[Image.Image]) -> dict:
+    """Each candidate's score on the pairs: ``{"no_edit": dB, "texts": {text: dB}, "steps": sampling steps}``.
+
+    With --best-shortlist K (and more than K candidates, at least MIN_PAIRS_TO_SHORTLIST pairs) in two rounds: every
+    candidate on the first half of the pairs (recorded as ``"first_round"``, over ``"first_round_pairs"`` pairs),
+    then the K best of them on the other half; ``"texts"`` then holds the K. A pair's edit does not depend on the
+    batch it is sampled in, so their scores are the ones a single round over all pairs gives: the two rounds can
+    only differ from one by leaving the one-round best off the shortlist."""
+    steps = candidate_steps(settings)
+
+    def state(text: str) -> Method:
+        return cls.initialize(editor, editor.encode_text([text]), text, method_settings, settings.seed)
+
+    keep, n = settings.best_shortlist, len(befores)
+    if not keep or len(texts) <= keep or n < MIN_PAIRS_TO_SHORTLIST:
+        scorer = Validation.of_fit(editor, befores, afters, settings, steps)
+        return {"no_edit": scorer.no_edit, "texts": {t: scorer.score(state(t)) for t in texts}, "steps": steps}
+    half = n // 2
+    one = Validation.of_fit(editor, befores[:half], afters[:half], settings, steps)
+    two = Validation.of_fit(editor, befores[half:], afters[half:], settings, steps)
+    first = {t: one.score(state(t)) for t in texts}
+    full = {t: (first[t] * half + two.score(state(t)) * (n - half)) / n for t in shortlist(first, keep)}
+    return {"no_edit": (one.no_edit * half + two.no_edit * (n - half)) / n, "texts": full, "steps": steps,
+            "first_round": first, "first_round_pairs": half}
+
+
+def shortlist(scores: dict[str, float], keep: int) -> list[str]:
+    """The ``keep`` best-scoring texts, best first (ties in the candidates' order)."""
+    return sorted(scores, key=lambda t: -scores[t])[:keep]
 
 
 def candidate_steps(settings: FitSettings) -> int:
@@ -79,4 +109,5 @@ def best_text(scores: dict[str, float], no_edit: float) -> str:
     return max(pool, key=lambda t: pool[t])
 
 
-__all__ = ["InitChoice", "best_text", "candidate_steps", "choose_init", "init_mode", "own_init"]
+__all__ = ["InitChoice", "best_text", "candidate_steps", "choose_init", "init_mode", "own_init", "score_candidates",
+           "shortlist"]

@@ -10,6 +10,9 @@ from .fields import Checked, option
 from .limits import MAX_FIT_STEPS, MAX_SAMPLING_STEPS, MAX_TOKENS
 
 DEFAULT_TEMPLATE = "turn {p_x} into {p_y}"
+# Below this many training pairs the init search scores every candidate on every pair: a first round on one pair
+# ranks poorly.
+MIN_PAIRS_TO_SHORTLIST = 4
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,11 @@ class InitSettings(Checked):
     best_val_steps: int | None = option(
         None, "--init best (and several --init-text): sampling steps of each candidate's score on the exemplars "
               "(fixed noise: the fit's seed). Default: half of --val-steps, rounded up (5).", minimum=1, maximum=MAX_SAMPLING_STEPS)
+    best_shortlist: int = option(
+        4, f"--init best (and several --init-text): with {MIN_PAIRS_TO_SHORTLIST} or more training pairs, every "
+           "candidate is scored on half of them first, and only this many of the best go on to the other half; 0: "
+           "every candidate on every pair.",
+        minimum=0, maximum=1000)
     phrases_top: int = option(5, "--init phrases (and best): phrases kept per image.", minimum=1, maximum=1000,
                               aliases=("top",))
     phrases_threshold: float = option(0.15, "--init phrases (and best): drop a side whose |sensitivity| is below "
@@ -65,4 +73,4 @@ class InitSettings(Checked):
         return (self.init_text,) if isinstance(self.init_text, str) else self.init_text or ()
 
 
-__all__ = ["DEFAULT_TEMPLATE", "InitSettings"]
+__all__ = ["DEFAULT_TEMPLATE", "MIN_PAIRS_TO_SHORTLIST", "InitSettings"]
