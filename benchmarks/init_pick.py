@@ -23,10 +23,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from invert.backbones import load_editor
-from invert.clip import clip_name_for, load_clip
 
-from .quality import DEFAULT_EDITS, FITTED, QualitySettings, benchmark_edit, edit_pairs, group_of, search_init
+from .quality import FITTED, QualitySettings, benchmark_edit, edit_pairs, group_of, search_init, study_setup
 
 # The rows the init search changes: every fitted row but the one given its own init text.
 ROWS = tuple(row for row, (_, _, init_text) in FITTED.items() if init_text is None)
@@ -96,14 +94,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="text guidance of the fits and applies (the toy DiT: 1)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    editor = load_editor(args.model, "cpu")
-    clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
-    names = args.edits.split(",") if args.edits else [n for group in DEFAULT_EDITS.values() for n in group]
+    editor, clip, names = study_setup(args.model, args.edits)
     start = time.perf_counter()
     bench = QualitySettings(guidance=(args.guidance, QualitySettings().guidance[1]))
-    per_edit = [compare(editor, clip, name, int(k), args.today, args.proposed, bench) for k in args.shots.split(",") for name in names]
+    per_edit = [compare(editor, clip, name, int(k), args.today, args.proposed, bench)
+                for k in args.shots.split(",") for name in names]
     command = "python -m benchmarks.init_pick " + shlex.join(sys.argv[1:] if argv is None else argv)
-    result = {"command": command, "model": args.model, "edits": per_edit, "summary": summarize(per_edit), "seconds": time.perf_counter() - start}
+    result = {"command": command, "model": args.model, "edits": per_edit, "summary": summarize(per_edit),
+              "seconds": time.perf_counter() - start}
     for shots, rows in result["summary"].items():
         for row, groups in rows.items():
             print(f"{shots:>2}-shot {row:15s} " + "  ".join(

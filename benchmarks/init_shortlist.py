@@ -21,15 +21,13 @@ import time
 from pathlib import Path
 
 from invert.api import model_defaults
-from invert.backbones import load_editor
-from invert.clip import clip_name_for, load_clip
 from invert.fitting.init_search import candidate_steps, shortlist
 from invert.fitting.phrases import init_candidates
 from invert.methods import method_class, settings_for
 from invert.metrics import as_tensor, psnr
 from invert.sampling import sample
 
-from .quality import DEFAULT_EDITS, VALIDATION_SEED, edit_pairs
+from .quality import VALIDATION_SEED, edit_pairs, study_setup
 
 PAIRS = 8  # a fit of 10 exemplars trains on 8
 RULES = {f"top {k}": {"keep": k} for k in (2, 3, 4, 5, 6)}
@@ -77,9 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--edits", default=None, help="comma-separated; default: the quality table's 22")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    editor = load_editor(args.model, "cpu")
-    clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
-    names = args.edits.split(",") if args.edits else [n for group in DEFAULT_EDITS.values() for n in group]
+    editor, clip, names = study_setup(args.model, args.edits)
     start = time.perf_counter()
     edits = {}
     for name in names:
@@ -96,9 +92,9 @@ def main(argv: list[str] | None = None) -> None:
                          "samplings_saved": round(1 - sum(r["samplings"] for r in rows)
                                                   / sum(r["today_samplings"] for r in rows), 4)}
         print(f"{rule}: {summary[rule]}")
-    result = {"command": "python -m benchmarks.init_shortlist " + shlex.join(sys.argv[1:] if argv is None else argv), "model": args.model,
-              "method": args.method, "pairs": PAIRS, "edits": edits, "summary": summary,
-              "seconds": round(time.perf_counter() - start, 1)}
+    command = "python -m benchmarks.init_shortlist " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command, "model": args.model, "method": args.method, "pairs": PAIRS, "edits": edits,
+              "summary": summary, "seconds": round(time.perf_counter() - start, 1)}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

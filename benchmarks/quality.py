@@ -204,11 +204,25 @@ def _encoded_rows(editor: Editor, clip: Clip, shots, common: dict, s: QualitySet
     return rows
 
 
+def edit_names(edits: str | None) -> list[str]:
+    """The edits a study runs on: a comma-separated list given, else the quality table's 22."""
+    return edits.split(",") if edits else [n for group in DEFAULT_EDITS.values() for n in group]
+
+
+def study_setup(model: str, edits: str | None) -> tuple[Editor, Clip, list[str]]:
+    """A study's editor and its CLIP on the CPU, and its edits (``edits``: as :func:`edit_names` reads them)."""
+    from invert.backbones import load_editor
+    from invert.clip import clip_name_for, load_clip
+
+    editor = load_editor(model, "cpu")
+    return editor, load_clip(clip_name_for(None, editor.model_id), editor.device), edit_names(edits)
+
+
 def run(editor: Editor, clip: Clip, edits: list[str] | None = None, settings: QualitySettings | None = None,
         log: Callable[[str], None] = print) -> dict:
     """The whole table: per-edit results, their means per group and shots, and the run time."""
     s = settings or QualitySettings()
-    names = edits or [n for group in DEFAULT_EDITS.values() for n in group]
+    names = edits or edit_names(None)
     start = time.perf_counter()
     per_edit = {name: benchmark_edit(editor, clip, name, s, log) for name in names}
     return {"settings": asdict(s), "edits": per_edit, "summary": summarize(per_edit, s),
