@@ -66,6 +66,34 @@ def sparser(every: int, rule: Callable[[list[float]], int]) -> Callable[[dict], 
     return pick
 
 
+def patience_stop(curve: list[float], patience: int) -> int:
+    """The index of the score at which --patience ``patience`` ends the fit (the loop's own rule,
+    ``BestScore.scores_since_best``); the last when it runs to the end."""
+    from invert.fitting.loop import BestScore
+
+    scores = BestScore(None, keep_state=False)
+    for i, score in enumerate(curve):
+        scores.update(score, i)
+        if 0 < i < len(curve) - 1 and scores.scores_since_best >= patience:
+            return i
+    return len(curve) - 1
+
+
+PATIENCE = (2, 3, 4, 5, 6)
+
+
+def early_stop(patience: int) -> Callable[[dict], int]:
+    """The state --keep last-unless-worse keeps of a fit that --patience ended: a fit stopped early is the full
+    fit's first steps (same seed, same schedule), so its curve is the full curve up to the stop."""
+    return lambda r: last_unless(r["held_out"][:patience_stop(r["held_out"], patience) + 1], 1.0)
+
+
+def loop_share(runs: dict, patience: int) -> float:
+    """The share of the fits' steps that --patience runs, over all fits."""
+    rows = [r for method_rows in runs.values() for r in method_rows.values()]
+    return sum(r["steps"][patience_stop(r["held_out"], patience)] / r["steps"][-1] for r in rows) / len(rows)
+
+
 RULES: dict[str, Callable[[dict], int]] = {
     "best (--keep best, the default before)": lambda r: best(r["held_out"]),
     "best, margin 0.5 dB": lambda r: best(r["held_out"], 0.5),
@@ -79,6 +107,7 @@ RULES: dict[str, Callable[[dict], int]] = {
     "last unless best +1 dB, scored half as often": sparser(2, lambda c: last_unless(c, 1.0)),
     "last unless best +1 dB, scored a fifth as often": sparser(5, lambda c: last_unless(c, 1.0)),
     f"best, {RESCORE_STEPS} val steps": lambda r: best(r["held_out_rescored"]),
+    **{f"last unless best +1 dB, --patience {k}": early_stop(k) for k in PATIENCE},
     "start (reference)": lambda r: 0,
     "oracle (reference)": lambda r: best(r["truth"]),
 }
@@ -172,10 +201,13 @@ def main(argv: list[str] | None = None) -> None:
             if args.json:
                 args.json.write_text(json.dumps(result, indent=1))
     result["summary"] = summarize(result["runs"])
+    result["patience_loop_share"] = {str(k): loop_share(result["runs"], k) for k in PATIENCE}
     result["seconds"] = result.get("seconds", 0.0) + time.perf_counter() - start
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     print(format_table(result["summary"]))
+    print("share of the loop run: " + ", ".join(f"--patience {k}: {v:.2f}" for k, v in
+                                                 result["patience_loop_share"].items()))
 
 
 if __name__ == "__main__":

@@ -89,8 +89,10 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
         except FitStopped as stopped:
             raise saved(stopped, state_path, stop.signum) from None
     inst.save(output, force=force)
+    stopped = (inst.meta.validation or {}).get("stopped_at")
+    early = f", stopped early at step {stopped} (--patience)" if stopped else ""
     click.echo(f"wrote {output} ({inst.method}, init text {inst.meta.init_text!r}, "
-               f"loss {inst.meta.final_loss}, {inst.meta.fit_seconds:.1f} s)", err=quiet or as_json)
+               f"loss {inst.meta.final_loss}, {inst.meta.fit_seconds:.1f} s{early})", err=quiet or as_json)
     if as_json:
         click.echo(json.dumps(fit_report(output, inst.method, inst.meta), indent=2))
 

@@ -218,9 +218,10 @@ def fit_images(editor: Editor, befores: list[Image.Image], afters: list[Image.Im
     names = [e["name"] for e in exemplars] if exemplars else list(range(len(befores)))
     report = {"kept_step": kept_step, "fit_check": check.line(), "init_scores": init.scores,
               "validation": {"pairs": [names[i] for i in held] if held else "train", "steps": settings.val_steps,
-                             "every": every, "no_edit": validation.no_edit, "curve": [list(x) for x in curve]},
+                             "every": every, "no_edit": validation.no_edit, "curve": [list(x) for x in curve],
+                             **({"stopped_at": trainer.stopped_at} if trainer.stopped_at is not None else {})},
               "cost": meter.report()}
-    return record(history[-1] if history else None, settings.steps, report)
+    return record(history[-1] if history else None, trainer.stopped_at or settings.steps, report)
 
 
 def _complete(editor: Editor, method: str, settings: FitSettings | None, method_settings: Any,

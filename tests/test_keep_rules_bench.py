@@ -4,7 +4,7 @@ import pytest
 from conftest import tiny_fit
 
 from benchmarks import quality
-from benchmarks.keep_rules import best, last_unless, smoothed, summarize, trace
+from benchmarks.keep_rules import best, early_stop, last_unless, loop_share, patience_stop, smoothed, summarize, trace
 from invert.api import apply
 from invert.evaluation import as_tensor, psnr
 
@@ -20,6 +20,17 @@ def test_the_rules_pick_from_the_curve():
     table = summarize(runs)
     assert table["best (--keep best, the default before)"]["m"] == 0.0 and table["oracle (reference)"]["all"] == 4.0
     assert table["last (--keep last)"]["regret"] == 0.0 and table["start (reference)"]["regret"] == 3.0
+
+
+def test_patience_replays_the_loops_stop_on_a_stored_curve():
+    """The fit stops at the score that makes ``patience`` in a row without a better one, never at the start or the
+    last; --keep then chooses among the states up to there."""
+    curve = [10.0, 12.0, 11.0, 12.0, 11.5, 13.0, 9.0]
+    assert patience_stop(curve, 3) == 4, "scores 2, 3 and 4 do not beat 12.0 (a tie does not)"
+    assert patience_stop(curve, 4) == 6 and patience_stop([10.0, 9.0], 1) == 1, "runs to the end"
+    assert early_stop(3)({"held_out": curve}) == 4 and early_stop(4)({"held_out": curve}) == 5
+    runs = {"m": {"e": {"held_out": curve, "steps": [0, 10, 20, 30, 40, 50, 60]}}}
+    assert loop_share(runs, 3) == pytest.approx(40 / 60) and loop_share(runs, 4) == 1.0
 
 
 def test_a_snapshot_is_the_state_the_curve_scored(editor, clip):

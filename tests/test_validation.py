@@ -261,3 +261,35 @@ def test_a_fit_ruined_by_a_huge_learning_rate_keeps_its_start_and_says_so(toy):
     assert inst.meta.kept_step == 0
     judge = Validation(toy, befores, afters, steps=4, guidance=3.0, image_guidance=1.5, seed=0)
     assert judge.score(load_method(inst, toy)) == pytest.approx(curve[0][1], abs=1e-4)
+
+
+def test_patience_stops_a_fit_whose_scores_stop_beating_the_best(editor):
+    """lr 1e-12 leaves the instruction where it starts, so no score beats the start's: with --patience 3 and a score
+    after every step the fit ends after its third score, and everything up to there is the full fit's."""
+    common = dict(steps=6, lr=1e-12, val_every=1, val_steps=2, init_text="make it night")
+    full = tiny_fit(editor, BEFORES, AFTERS, "visii", **common).meta
+    early = tiny_fit(editor, BEFORES, AFTERS, "visii", patience=3, **common).meta
+    assert early.validation["stopped_at"] == 3 and early.steps == 3 and early.kept_step == 3
+    assert early.validation["curve"] == full.validation["curve"][:4] and "stopped_at" not in full.validation
+    assert early.cost["training"]["backward_rows"] == 3 and full.cost["training"]["backward_rows"] == 6
+    whole = tiny_fit(editor, BEFORES, AFTERS, "visii", patience=6, **common).meta
+    assert "stopped_at" not in whole.validation and whole.steps == 6, "6 scores without a better one: the last step"
+
+
+def test_scores_since_the_best():
+    from invert.fitting.loop import BestScore
+
+    scores = BestScore(visii_like := torch.nn.Linear(1, 1), keep_state=False)
+    assert scores.scores_since_best == 0 and visii_like is not None
+    for step, score in enumerate([20.0, 19.0, 21.0, 21.0, 20.5]):
+        scores.update(score, step)
+    assert scores.scores_since_best == 2, "a tie does not beat the best"
+    nan = BestScore(torch.nn.Linear(1, 1), keep_state=False)
+    nan.update(float("nan"), 0)
+    nan.update(float("nan"), 1)
+    assert nan.scores_since_best == 2
+
+
+def test_patience_needs_validation():
+    with pytest.raises(Exception, match="--patience 2 stops a fit by its validation scores, and --val-every 0"):
+        settings_for("visii", {"patience": 2, "val_every": 0})

@@ -144,6 +144,7 @@ class Trainer:
         self.complete_from = self.stages[-1].start if self.stages else 0
         self.best_step: int | None = None  # --keep best-mse: the step whose state was kept
         self.kept_step: int | None = None  # a --keep rule by the validation score: the step whose state was kept
+        self.stopped_at: int | None = None  # --patience: the step the fit stopped at, when it stopped early
         self.scores: BestScore | None = None  # with scoring: the score curve and the best-scoring state
 
     def pair(self, step: int) -> int | torch.Tensor:
@@ -206,7 +207,9 @@ class Trainer:
         FitStopped carries the state to resume from. A non-finite loss or gradient raises FitDiverged with the
         last state checked good. ``progress`` is called at every refresh; ``sync_at(steps_done)`` asks for one.
         ``scoring``: the score curve is kept in ``self.scores``; a --keep rule by the score (KEEPS_BY_SCORE) leaves
-        the state it chooses, the start a candidate, in the method (its step in ``self.kept_step``)."""
+        the state it chooses, the start a candidate, in the method (its step in ``self.kept_step``). With
+        --patience the loop ends once that many scores in a row have not beaten the best (at ``self.stopped_at``);
+        the history then holds the steps done."""
         method, data, s = self.method, self.data, self.settings
         if data.editor.denoiser.is_gradient_checkpointing and s.reverse and s.cycle_weight \
                 and not method.direction_in_conditioning:
@@ -283,8 +286,13 @@ class Trainer:
                                                                   else {}))
                     if progress is not None:
                         progress(FitProgress(step + 1, self.total, history[-1], latest))
+                    if scored and s.patience and step + 1 < self.total and scores.scores_since_best >= s.patience:
+                        self.stopped_at = step + 1
+                        break
                     if stop or (can_stop and should_stop()):
                         raise FitStopped(f"stopped at step {step + 1} of {self.total}", state(step + 1))
+                if self.stopped_at is not None:
+                    break
         if best is not None:
             self.best_step = best.restore()
         if scores is not None and s.keep in KEEPS_BY_SCORE:
@@ -420,6 +428,12 @@ class BestScore:
     @property
     def latest(self) -> float | None:
         return self.curve[-1][1] if self.curve else None
+
+    @property
+    def scores_since_best(self) -> int:
+        """Scores taken after the best one (all of them while none is finite)."""
+        steps = [step for step, _ in self.curve]
+        return len(steps) - 1 - steps.index(self.best_step) if self.best_step in steps else len(steps)
 
     def update(self, score: float, steps_done: int) -> None:
         self.curve.append((steps_done, score))

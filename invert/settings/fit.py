@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..defaults import IP2P_GUIDANCE, IP2P_IMAGE_GUIDANCE
+from ..errors import InvertError
 from .fields import option
 from .init import InitSettings
 from .limits import (GUIDANCE_WHY, MAX_FIT_STEPS, MAX_GUIDANCE, MAX_RESOLUTION, MAX_SAMPLING_STEPS, MAX_SEED, MAX_WEIGHT,
@@ -60,12 +61,21 @@ class FitSettings(InitSettings):
                                          "0 turns validation off. Default: 10 times per fit.", minimum=0)
     val_steps: int = option(10, "Sampling steps of each validation (fixed noise: the fit's seed); at most the "
                                    "model's training timesteps (1000).", minimum=1, maximum=MAX_SAMPLING_STEPS)
+    patience: int = option(0, "Stop the fit early once this many validation scores in a row have not beaten the best "
+                              "so far (the start's included); --keep then chooses among the states scored. 0: never "
+                              "(a fit that is not scored is never stopped).", minimum=0, maximum=MAX_FIT_STEPS)
     pair_order: Literal["cycle", "timestep"] = option(
         "cycle", "Which exemplar pair a step trains on: cycle (step s: pair s mod n) or timestep (timestep t: pair t "
                  "mod n, as the official VISII code).")
     official: bool = option(False, "visii: every setting of the official VISII code (thaoshibe/visii): --init pez "
                                    "--pez-steps 3000 --grad-clip official --optimizer adamw8bit --keep best-mse "
                                    "--pair-order timestep --val 0, 1000 steps at lr 1e-3; options you give still win.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.patience and self.val_every == 0:
+            raise InvertError(f"--patience {self.patience} stops a fit by its validation scores, and --val-every 0 "
+                              "turns them off")
 
 # What --official sets, unless given: the official VISII code's training (README: how invert differs).
 OFFICIAL = {"init": "pez", "pez_steps": 3000, "pez_tokens": 10, "grad_clip": "official", "optimizer": "adamw8bit",
