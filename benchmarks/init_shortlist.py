@@ -67,6 +67,18 @@ def apply_rule(scores: dict[str, list[float]], keep: int) -> dict:
             "samplings": samplings, "today_samplings": len(scores) * n}
 
 
+def by_pair_count(edits: dict, keep: int, counts: tuple[int, ...] = (4, 5, 6, 7, 8)) -> dict:
+    """Fewer training pairs: every window of ``n`` consecutive pairs of each edit's 8 stands for a fit's training
+    pairs (round one on the first half of the window); misses and regret against one round over the window."""
+    out = {}
+    for n in counts:
+        rows = [apply_rule({t: v[start:start + n] for t, v in e["scores"].items()}, keep)
+                for e in edits.values() for start in range(PAIRS - n + 1)]
+        out[str(n)] = {"misses": sum(r["pick"] != r["today"] for r in rows), "searches": len(rows),
+                       "max_regret_db": max(r["regret_db"] for r in rows)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy")
@@ -91,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                          "mean_regret_db": round(sum(r["regret_db"] for r in rows) / len(rows), 4),
                          "samplings_saved": round(1 - sum(r["samplings"] for r in rows)
                                                   / sum(r["today_samplings"] for r in rows), 4)}
+        summary[rule]["by_training_pairs"] = by_pair_count(edits, RULES[rule]["keep"])
         print(f"{rule}: {summary[rule]}")
     command = "python -m benchmarks.init_shortlist " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "model": args.model, "method": args.method, "pairs": PAIRS, "edits": edits,

@@ -66,8 +66,8 @@ def test_a_shortlist_scores_every_candidate_on_half_the_pairs_and_its_best_on_al
     assert "first_round" not in full.init_scores
 
 
-@pytest.mark.parametrize("pairs, keep", [(3, 2), (6, 5), (6, 0)])
-def test_no_shortlist_below_four_pairs_or_for_as_many_candidates_as_it_keeps(editor, pairs, keep):
+@pytest.mark.parametrize("pairs, keep", [(5, 2), (6, 5), (6, 0)])
+def test_no_shortlist_below_six_pairs_or_for_as_many_candidates_as_it_keeps(editor, pairs, keep):
     meta = tiny_fit(editor, SIX_BEFORES[:pairs], SIX_AFTERS[:pairs], "visii", steps=0, init_text=FIVE_TEXTS, val=0,
                     val_steps=2, best_val_steps=1, best_shortlist=keep).meta
     assert meta.cost["init_search"]["forward_rows"] == 5 * pairs * GROUPS and "first_round" not in meta.init_scores
