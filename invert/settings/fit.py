@@ -77,6 +77,7 @@ class FitSettings(InitSettings):
             raise InvertError(f"--patience {self.patience} stops a fit by its validation scores, and --val-every 0 "
                               "turns them off")
 
+
 # What --official sets, unless given: the official VISII code's training (README: how invert differs).
 OFFICIAL = {"init": "pez", "pez_steps": 3000, "pez_tokens": 10, "grad_clip": "official", "optimizer": "adamw8bit",
             "keep": "best-mse", "pair_order": "timestep", "val": 0, "steps": 1000, "lr": 1e-3, "loss_target": "cfg",
