@@ -23,9 +23,8 @@ from pathlib import Path
 from invert.api import model_defaults
 from invert.fitting.init_search import candidate_steps, shortlist
 from invert.fitting.phrases import init_candidates
+from invert.fitting.validation import Validation
 from invert.methods import method_class, settings_for
-from invert.metrics import as_tensor, psnr
-from invert.sampling import sample
 
 from .quality import VALIDATION_SEED, edit_pairs, study_setup
 
@@ -41,14 +40,11 @@ def per_pair_scores(editor, clip, method: str, name: str) -> dict:
     settings, method_settings = settings_for(method, {**model_defaults(editor.model_id, method, given), **given})
     texts, _ = init_candidates(clip, settings.vocab, editor.model_id, befores, afters, settings)
     cls = method_class(method)
-    truth = as_tensor(afters)
-    scores = {}
-    for text in texts:
-        candidate = cls.initialize(editor, editor.encode_text([text]), text, method_settings, settings.seed)
-        edits = sample(editor, candidate, befores, steps=candidate_steps(settings), guidance=settings.guidance,
-                       image_guidance=settings.image_guidance, seed=settings.seed)
-        scores[text] = [round(float(v), 4) for v in psnr(as_tensor(edits), truth)]
-    return {"scores": scores, "steps": candidate_steps(settings)}
+    judge = Validation.of_fit(editor, befores, afters, settings, candidate_steps(settings))  # the fit's own scorer
+    scores = {t: [round(v, 4) for v in judge.pair_scores(cls.initialize(editor, editor.encode_text([t]), t,
+                                                                        method_settings, settings.seed))]
+              for t in texts}
+    return {"scores": scores, "steps": judge.steps}
 
 
 def apply_rule(scores: dict[str, list[float]], keep: int) -> dict:

@@ -293,3 +293,10 @@ def test_scores_since_the_best():
 def test_patience_needs_validation():
     with pytest.raises(Exception, match="--patience 2 stops a fit by its validation scores, and --val-every 0"):
         settings_for("visii", {"patience": 2, "val_every": 0})
+
+
+def test_a_score_is_the_mean_of_its_pair_scores(editor):
+    judge = Validation(editor, BEFORES, AFTERS, steps=2, guidance=7.5, image_guidance=1.5, seed=0)
+    pairs = judge.pair_scores(visii(editor))
+    assert len(pairs) == 3 and judge.score(visii(editor)) == pytest.approx(sum(pairs) / 3, abs=1e-4)
+    assert len(set(pairs)) == 3, "one score per pair"

@@ -64,12 +64,21 @@ class Validation:
     def score(self, method: Method, installed: bool = False) -> float:
         """``installed``: the method is already on the UNet (inside its fit). A state whose edit is NaN or inf
         scores -inf: it is never chosen or kept."""
+        psnrs = self._psnrs(method, installed)
+        return float("-inf") if psnrs is None else float(psnrs.mean())
+
+    def pair_scores(self, method: Method, installed: bool = False) -> list[float]:
+        """Each pair's PSNR (dB), of which :meth:`score` is the mean (-inf for every pair of a non-finite edit)."""
+        psnrs = self._psnrs(method, installed)
+        return [float("-inf")] * len(self.befores) if psnrs is None else [float(v) for v in psnrs]
+
+    def _psnrs(self, method: Method, installed: bool):
         try:
             results = sample(self.editor, method, self.befores, steps=self.steps, guidance=self.guidance,
                              image_guidance=self.image_guidance, seed=self.seed, install=not installed)
         except NonFiniteResult:
-            return float("-inf")
-        return float(psnr(as_tensor(results), self.truth).mean())
+            return None
+        return psnr(as_tensor(results), self.truth)
 
 
 # Score checks. A score is PSNR on 2 held-out pairs with 10 sampling steps: differences below a dB are mostly
