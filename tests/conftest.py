@@ -192,3 +192,27 @@ def make_trainer(editor, befores, afters, method, **options):
 
     settings = FitSettings(**{"resolution": TINY_RES, **options})
     return Trainer(method, FitData(editor, befores, afters, settings.seed), settings)
+
+
+def check_states_share_the_first_steps_text_free_rows(editor, befores, afters, method: str, guidance: float,
+                                                      image_guidance: float = 1.5) -> None:
+    """Several untrained states of ``method`` scored by one Validation (the first step's text-free rows computed
+    once and reused) score what each scores sampled on its own, every row computed; and they differ, so the rows
+    reused are not the states' own."""
+    from invert.fitting.validation import Validation
+    from invert.methods import method_class, settings_for
+    from invert.metrics import as_tensor, psnr
+    from invert.sampling import sample
+
+    own = settings_for(method, {})[1]
+    states = [method_class(method).initialize(editor, editor.encode_text([t]), t, own, 0)
+              for t in ("make it night", "make it sepia", "a photo")]
+    scorer = Validation(editor, befores, afters, steps=3, guidance=guidance, image_guidance=image_guidance, seed=0)
+    shared = [scorer.pair_scores(s) for s in states]
+    alone = [[float(v) for v in psnr(as_tensor(sample(editor, s, befores, steps=3, guidance=guidance,
+                                                       image_guidance=image_guidance, seed=0)), as_tensor(afters))]
+             for s in states]
+    assert len(next(iter(scorer._first_step.values()))) > 0, "the text-free rows were kept"
+    for mine, theirs in zip(shared, alone):
+        assert mine == pytest.approx(theirs, abs=1e-4)  # a call of other rows: float rounding only
+    assert len({s[0] for s in alone}) == 3, "the states edit differently"

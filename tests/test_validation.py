@@ -230,9 +230,10 @@ def test_fit_json_and_fit_batch_name_the_fits_that_fail_their_check(tiny_model_d
     assert report["fit_check"].startswith("fit check: the kept state scores") and "Try " in report["fit_check"]
     assert [s for s, _ in report["validation"]["curve"]] == [0, 1, 2] and report["validation"]["pairs"] == "train"
     assert f"warning: {report['fit_check']}" in r.stderr
-    # its cost: 3 scores (start, steps 1 and 2) of 2 sampling steps on the 3 pairs, 3 guidance rows each
+    # its cost: 3 scores (start, steps 1 and 2) of 2 sampling steps on the 3 pairs, 3 guidance rows each, but the
+    # first step's 2 text-free rows per pair only in the first score
     cost = report["cost"]
-    assert cost["validation"]["forward_rows"] == 3 * 2 * 3 * 3 and cost["init_search"]["forward_rows"] == 0
+    assert cost["validation"]["forward_rows"] == 3 * 2 * 3 * 3 - 2 * 3 * 2 and cost["init_search"]["forward_rows"] == 0
     saved = Instruction.load(tmp_path / "same.inst").meta
     assert saved.validation == report["validation"] and saved.fit_check == report["fit_check"]
 
@@ -300,3 +301,10 @@ def test_a_score_is_the_mean_of_its_pair_scores(editor):
     pairs = judge.pair_scores(visii(editor))
     assert len(pairs) == 3 and judge.score(visii(editor)) == pytest.approx(sum(pairs) / 3, abs=1e-4)
     assert len(set(pairs)) == 3, "one score per pair"
+
+
+@pytest.mark.parametrize("method", ["visii", "brush"])
+def test_states_scored_on_the_same_pairs_compute_the_first_steps_text_free_rows_once(editor, method):
+    from conftest import check_states_share_the_first_steps_text_free_rows
+
+    check_states_share_the_first_steps_text_free_rows(editor, BEFORES[:2], AFTERS[:2], method, guidance=7.5)

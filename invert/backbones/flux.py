@@ -199,15 +199,16 @@ class FluxEditor(Editor):
     # -- sampling -----------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def sample(self, method, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
-               seed: int, noise: str, scheduler: str | None, on_step: Callable[[int], None] | None = None
-               ) -> list[Image.Image]:
+               seed: int, noise: str, scheduler: str | None, on_step: Callable[[int], None] | None = None,
+               first_step: dict | None = None) -> list[Image.Image]:
         """The pipeline's loop written out, one transformer call per guidance group as the pipeline makes them,
         the input image's tokens per row (the pipeline repeats one image for its batch): with an untrained
         instruction and one image, the pipeline's result bit for bit (a test checks it).
 
         ``noise`` "stream" and "fresh": each image's initial noise from its own CPU generator seeded with
         ``seed`` (the pipeline's with ``generator=torch.Generator().manual_seed(seed)``); the Euler sampler draws
-        nothing else. "fit": the fit's noise of the first sampling timestep (the fit's seed)."""
+        nothing else. "fit": the fit's noise of the first sampling timestep (the fit's seed). ``first_step``: see
+        :meth:`Editor.sample`."""
         from diffusers.utils.torch_utils import randn_tensor
 
         if scheduler is not None:
@@ -226,10 +227,15 @@ class FluxEditor(Editor):
         for i, t in enumerate(sched.timesteps):
             timestep = t.expand(n).to(latents.dtype)
             predictions = []
-            for group in groups:
+            for g, group in enumerate(groups):
+                if i == 0 and first_step is not None and not group.text and g in first_step:
+                    predictions.append(first_step[g])
+                    continue
                 rows = Rows.of([group], timestep)
                 c = method.conditioning(rows, self.uncond)
                 predictions.append(self.denoise(latents, reference, c, timestep, grid, guidance))
+                if i == 0 and first_step is not None and not group.text:
+                    first_step[g] = predictions[-1]
             latents = sched.step(self.combine(predictions, guidance, image_guidance), t, latents,
                                  return_dict=False)[0]
             if on_step is not None:

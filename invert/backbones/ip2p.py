@@ -220,11 +220,12 @@ class InstructPix2Pix(Editor):
 
     # -- sampling -----------------------------------------------------------------------------------------------
     def sample(self, method, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
-               seed: int, noise: str, scheduler: str | None, on_step=None) -> list[Image.Image]:
+               seed: int, noise: str, scheduler: str | None, on_step=None, first_step: dict | None = None
+               ) -> list[Image.Image]:
         from .ip2p_sampling import sample_ip2p
 
         return sample_ip2p(self, method, images, steps=steps, guidance=guidance, image_guidance=image_guidance,
-                           seed=seed, noise=noise, scheduler=scheduler, on_step=on_step)
+                           seed=seed, noise=noise, scheduler=scheduler, on_step=on_step, first_step=first_step)
 
     # -- InstructBrush's layers ---------------------------------------------------------------------------------
     def cross_attention_layers(self) -> list[str]:

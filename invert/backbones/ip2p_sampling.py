@@ -70,13 +70,14 @@ def _sigma_up(scheduler, i: int) -> float | None:
 @torch.inference_mode()
 def sample_ip2p(editor: Editor, method: Any, images: list[Image.Image], *, steps: int, guidance: float,
                 image_guidance: float, seed: int, noise: str, scheduler: str | None,
-                on_step: Callable[[int], None] | None) -> list[Image.Image]:
+                on_step: Callable[[int], None] | None, first_step: dict | None = None) -> list[Image.Image]:
     """Edit ``images`` (all of one size) with ``method``'s instruction (installed on the UNet by the caller).
 
     ``noise`` "stream" and "fresh": each image gets its own CPU generator seeded with ``seed``, so an image's
     result does not depend on the batch it is in, and equals diffusers' pipeline called with
     ``generator=torch.Generator().manual_seed(seed)``. "fit": the fit's own noises (see :class:`FitNoise`),
-    ``seed`` being the fit's. ``on_step(i)`` is called after each of the ``steps`` sampling steps."""
+    ``seed`` being the fit's. ``on_step(i)`` is called after each of the ``steps`` sampling steps. ``first_step``:
+    see :meth:`Editor.sample`; the text rows of the first step then run in a call of their own."""
     from diffusers.utils.torch_utils import randn_tensor
 
     device, dtype = editor.device, editor.dtype
@@ -99,11 +100,12 @@ def sample_ip2p(editor: Editor, method: Any, images: list[Image.Image], *, steps
     for i, t in enumerate(sched.timesteps):
         x = torch.cat([latents] * len(groups)) if len(groups) > 1 else latents
         x = torch.cat([sched.scale_model_input(x, t), image_latents], dim=1)
-        rows = Rows.of(groups, editor.sampling_position(t).reshape(-1).expand(n))
-        c = method.conditioning(rows, editor.uncond)
-        pred = editor.unet(x, t, encoder_hidden_states=c.embeds, cross_attention_kwargs=c.attention,
-                           **editor.added_conditions(c, x)).sample
-        pred = editor.combine(list(pred.chunk(len(groups))), guidance, image_guidance)
+        position = editor.sampling_position(t).reshape(-1).expand(n)
+        if i == 0 and first_step is not None and len(groups) > 1:
+            preds = _first_step(editor, method, groups, x, t, position, first_step)
+        else:
+            preds = list(_predict(editor, method, groups, x, t, position).chunk(len(groups)))
+        pred = editor.combine(preds, guidance, image_guidance)
         sigma_up = _sigma_up(sched, i) if fit_noise else None
         states = [g.get_state() for g in generators] if sigma_up else None
         latents = sched.step(pred, t, latents, **({"generator": generators} if takes_generator else {}),
@@ -116,6 +118,30 @@ def sample_ip2p(editor: Editor, method: Any, images: list[Image.Image], *, steps
         if on_step is not None:
             on_step(i + 1)
     return editor.decode(latents)
+
+
+def _predict(editor: Editor, method: Any, groups: list, x: torch.Tensor, t: torch.Tensor, position: torch.Tensor
+             ) -> torch.Tensor:
+    """The UNet's prediction for the guidance ``groups`` stacked in ``x``, conditioned by ``method``."""
+    c = method.conditioning(Rows.of(groups, position), editor.uncond)
+    return editor.unet(x, t, encoder_hidden_states=c.embeds, cross_attention_kwargs=c.attention,
+                       **editor.added_conditions(c, x)).sample
+
+
+def _first_step(editor: Editor, method: Any, groups: list, x: torch.Tensor, t: torch.Tensor, position: torch.Tensor,
+                kept: dict) -> list[torch.Tensor]:
+    """The first step's prediction per group: the text rows in a call of their own, the text-free rows from
+    ``kept`` (computed in one call and kept there the first time)."""
+    chunks = x.chunk(len(groups))
+    text = [i for i, g in enumerate(groups) if g.text]
+    free = [i for i, g in enumerate(groups) if not g.text]
+    if "ip2p" not in kept:
+        kept["ip2p"] = _predict(editor, method, [groups[i] for i in free], torch.cat([chunks[i] for i in free]), t,
+                                position).chunk(len(free))
+    own = _predict(editor, method, [groups[i] for i in text], torch.cat([chunks[i] for i in text]), t,
+                   position).chunk(len(text))
+    preds = {**dict(zip(text, own)), **dict(zip(free, kept["ip2p"]))}
+    return [preds[i] for i in range(len(groups))]
 
 
 def _step_parameters(scheduler) -> set[str]:

@@ -250,12 +250,13 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
 
     # -- sampling -----------------------------------------------------------------------------------------------
     def sample(self, method, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
-               seed: int, noise: str, scheduler: str | None, on_step=None) -> list[Image.Image]:
+               seed: int, noise: str, scheduler: str | None, on_step=None, first_step: dict | None = None
+               ) -> list[Image.Image]:
         if scheduler is not None and self.edm:
             raise InvertError(f"--scheduler {scheduler}: this model samples with its own EDM scheduler "
                               f"({type(self.scheduler).__name__}); leave --scheduler out")
         return super().sample(method, images, steps=steps, guidance=guidance, image_guidance=image_guidance,
-                              seed=seed, noise=noise, scheduler=scheduler, on_step=on_step)
+                              seed=seed, noise=noise, scheduler=scheduler, on_step=on_step, first_step=first_step)
 
     @contextlib.contextmanager
     def call_with(self, pipe, arguments):

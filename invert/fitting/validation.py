@@ -53,6 +53,9 @@ class Validation:
         self.truth = as_tensor(afters)
         self.steps, self.guidance, self.image_guidance, self.seed = steps, guidance, image_guidance, seed
         self.no_edit = float(psnr(as_tensor(befores), self.truth).mean())  # doing nothing scores this
+        # Every state is sampled from the same noise on the same pairs: the first step's text-free rows are
+        # computed once (per kind of method) and reused (see Editor.sample).
+        self._first_step: dict[type, dict] = {}
 
     @classmethod
     def of_fit(cls, editor: Editor, befores: list[Image.Image], afters: list[Image.Image], settings: FitSettings,
@@ -75,7 +78,8 @@ class Validation:
     def _psnrs(self, method: Method, installed: bool):
         try:
             results = sample(self.editor, method, self.befores, steps=self.steps, guidance=self.guidance,
-                             image_guidance=self.image_guidance, seed=self.seed, install=not installed)
+                             image_guidance=self.image_guidance, seed=self.seed, install=not installed,
+                             first_step=self._first_step.setdefault(type(method), {}))
         except NonFiniteResult:
             return None
         return psnr(as_tensor(results), self.truth)

@@ -12,7 +12,7 @@ from flux_checks import (DOUBLE_STREAM_ATTENTION, KLEIN_TEXT,
                          check_lora_export_loads_in_diffusers, check_low_memory_computes_the_same_gradients,
                          check_reverse_and_hybrid, check_routes_compute_what_the_layers_do,
                          check_saved_loaded_mixed_and_applied, check_text_kv_follow_the_timestep,
-                         check_untrained_apply_is_the_pipeline, fit, pixels, save, tiny_klein)
+                         check_untrained_apply_is_the_pipeline, fit, night, pixels, save, tiny_klein)
 
 import invert
 from invert.backbones import load_editor
@@ -195,3 +195,9 @@ def test_toy_dit_names_the_toy_dit_folder_shipped_with_invert():
     else:
         with pytest.raises(ModelLoadError, match="benchmarks.toy_dit_train"):
             resolve_model_path("toy-dit")
+
+
+def test_states_scored_on_the_same_pairs_compute_the_first_steps_text_free_row_once(klein):
+    from conftest import check_states_share_the_first_steps_text_free_rows
+
+    check_states_share_the_first_steps_text_free_rows(klein, *night(), "visii", guidance=4.0)
