@@ -27,15 +27,15 @@ def sample(editor: Editor, method: Method, images: list[Image.Image], *, steps: 
     ``generator=torch.Generator().manual_seed(seed)``. "fit": the fit's own noises, ``seed`` being the fit's.
     ``on_step(i)`` is called after each of the ``steps`` sampling steps. ``install=False``: the method is already
     on the denoiser (a validation inside a fit, whose method stays installed for the whole fit; a LoRA adapter
-    cannot be added twice). ``first_step``: see :meth:`~invert.backbones.Editor.sample`; ignored for a method that
-    conditions every row."""
+    cannot be added twice). ``first_step``: see :meth:`~invert.backbones.Editor.sample`; ignored for a state that
+    changes the text-free rows (``Method.changes_text_free_rows``)."""
     if noise not in NOISE_MODES:
         raise InvertError(f"unknown noise '{noise}' (choose from {', '.join(NOISE_MODES)})")
     with method.installed() if install else contextlib.nullcontext():
         try:
             return editor.sample(method, images, steps=steps, guidance=guidance, image_guidance=image_guidance,
                                  seed=seed, noise=noise, scheduler=scheduler, on_step=on_step,
-                                 first_step=None if method.conditions_all_rows else first_step)
+                                 first_step=None if method.changes_text_free_rows() else first_step)
         except NonFiniteResult as exc:  # the editor cannot know which setting is to blame
             raise NonFiniteResult(f"{exc}: {_likely_cause(method, guidance, image_guidance)}") from None
 

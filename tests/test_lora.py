@@ -55,7 +55,9 @@ def test_zero_adapter_and_its_negation_are_the_identity_and_the_unet_is_restored
     assert lora.keys and all(not lora.weight(k).any() for k in lora.keys if ".lora_B." in k)
     assert torch.equal(unet_out(editor, lora), base)
     assert torch.equal(unet_out(editor, lora, reverse=True), base)
+    assert not lora.changes_text_free_rows(), "so sampling may reuse the rows the model computes without it"
     changed = randomized(editor)
+    assert changed.changes_text_free_rows()
     plus, minus = unet_out(editor, changed), unet_out(editor, changed, reverse=True)
     assert not torch.allclose(plus, base, atol=1e-4) and not torch.allclose(minus, plus, atol=1e-4)
     assert [n for n, _ in editor.unet.named_parameters()] == names, "the adapter must be removed afterwards"

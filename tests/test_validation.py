@@ -303,7 +303,7 @@ def test_a_score_is_the_mean_of_its_pair_scores(editor):
     assert len(set(pairs)) == 3, "one score per pair"
 
 
-@pytest.mark.parametrize("method", ["visii", "brush"])
+@pytest.mark.parametrize("method", ["visii", "brush", "lora"])  # lora: untrained, zero adapters
 def test_states_scored_on_the_same_pairs_compute_the_first_steps_text_free_rows_once(editor, method):
     from conftest import check_states_share_the_first_steps_text_free_rows
 

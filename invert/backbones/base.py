@@ -373,11 +373,11 @@ class Editor:
         """Edit ``images`` (one size) with ``method`` (already installed), whose ``conditioning(rows, uncond)``
         conditions each batch.
 
-        ``first_step``: a dict the caller keeps across runs that differ only in the method, each a method that
-        conditions the text rows alone (not ``conditions_all_rows``): the first step's text-free rows (the image-only
-        and unconditional guidance groups) then have the same inputs in every run, so the first run computes them
-        and keeps them there, and the later runs reuse them (a fit's validation and its init search score many
-        states on the same pairs, noise and steps)."""
+        ``first_step``: a dict the caller keeps across runs that differ only in the method, each a state that
+        leaves the text-free rows alone (not ``changes_text_free_rows()``): the first step's text-free rows (the
+        image-only and unconditional guidance groups) then have the same inputs and outputs in every run, so the
+        first run computes them and keeps them there, and the later runs reuse them (a fit's validation and its
+        init search score many states on the same pairs, noise and steps)."""
         raise NotImplementedError
 
     # -- what methods learn -------------------------------------------------------------------------------------

@@ -91,6 +91,11 @@ class Method(nn.Module):
         return False
 
     # -- conditioning ---------------------------------------------------------------------------------------
+    def changes_text_free_rows(self) -> bool:
+        """Whether this state, as it is now, changes what the guidance batch's text-free rows predict (sampling
+        then cannot reuse them across states, see :meth:`Editor.sample`'s ``first_step``)."""
+        return self.conditions_all_rows
+
     def conditioning(self, rows: Rows, uncond: TextEncoding, reverse: bool = False) -> Conditioning:
         """Token sequences (in the model's dtype) and attention arguments for a denoiser batch laid out as
         ``rows``; ``uncond`` is the unconditional rows' encoding. ``reverse``: condition as the reverse

@@ -105,6 +105,11 @@ class Lora(Method):
         return self.weights[_key(key)]
 
     # -- conditioning ---------------------------------------------------------------------------------------
+    def changes_text_free_rows(self) -> bool:
+        """An adapter whose B matrices are all zero (peft's start: an untrained init candidate) adds exact zeros
+        to every layer, so it leaves every row as the model computes it; any other changes every row."""
+        return any(bool(self.weight(k).detach().any()) for k in self.keys if ".lora_B." in k)
+
     def conditioning(self, rows: Rows, uncond: TextEncoding, reverse: bool = False) -> Conditioning:
         return self.condition(rows, self.init.to(self.editor.dtype), uncond)
 
