@@ -23,8 +23,9 @@ def sampled(states: int, pairs: int, steps: int, shared: bool = True) -> int:
 @pytest.mark.parametrize("method, text_rows_only", [("visii", True), ("lora", False)])
 def test_each_phase_counts_its_denoiser_rows(editor, clip, tmp_path, method, text_rows_only):
     """2 candidates scored on 3 pairs with 2 sampling steps (half the validation's 4, the default); 2 fit steps
-    scored before, after each step: every sampling row forward only; a step trains its text row forward and backward and runs the other two without
-    autograd, except for an adapter, which changes every row."""
+    scored before, after each step: every sampling row forward only (the first step's text-free rows once per
+    scorer, where the states leave them alone); a step trains its text row forward and backward and runs the other
+    two without autograd, except for an adapter, which changes every row."""
     texts = ("make it night", "make it sepia")
     inst = tiny_fit(editor, BEFORES, AFTERS, method, clip=clip, steps=2, init_text=texts, val_steps=4, val_every=1,
                     lr=1e-3)
