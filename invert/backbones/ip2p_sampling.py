@@ -135,12 +135,12 @@ def _first_step(editor: Editor, method: Any, groups: list, x: torch.Tensor, t: t
     chunks = x.chunk(len(groups))
     text = [i for i, g in enumerate(groups) if g.text]
     free = [i for i, g in enumerate(groups) if not g.text]
-    if "ip2p" not in kept:
-        kept["ip2p"] = _predict(editor, method, [groups[i] for i in free], torch.cat([chunks[i] for i in free]), t,
-                                position).chunk(len(free))
+    if "text_free" not in kept:
+        kept["text_free"] = _predict(editor, method, [groups[i] for i in free],
+                                     torch.cat([chunks[i] for i in free]), t, position).chunk(len(free))
     own = _predict(editor, method, [groups[i] for i in text], torch.cat([chunks[i] for i in text]), t,
                    position).chunk(len(text))
-    preds = {**dict(zip(text, own)), **dict(zip(free, kept["ip2p"]))}
+    preds = {**dict(zip(text, own)), **dict(zip(free, kept["text_free"]))}
     return [preds[i] for i in range(len(groups))]
 
 
