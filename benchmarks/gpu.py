@@ -58,6 +58,10 @@ METHODS = ("visii", "brush", "lora")
 PRECISIONS = ("fp16", "bf16")
 MODELS = tuple(BACKBONES)  # the table's backbone (IP2P) and every other one, measured in this order
 TINY_CONFIGS = Path(__file__).parent / "configs"
+# The denoiser rows of a default 1000-step visii fit (its init search, training and validation; `fit --json`'s
+# cost, which does not depend on the model): projected onto the table's model from apply's per-row cost at batch 4,
+# the fit's self-check against its loop (issue 27).
+DEFAULT_FIT = Path(__file__).resolve().parents[1] / "examples" / "toy" / "selfcheck_fit1000_shared.json"
 # Seconds of the default budget for each part, in the order they run; scaled to the budget and the parts chosen.
 TABLE_SECONDS, BACKBONE_SECONDS, EXTRA_SECONDS = 210.0, 80.0, 30.0
 
@@ -275,15 +279,19 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def _alone(r: Run, method: str, precision: str, quick: dict) -> dict:
-    """Ours alone, with and without --low-memory: fit peak memory and speed, and apply at batch 4."""
-    plain = r.fit(method, precision, **quick, batch_size=4)
+    """Ours alone, with and without --low-memory: fit peak memory and speed, and apply at batch 4; for the method
+    of DEFAULT_FIT, its self-check projected (the checks' share of the loop)."""
+    cost = json.loads(DEFAULT_FIT.read_text())
+    own = cost["cost"] if cost["method"] == method else None
+    plain = r.fit(method, precision, **quick, batch_size=4, fit_cost=own)
     low = benchmark(r.plan.model, replace(r.plan.fit, method=method, **quick), r.device, precision, low_memory=True,
                     load=r.models)
     return {"peak_memory_mb": plain["peak_memory_mb"], "steps_per_s": plain["steps_per_s"],
             "apply_batch_4_images_per_s": plain["apply_images_per_s"],
             "apply_batch_4_peak_memory_mb": plain["apply_peak_memory_mb"],
             "low_memory_peak_memory_mb": low["peak_memory_mb"], "low_memory_steps_per_s": low["steps_per_s"],
-            "low_memory_apply_peak_memory_mb": low["apply_peak_memory_mb"]}
+            "low_memory_apply_peak_memory_mb": low["apply_peak_memory_mb"],
+            **({"checks_over_loop": plain["projected_checks_over_loop"]} if own else {})}
 
 
 def _backbone(r: Run, name: str, methods: tuple[str, ...]) -> None:
@@ -349,6 +357,11 @@ def markdown(summary: dict) -> str:
                   "| precision | method | ours steps/s | reference steps/s | ours/reference, median (quartiles) | "
                   "ours/floor | whole fit s (ours / reference) | fit peak MB (default / --low-memory) | "
                   "apply images/s (batch 1 / 4) |", "|---|---|---|---|---|---|---|---|---|", *rows]
+    checks = [f"{precision} {_f(alone, 'checks_over_loop', '.0%')}" for precision in PRECISIONS
+              if (alone := found.get(("alone", None, "visii", precision, None))) and "checks_over_loop" in alone]
+    if checks:
+        lines += ["", "The fit's self-check (issue 27): a default 1000-step visii fit's init search and validation "
+                      "rows, at apply's cost per row (batch 4), against its loop's steps: " + ", ".join(checks) + "."]
     backbones = list(dict.fromkeys((m["backbone"], m["method"]) for m in summary["measurements"]
                                    if m["name"] == "backbone"))
     rows = []

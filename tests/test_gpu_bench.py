@@ -56,6 +56,10 @@ def test_the_script_on_the_tiny_path_measures_every_cell_and_writes_json_and_mar
         ["| fp16", "visii"], ["| fp16", "lora"]]
     assert "Host CPU" in table and "in fp16 against the reference in fp32" in table and "Not measured" not in table
     assert "Other backbones" not in table
+    # the self-check projected from the default visii fit's rows: for visii only (the rows are its)
+    checks = records["alone", "visii", "fp16"]["result"]["checks_over_loop"]
+    assert checks > 0 and "checks_over_loop" not in records["alone", "lora", "fp16"]["result"]
+    assert "The fit's self-check (issue 27)" in table and f"fp16 {checks:.0%}" in table
 
 
 @pytest.mark.parametrize("name", OTHERS)
