@@ -1,8 +1,9 @@
 """The contract every registered method keeps (issue 25, item 9), run over the registry: a method registered in
 invert.methods is checked here with no test of its own. Strength 0 is the init; a mix of copies is the file and
 1, 0 the first; a file saved and loaded is the same instruction; a stopped fit resumes bit for bit (at stage
-boundaries too); --low-memory computes the same gradients; a result does not depend on its batch; fit-batch
-fits as fit does; its state tensors carry its registered prefixes."""
+boundaries too); --low-memory computes the same gradients; a result does not depend on its batch; a state that
+says it leaves the guidance batch's text-free rows alone edits the same with another state's; fit-batch fits as fit
+does; its state tensors carry its registered prefixes."""
 import dataclasses
 import json
 import shutil
@@ -121,6 +122,26 @@ class TestMethodContract:
         for image, result in zip(images, together):
             # Another batch shape sums the CPU kernels in another order: one level of rounding at most.
             assert np.abs(apply(fitted, editor, image) - result).max() <= 1
+
+    def test_a_state_that_says_it_leaves_the_text_free_rows_alone_edits_the_same_with_anothers(self, name, fits,
+                                                                                                 editor):
+        """A fit's scorer reuses the first step's text-free rows of one state for the next (Editor.sample's
+        first_step) where a state says it leaves them alone (changes_text_free_rows): the fitted state, sampled
+        with the rows an untrained state of another init text computed, edits as sampled on its own (one level of
+        rounding: a call of other rows). A state that says it changes them is never given them."""
+        fitted = load_method(fits(name, self.options(name)), editor)
+        untrained = load_method(fits(name, self.options(name), steps=0, init_text="dark blue", seed=1), editor)
+        if fitted.changes_text_free_rows() or untrained.changes_text_free_rows():
+            pytest.skip(f"{name}'s fitted state changes the text-free rows: they are never reused for it")
+
+        def edit(state, kept):
+            with state.installed():
+                return pixels(editor.sample(state, [scene(5)], steps=2, guidance=7.5, image_guidance=1.5, seed=0,
+                                            noise="stream", scheduler=None, first_step=kept)[0])
+        kept = {}
+        edit(untrained, kept)
+        assert kept, "the untrained state's text-free rows were kept"
+        assert np.abs(edit(fitted, kept) - edit(fitted, None)).max() <= 1
 
     def test_fit_batch_fits_as_fit_does(self, name, run, tiny_model_dir, pairs_dir, tmp_path):
         sets = tmp_path / "sets"
