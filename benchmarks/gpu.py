@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import gc
 import json
 import platform
@@ -278,11 +279,17 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+@functools.cache
+def _default_fit() -> dict:
+    """DEFAULT_FIT's report, read once for every method and precision."""
+    return json.loads(DEFAULT_FIT.read_text())
+
+
 def _alone(r: Run, method: str, precision: str, quick: dict) -> dict:
     """Ours alone, with and without --low-memory: fit peak memory and speed, and apply at batch 4; for the method
     of DEFAULT_FIT, its self-check projected (the checks' share of the loop)."""
-    cost = json.loads(DEFAULT_FIT.read_text())
-    own = cost["cost"] if cost["method"] == method else None
+    report = _default_fit()
+    own = report["cost"] if report["method"] == method else None
     plain = r.fit(method, precision, **quick, batch_size=4, fit_cost=own)
     low = benchmark(r.plan.model, replace(r.plan.fit, method=method, **quick), r.device, precision, low_memory=True,
                     load=r.models)
