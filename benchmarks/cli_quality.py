@@ -26,6 +26,8 @@ from invert.errors import InvertError
 @click.option("--encoder", type=click.Path(path_type=Path), default=None,
               help="The edit encoder of the encoder rows; default: the one the model's folder ships (without one, "
                    "the default rows leave them out).")
+@click.option("--encoder-refine", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Refinement steps of the encoder+refine rows (invert encode --encoder-refine).")
 @click.option("--guidance", default="3,1.5", show_default=True,
               help="Text guidance, or text and image guidance (G,IG), of every fit and edit: the toy IP2P edits best "
                    "at 3; an editor with one guidance scale (the toy DiT) ignores the image guidance.")
@@ -39,8 +41,8 @@ from invert.errors import InvertError
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 @quiet_option
 @user_errors
-def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, encoder, guidance, device, as_json, output,
-            force, quiet):
+def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, encoder, encoder_refine, guidance, device,
+            as_json, output, force, quiet):
     """Fit and apply every method on held-out scenes of the toy world and print the TOP-Bench-style table.
 
     \b
@@ -88,7 +90,8 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, encoder
     clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
     settings = benchmark.QualitySettings(steps=steps, shots=shot_counts, n_test=n_test, apply_steps=apply_steps,
                                          guidance=(scales + (1.5,))[:2], seed=seed, rows=chosen_rows,
-                                         encoder=None if encoder is None else str(encoder))
+                                         encoder=None if encoder is None else str(encoder),
+                                         encoder_refine=encoder_refine)
     result = benchmark.run(editor, clip, names, settings, log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
     result["model"] = model
     click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))

@@ -15,7 +15,7 @@ import torch
 
 from invert.backbones import load_editor
 from invert.clip import clip_name_for, load_clip
-from invert.encoder import EncoderFile, encoded_method
+from invert.encoder import EncoderFile, encoded_method, refinement
 from invert.encoder.network import load_state
 from invert.fitting.validation import Validation
 from invert.toy import world
@@ -39,7 +39,7 @@ def _features(clip, pairs):
 
 
 def compare(editor, clip, encoders: dict[str, EncoderFile], edits: list[str], shots: tuple[int, ...],
-            parts: bool = False, log=print) -> dict:
+            parts: bool = False, refine: int = 0, log=print) -> dict:
     """``{encoder: {edit: {shots: psnr, "parts": psnr}}}`` on validation scenes."""
     size = editor.resolution
     out: dict = {name: {} for name in encoders}
@@ -50,7 +50,8 @@ def compare(editor, clip, encoders: dict[str, EncoderFile], edits: list[str], sh
         for name, encoder in encoders.items():
             cells = {}
             for k in shots:
-                method = encoded_method(encoder, editor, clip, [b for b, _ in train[:k]], [a for _, a in train[:k]])
+                method = encoded_method(encoder, editor, clip, [b for b, _ in train[:k]], [a for _, a in train[:k]],
+                                        refine=refinement(encoder, refine))
                 cells[str(k)] = _psnr(editor, method, befores, truths)
             if parts and len(components) > 1:
                 net = encoder.encoder
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--edits", default=",".join(EDITS))
     parser.add_argument("--shots", default="10,1")
     parser.add_argument("--parts", action="store_true", help="Add the parts-sum row for composed edits.")
+    parser.add_argument("--refine", type=int, default=0, help="Refinement steps of each encoder's answer "
+                        "(invert encode --refine).")
     parser.add_argument("--model", default="toy")
     parser.add_argument("--json", default=None, help="Write the result here.")
     args = parser.parse_args(argv)
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
     encoders = {path: EncoderFile.load(path) for path in args.encoders.split(",")}
     result = compare(editor, clip, encoders, args.edits.split(","), tuple(int(k) for k in args.shots.split(",")),
-                     args.parts)
+                     args.parts, args.refine)
     for name, per_edit in result.items():
         for key in sorted({k for cells in per_edit.values() for k in cells}):
             means = {group: [c[key] for e, c in per_edit.items() if key in c and (e in world.HARD_EDITS) == hard]

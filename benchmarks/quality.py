@@ -4,8 +4,9 @@ method reproduce an edit on held-out scenes, from 1 and from 10 exemplar pairs?
 Rows: no edit (the input itself); IP2P with the edit's true instruction ("oracle text"); for the hard edits, the
 best single catalogue instruction (chosen on the test pairs themselves, so an upper bound for text); VISII;
 InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
-template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no fitting) and a
-default fit started from it (``encoder+fit``). Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to
+template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no fitting), the same
+with its basis weights then fitted to the exemplars (``encoder+refine``, ``invert encode --encoder-refine``), and a
+default fit started from either (``encoder+fit``, ``encoder+refine+fit``). Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to
 the true edits, per edit group.
 
     python -m benchmarks quality -o bench.json             # or: python -m benchmarks.quality
@@ -43,7 +44,7 @@ FITTED = {  # row -> (method, method options, init text override)
     "brush_no_phrase_init": ("brush", {"brush_parts": 5}, ""),
     "lora": ("lora", {}, None),
 }
-ENCODED = ("encoder", "encoder+fit")  # rows of an edit encoder (QualitySettings.encoder)
+ENCODED = ("encoder", "encoder+refine", "encoder+fit", "encoder+refine+fit")  # rows of an edit encoder
 ROWS = ("no_edit", "oracle_text", "best_single_text", *FITTED, *ENCODED)
 TRAIN_SEED, TEST_SEED = 2 * 10**6, 3 * 10**6  # disjoint from the toy model's training scenes (below 10**6)
 # The fit as it was before it checked itself (issue 17): the last state, the method's own init text, no held-out
@@ -67,6 +68,7 @@ class QualitySettings:
     seed: int = 0
     rows: tuple[str, ...] = ROWS
     encoder: str | None = None  # the edit encoder file of the encoder rows
+    encoder_refine: int = 100  # refinement steps of the +refine rows
     # fit options given to every fit and to the init search (e.g. {"best_val_steps": 5}); the model's own otherwise
     fit_options: dict = field(default_factory=dict)
 
@@ -179,28 +181,32 @@ def _log(log: Callable[[str], None], name: str, k: int, row: str, cells: dict, t
 
 
 def _encoded_rows(editor: Editor, clip: Clip, shots, common: dict, s: QualitySettings, applied, log) -> dict:
-    """The encoder rows: the encoder's instruction for the shots (its seconds: the forward pass alone), and a fit of
-    the encoder's method at the defaults (the toy model's own) started from it (``--init encoder``)."""
+    """The encoder rows: the encoder's instruction for the shots (its seconds: the forward pass alone), the same
+    refined (``s.encoder_refine`` steps), and a fit of the encoder's method at the defaults (the toy model's own)
+    started from either (``--init encoder``, ``--encoder-refine``)."""
     from invert.encoder import EncoderFile, encode_images
 
     encoder = EncoderFile.load(s.encoder)
     befores, afters = [b for b, _ in shots], [a for _, a in shots]
     rows = {}
-    if "encoder" in s.rows:
-        start = time.perf_counter()
-        inst = encode_images(encoder, editor, clip, befores, afters)
-        rows["encoder"] = applied(inst, time.perf_counter() - start)
-        log("encoder", rows["encoder"])
-    if "encoder+fit" in s.rows:
-        method = encoder.method
-        given = {**common, **({"steps": s.steps} if s.steps is not None else {}), "init": "encoder",
-                 "encoder_file": s.encoder, **({"lr": s.lr[method]} if method in s.lr else {})}
-        start = time.perf_counter()
-        inst = fit_images(editor, befores, afters, method,
-                          *settings_for(method, {**model_defaults(editor.model_id, method, given), **given}),
-                          clip=clip, quiet=True)
-        rows["encoder+fit"] = applied(inst, time.perf_counter() - start)
-        log("encoder+fit", rows["encoder+fit"])
+    for row, refine in (("encoder", 0), ("encoder+refine", s.encoder_refine)):
+        if row in s.rows:
+            start = time.perf_counter()
+            inst = encode_images(encoder, editor, clip, befores, afters, refine=refine, seed=s.seed)
+            rows[row] = applied(inst, time.perf_counter() - start)
+            log(row, rows[row])
+    for row, refine in (("encoder+fit", 0), ("encoder+refine+fit", s.encoder_refine)):
+        if row in s.rows:
+            method = encoder.method
+            given = {**common, **({"steps": s.steps} if s.steps is not None else {}), "init": "encoder",
+                     "encoder_file": s.encoder, "encoder_refine": refine,
+                     **({"lr": s.lr[method]} if method in s.lr else {})}
+            start = time.perf_counter()
+            inst = fit_images(editor, befores, afters, method,
+                              *settings_for(method, {**model_defaults(editor.model_id, method, given), **given}),
+                              clip=clip, quiet=True)
+            rows[row] = applied(inst, time.perf_counter() - start)
+            log(row, rows[row])
     return rows
 
 

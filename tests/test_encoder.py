@@ -2,6 +2,7 @@
 as .inst files are, an ordinary instruction from any number of pairs in any order, and a fit's start."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -411,3 +412,93 @@ def test_the_validation_comparison_scores_each_encoder_and_the_parts_of_a_compos
                      log=lambda line: None)
     assert set(result["e"]["night_frame"]) == {"2", "1", "parts"} and set(result["e"]["night"]) == {"2", "1"}
     assert all(np.isfinite(v) for cells in result["e"].values() for v in cells.values())
+
+
+def _loss_on(method, editor, befores, afters, settings):
+    """The encoder's loss for ``method``'s state on the pairs, at fixed timesteps and noise."""
+    from invert.encoder.loss import state_loss
+    from invert.fitting.loop import FitData
+
+    data = FitData(editor, befores, afters, 123)
+    t = torch.tensor([50, 300, 600, 900] * len(befores)) % editor.num_train_timesteps
+    pair = torch.arange(len(befores)).repeat_interleave(4)
+    with method.installed():
+        return state_loss(method, data, settings, t, pair, 0, backward=False)
+
+
+def test_refinement_fits_the_encoders_basis_weights_to_the_pairs(trained, editor, clip, pairs_dir):
+    """--encoder-refine: the encoder's weights over its basis states fitted to the pairs lower the encoder's loss on
+    them; same seed, same weights."""
+    from invert.encoder import refinement
+    from invert.encoder.network import load_state
+    from invert.encoder.refine import fitted_weights
+    from invert.pairs import find_pairs, load_pairs
+
+    encoder = EncoderFile.load(trained[0])
+    net = encoder.encoder
+    befores, afters = load_pairs(find_pairs(pairs_dir), TINY_RES)
+    method = encoded_method(encoder, editor, clip, befores, afters)
+    settings = refinement(encoder, 20, lr=0.2)
+    before, after = clip.image_features(befores), clip.image_features(afters)
+    start = net.weights(before, after).detach()
+
+    def fitted(seed):
+        return fitted_weights(net, method, settings_for("visii", encoder.info["options"])[1], editor, clip, start,
+                              before, after, befores, afters, dataclasses.replace(settings, seed=seed))
+
+    refined = fitted(0)
+    losses = []
+    for weights in (start, refined):
+        with torch.no_grad():
+            load_state(method, net.decode(weights))
+        losses.append(_loss_on(method, editor, befores, afters, settings))
+    assert losses[1] < 0.99 * losses[0], losses  # the loss on a random tiny model is mostly noise it cannot fit
+    assert torch.equal(fitted(0), refined) and not torch.equal(fitted(1), refined)
+
+
+def test_refinement_keeps_the_encoders_answer_unless_the_refined_one_edits_the_pairs_better(trained, editor, clip,
+                                                                                            pairs_dir):
+    """The refined weights are kept only if they score at least the encoder's own on the pairs (the fit's
+    validation sampling): a learning rate that wrecks the state keeps the encoder's answer, and says so."""
+    from invert.encoder import refinement
+    from invert.encoder.encode import encoded_state
+    from invert.pairs import find_pairs, load_pairs
+
+    encoder = EncoderFile.load(trained[0])
+    befores, afters = load_pairs(find_pairs(pairs_dir), TINY_RES)
+    plain = encoded_method(encoder, editor, clip, befores, afters)
+    assert torch.equal(encoded_method(encoder, editor, clip, befores, afters, refine=refinement(encoder, 0)).learned,
+                       plain.learned)
+    for lr in (1e-3, 1.0):
+        method, result = encoded_state(encoder, editor, clip, befores, afters, refine=refinement(encoder, 4, lr=lr))
+        own, refined = result.scores
+        assert result.kept_refined == (refined >= own)
+        assert torch.equal(method.learned, plain.learned) != result.kept_refined
+        assert ("not kept" in result.describe(4)) != result.kept_refined
+    assert not result.kept_refined, f"lr 1 should wreck the state: {result.scores}"
+
+
+def test_invert_encode_and_fit_refine_the_encoders_answer(trained, tiny_model_dir, pairs_dir, tmp_path, run):
+    """invert encode --encoder-refine N records the steps; a fit's --init encoder --encoder-refine N starts from the
+    same state; a refinement without an encoder, or of a negative count, is a one-line error that writes nothing."""
+    out = tmp_path / "refined.inst"
+    common = ("--encoder-refine", 3, "--encoder-refine-lr", 0.05, "--model", tiny_model_dir, "--device", "cpu")
+    r = run("encode", pairs_dir, "-o", out, "--encoder", trained[0], *common)
+    assert r.exit_code == 0 and "its basis weights fitted 3 steps" in r.output, r.output
+    inst = Instruction.load(out)
+    assert inst.meta.steps == 3 and "; its basis weights fitted 3 steps" in inst.meta.encoded_by
+    assert inst.meta.options["encoder_refine"] == 3 and inst.meta.options["encoder_refine_lr"] == 0.05
+    r = run("fit", pairs_dir, "-o", tmp_path / "fit.inst", "--steps", 0, "--init", "encoder", "--encoder-file",
+            trained[0], "--val", 0, "--quiet", *common)
+    assert r.exit_code == 0, r.output
+    assert torch.equal(Instruction.load(tmp_path / "fit.inst").tensors["visii.learned"], inst.tensors["visii.learned"])
+    for command, extra in (("encode", ("--encoder", trained[0])), ("fit", ())):
+        r = run(command, pairs_dir, "-o", tmp_path / "bad.inst", *extra, "--encoder-refine", -1, "--model",
+                tiny_model_dir)
+        errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+        assert r.exit_code == 2 and errors == ["Error: Invalid value for '--encoder-refine': must be at least 0, "
+                                               "not -1"], r.output
+    r = run("fit", pairs_dir, "-o", tmp_path / "bad.inst", "--encoder-refine", 3, "--model", tiny_model_dir)
+    lines = messages(r.output)
+    assert r.exit_code == 1 and len(lines) == 1 and "only with --init encoder" in lines[0], r.output
+    assert not (tmp_path / "bad.inst").exists()

@@ -2,6 +2,7 @@
 gives a fit (``--init encoder:FILE``) its starting state."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from ..pairs import as_pairs, file_sha256, load_pairs
 from ..settings import FitSettings
 from .file import EncoderFile
 from .network import load_state
+from .refine import Refinement
+from .refine import refine as refine_weights
 
 ENCODER_FOLDER = "encoder"  # a model folder's own encoders: encoder/<method>.safetensors
 ENCODER_INIT = "encoder"  # the --init mode that starts a fit from an encoder's state
@@ -59,22 +62,46 @@ def _listed(shipped: dict[str, Path]) -> str:
 
 
 def encoded_method(encoder: EncoderFile, editor: Editor, clip: Clip, befores: list[Image.Image],
-                   afters: list[Image.Image], method_settings: Any = None, allow_model_mismatch: bool = False
-                   ) -> Method:
+                   afters: list[Image.Image], method_settings: Any = None, allow_model_mismatch: bool = False,
+                   refine: FitSettings | None = None) -> Method:
     """The method state ``encoder`` gives for the pairs: the method initialized at the encoder's base init text
-    (with ``method_settings``, default the encoder's own) and its parameters set to the encoder's output."""
+    (with ``method_settings``, default the encoder's own) and its parameters set to the encoder's output; with
+    ``refine`` (its ``encoder_refine`` steps, ``encoder_refine_lr`` and ``seed``), the encoder's basis weights then
+    fitted to the pairs by the loss the encoder was trained with (:mod:`invert.encoder.refine`)."""
+    return encoded_state(encoder, editor, clip, befores, afters, method_settings, allow_model_mismatch, refine)[0]
+
+
+def encoded_state(encoder: EncoderFile, editor: Editor, clip: Clip, befores: list[Image.Image],
+                  afters: list[Image.Image], method_settings: Any = None, allow_model_mismatch: bool = False,
+                  refine: FitSettings | None = None) -> tuple[Method, Refinement | None]:
+    """:func:`encoded_method`, and what its refinement gave (None without one)."""
     info = encoder.info
+    own_settings, own_method_settings = settings_for(info["method"], info["options"])
     if method_settings is None:
-        method_settings = settings_for(info["method"], info["options"])[1]
+        method_settings = own_method_settings
     text = info["init_text"]
     cls = method_class(info["method"])
     method = cls.initialize(editor, editor.encode_text([text]), text, method_settings, 0)
     encoder.check(editor, clip, method, allow_model_mismatch)
     net = encoder.encoder.to(editor.device)
+    before, after = clip.image_features(befores).to(editor.device), clip.image_features(afters).to(editor.device)
+    refinement = None
+    if refine is not None and refine.encoder_refine:
+        refinement = refine_weights(net, method, method_settings, editor, clip, before, after, befores, afters,
+                                    refine_settings(own_settings, refine))
+        weights = refinement.weights
+    else:
+        with torch.no_grad():
+            weights = net.weights(before, after)
     with torch.no_grad():
-        state = net(clip.image_features(befores).to(editor.device), clip.image_features(afters).to(editor.device))
-    load_state(method, state)
-    return method
+        load_state(method, net.decode(weights))
+    return method, refinement
+
+
+def refine_settings(own: FitSettings, given: FitSettings) -> FitSettings:
+    """The encoder's own loss settings (``own``: those it was trained with) with ``given``'s refinement and seed."""
+    return dataclasses.replace(own, init=ENCODER_INIT, encoder_file="", encoder_refine=given.encoder_refine,
+                               encoder_refine_lr=given.encoder_refine_lr, seed=given.seed)
 
 
 def encoder_start(editor: Editor, method: str, settings: FitSettings, method_settings: Any, clip: Clip | None,
@@ -92,35 +119,52 @@ def encoder_start(editor: Editor, method: str, settings: FitSettings, method_set
     encoder = EncoderFile.load(find_encoder(settings.encoder_file, editor.model_id, method))
     if encoder.method != method:
         raise EncoderFileError(f"{encoder.where}: encodes {encoder.method} instructions; this fit is --method {method}")
-    learned = encoded_method(encoder, editor, clip, befores, afters, method_settings)
+    learned = encoded_method(encoder, editor, clip, befores, afters, method_settings, refine=settings)
     text = encoder.info["init_text"]
     if settings.reverse and learned.needs_reverse_instruction:
-        learned = TwoWay(learned, encoded_method(encoder, editor, clip, afters, befores, method_settings), text)
+        learned = TwoWay(learned, encoded_method(encoder, editor, clip, afters, befores, method_settings,
+                                                 refine=settings), text)
     return learned, text
+
+
+def refinement(encoder: EncoderFile, steps: int, lr: float | None = None, seed: int = 0) -> FitSettings:
+    """The settings of ``steps`` refinement steps (``lr``: default the option's) of ``encoder``'s answer: the loss
+    it was trained with, recorded as a fit from it."""
+    own = settings_for(encoder.method, encoder.info["options"])[0]
+    given = {} if lr is None else {"encoder_refine_lr": lr}
+    return dataclasses.replace(own, init=ENCODER_INIT, encoder_file="", encoder_refine=steps, seed=seed, **given)
 
 
 def encode_images(encoder: EncoderFile, editor: Editor, clip: Clip, befores: list[Image.Image],
                   afters: list[Image.Image], exemplars: list[dict] | None = None,
-                  allow_model_mismatch: bool = False) -> Instruction:
+                  allow_model_mismatch: bool = False, refine: int = 0, refine_lr: float | None = None,
+                  seed: int = 0) -> Instruction:
     """The instruction ``encoder`` gives for already-opened pairs (at the model's resolution): an ordinary
-    instruction, as a fit of 0 steps from the encoder's state would record it."""
+    instruction, as a fit of 0 steps from the encoder's state would record it; with ``refine`` steps, the encoder's
+    basis weights then fitted to the pairs (``refine_lr``, default the option's; ``seed``)."""
     start = time.perf_counter()
-    method = encoded_method(encoder, editor, clip, befores, afters, allow_model_mismatch=allow_model_mismatch)
-    settings, method_settings = settings_for(encoder.method, encoder.info["options"])
+    settings = refinement(encoder, refine, refine_lr, seed)
+    method_settings = settings_for(encoder.method, encoder.info["options"])[1]
+    method, refined = encoded_state(encoder, editor, clip, befores, afters,
+                                    allow_model_mismatch=allow_model_mismatch, refine=settings)
     stored = {"exemplar.before": thumbnail_tensor(befores[0]), "exemplar.after": thumbnail_tensor(afters[0]),
               "clip.direction": clip_direction(clip, befores, afters).detach().float().cpu()}
     source = encoder.path.name if encoder.path is not None else "encoder"
     sha = f", sha256 {file_sha256(encoder.path)}" if encoder.path is not None else ""
+    note = "" if refined is None else f"; {refined.describe(refine)}"  # the CLI shows what follows "; "
     return make_instruction(method, editor, settings, method_settings, clip_name=clip.name,
                             init_text=encoder.info["init_text"], seconds=time.perf_counter() - start,
-                            exemplars=exemplars, stored=stored,
-                            extra_meta={"encoded_by": f"edit encoder {source} ({len(befores)} pairs{sha})"})
+                            exemplars=exemplars, stored=stored, steps_done=refine,
+                            extra_meta={"encoded_by": f"edit encoder {source} ({len(befores)} pairs{sha}){note}"})
 
 
 def encode(pairs, encoder: str | os.PathLike | EncoderFile | None = None, *, model: str | None = None,
            editor: Editor | None = None, clip_model: str | None = None, clip: Clip | None = None,
-           device: str = "auto", dtype: str = "auto", allow_model_mismatch: bool = False) -> Instruction:
-    """The instruction an edit encoder gives for exemplar pairs, in one forward pass (no fitting).
+           device: str = "auto", dtype: str = "auto", allow_model_mismatch: bool = False, refine: int = 0,
+           refine_lr: float | None = None, seed: int = 0) -> Instruction:
+    """The instruction an edit encoder gives for exemplar pairs, in one forward pass (no fitting); with ``refine``
+    steps, its weights over its basis states are then fitted to the pairs (a short fit in the encoder's own
+    coordinates, ``refine_lr``; ``seed`` draws its noises and timesteps).
 
     ``pairs``: a pairs folder, a ``(before, after)`` tuple of files, or a list of :class:`Pair`. ``encoder``: its
     file (default: the one the model's folder ships); ``model``: default the one it was trained on.
@@ -140,8 +184,9 @@ def encode(pairs, encoder: str | os.PathLike | EncoderFile | None = None, *, mod
     resolution = int(encoder.info["options"].get("resolution") or editor.resolution)
     befores, afters = load_pairs(found, resolution)
     exemplars = [{"name": p.name, "before": file_sha256(p.before), "after": file_sha256(p.after)} for p in found]
-    return encode_images(encoder, editor, clip, befores, afters, exemplars, allow_model_mismatch)
+    return encode_images(encoder, editor, clip, befores, afters, exemplars, allow_model_mismatch, refine, refine_lr,
+                         seed)
 
 
-__all__ = ["ENCODER_FOLDER", "encode", "encode_images", "encoded_method", "encoder_start", "find_encoder",
+__all__ = ["ENCODER_FOLDER", "encode", "encode_images", "encoded_method", "encoded_state", "encoder_start", "find_encoder", "refinement",
            "shipped_encoders"]

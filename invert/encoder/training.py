@@ -31,14 +31,15 @@ from ..backbones import Editor
 from ..clip import Clip
 from ..errors import InvertError
 from ..fitting.checkpoint import FitDiverged, FitState, FitStopped
-from ..fitting.loop import FitData, predict
-from ..fitting.losses import direction_of, row_mse
+from ..fitting.loop import FitData
+from ..fitting.losses import direction_of
 from ..methods import method_class
 from ..methods.base import Method
 from ..settings import FitSettings, as_dict
 from ..settings.encoder import EncoderSettings
 from .data import Episode
 from .file import EncoderFile, encoder_info
+from .loss import pass_back, state_loss
 from .network import EditEncoder, load_state
 
 VALIDATION_EPISODES = 8
@@ -151,7 +152,7 @@ class EncoderTrainer:
                      backward: bool = True) -> float:
         """Encode ``episode``'s pairs, take the fit's loss on its other pairs (times ``weight``) and, with
         ``backward``, add its gradient to the encoder's; return the loss."""
-        editor, method, s = self.editor, self.method, self.fit_settings
+        editor, method = self.editor, self.method
         before, after = self.pair_features(episode)
         with torch.enable_grad() if backward else torch.no_grad():
             state = self.encoder(before, after)
@@ -164,27 +165,9 @@ class EncoderTrainer:
         pair = torch.arange(len(episode.loss_befores)).repeat_interleave(self.settings.timesteps).to(editor.device)
         if method.needs_clip(self.method_settings):
             method.set_clip_direction(self.clip, direction_of(before, after))  # the edit's, from the encoded pairs
-        total = 0.0
-        with torch.enable_grad() if backward else torch.no_grad():
-            for reverse, term in method.loss_terms(step):
-                with method.direction(reverse):
-                    x = data.inputs(t, pair, reverse)
-                    pred = predict(method, data, s, x.noisy, x.cond, x.timesteps, reverse)
-                    loss = weight * term * s.mse_weight * row_mse(pred, x.objective).mean()
-                    if backward:
-                        loss.backward()
-                total += float(loss.detach())
-            extra = method.extra_loss()
-            if extra is not None:
-                extra = weight * extra
-                if backward:
-                    extra.backward()
-                total += float(extra.detach())
+        total = state_loss(method, data, self.fit_settings, t, pair, step, weight, backward)
         if backward:
-            params = dict(method.named_parameters())
-            names = [n for n in state if params[n].grad is not None]
-            torch.autograd.backward([state[n] for n in names], [params[n].grad for n in names])
-            method.zero_grad(set_to_none=True)
+            pass_back(method, state)
         return total
 
     def validation_loss(self) -> float:

@@ -37,6 +37,13 @@ class InitSettings(Checked):
                 "from it.")
     encoder_file: str = option("", "--init encoder: the edit encoder file; empty: the one the model's folder ships "
                                    "for the method.", metavar="FILE")
+    encoder_refine: int = option(
+        0, "--init encoder (and 'invert encode'): then fit the encoder's weights over its basis states (not the "
+           "method's parameters) for this many steps of the fit's loss on the exemplars, each pair at one timestep a "
+           "step (a single pair at two); 0: the encoder's state as it gives it, in one forward pass.",
+        minimum=0, maximum=MAX_FIT_STEPS)
+    encoder_refine_lr: float = option(1e-2, "--encoder-refine: Adam's learning rate on the basis weights.", above=0,
+                                      maximum=1.0)
     best_val_steps: int | None = option(
         None, "--init best (and several --init-text): sampling steps of each candidate's score on the exemplars "
               "(fixed noise: the fit's seed). Default: half of --val-steps, rounded up (5).", minimum=1, maximum=MAX_SAMPLING_STEPS)
@@ -63,6 +70,9 @@ class InitSettings(Checked):
         super().__post_init__()
         if self.encoder_file and self.init != "encoder":
             raise InvertError(f"--encoder-file {self.encoder_file}: only with --init encoder (here --init {self.init})")
+        if self.encoder_refine and self.init != "encoder":
+            raise InvertError(f"--encoder-refine {self.encoder_refine}: only with --init encoder (here --init "
+                              f"{self.init})")
         # One --init-text is kept as a string (as files have always recorded it), several as a tuple, none as None.
         if isinstance(self.init_text, (tuple, list)):
             texts = tuple(self.init_text)
