@@ -492,6 +492,11 @@ def test_invert_encode_and_fit_refine_the_encoders_answer(trained, tiny_model_di
             trained[0], "--val", 0, "--quiet", *common)
     assert r.exit_code == 0, r.output
     assert torch.equal(Instruction.load(tmp_path / "fit.inst").tensors["visii.learned"], inst.tensors["visii.learned"])
+    r = run("fit", pairs_dir, "-o", tmp_path / "fit2.inst", "--steps", 2, "--lr", 0.1, "--keep", "last", "--init",
+            "encoder", "--encoder-file", trained[0], "--val", 0, "--quiet", *common)
+    assert r.exit_code == 0, r.output  # the fit trains on from the refined state
+    assert not torch.equal(Instruction.load(tmp_path / "fit2.inst").tensors["visii.learned"],
+                           inst.tensors["visii.learned"])
     for command, extra in (("encode", ("--encoder", trained[0])), ("fit", ())):
         r = run(command, pairs_dir, "-o", tmp_path / "bad.inst", *extra, "--encoder-refine", -1, "--model",
                 tiny_model_dir)

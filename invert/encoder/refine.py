@@ -57,6 +57,7 @@ def fitted_weights(net: EditEncoder, method: Method, method_settings: Any, edito
     gen = torch.Generator("cpu").manual_seed(settings.seed)
     n = len(befores)
     pair = torch.arange(n).repeat_interleave(-(-MIN_ROWS // n)).to(editor.device)
+    trainable = {n: p.requires_grad for n, p in method.named_parameters()}
     method.requires_grad_(True)
     method.schedule(steps, editor.num_train_timesteps, settings.seed)
     if method.needs_clip(method_settings):
@@ -71,7 +72,8 @@ def fitted_weights(net: EditEncoder, method: Method, method_settings: Any, edito
             state_loss(method, data, settings, t, pair, step)
             pass_back(method, state)
             optimizer.step()
-    method.requires_grad_(False)
+    for n, p in method.named_parameters():  # as they were: a fit from this state trains them
+        p.requires_grad_(trainable[n])
     return weights.detach()
 
 
