@@ -88,7 +88,8 @@ def encoded_state(encoder: EncoderFile, editor: Editor, clip: Clip, befores: lis
     refinement = None
     if refine is not None and refine.encoder_refine:
         refinement = refine_weights(net, method, method_settings, editor, clip, before, after, befores, afters,
-                                    refine_settings(own_settings, refine))
+                                    refine_settings(own_settings, refine.encoder_refine, refine.encoder_refine_lr,
+                                                    refine.seed))
         weights = refinement.weights
     else:
         with torch.no_grad():
@@ -98,10 +99,11 @@ def encoded_state(encoder: EncoderFile, editor: Editor, clip: Clip, befores: lis
     return method, refinement
 
 
-def refine_settings(own: FitSettings, given: FitSettings) -> FitSettings:
-    """The encoder's own loss settings (``own``: those it was trained with) with ``given``'s refinement and seed."""
-    return dataclasses.replace(own, init=ENCODER_INIT, encoder_file="", encoder_refine=given.encoder_refine,
-                               encoder_refine_lr=given.encoder_refine_lr, seed=given.seed)
+def refine_settings(own: FitSettings, steps: int, lr: float, seed: int) -> FitSettings:
+    """The encoder's own loss settings (``own``: those it was trained with) with a refinement's steps, learning rate
+    and seed: recorded as a fit from the encoder."""
+    return dataclasses.replace(own, init=ENCODER_INIT, encoder_file="", encoder_refine=steps, encoder_refine_lr=lr,
+                               seed=seed)
 
 
 def encoder_start(editor: Editor, method: str, settings: FitSettings, method_settings: Any, clip: Clip | None,
@@ -128,11 +130,9 @@ def encoder_start(editor: Editor, method: str, settings: FitSettings, method_set
 
 
 def refinement(encoder: EncoderFile, steps: int, lr: float | None = None, seed: int = 0) -> FitSettings:
-    """The settings of ``steps`` refinement steps (``lr``: default the option's) of ``encoder``'s answer: the loss
-    it was trained with, recorded as a fit from it."""
+    """The settings of ``steps`` refinement steps (``lr``: default the option's) of ``encoder``'s answer."""
     own = settings_for(encoder.method, encoder.info["options"])[0]
-    given = {} if lr is None else {"encoder_refine_lr": lr}
-    return dataclasses.replace(own, init=ENCODER_INIT, encoder_file="", encoder_refine=steps, seed=seed, **given)
+    return refine_settings(own, steps, own.encoder_refine_lr if lr is None else lr, seed)
 
 
 def encode_images(encoder: EncoderFile, editor: Editor, clip: Clip, befores: list[Image.Image],
@@ -188,5 +188,5 @@ def encode(pairs, encoder: str | os.PathLike | EncoderFile | None = None, *, mod
                          seed)
 
 
-__all__ = ["ENCODER_FOLDER", "encode", "encode_images", "encoded_method", "encoded_state", "encoder_start", "find_encoder", "refinement",
-           "shipped_encoders"]
+__all__ = ["ENCODER_FOLDER", "encode", "encode_images", "encoded_method", "encoded_state", "encoder_start",
+           "find_encoder", "refinement", "shipped_encoders"]
