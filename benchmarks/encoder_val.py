@@ -39,7 +39,7 @@ def _features(clip, pairs):
 
 
 def compare(editor, clip, encoders: dict[str, EncoderFile], edits: list[str], shots: tuple[int, ...],
-            parts: bool = False, refine: int = 0, log=print) -> dict:
+            parts: bool = False, refine: int = 0, seed: int = 0, log=print) -> dict:
     """``{encoder: {edit: {shots: psnr, "parts": psnr}}}`` on validation scenes."""
     size = editor.resolution
     out: dict = {name: {} for name in encoders}
@@ -51,7 +51,7 @@ def compare(editor, clip, encoders: dict[str, EncoderFile], edits: list[str], sh
             cells = {}
             for k in shots:
                 method = encoded_method(encoder, editor, clip, [b for b, _ in train[:k]], [a for _, a in train[:k]],
-                                        refine=refinement(encoder, refine))
+                                        refine=refinement(encoder, refine, seed=seed))
                 cells[str(k)] = _psnr(editor, method, befores, truths)
             if parts and len(components) > 1:
                 net = encoder.encoder
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shots", default="10,1")
     parser.add_argument("--parts", action="store_true", help="Add the parts-sum row for composed edits.")
     parser.add_argument("--refine", type=int, default=0, help="Refinement steps of each encoder's answer "
-                        "(invert encode --refine).")
+                        "(invert encode --encoder-refine).")
+    parser.add_argument("--seed", type=int, default=0, help="The refinement's seed.")
     parser.add_argument("--model", default="toy")
     parser.add_argument("--json", default=None, help="Write the result here.")
     args = parser.parse_args(argv)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     clip = load_clip(clip_name_for(None, editor.model_id), editor.device)
     encoders = {path: EncoderFile.load(path) for path in args.encoders.split(",")}
     result = compare(editor, clip, encoders, args.edits.split(","), tuple(int(k) for k in args.shots.split(",")),
-                     args.parts, args.refine)
+                     args.parts, args.refine, args.seed)
     for name, per_edit in result.items():
         for key in sorted({k for cells in per_edit.values() for k in cells}):
             means = {group: [c[key] for e, c in per_edit.items() if key in c and (e in world.HARD_EDITS) == hard]
