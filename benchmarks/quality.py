@@ -6,7 +6,8 @@ best single catalogue instruction (chosen on the test pairs themselves, so an up
 InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
 template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no fitting), the same
 with its basis weights then fitted to the exemplars (``encoder+refine``, ``invert encode --encoder-refine``), and a
-default fit started from either (``encoder+fit``, ``encoder+refine+fit``). Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to
+default fit started from either (``encoder+fit``, ``encoder+refine+fit``; ``encoder+refine+cond_fit``: with the
+encoder's own loss target, the shipped toy encoder's ``--loss-target cond``). Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to
 the true edits, per edit group.
 
     python -m benchmarks quality -o bench.json             # or: python -m benchmarks.quality
@@ -44,7 +45,8 @@ FITTED = {  # row -> (method, method options, init text override)
     "brush_no_phrase_init": ("brush", {"brush_parts": 5}, ""),
     "lora": ("lora", {}, None),
 }
-ENCODED = ("encoder", "encoder+refine", "encoder+fit", "encoder+refine+fit")  # rows of an edit encoder
+# rows of an edit encoder; +cond_fit: the fit with the encoder's own loss target (the shipped one's: cond)
+ENCODED = ("encoder", "encoder+refine", "encoder+fit", "encoder+refine+fit", "encoder+refine+cond_fit")
 ROWS = ("no_edit", "oracle_text", "best_single_text", *FITTED, *ENCODED)
 TRAIN_SEED, TEST_SEED = 2 * 10**6, 3 * 10**6  # disjoint from the toy model's training scenes (below 10**6)
 # The fit as it was before it checked itself (issue 17): the last state, the method's own init text, no held-out
@@ -195,11 +197,14 @@ def _encoded_rows(editor: Editor, clip: Clip, shots, common: dict, s: QualitySet
             inst = encode_images(encoder, editor, clip, befores, afters, refine=refine, seed=s.seed)
             rows[row] = applied(inst, time.perf_counter() - start)
             log(row, rows[row])
-    for row, refine in (("encoder+fit", 0), ("encoder+refine+fit", s.encoder_refine)):
+    fits = (("encoder+fit", 0, {}), ("encoder+refine+fit", s.encoder_refine, {}),
+            ("encoder+refine+cond_fit", s.encoder_refine,
+             {"loss_target": settings_for(encoder.method, encoder.info["options"])[0].loss_target}))
+    for row, refine, options in fits:
         if row in s.rows:
             method = encoder.method
             given = {**common, **({"steps": s.steps} if s.steps is not None else {}), "init": "encoder",
-                     "encoder_file": s.encoder, "encoder_refine": refine,
+                     "encoder_file": s.encoder, "encoder_refine": refine, **options,
                      **({"lr": s.lr[method]} if method in s.lr else {})}
             start = time.perf_counter()
             inst = fit_images(editor, befores, afters, method,

@@ -71,8 +71,8 @@ def test_the_steps_study_scores_each_snapshot_as_the_fit_that_stopped_there(edit
 
 
 def test_quality_encoder_rows(editor, clip, tiny_model_dir, tmp_path):
-    """The encoder rows: the encoder's instruction in one forward pass (its seconds: that pass alone) and a fit
-    started from it; a row list naming them without an encoder is refused."""
+    """The encoder rows: the encoder's instruction in one forward pass (its seconds: that pass alone), refined, and
+    fits started from either; a row list naming them without an encoder is refused."""
     from test_encoder import make_trainer, write_sets
 
     encoder = make_trainer(editor, clip, write_sets(tmp_path / "sets"), steps=1).run(quiet=True)
@@ -80,12 +80,13 @@ def test_quality_encoder_rows(editor, clip, tiny_model_dir, tmp_path):
     out = tmp_path / "q.json"
     r = CliRunner().invoke(bench, ["quality", "--model", str(tiny_model_dir), "--edits", "night", "--steps", "1",
                                    "--shots", "2", "--n-test", "2", "--apply-steps", "2", "--rows",
-                                   "no_edit,encoder,encoder+fit", "--encoder", str(path), "-o", str(out)])
+                                   "no_edit,encoder,encoder+refine,encoder+fit,encoder+refine+cond_fit", "--encoder-refine",
+                                   "2", "--encoder", str(path), "-o", str(out)])
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())["edits"]["night"]["shots"]["2"]
-    assert set(rows) == {"encoder", "encoder+fit"}
-    assert rows["encoder"]["fit_seconds"] < rows["encoder+fit"]["fit_seconds"]
-    assert rows["encoder+fit"]["init_text"] == rows["encoder"]["init_text"] == encoder.info["init_text"]
+    assert set(rows) == {"encoder", "encoder+refine", "encoder+fit", "encoder+refine+cond_fit"}
+    assert rows["encoder"]["fit_seconds"] < min(rows[r]["fit_seconds"] for r in rows if r != "encoder")
+    assert {row["init_text"] for row in rows.values()} == {encoder.info["init_text"]}
     r = CliRunner().invoke(bench, ["quality", "--model", str(tiny_model_dir), "--edits", "night", "--rows", "encoder"])
     assert r.exit_code == 1 and "need --encoder FILE" in r.output
 
