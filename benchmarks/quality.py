@@ -7,8 +7,8 @@ InstructBrush; InstructBrush with one time part; InstructBrush from an empty ins
 template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no fitting), the same
 with its basis weights then fitted to the exemplars (``encoder+refine``, ``invert encode --encoder-refine``), and a
 default fit started from either (``encoder+fit``, ``encoder+refine+fit``; ``encoder+refine+cond_fit``: with the
-encoder's own loss target, the shipped toy encoder's ``--loss-target cond``). Columns: PSNR, SSIM and CLIP directional similarity (toy CLIP) to
-the true edits, per edit group.
+encoder's own loss target, the shipped toy encoder's ``--loss-target cond``). Columns: PSNR, SSIM and CLIP
+directional similarity (toy CLIP) to the true edits, per edit group.
 
     python -m benchmarks quality -o bench.json             # or: python -m benchmarks.quality
 """

@@ -1,8 +1,8 @@
-"""Refining an encoder's answer by the fit's loss on the exemplars, in the encoder's own coordinates: its weights over
-its basis states (a few hundred numbers), not the method's parameters (thousands). The basis holds what the encoder
-learned about edits; the weights are where one edit's pairs can still correct it (an edit the encoder never saw is
-mapped to the nearest one it knows). A short fit in a small space, which checks itself as a fit does: the refined
-state is kept unless it edits the pairs worse than the encoder's own answer."""
+"""Refining an encoder's answer by the loss it was trained with, on the exemplars, in the encoder's own coordinates:
+its weights over its basis states, from the weights it gave (an edit the encoder never saw is mapped to the nearest
+one it knows; the pairs' loss still prefers the states that edit them better). A short fit that checks itself as a fit
+does: the refined state is kept unless it edits the pairs worse than the encoder's own answer. (On the toy model the
+same refinement of the method's own parameters scored about as well: docs/encoder.md.)"""
 from __future__ import annotations
 
 import math
@@ -57,7 +57,7 @@ def fitted_weights(net: EditEncoder, method: Method, method_settings: Any, edito
     gen = torch.Generator("cpu").manual_seed(settings.seed)
     n = len(befores)
     pair = torch.arange(n).repeat_interleave(-(-MIN_ROWS // n)).to(editor.device)
-    trainable = {n: p.requires_grad for n, p in method.named_parameters()}
+    trainable = {name: p.requires_grad for name, p in method.named_parameters()}
     method.requires_grad_(True)
     method.schedule(steps, editor.num_train_timesteps, settings.seed)
     if method.needs_clip(method_settings):
@@ -72,8 +72,8 @@ def fitted_weights(net: EditEncoder, method: Method, method_settings: Any, edito
             state_loss(method, data, settings, t, pair, step)
             pass_back(method, state)
             optimizer.step()
-    for n, p in method.named_parameters():  # as they were: a fit from this state trains them
-        p.requires_grad_(trainable[n])
+    for name, p in method.named_parameters():  # as they were: a fit from this state trains them
+        p.requires_grad_(trainable[name])
     return weights.detach()
 
 

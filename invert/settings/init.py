@@ -39,8 +39,9 @@ class InitSettings(Checked):
                                    "for the method.", metavar="FILE")
     encoder_refine: int = option(
         0, "--init encoder (and 'invert encode'): then fit the encoder's weights over its basis states (not the "
-           "method's parameters) for this many steps of the fit's loss on the exemplars, each pair at one timestep a "
-           "step (a single pair at two); 0: the encoder's state as it gives it, in one forward pass.",
+           "method's parameters) for this many steps of the loss the encoder was trained with, on the exemplars, "
+           "each pair at one timestep a step (a single pair at two), and keep them unless the encoder's own answer "
+           "edits the exemplars better; 0: the encoder's state as it gives it, in one forward pass.",
         minimum=0, maximum=MAX_FIT_STEPS)
     encoder_refine_lr: float = option(1e-2, "--encoder-refine: Adam's learning rate on the basis weights.", above=0,
                                       maximum=1.0)
