@@ -357,6 +357,14 @@ def test_invert_fit_init_encoder_on_the_command_line(trained, tiny_model_dir, pa
     assert r.exit_code == 0, r.output
     inst = Instruction.load(out)
     assert inst.meta.options["init"] == "encoder" and inst.meta.options["encoder_file"] == str(trained[0])
+    # the encoder's loss target (it trained on cond) unless one is given, and recorded as where it came from
+    assert inst.meta.options["loss_target"] == ENCODER_FIT_DEFAULTS["loss_target"] == "cond"
+    assert inst.meta.model_defaults["loss_target"] == "cond"
+    r = run("fit", pairs_dir, "-o", tmp_path / "cfg.inst", "--model", tiny_model_dir, "--device", "cpu", "--steps", 0,
+            "--init", "encoder", "--encoder-file", trained[0], "--loss-target", "cfg", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert Instruction.load(tmp_path / "cfg.inst").meta.options["loss_target"] == "cfg"
+    assert "loss_target" not in (Instruction.load(tmp_path / "cfg.inst").meta.model_defaults or {})
     r = run("fit", pairs_dir, "-o", tmp_path / "other.inst", "--model", tiny_model_dir, "--encoder-file", trained[0])
     lines = messages(r.output)
     assert r.exit_code == 1 and len(lines) == 1 and "only with --init encoder" in lines[0], r.output

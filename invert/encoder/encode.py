@@ -57,6 +57,13 @@ def find_encoder(spec: str | os.PathLike | None, model: str, method: str | None 
     return next(iter(shipped.values()))
 
 
+def encoder_loss_target(path: Path) -> str:
+    """The loss target the encoder file at ``path`` was trained with: a fit under ``--init encoder`` takes it unless
+    given (:func:`invert.api.model_defaults`)."""
+    encoder = EncoderFile.load(path)
+    return settings_for(encoder.method, encoder.info["options"])[0].loss_target
+
+
 def _listed(shipped: dict[str, Path]) -> str:
     return f"encoders for {', '.join(shipped)}" if shipped else "no encoder"
 
@@ -188,5 +195,5 @@ def encode(pairs, encoder: str | os.PathLike | EncoderFile | None = None, *, mod
                          seed)
 
 
-__all__ = ["ENCODER_FOLDER", "encode", "encode_images", "encoded_method", "encoded_state", "encoder_start",
-           "find_encoder", "refinement", "shipped_encoders"]
+__all__ = ["ENCODER_FOLDER", "encode", "encode_images", "encoded_method", "encoded_state", "encoder_loss_target",
+           "encoder_start", "find_encoder", "refinement", "shipped_encoders"]

@@ -56,7 +56,8 @@ class Metadata(Checked):
     options: dict | None = option(None, "Every fit setting, by name.")
     extra: dict | None = option(None, "The method's own facts (brush's layers, lora's rank ...).")
     phrases: dict | None = option(None, "InstructBrush's phrase choice, when it made the init text.")
-    model_defaults: dict | None = option(None, "The settings that came from the model folder's invert.json.")
+    model_defaults: dict | None = option(None, "The settings that came from the model: its folder's invert.json, and "
+                                                "under --init encoder the encoder's loss target.")
     validation: dict | None = option(None, "The held-out pairs and the validation curve.")
     init_scores: dict | None = option(None, "Each init candidate's validation score.")
     cost: dict | None = option(None, "Per phase of the fit (init_search, training, validation): seconds and denoiser "
