@@ -56,6 +56,24 @@ def test_an_unreachable_clip_model_says_how_to_download_it(tmp_path, monkeypatch
         load_clip("someone/no-clip")
 
 
+def test_an_unreachable_hub_model_is_asked_for_once_not_twice(run, pairs_dir, tmp_path, monkeypatch):
+    """A fit looks its model up for the architecture's defaults and again to load it: offline, the hub's retries
+    (about 25 s) come once, and the error is the one line saying how to download it."""
+    from diffusers import DiffusionPipeline
+
+    asked = []
+
+    def load_config(cls, source, *args, **kwargs):
+        asked.append(source)
+        raise OSError("no network")
+
+    monkeypatch.setattr(DiffusionPipeline, "load_config", classmethod(load_config))
+    r = run("fit", pairs_dir, "-o", tmp_path / "x.inst", "--model", "someone/unreachable-ip2p", *QUICK_FIT)
+    assert r.exit_code == 1 and asked == ["someone/unreachable-ip2p"], (asked, r.output)
+    assert "hf download someone/unreachable-ip2p --local-dir model) and pass --model model" in r.output.splitlines()[-1]
+    assert not (tmp_path / "x.inst").exists()
+
+
 def test_a_relative_model_folder_is_recorded_absolute_and_a_moved_one_named(run, tiny_model_dir, pairs_dir, tmp_path,
                                                                              monkeypatch):
     shutil.copytree(tiny_model_dir, tmp_path / "mymodel")

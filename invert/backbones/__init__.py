@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
+import time
 import warnings
 from pathlib import Path
 
@@ -19,6 +21,12 @@ from .base import Conditioning, Editor, TextEncoding, fingerprint, resolve_devic
 from .model_info import local_folder, looks_like_path, resolve_model_path, where
 
 log = logging.getLogger("invert")
+
+# Hub ids whose model_index.json could not be had, and when: asked again within UNREACHED_SECONDS, the answer is the
+# same error at once (offline, huggingface_hub retries for about 25 s, and a fit looks its model up twice: for the
+# architecture's defaults, then to load it)
+_UNREACHED: dict[str, float] = {}
+UNREACHED_SECONDS = 60.0
 
 # backbone name -> "module:class"; each class lists the pipeline classes it loads (Editor.pipeline_classes). In
 # order of importance: the GPU benchmark (benchmarks.gpu) measures them in this order.
@@ -64,15 +72,21 @@ def pipeline_class_name(source: str) -> str:
         raise ModelLoadError(f"{source}: no such model folder")
     from diffusers import DiffusionPipeline
 
+    if time.monotonic() - _UNREACHED.get(source, -math.inf) < UNREACHED_SECONDS:
+        raise ModelLoadError(_unreachable(source))  # a fit looks the model up twice: the hub's retries once
     try:
         with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it deprecated: not the user's
             warnings.simplefilter("ignore")
             return str(DiffusionPipeline.load_config(source).get("_class_name", ""))
     except Exception:  # hub and file errors come in many types; all end in one line for the user
-        raise ModelLoadError(
-            f"cannot load '{source}': it is no local folder, not in the Hugging Face cache, and the hub cannot be "
+        _UNREACHED[source] = time.monotonic()
+        raise ModelLoadError(_unreachable(source)) from None
+
+
+def _unreachable(source: str) -> str:
+    return (f"cannot load '{source}': it is no local folder, not in the Hugging Face cache, and the hub cannot be "
             f"reached. Download it where there is network (hf download {source} --local-dir model) and pass "
-            "--model model") from None
+            "--model model")
 
 
 def backbone_of(model: str) -> type[Editor]:
@@ -109,10 +123,7 @@ def _load_pipeline(cls: type[Editor], source: str, dtype: torch.dtype):
         if Path(source).is_dir():
             raise ModelLoadError(f"{source}: not a loadable {cls.pipeline_classes[0]} folder ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-        raise ModelLoadError(
-            f"cannot load '{source}': it is no local folder, not in the Hugging Face cache, and the hub cannot be "
-            f"reached. Download it where there is network (hf download {source} --local-dir model) and pass "
-            "--model model") from None
+        raise ModelLoadError(_unreachable(source)) from None
 
 
 def load_editor(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",
