@@ -6,9 +6,9 @@ best single catalogue instruction (chosen on the test pairs themselves, so an up
 InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
 template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no fitting), the same
 with its basis weights then fitted to the exemplars (``encoder+refine``, ``invert encode --encoder-refine``), and a
-fit started from either with the fit's ``cfg`` loss (``encoder+fit``, ``encoder+refine+fit``) and from the refined
-one with the encoder's own loss target (``encoder+refine+cond_fit``, the shipped toy encoder's ``cond``: the default
-of ``--init encoder``). Columns: PSNR, SSIM and CLIP
+fit started from either with the fit's ``cfg`` loss (``encoder+fit``, ``encoder+refine+fit``) or with the
+encoder's own loss target (``encoder+cond_fit``, ``encoder+refine+cond_fit``; the shipped toy encoder's ``cond``:
+the default of ``--init encoder``). Columns: PSNR, SSIM and CLIP
 directional similarity (toy CLIP) to the true edits, per edit group.
 
     python -m benchmarks quality -o bench.json             # or: python -m benchmarks.quality
@@ -48,7 +48,8 @@ FITTED = {  # row -> (method, method options, init text override)
 }
 # rows of an edit encoder; +fit: a fit with the cfg loss; +cond_fit: with the encoder's own loss target (the
 # shipped one's, cond: --init encoder's default)
-ENCODED = ("encoder", "encoder+refine", "encoder+fit", "encoder+refine+fit", "encoder+refine+cond_fit")
+ENCODED = ("encoder", "encoder+refine", "encoder+fit", "encoder+refine+fit", "encoder+cond_fit",
+           "encoder+refine+cond_fit")
 ROWS = ("no_edit", "oracle_text", "best_single_text", *FITTED, *ENCODED)
 TRAIN_SEED, TEST_SEED = 2 * 10**6, 3 * 10**6  # disjoint from the toy model's training scenes (below 10**6)
 # The fit as it was before it checked itself (issue 17): the last state, the method's own init text, no held-out
@@ -139,7 +140,8 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
         def applied(inst, seconds: float) -> dict:
             results = apply(inst, befores, editor=editor, steps=s.apply_steps)
             return {**_metrics(befores, results, truths, clip, direction), "fit_seconds": seconds,
-                    "init_text": inst.meta.init_text, "curve": (inst.meta.validation or {}).get("curve")}
+                    "init_text": inst.meta.init_text, "loss_target": (inst.meta.options or {}).get("loss_target"),
+                    "curve": (inst.meta.validation or {}).get("curve")}
 
         for row, (method, options, init_text) in FITTED.items():
             if row not in s.rows:
@@ -199,12 +201,11 @@ def _encoded_rows(editor: Editor, clip: Clip, shots, common: dict, s: QualitySet
             inst = encode_images(encoder, editor, clip, befores, afters, refine=refine, seed=s.seed)
             rows[row] = applied(inst, time.perf_counter() - start)
             log(row, rows[row])
-    # the first two with the fit's cfg loss, as they were measured before --init encoder took the encoder's loss
-    # target (the third's: its default now)
+    # +fit with the fit's cfg loss, as they were measured before --init encoder took the encoder's loss target;
+    # +cond_fit with --init encoder's default: that target
     cfg = {"loss_target": "cfg"}
-    fits = (("encoder+fit", 0, cfg), ("encoder+refine+fit", s.encoder_refine, cfg),
-            ("encoder+refine+cond_fit", s.encoder_refine,
-             {"loss_target": settings_for(encoder.method, encoder.info["options"])[0].loss_target}))
+    fits = (("encoder+fit", 0, cfg), ("encoder+refine+fit", s.encoder_refine, cfg), ("encoder+cond_fit", 0, {}),
+            ("encoder+refine+cond_fit", s.encoder_refine, {}))
     for row, refine, options in fits:
         if row in s.rows:
             method = encoder.method

@@ -80,11 +80,15 @@ def test_quality_encoder_rows(editor, clip, tiny_model_dir, tmp_path):
     out = tmp_path / "q.json"
     r = CliRunner().invoke(bench, ["quality", "--model", str(tiny_model_dir), "--edits", "night", "--steps", "1",
                                    "--shots", "2", "--n-test", "2", "--apply-steps", "2", "--rows",
-                                   "no_edit,encoder,encoder+refine,encoder+fit,encoder+refine+cond_fit",
-                                   "--encoder-refine", "2", "--encoder", str(path), "-o", str(out)])
+                                   "no_edit,encoder,encoder+refine,encoder+fit,encoder+cond_fit,"
+                                   "encoder+refine+cond_fit", "--encoder-refine", "2", "--encoder", str(path), "-o",
+                                   str(out)])
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())["edits"]["night"]["shots"]["2"]
-    assert set(rows) == {"encoder", "encoder+refine", "encoder+fit", "encoder+refine+cond_fit"}
+    assert set(rows) == {"encoder", "encoder+refine", "encoder+fit", "encoder+cond_fit", "encoder+refine+cond_fit"}
+    # +fit pins the fit's cfg loss; +cond_fit takes --init encoder's default, the encoder's own (it trained on cond)
+    assert rows["encoder+fit"]["loss_target"] == "cfg"
+    assert rows["encoder+cond_fit"]["loss_target"] == rows["encoder+refine+cond_fit"]["loss_target"] == "cond"
     assert rows["encoder"]["fit_seconds"] < min(rows[r]["fit_seconds"] for r in rows if r != "encoder")
     assert {row["init_text"] for row in rows.values()} == {encoder.info["init_text"]}
     r = CliRunner().invoke(bench, ["quality", "--model", str(tiny_model_dir), "--edits", "night", "--rows", "encoder"])
