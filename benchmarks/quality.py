@@ -2,8 +2,8 @@
 method reproduce an edit on held-out scenes, from 1 and from 10 exemplar pairs?
 
 Rows: no edit (the input itself); IP2P with the edit's true instruction ("oracle text"); for the hard edits, the
-best single catalogue instruction (chosen on the test pairs themselves, so an upper bound for text); VISII;
-InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
+best single catalogue instruction (chosen on the test pairs themselves, so an upper bound for text); VISII (and
+``visii_cond``: with ``--loss-target cond``, the encoder fits' loss, a control for them); InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
 template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no fitting), the same
 with its basis weights then fitted to the exemplars (``encoder+refine``, ``invert encode --encoder-refine``), and a
 fit started from either with the fit's ``cfg`` loss (``encoder+fit``, ``encoder+refine+fit``) or with the
@@ -41,6 +41,7 @@ DEFAULT_EDITS = {
 HARD_GROUPS = ("hard", "hard_new")  # the held-out edits; hard_new: those added with issue 17, reported apart
 FITTED = {  # row -> (method, method options, init text override)
     "visii": ("visii", {}, None),
+    "visii_cond": ("visii", {"loss_target": "cond"}, None),  # the encoder fits' loss, from the default start
     "brush": ("brush", {"brush_parts": 5}, None),
     "brush_no_parts": ("brush", {"brush_parts": 1}, None),
     "brush_no_phrase_init": ("brush", {"brush_parts": 5}, ""),
@@ -76,6 +77,8 @@ class QualitySettings:
     encoder_refine: int = 100  # refinement steps of the +refine rows
     # fit options given to every fit and to the init search (e.g. {"best_val_steps": 5}); the model's own otherwise
     fit_options: dict = field(default_factory=dict)
+    # the held-out scenes: TEST_SEED, the table's; VALIDATION_SEED, those defaults are chosen on
+    test_seed: int = TEST_SEED
 
 
 def edit_index(name: str) -> int:
@@ -114,7 +117,7 @@ def benchmark_edit(editor: Editor, clip: Clip, name: str, s: QualitySettings,
     from invert.api import apply
 
     size = editor.resolution
-    train, test = edit_pairs(name, max(s.shots), s.n_test, size)
+    train, test = edit_pairs(name, max(s.shots), s.n_test, size, test_seed=s.test_seed)
     befores, truths = [b for b, _ in test], [a for _, a in test]
     edit, group = world.get_edit(name), group_of(name)
     full_direction = clip_direction(clip, [b for b, _ in train], [a for _, a in train])

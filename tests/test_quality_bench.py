@@ -31,19 +31,35 @@ def test_quality_table(tiny_model_dir, tmp_path):
     best = result["edits"]["hue90"]["text"]["best_single_text"]
     assert best["instruction"] in {e.instruction for e in world.EDITS.values()}
     for k in ("1", "2"):
-        assert set(night["shots"][k]) == {"visii", "brush", "brush_no_parts", "brush_no_phrase_init", "lora"}
+        assert set(night["shots"][k]) == {"visii", "visii_cond", "brush", "brush_no_parts", "brush_no_phrase_init",
+                                          "lora"}
+        assert night["shots"][k]["visii"]["loss_target"] == "cfg" and night["shots"][k]["visii_cond"]["loss_target"] == "cond"
     assert night["shots"]["1"]["brush_no_phrase_init"]["init_text"] == ""
     # --init best's search runs once per edit and shot count, and every row without its own text starts from it
     for k in ("1", "2"):
         chosen = night["init_search"][k]["text"]
         assert chosen in night["init_search"][k]["scores"]["texts"]
-        assert {night["shots"][k][row]["init_text"] for row in ("visii", "brush", "brush_no_parts", "lora")} == {chosen}
+        assert {night["shots"][k][row]["init_text"] for row in ("visii", "visii_cond", "brush", "brush_no_parts",
+                                                                 "lora")} == {chosen}
 
     summary = result["summary"]["2"]
     assert summary["visii"]["all"]["psnr"] == pytest.approx(np.mean(
         [result["edits"][n]["shots"]["2"]["visii"]["psnr"] for n in ("night", "circle_red")]))
     assert set(summary["best_single_text"]) == {"hard"}
     assert summary["no_edit"]["global"]["psnr"] == pytest.approx(night["text"]["no_edit"]["psnr"])
+
+
+def test_quality_on_validation_scenes(tiny_model_dir, tmp_path):
+    """--scenes validation scores on the scenes defaults are chosen on, not the table's test scenes."""
+    out = tmp_path / "q.json"
+    r = CliRunner().invoke(bench, ["quality", "--model", str(tiny_model_dir), "--edits", "night", "--shots", "1",
+                                   "--n-test", "2", "--rows", "no_edit", "--scenes", "validation", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["settings"]["test_seed"] == benchmark.VALIDATION_SEED
+    val = world.make_pairs("night", 2, benchmark.VALIDATION_SEED + list(world.EDITS).index("night"), 32)
+    expected = psnr(as_tensor([b for b, _ in val]), as_tensor([a for _, a in val])).mean().item()
+    assert result["edits"]["night"]["text"]["no_edit"]["psnr"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_quality_rejects_unknown_names(tiny_model_dir):
