@@ -41,7 +41,8 @@ DEFAULT_EDITS = {
 HARD_GROUPS = ("hard", "hard_new")  # the held-out edits; hard_new: those added with issue 17, reported apart
 FITTED = {  # row -> (method, method options, init text override)
     "visii": ("visii", {}, None),
-    "visii_cond": ("visii", {"loss_target": "cond"}, None),  # the encoder fits' loss, from the default start
+    # the encoder fits' loss from the default start (on the toy model the same as visii since its folder chose cond)
+    "visii_cond": ("visii", {"loss_target": "cond"}, None),
     "brush": ("brush", {"brush_parts": 5}, None),
     "brush_no_parts": ("brush", {"brush_parts": 1}, None),
     "brush_no_phrase_init": ("brush", {"brush_parts": 5}, ""),

@@ -31,7 +31,8 @@ STUDY_EDITS = ["sepia", "circle_red", "night_frame", "hue200"]
 
 
 def study(editor, clip, method: str, lr: float, edits: list[str], checkpoints: list[int], shots: int = 10,
-          n_val: int = 5, log=print, guidance: tuple[float, float] = BENCH.guidance) -> dict:
+          n_val: int = 5, log=print, guidance: tuple[float, float] = BENCH.guidance,
+          loss_target: str | None = None) -> dict:
     """``{edit: {step: psnr}}`` plus each edit's no-edit PSNR, for one method and learning rate (the other
     settings: the model's own, e.g. the toy DiT's VISII without its CLIP term)."""
     size, last = editor.resolution, max(checkpoints)
@@ -45,7 +46,8 @@ def study(editor, clip, method: str, lr: float, edits: list[str], checkpoints: l
             if step in checkpoints:
                 snaps[step] = inst
         options = {"steps": last, "lr": lr, "seed": BENCH.seed, "guidance": guidance[0],
-                   "image_guidance": guidance[1], "keep": "last", "val_every": 0, "resolution": size}
+                   "image_guidance": guidance[1], "keep": "last", "val_every": 0, "resolution": size,
+                   **({"loss_target": loss_target} if loss_target else {})}
         options = {**model_defaults(editor.model_id, method, options), **options}
         start = time.perf_counter()
         final = fit_images(editor, [b for b, _ in train], [a for _, a in train], method,
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", default="100,300,1000", help="the step counts to score (snapshots of one fit)")
     parser.add_argument("--edits", default=",".join(STUDY_EDITS))
     parser.add_argument("--guidance", default="3,1.5", help="text guidance, or text and image guidance (G,IG)")
+    parser.add_argument("--loss-target", choices=["cfg", "cond"], default=None,
+                        help="the fit's loss target (default: the model's own, else the library's)")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     editor = load_editor(args.model, "cpu")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     for method in args.methods.split(","):
         for lr in (float(x) for x in args.lrs.split(",")):
             result["runs"][f"{method} {lr:g}"] = study(editor, clip, method, lr, result["edits"], checkpoints,
-                                                         guidance=guidance)
+                                                         guidance=guidance, loss_target=args.loss_target)
             if args.json:
                 args.json.write_text(json.dumps(result, indent=1))
     for key, rows in result["runs"].items():

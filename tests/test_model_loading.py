@@ -179,12 +179,15 @@ def test_the_toy_model_needs_no_learning_rate_or_guidance(run, tmp_path):
             "--quiet")
     assert r.exit_code == 0, r.output
     meta = Instruction.load(tmp_path / "night.inst").meta
-    assert meta.model_defaults == {"lr": 0.03, "guidance": 3.0} and meta.text_guidance == 3.0  # visii's lr
+    # visii's own lr and loss target
+    assert meta.model_defaults == {"lr": 0.03, "guidance": 3.0, "loss_target": "cond"} and meta.text_guidance == 3.0
+    assert meta.options["loss_target"] == "cond"
     r = run("fit", pairs, "-o", tmp_path / "official.inst", "--model", "toy", "--steps", 0, "--init-text", "night",
             "--quiet", "--official")
     assert r.exit_code == 0, r.output
     meta = Instruction.load(tmp_path / "official.inst").meta
     assert meta.options["lr"] == 1e-3 and meta.text_guidance == 7.5, "--official is the official code's"
+    assert meta.options["loss_target"] == "cfg"
     assert meta.model_defaults is None
 
 

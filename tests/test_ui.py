@@ -287,7 +287,7 @@ def test_the_web_app_fits_as_invert_fit_does(client, run, tmp_path):
             "--init-text", "make it night", "--threads", 1, "--quiet")  # the app's server runs on one thread too
     assert r.exit_code == 0, r.output
     web, cli = Instruction.load(inst_file), Instruction.load(tmp_path / "cli.inst")
-    assert web.meta.model_defaults == {"lr": 0.03, "guidance": 3.0}
+    assert web.meta.model_defaults == {"lr": 0.03, "guidance": 3.0, "loss_target": "cond"}
     assert replace(web.meta, fit_seconds=None, cost=None) == replace(cli.meta, fit_seconds=None, cost=None)
     assert web.tensors.keys() == cli.tensors.keys()
     for key in web.tensors:
