@@ -3,13 +3,15 @@ method reproduce an edit on held-out scenes, from 1 and from 10 exemplar pairs?
 
 Rows: no edit (the input itself); IP2P with the edit's true instruction ("oracle text"); for the hard edits, the
 best single catalogue instruction (chosen on the test pairs themselves, so an upper bound for text); VISII (and
-``visii_cond``: with ``--loss-target cond``, the encoder fits' loss, a control for them); InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead of the phrase
-template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no fitting), the same
-with its basis weights then fitted to the exemplars (``encoder+refine``, ``invert encode --encoder-refine``), and a
-fit started from either with the fit's ``cfg`` loss (``encoder+fit``, ``encoder+refine+fit``) or with the
-encoder's own loss target (``encoder+cond_fit``, ``encoder+refine+cond_fit``; the shipped toy encoder's ``cond``:
-the default of ``--init encoder``). Columns: PSNR, SSIM and CLIP
-directional similarity (toy CLIP) to the true edits, per edit group.
+``visii_cond``: with ``--loss-target cond``, the encoder fits' loss, a control for them; the toy model's own default
+since 2026-12-06); InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead
+of the phrase template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no
+fitting), the same with its basis weights then fitted to the exemplars (``encoder+refine``, ``invert encode
+--encoder-refine``), and a fit started from either with the fit's ``cfg`` loss (``encoder+fit``,
+``encoder+refine+fit``) or with the encoder's own loss target (``encoder+cond_fit``, ``encoder+refine+cond_fit``;
+the shipped toy encoder's ``cond``: the default of ``--init encoder``). Columns: PSNR, SSIM and CLIP directional
+similarity (toy CLIP) to the true edits, per edit group. ``--scenes validation`` scores on the scenes defaults are
+chosen on instead.
 
     python -m benchmarks quality -o bench.json             # or: python -m benchmarks.quality
 """
