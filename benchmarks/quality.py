@@ -3,11 +3,11 @@ method reproduce an edit on held-out scenes, from 1 and from 10 exemplar pairs?
 
 Rows: no edit (the input itself); IP2P with the edit's true instruction ("oracle text"); for the hard edits, the
 best single catalogue instruction (chosen on the test pairs themselves, so an upper bound for text); VISII (and
-``visii_cond``: with ``--loss-target cond``, the encoder fits' loss, a control for them; the toy model's own default
-since 2026-12-06); InstructBrush; InstructBrush with one time part; InstructBrush from an empty instruction instead
-of the phrase template; an edit encoder's instruction from the exemplars in one forward pass (``encoder``, no
-fitting), the same with its basis weights then fitted to the exemplars (``encoder+refine``, ``invert encode
---encoder-refine``), and a fit started from either with the fit's ``cfg`` loss (``encoder+fit``,
+``visii_cfg``, ``visii_cond``: with each loss target pinned; ``cond``, the encoder fits' loss, is the toy model's
+own default since 2026-12-06); InstructBrush; InstructBrush with one time part; InstructBrush from an empty
+instruction instead of the phrase template; an edit encoder's instruction from the exemplars in one forward pass
+(``encoder``, no fitting), the same with its basis weights then fitted to the exemplars (``encoder+refine``,
+``invert encode --encoder-refine``), and a fit started from either with the fit's ``cfg`` loss (``encoder+fit``,
 ``encoder+refine+fit``) or with the encoder's own loss target (``encoder+cond_fit``, ``encoder+refine+cond_fit``;
 the shipped toy encoder's ``cond``: the default of ``--init encoder``). Columns: PSNR, SSIM and CLIP directional
 similarity (toy CLIP) to the true edits, per edit group. ``--scenes validation`` scores on the scenes defaults are
@@ -43,7 +43,9 @@ DEFAULT_EDITS = {
 HARD_GROUPS = ("hard", "hard_new")  # the held-out edits; hard_new: those added with issue 17, reported apart
 FITTED = {  # row -> (method, method options, init text override)
     "visii": ("visii", {}, None),
-    # the encoder fits' loss from the default start (on the toy model the same as visii since its folder chose cond)
+    # each loss target pinned: cfg, the library's (VISII's); cond, the encoder fits' (the toy model's own since
+    # 2026-12-06, so there the same as visii)
+    "visii_cfg": ("visii", {"loss_target": "cfg"}, None),
     "visii_cond": ("visii", {"loss_target": "cond"}, None),
     "brush": ("brush", {"brush_parts": 5}, None),
     "brush_no_parts": ("brush", {"brush_parts": 1}, None),

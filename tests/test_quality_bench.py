@@ -31,16 +31,18 @@ def test_quality_table(tiny_model_dir, tmp_path):
     best = result["edits"]["hue90"]["text"]["best_single_text"]
     assert best["instruction"] in {e.instruction for e in world.EDITS.values()}
     for k in ("1", "2"):
-        assert set(night["shots"][k]) == {"visii", "visii_cond", "brush", "brush_no_parts", "brush_no_phrase_init",
-                                          "lora"}
-        assert night["shots"][k]["visii"]["loss_target"] == "cfg" and night["shots"][k]["visii_cond"]["loss_target"] == "cond"
+        assert set(night["shots"][k]) == {"visii", "visii_cfg", "visii_cond", "brush", "brush_no_parts",
+                                          "brush_no_phrase_init", "lora"}
+        rows = night["shots"][k]
+        assert [rows[r]["loss_target"] for r in ("visii", "visii_cfg", "visii_cond")] == ["cfg", "cfg", "cond"]
+        assert rows["visii"]["psnr"] == rows["visii_cfg"]["psnr"], "the tiny model's default is the library's cfg"
     assert night["shots"]["1"]["brush_no_phrase_init"]["init_text"] == ""
     # --init best's search runs once per edit and shot count, and every row without its own text starts from it
     for k in ("1", "2"):
         chosen = night["init_search"][k]["text"]
         assert chosen in night["init_search"][k]["scores"]["texts"]
-        assert {night["shots"][k][row]["init_text"] for row in ("visii", "visii_cond", "brush", "brush_no_parts",
-                                                                 "lora")} == {chosen}
+        assert {night["shots"][k][row]["init_text"] for row in ("visii", "visii_cfg", "visii_cond", "brush",
+                                                                 "brush_no_parts", "lora")} == {chosen}
 
     summary = result["summary"]["2"]
     assert summary["visii"]["all"]["psnr"] == pytest.approx(np.mean(
