@@ -28,9 +28,9 @@ class FitSettings(InitSettings):
                                           "for IP2P, 32 for toy). A multiple of the model's VAE factor (8 "
                                           "for IP2P).", minimum=MIN_RESOLUTION, maximum=MAX_RESOLUTION)
     loss_target: Literal["cfg", "cond"] = option("cfg", "cfg: MSE on the guidance-combined prediction, as the "
-                                                        "official VISII code; cond: on the text row only. With "
-                                                        "--init encoder the default is the encoder's own (cond for "
-                                                        "the toy model's).")
+                                                        "official VISII code; cond: on the text row only (the toy "
+                                                        "model's visii default). With --init encoder the default is "
+                                                        "the encoder's own.")
     guidance: float = option(IP2P_GUIDANCE, f"Text guidance, used by the cfg loss and stored as apply's default; "
                                   f"{GUIDANCE_WHY}.", minimum=0, maximum=MAX_GUIDANCE)
     image_guidance: float = option(IP2P_IMAGE_GUIDANCE, "Image guidance, likewise.", minimum=0, maximum=MAX_GUIDANCE)
