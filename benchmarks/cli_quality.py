@@ -23,6 +23,9 @@ from invert.errors import InvertError
 @click.option("--n-test", default=5, show_default=True, type=click.IntRange(min=1), help="Held-out pairs per edit.")
 @click.option("--rows", default=None, help="Comma-separated rows; default: all.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--loss-target", type=click.Choice(["cfg", "cond"]), default=None,
+              help="The loss target of the method rows that do not pin one (not the encoder rows); default: the "
+                   "model's own, else the library's.")
 @click.option("--scenes", type=click.Choice(["test", "validation"]), default="test", show_default=True,
               help="The held-out scenes: the table's test scenes, or the validation scenes defaults are chosen on.")
 @click.option("--encoder", type=click.Path(path_type=Path), default=None,
@@ -43,8 +46,8 @@ from invert.errors import InvertError
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 @quiet_option
 @user_errors
-def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, scenes, encoder, encoder_refine, guidance,
-            device, as_json, output, force, quiet):
+def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, loss_target, scenes, encoder, encoder_refine,
+            guidance, device, as_json, output, force, quiet):
     """Fit and apply every method on held-out scenes of the toy world and print the TOP-Bench-style table.
 
     \b
@@ -95,7 +98,8 @@ def quality(model, edits, steps, shots, apply_steps, n_test, rows, seed, scenes,
                                          encoder=None if encoder is None else str(encoder),
                                          encoder_refine=encoder_refine,
                                          test_seed=benchmark.VALIDATION_SEED if scenes == "validation" else
-                                         benchmark.TEST_SEED)
+                                         benchmark.TEST_SEED,
+                                         fit_options={} if loss_target is None else {"loss_target": loss_target})
     result = benchmark.run(editor, clip, names, settings, log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
     result["model"] = model
     click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))

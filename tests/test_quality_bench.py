@@ -52,13 +52,18 @@ def test_quality_table(tiny_model_dir, tmp_path):
 
 
 def test_quality_on_validation_scenes(tiny_model_dir, tmp_path):
-    """--scenes validation scores on the scenes defaults are chosen on, not the table's test scenes."""
+    """--scenes validation scores on the scenes defaults are chosen on, not the table's test scenes; --loss-target
+    sets every method row's but those that pin one."""
     out = tmp_path / "q.json"
     r = CliRunner().invoke(bench, ["quality", "--model", str(tiny_model_dir), "--edits", "night", "--shots", "1",
-                                   "--n-test", "2", "--rows", "no_edit", "--scenes", "validation", "-o", str(out)])
+                                   "--n-test", "2", "--rows", "no_edit,visii,visii_cfg", "--steps", "1",
+                                   "--apply-steps", "2", "--scenes", "validation", "--loss-target", "cond", "-o",
+                                   str(out)])
     assert r.exit_code == 0, r.output
     result = json.loads(out.read_text())
     assert result["settings"]["test_seed"] == benchmark.VALIDATION_SEED
+    rows = result["edits"]["night"]["shots"]["1"]
+    assert rows["visii"]["loss_target"] == "cond" and rows["visii_cfg"]["loss_target"] == "cfg", "a row's pin wins"
     val = world.make_pairs("night", 2, benchmark.VALIDATION_SEED + list(world.EDITS).index("night"), 32)
     expected = psnr(as_tensor([b for b, _ in val]), as_tensor([a for _, a in val])).mean().item()
     assert result["edits"]["night"]["text"]["no_edit"]["psnr"] == pytest.approx(expected, rel=1e-5)
