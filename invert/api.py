@@ -116,9 +116,9 @@ def _model_defaults(model: str, method: str, options: dict[str, Any]) -> tuple[d
     # --init encoder starts from a state the encoder's own loss made; the other loss target pulls the fit away from
     # it (toy model, a fit from the refined encoder: 20.85 dB on the catalogue with cfg, 23.04 with the encoder's
     # cond; docs/encoder.md), so the encoder's comes before the folder's
-    given = {**{k: v for k, (v, _) in chosen.items()}, **{older.get(k, k): v for k, v in options.items()}}
-    if given.get("init") == ENCODER_INIT and "loss_target" not in taken:
-        path = find_encoder(given.get("encoder_file"), model, method)
+    effective = {**{k: v for k, (v, _) in chosen.items()}, **{older.get(k, k): v for k, v in options.items()}}
+    if effective.get("init") == ENCODER_INIT and "loss_target" not in taken:
+        path = find_encoder(effective.get("encoder_file"), model, method)
         chosen["loss_target"] = (encoder_loss_target(path), f"{path}: the encoder's loss target")
     chosen = {k: vk for k, vk in chosen.items() if k in known and k not in taken}
     places = {k: place for k, (_, place) in chosen.items()}
