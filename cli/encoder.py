@@ -38,8 +38,8 @@ def encoder():
 @settings_options(FitSettings, only=FIT_OPTIONS)
 @click.option("--loss-target", type=click.Choice(["cond", "cfg"]), default=ENCODER_FIT_DEFAULTS["loss_target"],
               show_default=True, help="The fit's loss on the instruction's own prediction (cond) or on the "
-              "guidance-combined one (cfg, the fit's default): on the toy model the cfg loss is lowest for no edit "
-              "at all, and an encoder trained on it learns to edit less.")
+              "guidance-combined one (cfg, the library's default for a fit): on the toy model the cfg loss is "
+              "lowest for no edit at all, and an encoder trained on it learns to edit less.")
 @settings_options(*settings_classes().values())
 @click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
 @click.option("--resume", type=click.Path(path_type=Path),
