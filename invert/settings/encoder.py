@@ -56,10 +56,10 @@ class EncoderSettings(Checked):
 
 
 # The fit settings an encoder trains with unless given: the MSE on the instruction's own prediction. On the toy
-# model the guidance-combined one (the fit's default, the official VISII code's) is lowest for the empty text and
-# rises for the right one ('make it night' on night pairs, guidance 3: 1.46 against 0.77 for the empty text; on the
-# text row alone 0.15 against 0.52): a fit escapes it by starting from a good text and keeping its best-scoring
-# state, an encoder trained on it learns to edit less.
+# model the guidance-combined one (the library's fit default, the official VISII code's) is lowest for the empty
+# text and rises for the right one ('make it night' on night pairs, guidance 3: 1.46 against 0.77 for the empty
+# text; on the text row alone 0.15 against 0.52): a fit escapes it by starting from a good text and keeping its
+# best-scoring state, an encoder trained on it learns to edit less.
 ENCODER_FIT_DEFAULTS = {"loss_target": "cond"}
 
 __all__ = ["ENCODER_FIT_DEFAULTS", "EncoderSettings"]
