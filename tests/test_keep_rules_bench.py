@@ -46,3 +46,21 @@ def test_a_snapshot_is_the_state_the_curve_scored(editor, clip):
     results = apply(two, [b for b, _ in val], editor=editor, steps=20)
     assert row["truth"][1] == pytest.approx(psnr(as_tensor(results), as_tensor([a for _, a in val])).mean().item(),
                                             abs=1e-4)
+
+
+def test_reach_reads_when_a_fit_first_scores_the_default_fits_kept_score():
+    """benchmarks.reach (issue 30's third target): the default fit's kept score is --keep last-unless-worse's, and
+    the other fit reaches it at the first point of its curve at or above it."""
+    from benchmarks.reach import kept_score, reach, within
+
+    assert kept_score([[0, 10.0], [100, 12.0], [200, 11.5]]) == 11.5, "within the 1 dB margin: the last"
+    assert kept_score([[0, 10.0], [100, 13.0], [200, 11.5]]) == 13.0, "over the margin: the best"
+    default = {"a": {"shots": {"10": {"d": {"curve": [[0, 10.0], [300, 12.0]]}}}},
+               "b": {"shots": {"10": {"d": {"curve": [[0, 10.0], [300, 15.0]]}}}},
+               "c": {"shots": {"10": {"d": {"curve": [[0, 10.0], [300, 12.0]]}}}}}
+    other = {"a": {"shots": {"10": {"o": {"curve": [[0, 11.0], [100, 12.0], [200, 13.0]]}}}},
+             "b": {"shots": {"10": {"o": {"curve": [[0, 11.0], [100, 12.0], [200, 15.5]]}}}},
+             "c": {"shots": {"10": {"o": {"curve": [[0, 11.0], [300, 11.9]]}}}}}
+    result = reach(default, "d", other, "o", "10")
+    assert {e: r["reached_at"] for e, r in result.items()} == {"a": 100, "b": 200, "c": None}
+    assert within(result) == 1 and within(result, 1.0) == 2
