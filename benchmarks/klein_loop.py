@@ -74,14 +74,6 @@ def decode(pipe, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return pipe.image_processor.postprocess(images, output_type="pt")
 
 
-def shifted_sigmas(image_seq_len: int, steps: int) -> np.ndarray:
-    """The sampler's sigmas before the final zero: linspace(1, 1/steps), exponentially shifted with mu from the
-    image's token count and the step count (FlowMatchEulerDiscreteScheduler with dynamic shifting)."""
-    from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
-
-    return time_shift(np.linspace(1.0, 1 / steps, steps), compute_empirical_mu(image_seq_len, steps))
-
-
 def time_shift(sigmas, mu: float):
     """The scheduler's exponential shift: sigma -> e^mu / (e^mu + 1/sigma - 1); numpy arrays or tensors."""
     return np.exp(mu) / (np.exp(mu) + (1 / sigmas - 1))

@@ -92,10 +92,6 @@ class OfficialResult:
         return [r.loss for r in self.records]
 
     @property
-    def mses(self) -> list[float]:
-        return [r.mse for r in self.records]
-
-    @property
     def clipped(self) -> list[float]:
         return [r.clipped for r in self.records]
 

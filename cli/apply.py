@@ -131,9 +131,8 @@ def _state(path: Path, wanted: str) -> str | None:
               "between encodings: less memory, slower.")
 @quiet_option
 @model_options(None)
-@click.pass_context
 @user_errors
-def apply(ctx, inputs, output, mix, fresh_noise, num_variations, resolution, grid, allow_model_mismatch, force,
+def apply(inputs, output, mix, fresh_noise, num_variations, resolution, grid, allow_model_mismatch, force,
           keep_going, batch_size, low_memory, quiet, model, device, dtype, library_file, befores, afters, temperature,
           best, method, **values):
     """Edit images with a learned instruction: INPUTS are one or more .inst files, then image files or folders.

@@ -48,9 +48,8 @@ DIRECTION_SOURCES = {"given": "the --train-pairs'", "instruction": "the training
 @click.option("--force", is_flag=True, help="Overwrite --sheet if it exists.")
 @quiet_option
 @model_options(None)
-@click.pass_context
 @user_errors
-def eval_command(ctx, instruction, test_pairs, as_json, as_csv, sheet, steps, seed, fresh_noise, noise, resolution,
+def eval_command(instruction, test_pairs, as_json, as_csv, sheet, steps, seed, fresh_noise, noise, resolution,
                  batch_size, clip_model, no_clip, train_pairs, allow_model_mismatch, force, quiet, model, device,
                  dtype):
     """Apply INSTRUCTION to the befores of TEST_PAIRS and compare with their afters.

@@ -50,7 +50,7 @@ class Results:
         return [self.gallery, self.slider, self.files]
 
 
-def image_inputs(app: App, prefix: str) -> ImageInputs:
+def image_inputs(prefix: str) -> ImageInputs:
     folders = example_folders("toy/*/test/before")
     source = gr.Radio([FOLDER, UPLOAD], value=FOLDER if folders else UPLOAD, show_label=False)
     folder = gr.Dropdown(folders, value=first_example(folders, "night"), allow_custom_value=True,
@@ -111,7 +111,7 @@ def build(app: App, learned: gr.State) -> None:
             weights = gr.Textbox(label="Mix weights", placeholder="e.g. 0.7, 0.3 (empty: equal weights)")
             listing = gr.Markdown(elem_id="apply-listing")
             gr.Markdown("### 2. Images")
-            inputs = image_inputs(app, "apply")
+            inputs = image_inputs("apply")
             run = gr.Button("Apply", variant="primary", elem_id="apply-button")
         with gr.Column(scale=7):
             results = results_view(app, "apply")

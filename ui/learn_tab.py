@@ -161,14 +161,14 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
         session.job = FitJob(app.model, pairs, method, options, images, _whole(every, "Preview every"),
                              sources=LABELS).start()
         session.job_name = f"{name}-{method}"
-        yield from _stream(app, session, session.job, images)
+        yield from _stream(session, session.job, images)
 
     def resumed(request: gr.Request):
         session = app.session(request)
         if session.job is None or session.job.running:
             raise InvertError("there is no stopped fit to resume")
         session.job = session.job.resumed().start()
-        yield from _stream(app, session, session.job, session.job.previews)
+        yield from _stream(session, session.job, session.job.previews)
 
     def stopped(request: gr.Request):
         job = app.session(request).job
@@ -183,7 +183,7 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
     return learned
 
 
-def _stream(app: App, session: Session, job: FitJob, inputs: list[Image.Image]) -> Iterator[tuple]:
+def _stream(session: Session, job: FitJob, inputs: list[Image.Image]) -> Iterator[tuple]:
     """The page's view of a running fit, sent whenever it changes."""
     started = time.perf_counter()
     running = (gr.update(interactive=False), gr.update(interactive=True), gr.update(interactive=False))

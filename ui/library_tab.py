@@ -29,7 +29,7 @@ def build(app: App) -> None:
                                         info="lower: fewer instructions mixed")
                 top = gr.Number(0, precision=0, minimum=0, label="Mix only the best K", info="0: all", scale=1)
             gr.Markdown("### 2. Images")
-            inputs = image_inputs(app, "library")
+            inputs = image_inputs("library")
             run = gr.Button("Edit with the library", variant="primary", elem_id="library-button")
         with gr.Column(scale=7):
             # No initial data: an empty frame would fix the axes' types as numbers, and the names never show.

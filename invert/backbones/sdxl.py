@@ -25,7 +25,6 @@ from .edm import EdmTraining, is_edm
 from .ip2p import CONFIGS, InstructPix2Pix
 
 SDXL_IP2P_CONFIGS = CONFIGS / "sdxl-instructpix2pix"
-COSXL_EDIT_CONFIGS = CONFIGS / "cosxl-edit"
 
 
 class SDXLInstructPix2Pix(InstructPix2Pix):
@@ -281,4 +280,4 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
                 pipe.encode_prompt = own
 
 
-__all__ = ["COSXL_EDIT_CONFIGS", "SDXLInstructPix2Pix", "SDXL_IP2P_CONFIGS"]
+__all__ = ["SDXLInstructPix2Pix", "SDXL_IP2P_CONFIGS"]
