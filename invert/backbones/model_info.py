@@ -114,13 +114,18 @@ def pipeline_settings(model: str) -> dict[str, Any]:
     path = Path(folder) / DEFAULTS_FILE if folder else model_file(model, DEFAULTS_FILE)
     if path is None or not path.is_file():
         return {}
-    try:
-        settings = json.loads(path.read_text()).get("pipeline", {})
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ModelLoadError(f"{path}: not a valid {DEFAULTS_FILE} ({exc})") from None
+    settings = _invert_json(path, "pipeline", {})
     if not isinstance(settings, dict):
         raise ModelLoadError(f"{path}: 'pipeline' should be an object of pipeline call arguments")
     return settings
+
+
+def _invert_json(path: Path, key: str, default: Any = None) -> Any:
+    """The value of ``key`` in the model folder's ``invert.json`` at ``path`` (``default`` where it has none)."""
+    try:
+        return json.loads(path.read_text()).get(key, default)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{path}: not a valid {DEFAULTS_FILE} ({exc})") from None
 
 
 def _paired(model: str, key: str, expected: str) -> tuple[Path, str] | None:
@@ -128,10 +133,7 @@ def _paired(model: str, key: str, expected: str) -> tuple[Path, str] | None:
     path = model_file(model, DEFAULTS_FILE)
     if path is None:
         return None
-    try:
-        name = json.loads(path.read_text()).get(key)
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ModelLoadError(f"{path}: not a valid {DEFAULTS_FILE} ({exc})") from None
+    name = _invert_json(path, key)
     if name is None:
         return None
     if not isinstance(name, str) or not name:
@@ -166,10 +168,7 @@ def fit_defaults(model: str) -> dict[str, Any]:
     path = model_file(model, DEFAULTS_FILE)
     if path is None:
         return {}
-    try:
-        defaults = json.loads(path.read_text()).get("fit", {})
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ModelLoadError(f"{path}: not a valid {DEFAULTS_FILE} ({exc})") from None
+    defaults = _invert_json(path, "fit", {})
     if not isinstance(defaults, dict):
         raise ModelLoadError(f"{path}: 'fit' should be an object of option values")
     return defaults
