@@ -12,10 +12,11 @@ known positions, an optional pooled vector, the attention layers that read those
 the denoiser module itself (a LoRA)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, ContextManager
+from typing import Any, Callable, ClassVar, ContextManager, Iterator
 
 import torch
 from PIL import Image
@@ -87,6 +88,17 @@ def fingerprint(*modules: torch.nn.Module) -> str:
             h.update(f"{name}{tuple(param.shape)}".encode())
             h.update(sample.to("cpu", torch.float16).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def pre_hooked(module: torch.nn.Module, hook: Callable) -> Iterator[None]:
+    """``hook(module, args, kwargs)`` runs before every call of ``module`` in the block (a user's own pipeline
+    call, whose denoiser calls we cannot pass arguments to otherwise)."""
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @dataclass
@@ -405,4 +417,4 @@ class Editor:
 
 
 __all__ = ["Conditioning", "Editor", "Group", "KVRoute", "TextEncoding", "TrainingInputs", "fingerprint",
-           "resolve_device", "resolve_dtype"]
+           "pre_hooked", "resolve_device", "resolve_dtype"]

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..errors import InvertError
-from .base import KV_ARGUMENT, Conditioning, Editor, Group, TextEncoding, TrainingInputs
+from .base import KV_ARGUMENT, Conditioning, Editor, Group, TextEncoding, TrainingInputs, pre_hooked
 from .flux_attention import Capture
 from .rows import Rows
 
@@ -299,15 +299,7 @@ class FluxEditor(Editor):
             kwargs["joint_attention_kwargs"] = {**(kwargs.get("joint_attention_kwargs") or {}), **arguments(rows)}
             return args, kwargs
 
-        @contextlib.contextmanager
-        def hooked():
-            handle = self.transformer.register_forward_pre_hook(add, with_kwargs=True)
-            try:
-                yield
-            finally:
-                handle.remove()
-
-        return hooked()
+        return pre_hooked(self.transformer, add)
 
 
 def fit_noise(seed: int, shape: tuple[int, ...], index: int, device: torch.device, dtype: torch.dtype

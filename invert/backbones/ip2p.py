@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..errors import InvertError
 from .ddpm import check_prediction_type, clean_estimate, objective
-from .base import Conditioning, Editor, Group, KVRoute, TextEncoding, TrainingInputs
+from .base import Conditioning, Editor, Group, KVRoute, TextEncoding, TrainingInputs, pre_hooked
 from .rows import Rows
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -292,15 +292,7 @@ class InstructPix2Pix(Editor):
             kwargs["cross_attention_kwargs"] = {**(kwargs.get("cross_attention_kwargs") or {}), **arguments(rows)}
             return args, kwargs
 
-        @contextlib.contextmanager
-        def hooked():
-            handle = self.unet.register_forward_pre_hook(add, with_kwargs=True)
-            try:
-                yield
-            finally:
-                handle.remove()
-
-        return hooked()
+        return pre_hooked(self.unet, add)
 
 
 class _CrossAttentionRoute:
