@@ -185,6 +185,7 @@ class Editor:
         self.dtype = dtype
         self._fingerprint = fingerprint
         self._uncond: TextEncoding | None = None
+        self._offload_text = False  # the text encoders wait on the CPU between encodings (see keep_text_on_host)
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
@@ -280,6 +281,30 @@ class Editor:
         else:
             self.denoiser.disable_gradient_checkpointing()
             self.vae.disable_slicing()
+
+    def keep_text_on_host(self, enabled: bool) -> None:
+        """For a backbone whose --low-memory also offloads its text encoders: with ``enabled`` on a GPU they wait
+        on the CPU between encodings (:meth:`text_encoders_here` brings them for each), else they stay on the
+        device."""
+        self._offload_text = enabled and self.device.type not in ("cpu", "meta")
+        for module in self.text_modules():
+            module.to("cpu" if self._offload_text else self.device)
+        if self._offload_text and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def text_encoders_here(self) -> Iterator[None]:
+        """The text encoders on the device for the block (where --low-memory keeps them on the CPU)."""
+        if not self._offload_text:
+            yield
+            return
+        for module in self.text_modules():
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in self.text_modules():
+                module.to("cpu")
 
     # -- text ---------------------------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> TextEncoding:

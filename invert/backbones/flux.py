@@ -45,7 +45,6 @@ class FluxEditor(Editor):
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
-        self._offload_text = False
         self._values: torch.Tensor | None = None
 
     # -- loading ------------------------------------------------------------------------------------------------
@@ -83,25 +82,7 @@ class FluxEditor(Editor):
         """Also keep the text encoders on the CPU between encodings (they are as large as the transformer, and a
         fit encodes only at its start): each encoding moves them to the device and back."""
         super().set_low_memory(enabled)
-        self._offload_text = enabled and self.device.type != "cpu"
-        for module in self.text_modules():
-            module.to("cpu" if self._offload_text else self.device)
-        if self._offload_text and self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    @contextlib.contextmanager
-    def text_encoders_here(self):
-        """The text encoders on the device for the block (where --low-memory keeps them on the CPU)."""
-        if not self._offload_text:
-            yield
-            return
-        for module in self.text_modules():
-            module.to(self.device)
-        try:
-            yield
-        finally:
-            for module in self.text_modules():
-                module.to("cpu")
+        self.keep_text_on_host(enabled)
 
     # -- what each model says -----------------------------------------------------------------------------------
     def grid(self, latents: torch.Tensor) -> tuple[int, int]:

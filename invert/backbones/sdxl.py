@@ -36,7 +36,6 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
         self._edm: EdmTraining | None = None
-        self._offload_text = False
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
@@ -90,23 +89,7 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
         """As IP2P's, and on a GPU the text encoders (1.5 GiB in bf16) wait on the CPU between encodings, which
         still run on the device: the same encodings, without the encoders' weights at a fit step's peak."""
         super().set_low_memory(enabled)
-        self._offload_text = enabled and self.device.type not in ("cpu", "meta")
-        for module in self.text_modules():
-            module.to("cpu" if self._offload_text else self.device)
-
-    @contextlib.contextmanager
-    def _text_encoders(self):
-        """The text encoders on the device for the block (back on the CPU afterwards when offloaded)."""
-        offloaded = self._offload_text
-        if offloaded:
-            for module in self.text_modules():
-                module.to(self.device)
-        try:
-            yield
-        finally:
-            if offloaded:
-                for module in self.text_modules():
-                    module.to("cpu")
+        self.keep_text_on_host(enabled)
 
     # -- text ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -114,7 +97,7 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
         """As the pipeline's ``encode_prompt``: each encoder's penultimate hidden states, concatenated, and the
         second encoder's projected pooled output; EOS where the first tokenizer puts it (both tokenize alike, the
         second pads with "!")."""
-        with self._text_encoders():
+        with self.text_encoders_here():
             return self._encode(prompts)
 
     def _encode(self, prompts: list[str]) -> TextEncoding:
