@@ -13,8 +13,8 @@ from invert.writing import output_exists
 
 from .common import announce_stop, check_output, quiet_option, saved, user_errors
 from .numbers import number_option
-from .options import (config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings,
-                      sources)
+from .options import (config_option, fit_low_memory_option, fit_settings_options, given_settings, method_option,
+                      model_options, pop_settings, sources)
 from .signals import stop_on_signals
 
 if TYPE_CHECKING:
@@ -39,8 +39,7 @@ CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; 
               "each candidate's score), the validation curve, the kept step and the fit check.")
 @quiet_option
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-@click.option("--low-memory", is_flag=True, help="Gradient checkpointing, VAE slicing and (FLUX) the text "
-              "encoders on the host between encodings: less memory, slower.")
+@fit_low_memory_option
 @model_options(DEFAULT_MODEL)
 @config_option
 @click.pass_context

@@ -18,8 +18,8 @@ from invert.writing import make_folder, output_exists
 from .common import process_device, quiet_option, user_errors
 from .fit import CLIP_MODEL_HELP
 from .numbers import number_option
-from .options import (config_option, fit_settings_options, given_settings, method_option, model_options, pop_settings,
-                      sources)
+from .options import (config_option, fit_low_memory_option, fit_settings_options, given_settings, method_option,
+                      model_options, pop_settings, sources)
 
 
 @click.command("fit-batch")
@@ -35,8 +35,7 @@ from .options import (config_option, fit_settings_options, given_settings, metho
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @quiet_option
 @click.option("--force", is_flag=True, help="Refit sets whose SET.inst was fitted with other settings.")
-@click.option("--low-memory", is_flag=True, help="Gradient checkpointing, VAE slicing and (FLUX) the text "
-              "encoders on the host between encodings: less memory, slower.")
+@fit_low_memory_option
 @model_options(DEFAULT_MODEL)
 @config_option
 @click.pass_context

@@ -168,6 +168,12 @@ def fresh_noise_option(fn):
     return click.option("--fresh-noise", is_flag=True, help="The same as --noise fresh (kept for older scripts).")(fn)
 
 
+def fit_low_memory_option(fn):
+    """fit's and fit-batch's --low-memory (apply's has no gradients to checkpoint)."""
+    return click.option("--low-memory", is_flag=True, help="Gradient checkpointing, VAE slicing and (FLUX) the text "
+                        "encoders on the host between encodings: less memory, slower.")(fn)
+
+
 def method_option(fn):
     return click.option("--method", default="visii", show_default=True, type=click.Choice(list(method_names())),
                         help="; ".join(f"{e.name}: {e.title}, {e.summary}" for e in method_entries()) + ".")(fn)
