@@ -5,8 +5,6 @@ LPIPS is not offered: its network weights (and the torchvision backbones it buil
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -94,17 +92,4 @@ def score_instruction(instruction: Instruction, befores: list[Image.Image], resu
     return {**score(befores, results, truths, clip, train_direction), "direction_source": source}
 
 
-def evaluate(instruction: Instruction | str | os.PathLike, befores: list[Image.Image], truths: list[Image.Image],
-             *, clip: Clip | None = None, train_direction: torch.Tensor | None = None, **apply_options
-             ) -> tuple[dict, list[Image.Image]]:
-    """Apply ``instruction`` to ``befores`` and score the results against ``truths`` (see
-    :func:`score_instruction`); returns (scores, results). ``apply_options`` go to :func:`invert.apply`
-    (editor, model, steps, seed, ...)."""
-    from .api import apply
-
-    inst = Instruction.load(instruction) if isinstance(instruction, (str, os.PathLike)) else instruction
-    results = apply(inst, befores, **apply_options)
-    return score_instruction(inst, befores, results, truths, clip=clip, train_direction=train_direction), results
-
-
-__all__ = ["METRICS", "as_tensor", "evaluate", "psnr", "score", "score_instruction", "ssim", "stored_direction"]
+__all__ = ["METRICS", "as_tensor", "psnr", "score", "score_instruction", "ssim", "stored_direction"]
