@@ -92,7 +92,7 @@ class FitState:
         if scaler is not None and scaler.is_enabled() and self.scaler:
             scaler.load_state_dict(self.scaler)
 
-    def check_identity(self, identity: dict[str, Any], path: str | Path = "checkpoint") -> None:
+    def check_identity(self, identity: dict[str, Any]) -> None:
         """Refuse to resume a different fit: other exemplars, method, model or options (except --lr)."""
         saved = json.loads(json.dumps(self.identity))  # compare JSON with JSON (tuples become lists)
         now = json.loads(json.dumps(identity))
@@ -104,7 +104,7 @@ class FitState:
         differ += [f"--{k.replace('_', '-')} ({options.get(k)!r} there, {current.get(k)!r} here)"
                    for k in sorted(options.keys() | current.keys()) if options.get(k) != current.get(k)]
         if differ:
-            raise InvertError(f"{path}: saved by a different fit; differs in {'; '.join(differ)}. Resume with the "
+            raise InvertError(f"checkpoint: saved by a different fit; differs in {'; '.join(differ)}. Resume with the "
                               "command that wrote it")
 
     def save(self, path: str | Path) -> Path:
