@@ -16,13 +16,16 @@ import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, ContextManager, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, Iterator
 
 import torch
 from PIL import Image
 
 from ..errors import ModelLoadError, NonFiniteResult
 from ..settings.limits import ModelLimits
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 def _mps_available() -> bool:
@@ -173,7 +176,8 @@ class Editor:
     # weights of it load as ``--model random:<folder name>``; the GPU benchmark measures it.
     full_size_configs: ClassVar[Path]
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
+    def __init__(self, pipe: DiffusionPipeline, model_id: str, device: torch.device, dtype: torch.dtype,
+                 fingerprint: str | None = None):
         """``fingerprint``: the model's, when it was taken before a cast that changes it (see :func:`fingerprint`);
         by default computed from the weights when first asked for."""
         self.pipe = pipe.to(device)
@@ -189,17 +193,17 @@ class Editor:
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
-    def pipeline_type(cls):
+    def pipeline_type(cls) -> type[DiffusionPipeline]:
         """The diffusers pipeline class."""
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype):
+    def from_pretrained(cls, source: str, dtype: torch.dtype) -> DiffusionPipeline:
         """The diffusers pipeline in ``source`` (a folder or a hub id)."""
         return cls.pipeline_type().from_pretrained(source, dtype=dtype)
 
     @classmethod
-    def from_configs(cls, folder, dtype: torch.dtype):
+    def from_configs(cls, folder: str | Path, dtype: torch.dtype) -> DiffusionPipeline:
         """The pipeline with random weights from the diffusers configs in ``folder`` (no weights, no network)."""
         raise NotImplementedError
 
@@ -240,7 +244,7 @@ class Editor:
         raise NotImplementedError
 
     @classmethod
-    def fingerprinted(cls, pipe) -> list[torch.nn.Module]:
+    def fingerprinted(cls, pipe: DiffusionPipeline) -> list[torch.nn.Module]:
         """The modules whose weights an instruction depends on (the denoiser and the text encoders), of a pipeline
         not yet wrapped (a bf16 model is fingerprinted before its cast)."""
         raise NotImplementedError
@@ -395,8 +399,8 @@ class Editor:
         """The guided prediction from each group's (in :meth:`groups`' order)."""
         raise NotImplementedError
 
-    def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows, groups: list[Group],
-                guidance: float | None = None) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, image: torch.Tensor, conditioning: Conditioning, rows: Any,
+                groups: list[Group], guidance: float | None = None) -> torch.Tensor:
         """One denoiser call on ``x`` (the rows of one group) repeated for each of ``groups``, each group seeing
         ``image`` or none as it says, with ``conditioning`` laid out as ``rows`` (Rows.of(groups, ...)); the raw
         prediction of every row, groups stacked. ``guidance``: the text guidance scale, which a guidance-distilled
@@ -404,7 +408,7 @@ class Editor:
         raise NotImplementedError
 
     # -- sampling -----------------------------------------------------------------------------------------------
-    def sample(self, method, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
+    def sample(self, method: Any, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
                seed: int, noise: str, scheduler: str | None, on_step: Callable[[int], None] | None = None,
                first_step: dict | None = None) -> list[Image.Image]:
         """Edit ``images`` (one size) with ``method`` (already installed), whose ``conditioning(rows, uncond)``
@@ -435,7 +439,7 @@ class Editor:
         the layer's own processor)."""
         raise NotImplementedError
 
-    def call_with(self, pipe, arguments: Callable[[Any], dict]) -> ContextManager:
+    def call_with(self, pipe: DiffusionPipeline, arguments: Callable[[Any], dict]) -> ContextManager:
         """For a user's own diffusers pipeline of this architecture: every denoiser call of the block gets
         ``arguments(rows)``, attention arguments for that call's batch layout (Rows)."""
         raise NotImplementedError

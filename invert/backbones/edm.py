@@ -8,13 +8,18 @@ level falls between two of them (its *position*, fractional). Rows carry positio
 parts and the fit's stored noises mean the same at fitting and at sampling as on a DDPM model."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .base import TrainingInputs
 from .ddpm import check_prediction_type
 
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
-def is_edm(scheduler) -> bool:
+
+def is_edm(scheduler: SchedulerMixin) -> bool:
     from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
     return isinstance(scheduler, (EDMEulerScheduler, EDMDPMSolverMultistepScheduler))
@@ -23,7 +28,7 @@ def is_edm(scheduler) -> bool:
 class EdmTraining:
     """The noise levels of an EDM scheduler's training timesteps, and training with them."""
 
-    def __init__(self, scheduler, device: torch.device):
+    def __init__(self, scheduler: SchedulerMixin, device: torch.device):
         config = scheduler.config
         check_prediction_type(config.prediction_type)
         table = type(scheduler).from_config(config)

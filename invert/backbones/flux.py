@@ -17,7 +17,7 @@ of the sampler's, train where they sample."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from ..errors import InvertError
 from .base import KV_ARGUMENT, Conditioning, Editor, Group, TextEncoding, TrainingInputs, pre_hooked
 from .flux_attention import Capture
 from .rows import Rows
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 # invert's default number of sampling steps (apply --steps): FLUX.2's shift depends on the step count, and
 # training noise levels are the sampler's at this count.
@@ -43,7 +46,8 @@ class FluxEditor(Editor):
     half_dtype = torch.bfloat16  # T5 and the FLUX transformers overflow in fp16
     default_guidance: ClassVar[float] = 1.0  # the guidance a call without one embeds (guidance-distilled models)
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
+    def __init__(self, pipe: DiffusionPipeline, model_id: str, device: torch.device, dtype: torch.dtype,
+                 fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
         self._values: torch.Tensor | None = None
 
@@ -179,7 +183,7 @@ class FluxEditor(Editor):
 
     # -- sampling -----------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def sample(self, method, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
+    def sample(self, method: Any, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
                seed: int, noise: str, scheduler: str | None, on_step: Callable[[int], None] | None = None,
                first_step: dict | None = None) -> list[Image.Image]:
         """The pipeline's loop written out, one transformer call per guidance group as the pipeline makes them,
@@ -229,7 +233,7 @@ class FluxEditor(Editor):
         return int((values - float(timestep)).abs().argmin())
 
     # -- InstructBrush's layers ---------------------------------------------------------------------------------
-    def route(self, name: str, processor):
+    def route(self, name: str, processor: Callable[..., Any]) -> Callable[..., Any]:
         """The route processor of attention layer ``name`` wrapping its ``processor``."""
         raise NotImplementedError
 
@@ -257,7 +261,7 @@ class FluxEditor(Editor):
         return capture.kv
 
     @contextlib.contextmanager
-    def instruction_kv_routes(self):
+    def instruction_kv_routes(self) -> Iterator[None]:
         transformer = self.transformer
         original = dict(transformer.attn_processors)
         transformer.set_attn_processor({name: self.route(name, p) for name, p in original.items()})
@@ -266,7 +270,7 @@ class FluxEditor(Editor):
         finally:
             transformer.set_attn_processor(dict(original))  # set_attn_processor pops from the dict it is given
 
-    def call_with(self, pipe, arguments: Callable[[Any], dict]) -> contextlib.AbstractContextManager:
+    def call_with(self, pipe: DiffusionPipeline, arguments: Callable[[Any], dict]) -> ContextManager[None]:
         """For a user's own diffusers pipeline: a transformer pre-hook adds ``arguments(rows)`` to every call's
         ``joint_attention_kwargs``. Both pipelines call the transformer on the prompt first at each timestep and
         then, with real CFG, on the negative prompt: the second call at a timestep gets unconditional rows."""

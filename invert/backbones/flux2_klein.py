@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from PIL import Image
@@ -22,6 +23,9 @@ from .base import Conditioning, Group, TextEncoding
 from .flux import EMPTY_PROMPT_ROWS, TEXT_ROWS, FluxEditor
 from .flux_attention import DoubleStreamRoute, ParallelSingleStreamRoute
 from .model_info import pipeline_settings
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, Flux2KleinPipeline
 
 CONFIGS = Path(__file__).parent / "configs"
 KLEIN_CONFIGS = CONFIGS / "flux2-klein-base-4b"
@@ -37,7 +41,8 @@ class Flux2Klein(FluxEditor):
     # the pipeline's guidance; VISII's CLIP direction term reads a CLIP text encoder's tokens, which klein has not
     fit_defaults = {"guidance": 4.0, "visii": {"visii_clip_weight": 0.0}}
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
+    def __init__(self, pipe: DiffusionPipeline, model_id: str, device: torch.device, dtype: torch.dtype,
+                 fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
         settings = {**PIPELINE_DEFAULTS, **pipeline_settings(model_id)}
         self.max_sequence_length = int(settings["max_sequence_length"])
@@ -45,13 +50,14 @@ class Flux2Klein(FluxEditor):
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
-    def pipeline_type(cls):
+    def pipeline_type(cls) -> type[Flux2KleinPipeline]:
         from diffusers import Flux2KleinPipeline
 
         return Flux2KleinPipeline
 
     @classmethod
-    def from_configs(cls, folder: str | Path = KLEIN_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0):
+    def from_configs(cls, folder: str | Path = KLEIN_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0
+                     ) -> Flux2KleinPipeline:
         """A klein pipeline with random weights from the diffusers configs in ``folder``; its tokenizer the
         folder's, or a small one trained in-process (a random text encoder reads any ids below its vocabulary)."""
         from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
@@ -81,7 +87,7 @@ class Flux2Klein(FluxEditor):
         return [self.pipe.text_encoder]
 
     @classmethod
-    def fingerprinted(cls, pipe) -> list[torch.nn.Module]:
+    def fingerprinted(cls, pipe: DiffusionPipeline) -> list[torch.nn.Module]:
         return [pipe.transformer, pipe.text_encoder]
 
     @property
@@ -213,7 +219,7 @@ class Flux2Klein(FluxEditor):
         return empty + guidance * (text - empty)
 
     # -- InstructBrush's layers ---------------------------------------------------------------------------------
-    def route(self, name: str, processor):
+    def route(self, name: str, processor: Callable[..., Any]) -> DoubleStreamRoute | ParallelSingleStreamRoute:
         from diffusers.models.transformers.transformer_flux2 import Flux2Attention, _get_qkv_projections
 
         if isinstance(self.transformer.get_submodule(name.removesuffix(".processor")), Flux2Attention):

@@ -11,6 +11,7 @@ preferred resolutions around 1024x1024 and makes a 1024x1024 output. Its true CF
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from PIL import Image
@@ -19,6 +20,9 @@ from .base import Conditioning, Group, TextEncoding
 from .flux import TEXT_ROWS, FluxEditor
 from .flux_attention import DoubleStreamRoute, SingleStreamRoute
 from .model_info import pipeline_settings
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, FluxKontextPipeline
 
 CONFIGS = Path(__file__).parent / "configs"
 KONTEXT_CONFIGS = CONFIGS / "flux1-kontext-dev"
@@ -35,19 +39,21 @@ class FluxKontext(FluxEditor):
     # the model card's guidance; VISII's CLIP direction term reads CLIP's tokens, and the learned ones are T5's
     fit_defaults = {"guidance": default_guidance, "visii": {"visii_clip_weight": 0.0}}
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
+    def __init__(self, pipe: DiffusionPipeline, model_id: str, device: torch.device, dtype: torch.dtype,
+                 fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
         self.max_sequence_length = int(pipeline_settings(model_id).get("max_sequence_length", MAX_SEQUENCE_LENGTH))
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
-    def pipeline_type(cls):
+    def pipeline_type(cls) -> type[FluxKontextPipeline]:
         from diffusers import FluxKontextPipeline
 
         return FluxKontextPipeline
 
     @classmethod
-    def from_configs(cls, folder: str | Path = KONTEXT_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0):
+    def from_configs(cls, folder: str | Path = KONTEXT_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0
+                     ) -> FluxKontextPipeline:
         """A Kontext pipeline with random weights from the diffusers configs in ``folder``; CLIP's real BPE, and
         the folder's T5 tokenizer or a small one trained in-process (a random T5 reads any ids below its
         vocabulary)."""
@@ -76,7 +82,7 @@ class FluxKontext(FluxEditor):
         return [self.pipe.text_encoder, self.pipe.text_encoder_2]
 
     @classmethod
-    def fingerprinted(cls, pipe) -> list[torch.nn.Module]:
+    def fingerprinted(cls, pipe: DiffusionPipeline) -> list[torch.nn.Module]:
         return [pipe.transformer, pipe.text_encoder, pipe.text_encoder_2]
 
     # -- text ---------------------------------------------------------------------------------------------------
@@ -167,7 +173,7 @@ class FluxKontext(FluxEditor):
         return predictions[0]  # the guidance is the model's input, not a combination of rows
 
     # -- InstructBrush's layers ---------------------------------------------------------------------------------
-    def route(self, name: str, processor):
+    def route(self, name: str, processor: Callable[..., Any]) -> DoubleStreamRoute | SingleStreamRoute:
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
         if self.transformer.get_submodule(name.removesuffix(".processor")).added_kv_proj_dim is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from ..errors import InvertError
 from .ddpm import check_prediction_type, clean_estimate, objective
 from .base import Conditioning, Editor, Group, KVRoute, TextEncoding, TrainingInputs, pre_hooked
 from .rows import Rows
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 CONFIGS = Path(__file__).parent / "configs"
 IP2P_CONFIGS = CONFIGS / "instruct-pix2pix"
@@ -44,24 +48,27 @@ class InstructPix2Pix(Editor):
     full_size_configs = IP2P_CONFIGS
     lora_prefix = "unet."
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
+    def __init__(self, pipe: DiffusionPipeline, model_id: str, device: torch.device, dtype: torch.dtype,
+                 fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
         self._ddpm = None
 
     # -- loading ------------------------------------------------------------------------------------------------
+    # (typed as any DiffusionPipeline: SDXLInstructPix2Pix, a subclass, loads another pipeline class)
     @classmethod
-    def pipeline_type(cls):
+    def pipeline_type(cls) -> type[DiffusionPipeline]:
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
         return StableDiffusionInstructPix2PixPipeline
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype):
+    def from_pretrained(cls, source: str, dtype: torch.dtype) -> DiffusionPipeline:
         return cls.pipeline_type().from_pretrained(source, dtype=dtype, safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)
 
     @classmethod
-    def from_configs(cls, folder: str | Path = IP2P_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0):
+    def from_configs(cls, folder: str | Path = IP2P_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0
+                     ) -> DiffusionPipeline:
         """An InstructPix2Pix pipeline with random weights built from diffusers configs (no weights, no network).
 
         The tokenizer is the real CLIP BPE. Used to time and test the full-size architecture offline."""
@@ -109,7 +116,7 @@ class InstructPix2Pix(Editor):
         return UNET_ATTENTION
 
     @classmethod
-    def fingerprinted(cls, pipe) -> list[torch.nn.Module]:
+    def fingerprinted(cls, pipe: DiffusionPipeline) -> list[torch.nn.Module]:
         return [pipe.unet, pipe.text_encoder]
 
     @property
@@ -163,7 +170,7 @@ class InstructPix2Pix(Editor):
 
     # -- training -----------------------------------------------------------------------------------------------
     @property
-    def ddpm(self):
+    def ddpm(self) -> tuple[torch.Tensor, str]:
         """The DDPM form of the model's scheduler: its alpha-bars and prediction type. Training noises with it
         directly (equal to Euler's noising followed by its input scaling): a per-step ``scale_model_input`` on an
         Euler scheduler would reuse its first step's sigma."""
@@ -219,9 +226,9 @@ class InstructPix2Pix(Editor):
                          **self.added_conditions(conditioning, x)).sample
 
     # -- sampling -----------------------------------------------------------------------------------------------
-    def sample(self, method, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
-               seed: int, noise: str, scheduler: str | None, on_step=None, first_step: dict | None = None
-               ) -> list[Image.Image]:
+    def sample(self, method: Any, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
+               seed: int, noise: str, scheduler: str | None, on_step: Callable[[int], None] | None = None,
+               first_step: dict | None = None) -> list[Image.Image]:
         from .ip2p_sampling import sample_ip2p
 
         return sample_ip2p(self, method, images, steps=steps, guidance=guidance, image_guidance=image_guidance,
@@ -252,7 +259,7 @@ class InstructPix2Pix(Editor):
         return out
 
     @contextlib.contextmanager
-    def instruction_kv_routes(self):
+    def instruction_kv_routes(self) -> Iterator[None]:
         """Every cross-attention layer gets a :class:`_CrossAttentionRoute` (every self-attention layer passes the
         argument through), for the block; the UNet's own processors afterwards."""
         unet = self.unet
@@ -271,12 +278,14 @@ class InstructPix2Pix(Editor):
         finally:
             unet.set_attn_processor(dict(original))
 
-    def call_with(self, pipe, arguments) -> contextlib.AbstractContextManager:
+    def call_with(self, pipe: DiffusionPipeline, arguments: Callable[[Rows], dict]
+                  ) -> contextlib.AbstractContextManager:
         """For a user's own diffusers pipeline: a UNet pre-hook adds ``arguments(rows)`` (attention arguments for
         the pipeline's batch layout) to every UNet call of the block."""
         return self.unet_hook(arguments, lambda: pipe.do_classifier_free_guidance)
 
-    def unet_hook(self, arguments, guided) -> contextlib.AbstractContextManager:
+    def unet_hook(self, arguments: Callable[[Rows], dict], guided: Callable[[], bool]
+                  ) -> contextlib.AbstractContextManager:
         """A UNet pre-hook for the block that adds ``arguments(rows)`` to every call, its rows laid out as IP2P's
         three groups when ``guided()`` says the pipeline's call is guided, as the text rows alone otherwise."""
         groups = THREE_ROWS

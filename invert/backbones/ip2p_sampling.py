@@ -5,7 +5,7 @@ checks it): same image latents, noise draws, guidance batch and scheduler steps.
 choices of ``apply`` are this sampler's."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from PIL import Image
@@ -16,8 +16,11 @@ from ..schedules import draw_noises
 from .base import Editor
 from .rows import Rows
 
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
-def make_scheduler(editor: Editor, name: str | None):
+
+def make_scheduler(editor: Editor, name: str | None) -> SchedulerMixin:
     """A fresh scheduler for one sampling run: the model's own kind (``None``) or one of ``SCHEDULERS``, built
     from the model's scheduler config."""
     import diffusers
@@ -28,7 +31,7 @@ def make_scheduler(editor: Editor, name: str | None):
     return cls.from_config(editor.scheduler.config)
 
 
-def set_timesteps(editor: Editor, scheduler, name: str | None, steps: int) -> None:
+def set_timesteps(editor: Editor, scheduler: SchedulerMixin, name: str | None, steps: int) -> None:
     """``steps`` sampling steps; for a Karras variant, the sigmas of Karras et al. (as diffusers' Euler computes
     them) on the ancestral scheduler, whose own ``set_timesteps`` has no such option."""
     scheduler.set_timesteps(steps, device=editor.device)

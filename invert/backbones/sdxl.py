@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from PIL import Image
@@ -23,6 +24,11 @@ from ..errors import InvertError
 from .base import Conditioning, TextEncoding, TrainingInputs
 from .edm import EdmTraining, is_edm
 from .ip2p import CONFIGS, InstructPix2Pix
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, StableDiffusionXLInstructPix2PixPipeline
+
+    from .rows import Rows
 
 SDXL_IP2P_CONFIGS = CONFIGS / "sdxl-instructpix2pix"
 
@@ -33,19 +39,21 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
     full_size_configs = SDXL_IP2P_CONFIGS
     learns_pooled = True  # the pooled vector conditions every block through the time embedding
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype, fingerprint: str | None = None):
+    def __init__(self, pipe: DiffusionPipeline, model_id: str, device: torch.device, dtype: torch.dtype,
+                 fingerprint: str | None = None):
         super().__init__(pipe, model_id, device, dtype, fingerprint)
         self._edm: EdmTraining | None = None
 
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
-    def pipeline_type(cls):
+    def pipeline_type(cls) -> type[StableDiffusionXLInstructPix2PixPipeline]:
         from diffusers import StableDiffusionXLInstructPix2PixPipeline
 
         return StableDiffusionXLInstructPix2PixPipeline
 
     @classmethod
-    def from_configs(cls, folder: str | Path = SDXL_IP2P_CONFIGS, dtype: torch.dtype = torch.float32, seed: int = 0):
+    def from_configs(cls, folder: str | Path = SDXL_IP2P_CONFIGS, dtype: torch.dtype = torch.float32,
+                     seed: int = 0) -> StableDiffusionXLInstructPix2PixPipeline:
         """The pipeline with random weights built from the diffusers configs in ``folder``: its scheduler class,
         ``force_zeros_for_empty_prompt`` and ``is_cosxl_edit`` from its model_index.json; both tokenizers the
         real CLIP BPE (the second pads with "!", as SDXL's)."""
@@ -82,7 +90,7 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
         return [self.pipe.text_encoder, self.pipe.text_encoder_2]
 
     @classmethod
-    def fingerprinted(cls, pipe) -> list[torch.nn.Module]:
+    def fingerprinted(cls, pipe: DiffusionPipeline) -> list[torch.nn.Module]:
         return [pipe.unet, pipe.text_encoder, pipe.text_encoder_2]
 
     def set_low_memory(self, enabled: bool) -> None:
@@ -231,9 +239,9 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
         return edm.unet_timesteps(timesteps) if edm else timesteps
 
     # -- sampling -----------------------------------------------------------------------------------------------
-    def sample(self, method, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
-               seed: int, noise: str, scheduler: str | None, on_step=None, first_step: dict | None = None
-               ) -> list[Image.Image]:
+    def sample(self, method: Any, images: list[Image.Image], *, steps: int, guidance: float, image_guidance: float,
+               seed: int, noise: str, scheduler: str | None, on_step: Callable[[int], None] | None = None,
+               first_step: dict | None = None) -> list[Image.Image]:
         if scheduler is not None and self.edm:
             raise InvertError(f"--scheduler {scheduler}: this model samples with its own EDM scheduler "
                               f"({type(self.scheduler).__name__}); leave --scheduler out")
@@ -241,7 +249,7 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
                               seed=seed, noise=noise, scheduler=scheduler, on_step=on_step, first_step=first_step)
 
     @contextlib.contextmanager
-    def call_with(self, pipe, arguments):
+    def call_with(self, pipe: DiffusionPipeline, arguments: Callable[[Rows], dict]) -> Iterator[None]:
         """As IP2P's; the SDXL pipeline decides its guidance inside its call (no ``do_classifier_free_guidance``
         property): its ``encode_prompt`` call, which is told, is watched for the block."""
         guided = [True]

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import Qwen2TokenizerFast, T5TokenizerFast
 
 # Qwen3's chat template, the parts FLUX.2 [klein] uses: user turns, the generation prompt, thinking turned off.
 QWEN3_CHAT_TEMPLATE = (
@@ -31,7 +35,7 @@ def corpus() -> list[str]:
     return [f"{v} {t} {c}" for v, t, c in itertools.product(verbs, things, changes)]
 
 
-def t5_tokenizer(vocab_size: int = 300):
+def t5_tokenizer(vocab_size: int = 300) -> T5TokenizerFast:
     """A Unigram model wrapped in T5TokenizerFast: ids 0, 1, 2 are <pad>, </s>, <unk> as in T5."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import T5TokenizerFast
@@ -44,7 +48,7 @@ def t5_tokenizer(vocab_size: int = 300):
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def qwen_tokenizer(vocab_size: int = 600, texts: list[str] | None = None):
+def qwen_tokenizer(vocab_size: int = 600, texts: list[str] | None = None) -> Qwen2TokenizerFast:
     """A byte-level BPE trained on ``texts`` (default: this module's fixed corpus), wrapped in Qwen2TokenizerFast
     with Qwen3's special tokens and chat template."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
