@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from dataclasses import dataclass
-from typing import Any, ClassVar, ContextManager
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager
 
 import torch
 from torch import nn
@@ -19,6 +20,11 @@ from ..backbones import Conditioning, Editor, TextEncoding
 from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
 from ..instruction.metadata import Metadata
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..clip import Clip
 
 DEFAULT_TOKENS = 10  # learned positions for an empty init text (the paper's instructions have about 10 tokens)
 REVERSE = "reverse."  # prefix of a two-way instruction's reverse tensors in the file
@@ -145,7 +151,7 @@ class Method(nn.Module):
         """Put what the method needs on the UNet (attention processors, an adapter) for the block."""
         return contextlib.nullcontext()
 
-    def in_pipeline(self, pipe) -> ContextManager:
+    def in_pipeline(self, pipe: DiffusionPipeline) -> ContextManager:
         """Install into a user's own diffusers IP2P pipeline for a call of theirs (which passes no attention
         arguments of ours)."""
         return self.installed()
@@ -183,7 +189,7 @@ class Method(nn.Module):
         batch; for other methods, their initial parameters."""
         return torch.cat([p.detach().flatten() for p in self.parameters()])
 
-    def set_clip_direction(self, clip, direction: torch.Tensor) -> None:
+    def set_clip_direction(self, clip: Clip, direction: torch.Tensor) -> None:
         """The exemplars' CLIP direction, for a method with a CLIP loss (weighted by its own settings)."""
 
     # -- the file, mixing, exporting ------------------------------------------------------------------------
@@ -219,7 +225,8 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path: str | os.PathLike,
+               reverse: bool = False) -> None:
         """Write an instruction of this method (its file's tensors and metadata) for use outside invert, in the
         form ``kind`` (one of :attr:`exports`) names; no model is needed."""
         raise InvertError(f"a {cls.name} instruction has no '{kind}' export"

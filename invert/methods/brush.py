@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ContextManager, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from ..schedules import parts_schedule, time_part
 from .base import (DEFAULT_TOKENS, Method, Stage, append_text, check_mixable, check_prompt_tensors, mix_base,
                    mix_learned)
 from .settings import BrushSettings
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 def _key(name: str) -> str:
     return name.replace(".", "-")  # a ModuleDict key may not contain dots
@@ -121,11 +125,11 @@ class Brush(Method):
     def conditioning(self, rows: Rows, uncond: TextEncoding, reverse: bool = False) -> Conditioning:
         return self.condition(rows, self.init.to(self.editor.dtype), uncond, {KV_ARGUMENT: self.call(rows)})
 
-    def installed(self):
+    def installed(self) -> ContextManager[None]:
         return self.editor.instruction_kv_routes()
 
     @contextlib.contextmanager
-    def in_pipeline(self, pipe):
+    def in_pipeline(self, pipe: DiffusionPipeline) -> Iterator[None]:
         """A user's own diffusers pipeline calls the denoiser with its own batch layout: the backbone adds this
         instruction's route for that layout to every call."""
         with self.installed(), self.editor.call_with(pipe, lambda rows: {KV_ARGUMENT: self.call(rows)}):

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from peft import LoraConfig
@@ -38,7 +39,7 @@ def _key(name: str) -> str:
 
 
 @contextlib.contextmanager
-def adapter(editor: Editor, config: LoraConfig):
+def adapter(editor: Editor, config: LoraConfig) -> Iterator[dict[str, torch.Tensor]]:
     """The denoiser with this (freshly initialized) adapter for the block; yields peft's state dict of it."""
     unet = editor.denoiser
     if getattr(unet, "peft_config", None):
@@ -114,7 +115,7 @@ class Lora(Method):
         return self.condition(rows, self.init.to(self.editor.dtype), uncond)
 
     @contextlib.contextmanager
-    def installed(self):
+    def installed(self) -> Iterator[None]:
         """The adapter on the UNet with this method's fp32 parameters as its weights (gradients reach them)."""
         unet = self.editor.denoiser
         with adapter(self.editor, lora_config(self.rank, self.alpha, self.targets)) as state:
@@ -135,7 +136,7 @@ class Lora(Method):
                 self._layers = []
 
     @contextlib.contextmanager
-    def direction(self, reverse: bool):
+    def direction(self, reverse: bool) -> Iterator[None]:
         """-Delta: every adapted layer's scale negated (peft's ``set_scale`` on the installed layers)."""
         if not reverse:
             yield
@@ -229,7 +230,8 @@ class Lora(Method):
         return mixed
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path: str | os.PathLike,
+               reverse: bool = False) -> None:
         """``lora``: the adapter with diffusers' own ``save_lora_weights`` (its key names and its adapter-config
         metadata, so rank and alpha load as fitted); ``reverse``: the negated adapter, which undoes the edit."""
         if kind != "lora":

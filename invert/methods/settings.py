@@ -8,14 +8,14 @@ older name as an alias (``parts`` for ``brush_parts``), accepted wherever option
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..settings import option
 from ..settings.fields import Checked
 from ..settings.limits import MAX_TOKENS, MAX_WEIGHT
 
 
-def tokens_option():
+def tokens_option() -> Any:
     """One option of visii and brush alike."""
     return option(None, "Token positions learned when the init text is empty (default 10); brush: also overrides "
                         "the init text's token count. At most the text encoder's positions less BOS and EOS (75).",

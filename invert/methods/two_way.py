@@ -5,10 +5,15 @@ The file stores the forward's tensors as they are and the reverse's under ``reve
 fitted with --reverse still applies forward wherever a plain one does."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ContextManager
+
 import torch
 
 from ..backbones.rows import Rows
 from .base import REVERSE, Conditioning, Method, Stage
+
+if TYPE_CHECKING:
+    from ..clip import Clip
 
 
 class TwoWay(Method):
@@ -29,14 +34,14 @@ class TwoWay(Method):
     def conditioning(self, rows: Rows, uncond: torch.Tensor, reverse: bool = False) -> Conditioning:
         return (self.undo if reverse else self.edit).conditioning(rows, uncond)
 
-    def installed(self):
+    def installed(self) -> ContextManager:
         return self.edit.installed()  # one installation serves both: the conditioning names the instruction
 
     def schedule(self, steps: int, num_train_timesteps: int, seed: int) -> torch.Tensor:
         self.undo.schedule(steps, num_train_timesteps, seed)
         return self.edit.schedule(steps, num_train_timesteps, seed)
 
-    def stages(self, total_steps: int):
+    def stages(self, total_steps: int) -> list[Stage]:
         return [Stage(f.start, f.stop, f.parameters + r.parameters)
                 for f, r in zip(self.edit.stages(total_steps), self.undo.stages(total_steps))]
 
@@ -47,7 +52,7 @@ class TwoWay(Method):
         losses = [x for x in (self.edit.extra_loss(), self.undo.extra_loss()) if x is not None]
         return sum(losses) if losses else None
 
-    def set_clip_direction(self, clip, direction: torch.Tensor) -> None:
+    def set_clip_direction(self, clip: Clip, direction: torch.Tensor) -> None:
         """The reverse instruction's CLIP direction is the exemplars' direction negated."""
         self.edit.set_clip_direction(clip, direction)
         self.undo.set_clip_direction(clip, -direction)

@@ -6,6 +6,7 @@ projection of the mean over all 77 positions, cosine against the normalized mean
 embedding, clamped."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -152,7 +153,8 @@ class Visii(Method):
         return getattr(self, "init_pooled", None), None if learned is None else learned.detach()
 
     @classmethod
-    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path, reverse: bool = False) -> None:
+    def export(cls, kind: str, tensors: dict[str, torch.Tensor], meta: Metadata, path: str | os.PathLike,
+               reverse: bool = False) -> None:
         """``embeds``: the whole prompt embedding (1, positions, width), and the pooled vector where the model
         takes one (SDXL, FLUX.1 Kontext), as the pipeline call's keyword arguments (the backbone's
         :meth:`~invert.backbones.Editor.pipeline_arguments`) in a safetensors file, for
