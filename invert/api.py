@@ -7,7 +7,7 @@ import dataclasses
 import os
 import time
 import warnings
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -30,14 +30,17 @@ from .instruction.thumbnails import thumbnail_tensor
 from .methods import method_class, settings_for
 from .methods.base import Method
 from .methods.two_way import TwoWay
-from .pairs import as_pairs, file_sha256, load_pairs
+from .pairs import PairsSource, as_pairs, file_sha256, load_pairs
 from .sampling import sample
 from .settings import FitSettings, as_dict, build_settings
 from .settings.apply import APPLY_MODEL_LIMITED, MIX_WEIGHT, ApplySettings, with_fresh_noise_flag
 from .settings.fields import check_value, keyword
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
-def fit(pairs, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Editor | None = None,
+
+def fit(pairs: PairsSource, method: str = "visii", *, model: str = DEFAULT_MODEL, editor: Editor | None = None,
         clip_model: str | None = None, clip: Clip | None = None, device: str = "auto", dtype: str = "auto",
         quiet: bool = False, progress: Callable[[FitProgress], None] | None = None, save_every: int = 0,
         checkpoint: Callable[[Instruction, int], None] | None = None, resume: FitState | str | os.PathLike | None = None,
@@ -370,7 +373,8 @@ def _load(instruction: Instruction | str | os.PathLike) -> Instruction:
     return Instruction.load(instruction) if isinstance(instruction, (str, os.PathLike)) else instruction
 
 
-def _editor(inst: Instruction, editor: Editor | None, pipe, model: str | None, device: str, dtype: str) -> Editor:
+def _editor(inst: Instruction, editor: Editor | None, pipe: DiffusionPipeline | None, model: str | None, device: str,
+            dtype: str) -> Editor:
     if editor is not None:
         return editor
     if pipe is not None:
@@ -380,9 +384,9 @@ def _editor(inst: Instruction, editor: Editor | None, pipe, model: str | None, d
 
 def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | str | os.PathLike],
           images: Image.Image | Sequence[Image.Image], *, weights: Sequence[float] | None = None,
-          editor: Editor | None = None, pipe=None, model: str | None = None, device: str = "auto",
-          dtype: str = "auto", settings: ApplySettings | None = None, allow_model_mismatch: bool = False,
-          batch_size: int | None = None, low_memory: bool = False,
+          editor: Editor | None = None, pipe: DiffusionPipeline | None = None, model: str | None = None,
+          device: str = "auto", dtype: str = "auto", settings: ApplySettings | None = None,
+          allow_model_mismatch: bool = False, batch_size: int | None = None, low_memory: bool = False,
           on_images: Callable[[list[Image.Image]], None] | None = None,
           on_step: Callable[[int], None] | None = None, **options: Any) -> list[Image.Image] | Image.Image:
     """Edit ``images`` (one PIL image, or a list) with a learned instruction, alone or followed by ``text`` (a
@@ -450,8 +454,9 @@ def same_size_batches(images: list[Image.Image], batch_size: int | None = None) 
 
 
 @contextlib.contextmanager
-def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str | None = None, strength: float = 1.0,
-              reverse: bool = False, allow_model_mismatch: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+def installed(instruction: Instruction | str | os.PathLike, pipe: DiffusionPipeline, *, text: str | None = None,
+              strength: float = 1.0, reverse: bool = False, allow_model_mismatch: bool = False
+              ) -> Iterator[dict[str, torch.Tensor]]:
     """Inside the block, your own diffusers ``pipe`` (of the architecture the instruction was learned on) edits
     with this instruction: call it with the yielded keyword arguments, the instruction's ``prompt_embeds`` (and
     ``pooled_prompt_embeds`` on SDXL and FLUX.1 Kontext, whose pipelines need it), and any arguments of your own.
@@ -472,7 +477,7 @@ def installed(instruction: Instruction | str | os.PathLike, pipe, *, text: str |
         yield editor.pipeline_arguments(c.embeds.detach(), None if c.pooled is None else c.pooled.detach())
 
 
-def editor_of(pipe, model_id: str) -> Editor:
+def editor_of(pipe: DiffusionPipeline, model_id: str) -> Editor:
     """A user's own diffusers pipeline as an editor of its architecture."""
     cls = backbone_for_pipeline(type(pipe).__name__, "pipe")
     return cls(pipe, model_id, pipe.device, cls.fingerprinted(pipe)[0].dtype)

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from .backbones.model_info import paired_clip, resolve_model_path, where
 from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -32,7 +36,8 @@ class Clip:
 
 
 class TransformersClip(Clip):
-    def __init__(self, name: str, model, processor, tokenizer, device: torch.device):
+    def __init__(self, name: str, model: CLIPModel, processor: CLIPImageProcessor, tokenizer: CLIPTokenizer,
+                 device: torch.device):
         self.name, self.model, self.processor, self.tokenizer, self.device = name, model, processor, tokenizer, device
         self.model.requires_grad_(False).eval().to(device)
         self.text_width = model.config.text_config.hidden_size

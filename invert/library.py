@@ -16,6 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -30,6 +31,9 @@ from .fitting.losses import clip_direction
 from .instruction import Instruction, read_verified, tensors_sha256
 from .instruction.thumbnails import thumbnail_tensor
 from .writing import write_atomically
+
+if TYPE_CHECKING:
+    from .pairs import PairsSource
 
 FORMAT = "invert.library"
 VERSION = 1
@@ -241,10 +245,10 @@ def mix_entries(chosen: list[Entry], weights: list[float], editor: Editor
     return mix([e.instruction for e in chosen], editor, weights), chosen, weights
 
 
-def apply_library(library: Library | str | os.PathLike, images: list[Image.Image], pairs, *,
+def apply_library(library: Library | str | os.PathLike, images: list[Image.Image], pairs: PairsSource, *,
                   editor: Editor | None = None, model: str | None = None, device: str = "auto", dtype: str = "auto",
                   clip: Clip | None = None, method: str | None = None, temperature: float = DEFAULT_TEMPERATURE,
-                  top: int | None = None, allow_model_mismatch: bool = False, **apply_options
+                  top: int | None = None, allow_model_mismatch: bool = False, **apply_options: Any
                   ) -> tuple[list[Image.Image], list[tuple[str, float]]]:
     """Edit ``images`` as the exemplar ``pairs`` (a pairs folder, a ``(before, after)`` tuple of files, or a list
     of :class:`invert.Pair`) show, with the library's instructions mixed: no fitting. Returns the results and

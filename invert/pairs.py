@@ -13,6 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,6 +37,11 @@ class Pair:
     name: str
     before: Path
     after: Path
+
+
+# What the entry points take as exemplar pairs (see as_pairs): a pairs folder, a (before, after) tuple of files, or
+# the pairs themselves.
+PairsSource = str | os.PathLike | tuple[str | Path, str | Path] | Iterable[Pair]
 
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:
@@ -118,7 +124,7 @@ def exemplar_sets(root: Path) -> list[tuple[str, Path]]:
     return sets
 
 
-def as_pairs(pairs) -> list[Pair]:
+def as_pairs(pairs: PairsSource) -> list[Pair]:
     """A pairs folder, a ``(before, after)`` tuple of files, or a list of :class:`Pair`, as the list of pairs."""
     if isinstance(pairs, (str, os.PathLike)):
         return find_pairs(pairs)

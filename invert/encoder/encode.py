@@ -22,7 +22,7 @@ from ..instruction.thumbnails import thumbnail_tensor
 from ..methods import method_class, settings_for
 from ..methods.base import Method
 from ..methods.two_way import TwoWay
-from ..pairs import as_pairs, file_sha256, load_pairs
+from ..pairs import PairsSource, as_pairs, file_sha256, load_pairs
 from ..settings import FitSettings
 from .file import EncoderFile
 from .network import load_state
@@ -165,7 +165,7 @@ def encode_images(encoder: EncoderFile, editor: Editor, clip: Clip, befores: lis
                             extra_meta={"encoded_by": f"edit encoder {source} ({len(befores)} pairs{sha}){note}"})
 
 
-def encode(pairs, encoder: str | os.PathLike | EncoderFile | None = None, *, model: str | None = None,
+def encode(pairs: PairsSource, encoder: str | os.PathLike | EncoderFile | None = None, *, model: str | None = None,
            editor: Editor | None = None, clip_model: str | None = None, clip: Clip | None = None,
            device: str = "auto", dtype: str = "auto", allow_model_mismatch: bool = False, refine: int = 0,
            refine_lr: float | None = None, seed: int = 0) -> Instruction:

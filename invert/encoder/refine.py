@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from ..methods.base import Method
 from ..settings import FitSettings
 from .loss import pass_back, state_loss
 from .network import EditEncoder, load_state
+
+if TYPE_CHECKING:
+    from ..clip import Clip
 
 MIN_ROWS = 2  # rows of a step's loss: a single pair is taken at two timesteps
 
@@ -43,7 +46,7 @@ class Refinement:
                 f"own {own:.2f})")
 
 
-def fitted_weights(net: EditEncoder, method: Method, method_settings: Any, editor: Editor, clip,
+def fitted_weights(net: EditEncoder, method: Method, method_settings: Any, editor: Editor, clip: Clip,
                    start: torch.Tensor, before: torch.Tensor, after: torch.Tensor, befores: list, afters: list,
                    settings: FitSettings) -> torch.Tensor:
     """Basis weights from ``start`` after ``settings.encoder_refine`` Adam steps of the fit's loss on the pairs
@@ -77,8 +80,8 @@ def fitted_weights(net: EditEncoder, method: Method, method_settings: Any, edito
     return weights.detach()
 
 
-def refine(net: EditEncoder, method: Method, method_settings: Any, editor: Editor, clip, before: torch.Tensor,
-           after: torch.Tensor, befores: list, afters: list, settings: FitSettings) -> Refinement:
+def refine(net: EditEncoder, method: Method, method_settings: Any, editor: Editor, clip: Clip,
+           before: torch.Tensor, after: torch.Tensor, befores: list, afters: list, settings: FitSettings) -> Refinement:
     """The encoder's basis weights for the pairs, fitted (:func:`fitted_weights`) and kept unless the encoder's own
     edit the pairs better (``Validation.of_fit``: the fit's validation sampling, here on the pairs themselves, as a
     fit with no held-out pairs checks itself): on the toy model a refinement from a single pair sometimes lands on a

@@ -37,7 +37,7 @@ from ..methods import method_class
 from ..methods.base import Method
 from ..settings import FitSettings, as_dict
 from ..settings.encoder import EncoderSettings
-from .data import Episode
+from .data import Episode, PairSets, ToyEdits
 from .file import EncoderFile, encoder_info
 from .loss import pass_back, state_loss
 from .network import EditEncoder, load_state
@@ -95,7 +95,7 @@ class EncoderTrainer:
     basis's default learning rate; ``method_settings`` the method's own options."""
 
     def __init__(self, editor: Editor, clip: Clip, method: str, fit_settings: FitSettings, method_settings: Any,
-                 settings: EncoderSettings, data):
+                 settings: EncoderSettings, data: ToyEdits | PairSets):
         self.editor, self.clip, self.data = editor, clip, data
         if fit_settings.resolution is None:  # recorded as the size the encoder's instructions were made at
             fit_settings = dataclasses.replace(fit_settings, resolution=editor.resolution)
