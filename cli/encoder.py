@@ -79,13 +79,14 @@ def train(ctx, output, data, method, clip_model, resume, quiet, force, model, de
     settings = build_settings(EncoderSettings, encoder_values, flag)
     fit_settings, method_settings = settings_for(method, {**invert.api.model_defaults(model, method, fit_values),
                                                           **ENCODER_FIT_DEFAULTS, **fit_values})
-    if resume is None:
-        check_output(output, force)
+    state_path = output.with_name(f"{output.name}.ckpt")
+    # A resumed run may overwrite the OUTPUT its stopped run wrote at --save-every (its state is OUTPUT.ckpt), never
+    # another file without --force; and its folder is checked (or made) now, not after the training.
+    check_output(output, force or (resume is not None and resume.resolve() == state_path.resolve()))
     episodes = training_data(data)
     editor = load_editor(model, process_device(device), dtype)
     clip = load_clip(clip_name_for(clip_model, editor.model_id), editor.device)
     trainer = EncoderTrainer(editor, clip, method, fit_settings, method_settings, settings, episodes)
-    state_path = output.with_name(f"{output.name}.ckpt")
 
     def checkpoint(result, state):
         result.save(output, force=True)

@@ -329,6 +329,26 @@ def test_invert_encoder_train_checkpoints_and_resumes(tiny_model_dir, sets, tmp_
         torch.testing.assert_close(x, y, msg=name)
 
 
+def test_invert_encoder_train_resume_overwrites_only_its_own_output(tiny_model_dir, sets, tmp_path, run):
+    """--resume may overwrite the OUTPUT that the stopped run wrote at --save-every (its state is OUTPUT.ckpt); any
+    other existing file needs --force, and is refused before any model loads, as without --resume."""
+    args = ("--data", sets, "--model", tiny_model_dir, "--device", "cpu", "--resolution", 32, "--steps", 3,
+            "--save-every", 2, "--basis", 2, "--hidden", 8, "--max-pairs", 2, "--val-every", 0, "--quiet")
+    own = tmp_path / "own.safetensors"
+    assert run("encoder", "train", "-o", own, *args).exit_code == 0
+    ckpt = own.with_name("own.safetensors.ckpt")
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"someone's encoder")
+    r = run("encoder", "train", "-o", other, *args, "--resume", ckpt)
+    lines = messages(r.output)
+    assert r.exit_code == 1 and len(lines) == 1 and "already exists (use --force" in lines[0], r.output
+    assert "loading" not in r.output and other.read_bytes() == b"someone's encoder"
+    r = run("encoder", "train", "-o", tmp_path / "new" / "enc.safetensors", *args, "--resume", ckpt)
+    assert r.exit_code == 0, r.output  # a folder to create, as without --resume
+    r = run("encoder", "train", "-o", own, *args, "--resume", ckpt)
+    assert r.exit_code == 0, r.output
+
+
 def test_invert_encoder_train_refuses_bad_input(tiny_model_dir, sets, tmp_path, run):
     """One line naming the folder or flag; a bad folder or value before any model loads."""
     out = tmp_path / "enc.safetensors"
