@@ -175,6 +175,7 @@ def test_bad_encoder_files_are_one_line_errors(trained, tiny_model_dir, pairs_di
                                                 "tensor_sha256": tensors_sha256(tensors)})
         return out
 
+    options = json.loads(meta["info"])["options"]
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(path.read_bytes()[:100])
     image = tmp_path / "image.safetensors"
@@ -193,6 +194,12 @@ def test_bad_encoder_files_are_one_line_errors(trained, tiny_model_dir, pairs_di
         variant("shape.safetensors", tensors=shapes): "tensor 'head.2.bias' has shape (7,)",
         variant("model.safetensors", model_fingerprint="0123456789abcdef"): "not on the loaded one",
         variant("clip.safetensors", clip_fingerprint="0123456789abcdef"): "reads the CLIP model",
+        # the options it trained with are checked as an .inst file's are (a resolution sizes the pairs' images)
+        variant("size.safetensors", options={**options, "resolution": "abc"}):
+            "metadata 'options': option 'resolution': expected a whole number, not 'abc'",
+        variant("loss.safetensors", options={**options, "loss_target": "mse"}):
+            "metadata 'options': option 'loss_target': choose from cfg, cond; not 'mse'",
+        variant("unknown.safetensors", options={**options, "stepz": 3}): "metadata 'options': unknown option 'stepz'",
         tmp_path / "missing.safetensors": "no such file",
     }
     for bad, expected in cases.items():

@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 from ..backbones import Editor
 from ..backbones.base import fingerprint
 from ..clip import Clip
-from ..errors import EncoderFileError
+from ..errors import EncoderFileError, InvertError
 from ..instruction import read_verified, tensors_sha256
 from ..writing import write_atomically
-from ..methods import method_names
+from ..methods import method_names, settings_for
 from .network import MIXTURES, EditEncoder, _key
 
 FORMAT = "invert.encoder"
@@ -82,6 +82,10 @@ class EncoderFile:
                                    f"{', '.join(method_names())})")
         if info["mixture"] not in MIXTURES:
             raise EncoderFileError(f"{path}: unknown mixture '{info['mixture']}' (known: {', '.join(MIXTURES)})")
+        try:  # the options it trained with are a fit's (its loss, the size its pairs are read at): checked as such
+            settings_for(info["method"], info["options"])
+        except InvertError as exc:
+            raise EncoderFileError(f"{path}: metadata 'options': {exc}") from None
         if min(info["features"], info["hidden"], info["basis"]) < 1:
             raise EncoderFileError(f"{path}: features, hidden and basis must be positive")
         names = info["parameters"]
