@@ -110,9 +110,8 @@ def _model_defaults(model: str, method: str, options: dict[str, Any]) -> tuple[d
     # then an object named after the method, whose own values win over the shared ones
     for recommended, where in ((architecture_defaults(model), "the architecture's defaults"),
                                (fit_defaults(model), str(model_file(model, DEFAULTS_FILE)))):
+        _check_names(recommended, where)
         own = recommended.get(method, {})
-        if not isinstance(own, dict):
-            raise InvertError(f"{where}: key 'fit.{method}': expected an object of {method}'s option values")
         chosen.update({older.get(k, k): (v, f"{where}: key 'fit.{k}'") for k, v in recommended.items()
                        if k not in settings_classes()})
         chosen.update({older.get(k, k): (v, f"{where}: key 'fit.{method}.{k}'") for k, v in own.items()})
@@ -128,6 +127,29 @@ def _model_defaults(model: str, method: str, options: dict[str, Any]) -> tuple[d
     settings = settings_for(method, {k: v for k, (v, _) in chosen.items()}, lambda n: places.get(n) or keyword(n))
     values = {k: getattr(s, k) for s in settings for k in chosen if hasattr(s, k)}
     return values, places
+
+
+def _check_names(recommended: dict[str, Any], where: str) -> None:
+    """Refuse a key of a model's fit defaults that names no option (a misspelt one would leave the default it meant
+    to set as it was, without a word; a --config file's is refused alike), and an option in a method's object that
+    is neither that method's nor shared. Another method's option among the shared values is not unknown: it applies
+    to that method's fits."""
+    from .methods import aliases, settings_classes
+
+    older, classes = aliases(), settings_classes()
+    shared = {f.name for f in dataclasses.fields(FitSettings)}
+    every = shared | {f.name for cls in classes.values() for f in dataclasses.fields(cls)}
+    for key, value in recommended.items():
+        if key in classes:
+            if not isinstance(value, dict):
+                raise InvertError(f"{where}: key 'fit.{key}': expected an object of {key}'s option values")
+            own = shared | {f.name for f in dataclasses.fields(classes[key])}
+            for name in value:
+                if older.get(name, name) not in own:
+                    raise InvertError(f"{where}: key 'fit.{key}.{name}': not an option of {key}")
+        elif older.get(key, key) not in every:
+            raise InvertError(f"{where}: key 'fit.{key}': unknown option (the options of 'invert fit' are its flags "
+                              "without the dashes; an object named after a method holds its own)")
 
 
 def _fit_clip(name: str | None, editor: Editor, needs_clip: bool, for_init: bool) -> Clip | None:

@@ -172,6 +172,24 @@ def test_a_model_folders_values_are_checked_and_named_by_file_and_key(method, tm
     assert model_defaults(str(tmp_path), method, {}) == {"steps": 300, "lr": 0.03}
 
 
+def test_a_model_folders_unknown_keys_are_refused_naming_file_and_key(tmp_path):
+    """A misspelt key in invert.json would leave the default it meant to set as it was, without a word: refused as a
+    --config file's are, whichever method is fitted."""
+    path = tmp_path / "invert.json"
+    for fit, key, words in (({"stpes": 5}, "fit.stpes", "unknown option"),
+                            ({"vissi": {"lr": 0.5}}, "fit.vissi", "unknown option"),
+                            ({"visii": {"brush_parts": 2}}, "fit.visii.brush_parts", "not an option of visii"),
+                            ({"brush": {"stepz": 1}}, "fit.brush.stepz", "not an option of brush"),
+                            ({"lora": 3}, "fit.lora", "expected an object of lora's option values")):
+        path.write_text(json.dumps({"fit": fit}))
+        with pytest.raises(InvertError) as caught:
+            model_defaults(str(tmp_path), "visii", {})
+        assert str(caught.value).startswith(f"{path}: key '{key}': {words}"), caught.value
+    # another method's option, shared or in its object, and an older option name are not unknown
+    path.write_text(json.dumps({"fit": {"brush_parts": 2, "top": 3, "lora": {"lora_rank": 8}}}))
+    assert model_defaults(str(tmp_path), "visii", {}) == {"phrases_top": 3}
+
+
 @pytest.mark.parametrize("name,rule", FIT_FIELDS, ids=[n for n, _ in FIT_FIELDS])
 def test_a_python_call_checks_every_fit_option_before_any_work(name, rule, tmp_path):
     method = next(m for m, cls in SETTINGS.items() if name in {f.name for f in dataclasses.fields(cls)}) \
