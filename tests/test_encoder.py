@@ -356,6 +356,23 @@ def test_invert_encoder_train_resume_overwrites_only_its_own_output(tiny_model_d
     assert r.exit_code == 0, r.output
 
 
+def test_invert_encoder_train_resume_of_another_training_names_the_file_and_what_differs(tiny_model_dir, sets,
+                                                                                          tmp_path, run):
+    args = ("--data", sets, "--model", tiny_model_dir, "--device", "cpu", "--resolution", 32, "--steps", 3,
+            "--save-every", 2, "--basis", 2, "--max-pairs", 2, "--val-every", 0, "--quiet")
+    out = tmp_path / "enc.safetensors"
+    assert run("encoder", "train", "-o", out, *args, "--hidden", 8, "--guidance", 3).exit_code == 0
+    ckpt = out.with_name("enc.safetensors.ckpt")
+    r = run("encoder", "train", "-o", tmp_path / "other.safetensors", *args, "--hidden", 16, "--guidance", 2,
+            "--resume", ckpt)
+    lines = messages(r.output)
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"Error: {ckpt}: saved by a different fit"), lines[0]
+    # each difference by its name, not the whole of what the two runs record
+    assert "--hidden (8 there, 16 here)" in lines[0] and "--guidance (3.0 there, 2.0 here)" in lines[0], lines[0]
+    assert len(lines[0]) < 400, lines[0]
+
+
 def test_invert_encoder_train_refuses_bad_input(tiny_model_dir, sets, tmp_path, run):
     """One line naming the folder or flag; a bad folder or value before any model loads."""
     out = tmp_path / "enc.safetensors"

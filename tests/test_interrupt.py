@@ -36,12 +36,16 @@ def same_instruction(a: Instruction, b: Instruction):
     assert replace(a.meta, fit_seconds=None, cost=None) == replace(b.meta, fit_seconds=None, cost=None)
 
 
-def test_resume_refuses_another_fit_but_allows_a_new_lr(editor, clip):
+def test_resume_refuses_another_fit_but_allows_a_new_lr(editor, clip, tmp_path):
     with pytest.raises(FitStopped) as stopped:
         fit(editor, clip, "visii", **stop_at(2))
     state = stopped.value.state
     with pytest.raises(InvertError, match=r"differs in .*--seed \(0 there, 1 here\)"):
         fit(editor, clip, "visii", resume=state, opts={"seed": 1})
+    path = state.save(tmp_path / "x.inst.ckpt")
+    with pytest.raises(InvertError) as refused:  # a state read from a file is named by it
+        fit(editor, clip, "visii", resume=FitState.load(path), opts={"seed": 1})
+    assert str(refused.value).startswith(f"{path}: saved by a different fit; differs in --seed"), refused.value
     with pytest.raises(InvertError, match="differs in init_text"):
         fit(editor, clip, "visii", resume=state, opts={"init_text": "make it day"})
     lowered = fit(editor, clip, "visii", resume=state, opts={"lr": 1e-4})

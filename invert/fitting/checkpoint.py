@@ -21,6 +21,30 @@ VERSION = 2  # 2: parameters and optimizer state by parameter name
 KIND = "a fit checkpoint"
 
 
+# Keys of an identity whose values are options by name: a difference is shown as the option's flag.
+OPTION_KEYS = ("options", "settings")
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two identities, each by its name (a nested object's keys too, so that a difference is
+    not shown as the whole of what the two record): an option as its flag, the exemplars as one item."""
+    differ = []
+    for key in sorted(saved.keys() | now.keys()):
+        a, b = saved.get(key), now.get(key)
+        if a == b:
+            continue
+        if key == "exemplars" and not prefix:
+            differ.append("the exemplar images")
+        elif key in OPTION_KEYS and isinstance(a, dict) and isinstance(b, dict):
+            differ += [f"--{k.replace('_', '-')} ({a.get(k)!r} there, {b.get(k)!r} here)"
+                       for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+        elif isinstance(a, dict) and isinstance(b, dict):
+            differ += _differences(a, b, f"{prefix}{key}.")
+        else:
+            differ.append(f"{prefix}{key} ({a!r} there, {b!r} here)")
+    return differ
+
+
 class FitStopped(InvertError):
     """The fit stopped before its last step; ``state`` resumes it. ``signum``: the signal that asked for it."""
 
@@ -47,6 +71,7 @@ class FitState:
     identity: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     tracked: dict[str, torch.Tensor] = field(default_factory=dict)  # what the loop tracks (--keep best-mse)
+    path: Path | None = field(default=None, compare=False)  # the file it was loaded from, for errors
 
     @classmethod
     def capture(cls, step: int, method: torch.nn.Module, opt: torch.optim.Optimizer, history: list[float],
@@ -96,16 +121,10 @@ class FitState:
         """Refuse to resume a different fit: other exemplars, method, model or options (except --lr)."""
         saved = json.loads(json.dumps(self.identity))  # compare JSON with JSON (tuples become lists)
         now = json.loads(json.dumps(identity))
-        differ = [f"{k} ({saved.get(k)!r} there, {now.get(k)!r} here)" for k in sorted(saved.keys() | now.keys())
-                  if k not in ("options", "exemplars") and saved.get(k) != now.get(k)]
-        if saved.get("exemplars") != now.get("exemplars"):
-            differ.append("the exemplar images")
-        options, current = saved.get("options", {}), now.get("options", {})
-        differ += [f"--{k.replace('_', '-')} ({options.get(k)!r} there, {current.get(k)!r} here)"
-                   for k in sorted(options.keys() | current.keys()) if options.get(k) != current.get(k)]
+        differ = _differences(saved, now)
         if differ:
-            raise InvertError(f"checkpoint: saved by a different fit; differs in {'; '.join(differ)}. Resume with the "
-                              "command that wrote it")
+            raise InvertError(f"{self.path or 'checkpoint'}: saved by a different fit; differs in {'; '.join(differ)}. "
+                              "Resume with the command that wrote it")
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (overwriting an older checkpoint)."""
@@ -139,6 +158,6 @@ class FitState:
             tracked = {k[len("tracked."):]: t for k, t in tensors.items() if k.startswith("tracked.")}
             return cls(int(meta["step"]), params, {"state": state, "param_groups": groups},
                        [float(x) for x in json.loads(meta["history"])], json.loads(meta["scaler"]),
-                       json.loads(meta["identity"]), float(meta["seconds"]), tracked)
+                       json.loads(meta["identity"]), float(meta["seconds"]), tracked, path)
         except (KeyError, ValueError, TypeError) as exc:
             raise InvertError(f"{path}: not {KIND} (incomplete: {exc})") from None
