@@ -265,6 +265,25 @@ def test_phrase_states_start_at_their_instructions(editor, clip, tmp_path):
     torch.testing.assert_close(state["learned"], night.learned.detach())
 
 
+def test_a_basis_vocab_that_gives_no_state_is_said(editor, clip, tmp_path):
+    """--basis-vocab whose phrases all give no state (longer than the base's positions, or a method whose state does
+    not depend on its text) would leave the encoder with its --basis states only, without a word."""
+    from invert.encoder.training import phrase_states
+    from invert.errors import InvertWarning
+    from invert.methods import method_class
+
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("night\n" + " ".join(["sepia"] * 30) + "\n")
+    for method, options, words in (("lora", {}, "2 change nothing (a lora state does not depend on its text)"),
+                                   ("visii", {"tokens": 2}, "2 have more tokens than the base's 2 positions")):
+        fit_settings, method_settings = settings_for(method, options)
+        base = method_class(method).initialize(editor, editor.encode_text([""]), "", method_settings)
+        with pytest.warns(InvertWarning, match=rf"--basis-vocab {phrases}: none of its 2 phrases gives a basis "
+                                               rf"state \({words.replace('(', '.').replace(')', '.')}"):
+            assert phrase_states(editor, clip, base, method_settings,
+                                 EncoderSettings(basis_vocab=(str(phrases),))) == (None, None)
+
+
 def test_toy_world_random_edits_hold_the_hard_edits_out():
     rng = np.random.default_rng(0)
     edits = [world.random_edit(rng) for _ in range(300)]

@@ -19,6 +19,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from ..backbones import Editor
 from ..clip import Clip
-from ..errors import InvertError
+from ..errors import InvertError, InvertWarning
 from ..fitting.checkpoint import FitDiverged, FitState, FitStopped
 from ..fitting.loop import FitData
 from ..fitting.losses import direction_of
@@ -269,11 +270,13 @@ def phrase_states(editor: Editor, clip: Clip, base: Method, method_settings: Any
     if not settings.basis_vocab:
         return None, None
     cls, own = type(base), dict(base.named_parameters())
-    kept, rows = [], []
-    for phrase in load_vocab(settings.basis_vocab):
+    kept, rows, longer = [], [], 0
+    phrases = load_vocab(settings.basis_vocab)
+    for phrase in phrases:
         text = INSTRUCTION_TEMPLATES[0].format(p=phrase)
         method = cls.initialize(editor, editor.encode_text([text]), text, method_settings, settings.seed)
         if method.num_tokens > base.num_tokens:
+            longer += 1
             continue
         state = dict(method.widen(base.num_tokens).named_parameters())
         change = {n: (state[n] - own[n]).detach() for n in own}
@@ -281,6 +284,12 @@ def phrase_states(editor: Editor, clip: Clip, base: Method, method_settings: Any
             kept.append(phrase)
             rows.append(change)
     if not rows:
+        # the option would have no effect at all: said, as the encoder then has only its --basis states
+        why = [f"{longer} have more tokens than the base's {base.num_tokens} positions" if longer else "",
+               f"{len(phrases) - longer} change nothing (a {base.name} state does not depend on its text)"
+               if len(phrases) > longer else ""]
+        warnings.warn(InvertWarning(f"--basis-vocab {', '.join(settings.basis_vocab)}: none of its {len(phrases)} "
+                                    f"phrases gives a basis state ({'; '.join(w for w in why if w)})"))
         return None, None
     return {n: torch.stack([r[n] for r in rows]) for n in own}, clip.text_features(kept)
 
