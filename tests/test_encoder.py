@@ -157,6 +157,11 @@ def test_a_fit_starts_from_the_encoders_instruction(trained, editor, clip, pairs
     with pytest.raises(InvertError, match="give one"):
         tiny_fit(editor, befores, afters, clip=clip, steps=0, init="encoder", encoder_file=str(trained[0]),
                  init_text="x")
+    # the fit's own method options decide the state's shape: a state of another shape is said to be theirs, not
+    # the model's (the model was checked first)
+    with pytest.raises(EncoderFileError, match=r"does not fit this fit's options \(trained with --tokens None, here "
+                                               r"5; the encoder's parameters"):
+        tiny_fit(editor, befores, afters, clip=clip, steps=0, init="encoder", encoder_file=str(trained[0]), tokens=5)
 
 
 def test_bad_encoder_files_are_one_line_errors(trained, tiny_model_dir, pairs_dir, tmp_path, run):

@@ -89,7 +89,7 @@ def encoded_state(encoder: EncoderFile, editor: Editor, clip: Clip, befores: lis
     text = info["init_text"]
     cls = method_class(info["method"])
     method = cls.initialize(editor, editor.encode_text([text]), text, method_settings, 0)
-    encoder.check(editor, clip, method, allow_model_mismatch)
+    encoder.check(editor, clip, method, allow_model_mismatch, method_settings)
     net = encoder.encoder.to(editor.device)
     before, after = clip.image_features(befores).to(editor.device), clip.image_features(afters).to(editor.device)
     refinement = None

@@ -21,6 +21,8 @@ from ..errors import EncoderFileError, InvertError
 from ..instruction import read_verified, tensors_sha256
 from ..writing import write_atomically
 from ..methods import method_names, settings_for
+from ..settings import as_dict
+from ..settings.fields import flag
 from .network import MIXTURES, EditEncoder, _key
 
 FORMAT = "invert.encoder"
@@ -113,8 +115,10 @@ class EncoderFile:
         encoder.load_state_dict({k: v.float() for k, v in tensors.items()})
         return cls(encoder.requires_grad_(False).eval(), info, path)
 
-    def check(self, editor: Editor, clip: Clip, method: torch.nn.Module, allow_model_mismatch: bool = False) -> None:
-        """Refuse to encode for a model, CLIP or method state other than those it was trained for."""
+    def check(self, editor: Editor, clip: Clip, method: torch.nn.Module, allow_model_mismatch: bool = False,
+              method_settings: Any = None) -> None:
+        """Refuse to encode for a model, CLIP or method state other than those it was trained for; a state made
+        with ``method_settings`` (the method's options, when not the encoder's own) that does not fit names them."""
         info, where = self.info, self.where
         if info["backbone"] != editor.name:
             raise EncoderFileError(f"{where}: trained for a {info['backbone']} model; this model is {editor.name} "
@@ -130,8 +134,13 @@ class EncoderFile:
         own = {n: tuple(p.shape) for n, p in method.named_parameters()}
         stored = {n: tuple(self.encoder.base[_key(n)].shape) for n in self.encoder.names}
         if own != stored:
-            raise EncoderFileError(f"{where}: its {info['method']} state does not fit this model's (the encoder's "
-                                   f"parameters {_summary(stored)}; here {_summary(own)})")
+            # the model was checked above: on it, a state of another shape comes of the method's options
+            trained = as_dict(settings_for(info["method"], info["options"])[1])
+            given = trained if method_settings is None else as_dict(method_settings)
+            differ = [f"{flag(k)} {v!r}, here {given.get(k)!r}" for k, v in trained.items() if given.get(k) != v]
+            whose = f"this fit's options (trained with {'; '.join(differ)}; " if differ else "this model's ("
+            raise EncoderFileError(f"{where}: its {info['method']} state does not fit {whose}the encoder's parameters "
+                                   f"{_summary(stored)}; here {_summary(own)})")
 
 
 def _summary(shapes: dict[str, tuple]) -> str:
