@@ -10,6 +10,7 @@ from invert.defaults import DEFAULT_MODEL
 from invert.methods import settings_classes
 from invert.settings import FitSettings
 from invert.settings.encoder import ENCODER_FIT_DEFAULTS, EncoderSettings
+from invert.writing import output_exists
 
 from .common import announce_stop, check_output, process_device, quiet_option, saved, user_errors
 from .fit import CLIP_MODEL_HELP
@@ -83,6 +84,7 @@ def train(ctx, output, data, method, clip_model, resume, quiet, force, model, de
     # A resumed run may overwrite the OUTPUT its stopped run wrote at --save-every (its state is OUTPUT.ckpt), never
     # another file without --force; and its folder is checked (or made) now, not after the training.
     check_output(output, force or (resume is not None and resume.resolve() == state_path.resolve()))
+    output_exists(state_path)  # a name past the file system's limit is refused now, not when a state would be lost
     episodes = training_data(data)
     editor = load_editor(model, process_device(device), dtype)
     clip = load_clip(clip_name_for(clip_model, editor.model_id), editor.device)

@@ -397,6 +397,19 @@ def test_invert_encoder_train_resume_of_another_training_names_the_file_and_what
     assert len(lines[0]) < 400, lines[0]
 
 
+def test_invert_encoder_train_refuses_a_state_name_too_long_before_training(tiny_model_dir, sets, tmp_path, run):
+    """OUTPUT.ckpt, written every --save-every steps and when stopped, is probed before any work (as fit's is): a
+    name past the file system's limit is not found out when a stopped training's state would be lost for it."""
+    out = tmp_path / ("e" * (255 - len(".safetensors.ckpt") + 1) + ".safetensors")  # OUTPUT fits, OUTPUT.ckpt not
+    r = run("encoder", "train", "-o", out, "--data", sets, "--model", tiny_model_dir, "--device", "cpu",
+            "--resolution", 32, "--steps", 3, "--save-every", 2, "--basis", 2, "--hidden", 8, "--val-every", 0,
+            "--quiet")
+    lines = messages(r.output)
+    assert r.exit_code == 1 and len(lines) == 1 and f"{out}.ckpt: cannot write (File name too long" in lines[0], \
+        r.output
+    assert "loading" not in r.output and list(tmp_path.iterdir()) == []
+
+
 def test_invert_encoder_train_refuses_bad_input(tiny_model_dir, sets, tmp_path, run):
     """One line naming the folder or flag; a bad folder or value before any model loads."""
     out = tmp_path / "enc.safetensors"
