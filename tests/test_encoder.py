@@ -205,6 +205,8 @@ def test_bad_encoder_files_are_one_line_errors(trained, tiny_model_dir, pairs_di
         variant("loss.safetensors", options={**options, "loss_target": "mse"}):
             "metadata 'options': option 'loss_target': choose from cfg, cond; not 'mse'",
         variant("unknown.safetensors", options={**options, "stepz": 3}): "metadata 'options': unknown option 'stepz'",
+        # sizes in the metadata are checked against the tensors before anything of theirs is built
+        variant("wide.safetensors", hidden=10**6): "its metadata makes it (1000000, ",
         tmp_path / "missing.safetensors": "no such file",
     }
     for bad, expected in cases.items():

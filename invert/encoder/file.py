@@ -101,8 +101,9 @@ class EncoderFile:
         for name, tensor in tensors.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise EncoderFileError(f"{path}: tensor '{name}' holds NaN or inf values")
-        encoder = EditEncoder(base, info["features"], info["hidden"], info["basis"], info["mixture"])
-        expected = encoder.state_dict()
+        sizes = (info["features"], info["hidden"], info["basis"], info["mixture"])
+        with torch.device("meta"):  # the metadata's shapes without their memory: checked against the tensors first
+            expected = EditEncoder(base, *sizes).state_dict()
         for name, tensor in expected.items():
             if name not in tensors:
                 raise EncoderFileError(f"{path}: missing tensor '{name}'")
@@ -112,6 +113,7 @@ class EncoderFile:
         unknown = sorted(set(tensors) - set(expected))
         if unknown:
             raise EncoderFileError(f"{path}: unexpected tensor '{unknown[0]}'")
+        encoder = EditEncoder(base, *sizes)  # now no larger than the file's own tensors
         encoder.load_state_dict({k: v.float() for k, v in tensors.items()})
         return cls(encoder.requires_grad_(False).eval(), info, path)
 
