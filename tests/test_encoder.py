@@ -397,6 +397,18 @@ def test_invert_encoder_train_resume_of_another_training_names_the_file_and_what
     # each difference by its name, not the whole of what the two runs record
     assert "--hidden (8 there, 16 here)" in lines[0] and "--guidance (3.0 there, 2.0 here)" in lines[0], lines[0]
     assert len(lines[0]) < 400, lines[0]
+    # a fit's state is no encoder training's: said so, not as everything either records
+    from invert.fitting.checkpoint import FitState
+
+    fit_state = FitState.load(ckpt)
+    fit_state.identity = {"method": "visii", "model": "0123", "init_text": "", "exemplars": [], "options": {}}
+    fit_state.save(tmp_path / "fit.inst.ckpt")
+    r = run("encoder", "train", "-o", tmp_path / "other.safetensors", *args, "--hidden", 8, "--resume",
+            tmp_path / "fit.inst.ckpt")
+    lines = messages(r.output)
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0] == (f"Error: {tmp_path / 'fit.inst.ckpt'}: saved by another kind of run (it records exemplars, "
+                        "init_text, method, model, options; this one data, encoder, settings)"), lines[0]
 
 
 def test_invert_encoder_train_refuses_a_state_name_too_long_before_training(tiny_model_dir, sets, tmp_path, run):

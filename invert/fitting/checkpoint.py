@@ -121,6 +121,9 @@ class FitState:
         """Refuse to resume a different fit: other exemplars, method, model or options (except --lr)."""
         saved = json.loads(json.dumps(self.identity))  # compare JSON with JSON (tuples become lists)
         now = json.loads(json.dumps(identity))
+        if saved and not saved.keys() & now.keys():  # a fit's state given to an encoder's training, or the reverse
+            raise InvertError(f"{self.path or 'checkpoint'}: saved by another kind of run (it records "
+                              f"{', '.join(sorted(saved))}; this one {', '.join(sorted(now))})")
         differ = _differences(saved, now)
         if differ:
             raise InvertError(f"{self.path or 'checkpoint'}: saved by a different fit; differs in {'; '.join(differ)}. "
