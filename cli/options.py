@@ -44,6 +44,15 @@ def model_options(default_model: str | None):
     return decorate
 
 
+def _command(ctx: click.Context) -> str:
+    """The command as typed, a subcommand with its group's name ('invert encoder train', not 'invert train')."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["invert", *reversed(names)])
+
+
 def config_option(fn):
     """--config FILE.toml: option values (``steps = 500``, ``method = "brush"``, ``vocab = ["default", "mediums"]``)
     as the command's defaults, through Click's default_map: the command line and the environment still win. Each
@@ -63,7 +72,7 @@ def config_option(fn):
         unknown = sorted(key for key in values if key.replace("-", "_") not in spellings)
         if unknown:
             raise click.BadParameter(f"{path}: unknown option {', '.join(map(repr, unknown))} (the options of "
-                                     f"'invert {ctx.command.name}' are its flags without the dashes)", ctx, param)
+                                     f"'{_command(ctx)}' are its flags without the dashes)", ctx, param)
         checked, keys = {}, {}
         for key, value in values.items():
             name = spellings[key.replace("-", "_")]

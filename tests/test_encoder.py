@@ -424,6 +424,13 @@ def test_invert_encoder_train_refuses_a_state_name_too_long_before_training(tiny
     assert "loading" not in r.output and list(tmp_path.iterdir()) == []
 
 
+def test_invert_encoder_train_config_errors_name_the_command(tmp_path, run):
+    config = tmp_path / "enc.toml"
+    config.write_text("stepz = 3\n")
+    r = run("encoder", "train", "-o", tmp_path / "enc.safetensors", "--config", config)
+    assert r.exit_code == 2 and "the options of 'invert encoder train' are its flags" in r.output, r.output
+
+
 def test_invert_encoder_train_refuses_bad_input(tiny_model_dir, sets, tmp_path, run):
     """One line naming the folder or flag; a bad folder or value before any model loads."""
     out = tmp_path / "enc.safetensors"
