@@ -214,6 +214,12 @@ def test_bad_encoder_files_are_one_line_errors(trained, tiny_model_dir, pairs_di
         lines = messages(r.output)
         assert r.exit_code == 1 and len(lines) == 1 and str(bad) in lines[0] and expected in lines[0], (bad, r.output)
     assert not (tmp_path / "out.inst").exists()
+    # fit has no --allow-model-mismatch: the way round it that the error gives is encode's
+    r = run("fit", pairs_dir, "-o", tmp_path / "out.inst", "--init", "encoder", "--encoder-file",
+            tmp_path / "model.safetensors", "--model", tiny_model_dir, "--steps", 0)
+    lines = messages(r.output)
+    assert r.exit_code == 1 and len(lines) == 1 and "'invert encode --allow-model-mismatch' uses it" in lines[0], \
+        r.output
 
 
 def test_resume_continues_to_the_same_encoder(editor, clip, sets, tmp_path):

@@ -127,8 +127,8 @@ class EncoderFile:
                                    f"({editor.model_id})")
         if info["model_fingerprint"] != editor.fingerprint and not allow_model_mismatch:
             raise EncoderFileError(f"{where}: trained on base model '{info['base_model']}' (fingerprint "
-                                   f"{info['model_fingerprint']}), not on the loaded one ({editor.fingerprint}); pass "
-                                   "--allow-model-mismatch to use it anyway")
+                                   f"{info['model_fingerprint']}), not on the loaded one ({editor.fingerprint}); "
+                                   "'invert encode --allow-model-mismatch' uses it anyway")  # fit has no such flag
         if info["clip_fingerprint"] != clip_fingerprint(clip):
             raise EncoderFileError(f"{where}: reads the CLIP model '{info['clip_model']}' (fingerprint "
                                    f"{info['clip_fingerprint']}), not the loaded '{clip.name}' "
