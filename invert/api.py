@@ -27,7 +27,7 @@ from .fitting.losses import clip_direction
 from .fitting.validation import Validation, check_fit, held_out, scoring_interval
 from .instruction import Instruction
 from .instruction.thumbnails import thumbnail_tensor
-from .methods import method_class, settings_for
+from .methods import aliases, method_class, settings_classes, settings_for
 from .methods.base import Method
 from .methods.two_way import TwoWay
 from .pairs import PairsSource, as_pairs, file_sha256, load_pairs
@@ -97,7 +97,6 @@ def model_defaults(model: str, method: str, options: dict[str, Any]) -> dict[str
 
 def _model_defaults(model: str, method: str, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """:func:`model_defaults`, and where each came from (the file and the key), for errors."""
-    from .methods import aliases, settings_classes
     from .settings import OFFICIAL
 
     known = {f.name for cls in (FitSettings, settings_classes().get(method)) if cls is not None
@@ -134,7 +133,6 @@ def _check_names(recommended: dict[str, Any], where: str) -> None:
     to set as it was, without a word; a --config file's is refused alike), and an option in a method's object that
     is neither that method's nor shared. Another method's option among the shared values is not unknown: it applies
     to that method's fits."""
-    from .methods import aliases, settings_classes
 
     older, classes = aliases(), settings_classes()
     shared = {f.name for f in dataclasses.fields(FitSettings)}
