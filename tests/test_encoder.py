@@ -208,6 +208,7 @@ def test_bad_encoder_files_are_one_line_errors(trained, tiny_model_dir, pairs_di
         # sizes in the metadata are checked against the tensors before anything of theirs is built
         variant("wide.safetensors", hidden=10**6): "its metadata makes it (1000000, ",
         tmp_path / "missing.safetensors": "no such file",
+        tmp_path: "a folder, not an edit encoder file",
     }
     for bad, expected in cases.items():
         r = run("encode", pairs_dir, "-o", tmp_path / "out.inst", "--encoder", bad, "--model", tiny_model_dir)

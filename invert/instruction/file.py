@@ -94,7 +94,7 @@ def read_verified(path: Path, fmt: str, version: int, kind: str = "an .inst file
     """The tensors and string metadata of a safetensors file of format ``fmt`` (up to ``version``), with its
     header size and tensor checksum verified; ``kind`` names such files in errors."""
     if not path.is_file():
-        raise InstructionFileError(f"{path}: no such file")
+        raise InstructionFileError(f"{path}: a folder, not {kind}" if path.is_dir() else f"{path}: no such file")
     check_safetensors_header(path, kind)
     try:
         tensors, meta = _read_safetensors(path)
