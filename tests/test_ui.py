@@ -308,6 +308,34 @@ def test_api_settings_are_checked_naming_the_control(client):
         client.predict(*apply_args([inst], [handle_file(image)], guidance=1e30), api_name="/apply")
 
 
+
+def test_api_whole_numbers_are_checked_not_rounded(client, fitted, tmp_path):
+    """A whole-number field given 2.5 is refused naming its control, as `--steps 2.5` is: not rounded to 2 by the
+    page (which then ran with it) before the check could see it."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from invert.library import build_library
+
+    with pytest.raises(AppError, match="^Steps: expected a whole number, not 2.5$"):
+        client.predict(*fit_args(method="visii", steps=2.5), api_name="/fit")
+    for every, problem in ((1.5, "expected a whole number, not 1.5"), (-1, "must be at least 0, not -1")):
+        args = list(fit_args(method="visii", steps=2))
+        args[6] = every
+        with pytest.raises(AppError, match=f"^Preview every N steps: {problem}$"):
+            client.predict(*args, api_name="/fit")
+    image = handle_file(sorted((NIGHT / "test" / "before").iterdir())[0])
+    with pytest.raises(AppError, match="^Seed: expected a whole number, not 1.5$"):
+        client.predict(*apply_args([handle_file(fitted[3])], [image], seed=1.5), api_name="/apply")
+    with pytest.raises(AppError, match="^Variations: expected a whole number, not 1.5$"):
+        client.predict(*apply_args([handle_file(fitted[3])], [image], variations=1.5), api_name="/apply")
+    (tmp_path / "insts").mkdir()
+    Path(tmp_path / "insts" / "night.inst").write_bytes(Path(fitted[3]).read_bytes())
+    build_library([tmp_path / "insts"]).save(tmp_path / "lib.safetensors")
+    with pytest.raises(AppError, match="^Mix only the best K: expected a whole number, not 1.5$"):
+        client.predict(handle_file(tmp_path / "lib.safetensors"), image, image, 0.1, 1.5, "its only one",
+                       *apply_args([], [image])[3:], api_name="/library")
+
 def cli_message(fn, path: Path) -> str:
     """The one-line message the CLI prints for ``fn(path)``, naming the file as it was uploaded."""
     from invert.errors import InvertError

@@ -9,7 +9,7 @@ import gradio as gr
 
 from .app import MODEL_EVENT, App, example_folders, first_example, markdown_text, open_images
 from .backend import (APPLY_RULES, MAX_VARIATIONS, ApplySettings, Instruction, InvertError, apply_settings,
-                      check_distinct_outputs, describe, load_instruction, printable, save_image)
+                      check_distinct_outputs, check_value, describe, load_instruction, printable, save_image)
 from .controls import control, label, read
 from .session import Session
 
@@ -37,7 +37,7 @@ class ImageInputs:
         source, folder, uploads, *settings, variations = values
         given = {rule.name: read(rule, value) for rule, value in zip(APPLY_RULES, settings)}
         return source, folder, uploads, apply_settings(given, {r.name: label(r.name) for r in APPLY_RULES}), \
-            int(variations)
+            check_value(variations, int, {}, "Variations")  # its range: ApplySettings.seeds
 
 
 @dataclass

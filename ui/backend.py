@@ -22,7 +22,7 @@ from invert.methods import method_entries, settings_classes
 from invert.pairs import Pair, check_distinct_outputs, find_pairs, is_image_file, open_image
 from invert.settings import ApplySettings, FitSettings, build_settings
 from invert.settings.apply import MAX_VARIATIONS
-from invert.settings.fields import describe_range
+from invert.settings.fields import check_value, describe_range
 from invert.writing import make_folder, output_exists, write_atomically, write_failure
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["APPLY_RULES", "DEFAULT_TEMPERATURE", "FIT_RULES", "MAX_VARIATIONS", "ApplySettings",
            "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model", "Pair", "SettingRule",
-           "apply_settings", "check_distinct_outputs", "copy_file", "describe", "find_pairs", "is_image_file",
+           "apply_settings", "check_distinct_outputs", "check_value", "copy_file", "describe", "find_pairs", "is_image_file",
            "load_instruction", "make_folder", "method_options", "methods", "open_image", "output_exists", "printable",
            "save_image", "save_instruction", "save_state", "write_failure"]
 

@@ -52,7 +52,8 @@ def control(rule: SettingRule, value: Any, **kwargs: Any) -> gr.components.Compo
         choices = list(typing.get_args(rule.kind))
         return gr.Dropdown(choices, value=value, **common)
     if rule.kind in (int, float):
-        return gr.Number(value, precision=0 if rule.kind is int else None, **common)
+        # No precision=0 for a whole number: Gradio would round 2.5 to 2 before the check could refuse it.
+        return gr.Number(value, **common)
     return gr.Textbox(value, lines=3 if rule.name in MULTILINE else 1, **common)
 
 

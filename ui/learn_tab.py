@@ -12,14 +12,15 @@ import pandas as pd
 from PIL import Image
 
 from .app import MODEL_EVENT, App, example_folders, first_example, markdown_text, side_by_side
-from .backend import (FIT_RULES, InvertError, Pair, find_pairs, is_image_file, methods, open_image, printable,
-                      save_instruction, save_state)
+from .backend import (FIT_RULES, InvertError, Pair, check_value, find_pairs, is_image_file, methods, open_image,
+                      printable, save_instruction, save_state)
 from .controls import control, label, read, shown
 from .fitjob import FitJob
 from .session import Session
 
 FOLDER, UPLOAD = "Exemplar folder", "Upload pairs"
 PREVIEWS = 4  # preview edits shown during a fit
+PREVIEW_EVERY = "Preview every N steps"
 FIRST_METHOD = "brush"
 MAIN = ("steps", "lr", "guidance", "image_guidance", "init_text", "seed")  # shown first; the rest folded away
 RULES = {rule.name: rule for rule in FIT_RULES}
@@ -67,8 +68,8 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
                         "method (the model folder's own, else the library's); only those you change are sent.")
             with gr.Row():
                 method = gr.Radio(methods(), value=FIRST_METHOD, label="Method")
-                preview_every = gr.Number(preview_interval(defaults["steps"]), precision=0, minimum=0,
-                                          label="Preview every N steps", info="and at the end; 0: none",
+                preview_every = gr.Number(preview_interval(defaults["steps"]), label=PREVIEW_EVERY,
+                                          info="and at the end; 0: none",
                                           elem_id="learn-preview-every")
             made: dict[str, gr.components.Component] = {}
             with gr.Row():
@@ -158,8 +159,8 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
         pairs, name, heldout_dir = _gather(session, source, folder, befores, afters)
         shown_befores, _ = app.model.load_pairs(pairs)
         images = _preview_images(app, session, source, held, heldout_dir) or shown_befores[:PREVIEWS]
-        session.job = FitJob(app.model, pairs, method, options, images, _whole(every, "Preview every"),
-                             sources=LABELS).start()
+        every = check_value(every, int, {"minimum": 0}, PREVIEW_EVERY)
+        session.job = FitJob(app.model, pairs, method, options, images, every, sources=LABELS).start()
         session.job_name = f"{name}-{method}"
         yield from _stream(session, session.job, images)
 
@@ -245,12 +246,6 @@ def _preview_images(app: App, session: Session, source: str, held: list[str] | N
     else:
         return []
     return app.model.at_resolution([open_image(f) for f in files])
-
-
-def _whole(value: float | None, label: str) -> int:
-    if value is None or value < 0 or value != int(value):
-        raise InvertError(f"{label}: expected a whole number of at least 0, not {value}")
-    return int(value)
 
 
 def _losses(losses: list[float]) -> pd.DataFrame:

@@ -7,9 +7,10 @@ import pandas as pd
 
 from .app import MODEL_EVENT, App, markdown_text
 from .apply_tab import edit, follow_selection, image_inputs, results_view
-from .backend import DEFAULT_TEMPERATURE, InvertError, methods, printable
+from .backend import DEFAULT_TEMPERATURE, InvertError, check_value, methods, printable
 
 ANY_METHOD = "its only one"
+TOP = "Mix only the best K"
 
 
 def build(app: App) -> None:
@@ -27,7 +28,7 @@ def build(app: App) -> None:
             with gr.Row():
                 temperature = gr.Slider(0.01, 1, DEFAULT_TEMPERATURE, step=0.01, label="Temperature", scale=2,
                                         info="lower: fewer instructions mixed")
-                top = gr.Number(0, precision=0, minimum=0, label="Mix only the best K", info="0: all", scale=1)
+                top = gr.Number(0, label=TOP, info="0: all", scale=1)
             gr.Markdown("### 2. Images")
             inputs = image_inputs("library")
             run = gr.Button("Edit with the library", variant="primary", elem_id="library-button")
@@ -43,12 +44,13 @@ def build(app: App) -> None:
             raise InvertError("upload a library file (invert library build writes one)")
         if not before or not after:
             raise InvertError("upload a before image and its after image")
+        best = check_value(top or 0, int, {"minimum": 0}, TOP) or None  # empty or 0: all
         session = app.session(request)
         folder_in = session.new_folder("pair")
         befores = session.copy_uploads([before], folder_in / "before")
         afters = session.copy_uploads([after], folder_in / "after")
         inst, chosen = app.model.library_instruction(session.copy_uploads([library], session.new_folder("lib"))[0],
-                                                     befores, afters, float(temperature), int(top or 0) or None,
+                                                     befores, afters, float(temperature), best,
                                                      None if method == ANY_METHOD else method)
         edited = edit(app, session, "library", inst, values)
         listed = " · ".join(f"**{markdown_text(name)}** {w:.3f}" for name, w in chosen)  # names from the file
