@@ -336,6 +336,28 @@ def test_api_whole_numbers_are_checked_not_rounded(client, fitted, tmp_path):
         client.predict(handle_file(tmp_path / "lib.safetensors"), image, image, 0.1, 1.5, "its only one",
                        *apply_args([], [image])[3:], api_name="/library")
 
+
+def test_init_encoder_takes_the_encoders_loss_target_as_the_page_shows(client, tmp_path):
+    """Init = encoder: the loss target defaults to the encoder's own, as with `invert fit --init encoder`, and the page
+    shows that one, not the model folder's; a loss target chosen on the page wins, as --loss-target does, even the
+    folder's (before, choosing the toy model's visii cond, shown, was sending nothing: the fit took the encoder's)."""
+    from invert.encoder import EncoderFile
+    from invert.instruction import Instruction
+    from invert.ui.backend import Model
+
+    encoder = EncoderFile.load(ROOT / "invert" / "toy" / "model" / "encoder" / "visii.safetensors")
+    assert encoder.info["options"].get("loss_target") == "cond"
+    encoder.info["options"]["loss_target"] = "cfg"  # as if trained with the other loss
+    chosen = {"init": "encoder", "encoder_file": str(encoder.save(tmp_path / "cfg.safetensors"))}
+    model = Model("toy")
+    assert model.fit_defaults("visii")["loss_target"] == "cond"
+    assert model.fit_defaults("visii", chosen)["loss_target"] == "cfg"  # what the page shows with these
+    for target in ("cfg", "cond"):
+        status, _, _, inst_file, *_ = client.predict(
+            *fit_args(method="visii", steps=1, init_text="", loss_target=target, **chosen), api_name="/fit")
+        assert "done" in status
+        assert Instruction.load(inst_file).meta.options["loss_target"] == target
+
 def cli_message(fn, path: Path) -> str:
     """The one-line message the CLI prints for ``fn(path)``, naming the file as it was uploaded."""
     from invert.errors import InvertError

@@ -28,11 +28,11 @@ from invert.writing import make_folder, output_exists, write_atomically, write_f
 if TYPE_CHECKING:
     from invert.fitting.phrases import PhraseChoice
 
-__all__ = ["APPLY_RULES", "DEFAULT_TEMPERATURE", "FIT_RULES", "MAX_VARIATIONS", "ApplySettings",
+__all__ = ["APPLY_RULES", "DEFAULT_TEMPERATURE", "FIT_CHOICES", "FIT_RULES", "MAX_VARIATIONS", "ApplySettings",
            "FitProgress", "FitState", "FitStopped", "InvertError", "Instruction", "Model", "Pair", "SettingRule",
-           "apply_settings", "check_distinct_outputs", "check_value", "copy_file", "describe", "find_pairs", "is_image_file",
-           "load_instruction", "make_folder", "method_options", "methods", "open_image", "output_exists", "printable",
-           "save_image", "save_instruction", "save_state", "write_failure"]
+           "apply_settings", "check_distinct_outputs", "check_value", "copy_file", "describe", "find_pairs",
+           "is_image_file", "load_instruction", "make_folder", "method_options", "methods", "open_image",
+           "output_exists", "printable", "save_image", "save_instruction", "save_state", "write_failure"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ def setting_rules(*classes: type) -> list[SettingRule]:
 
 
 FIT_RULES = setting_rules(FitSettings, *settings_classes().values())
+# The fit settings whose values change another's default (init 'encoder': the encoder's loss target), as
+# ``invert fit`` resolves it: see invert.api.model_defaults.
+FIT_CHOICES = ("init", "encoder_file")
 APPLY_RULES = setting_rules(ApplySettings)
 
 
@@ -105,13 +108,14 @@ class Model:
     def resolution(self) -> int:
         return self.editor.resolution
 
-    def fit_defaults(self, method: str) -> dict[str, Any]:
+    def fit_defaults(self, method: str, chosen: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The settings a fit with ``method`` starts from, resolved as ``invert fit`` resolves them: the model
-        folder's own (its invert.json, per method) over the library's."""
+        folder's own (its invert.json, per method) over the library's; ``chosen``: the values of
+        :data:`FIT_CHOICES` on the page (with init 'encoder', the loss target is the encoder's own)."""
         from invert.api import model_defaults
 
         library = {r.name: r.default for r in FIT_RULES if r.name in method_options(method)}
-        return {**library, **model_defaults(self.editor.model_id, method, {})}
+        return {**library, **model_defaults(self.editor.model_id, method, dict(chosen or {}))}
 
     def load_pairs(self, pairs: list[Pair]) -> tuple[list[Image.Image], list[Image.Image]]:
         """Open every pair as ``invert fit`` does (its checks, its one-line errors), at the model's resolution."""
@@ -139,11 +143,20 @@ class Model:
         the fit as ``invert fit``'s do), checked now; an error names the control by its label."""
         from invert.methods import settings_for
 
-        defaults = self.fit_defaults(method)
-        # 3 is 3.0 (a number field may send either), but True is not 1.0
-        given = {name: value for name, value in values.items() if name in defaults and
-                 (value != defaults[name] or isinstance(value, bool) != isinstance(defaults[name], bool))}
-        settings_for(method, given, lambda name: labels.get(name, name))
+        def where(name: str) -> str:
+            return labels.get(name, name)
+
+        def changed(name: str, value: Any, defaults: Mapping[str, Any]) -> bool:
+            # 3 is 3.0 (a number field may send either), but True is not 1.0
+            return name in defaults and (value != defaults[name] or
+                                         isinstance(value, bool) != isinstance(defaults[name], bool))
+
+        # The choices that resolve other settings' defaults first (checked), then the others against those.
+        chosen = {k: v for k, v in values.items() if k in FIT_CHOICES and changed(k, v, self.fit_defaults(method))}
+        settings_for(method, chosen, where)
+        defaults = self.fit_defaults(method, chosen)
+        given = {**{k: v for k, v in values.items() if changed(k, v, defaults)}, **chosen}
+        settings_for(method, given, where)
         return given
 
     def fit(self, pairs: list[Pair], method: str, *, progress: Callable[[FitProgress], None],

@@ -12,8 +12,8 @@ import pandas as pd
 from PIL import Image
 
 from .app import MODEL_EVENT, App, example_folders, first_example, markdown_text, side_by_side
-from .backend import (FIT_RULES, InvertError, Pair, check_value, find_pairs, is_image_file, methods, open_image,
-                      printable, save_instruction, save_state)
+from .backend import (FIT_CHOICES, FIT_RULES, InvertError, Pair, check_value, find_pairs, is_image_file, methods,
+                      open_image, printable, save_instruction, save_state)
 from .controls import control, label, read, shown
 from .fitjob import FitJob
 from .session import Session
@@ -149,6 +149,18 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
                 else gr.update(visible=False) for rule in FIT_RULES] + [preview_interval(chosen["steps"])]
 
     method.change(method_changed, method, [*settings, preview_every], queue=False, api_visibility="private")
+
+    def choice_changed(method, *chosen):
+        """With Init = encoder, the loss target shown is the encoder's own, the one ``invert fit`` takes."""
+        choices = {name: read(RULES[name], value) for name, value in zip(FIT_CHOICES, chosen)}
+        try:
+            loss_target = app.model.fit_defaults(method, choices)["loss_target"]
+        except InvertError:  # no such encoder: the fit says so
+            return gr.skip()
+        return shown(RULES["loss_target"], loss_target)
+
+    gr.on([made["init"].change, made["encoder_file"].blur, made["encoder_file"].submit], choice_changed,
+          [method, *(made[name] for name in FIT_CHOICES)], made["loss_target"], api_visibility="private")
 
     def start(request: gr.Request, source, folder, befores, afters, held, method, every, *values):
         session = app.session(request)
