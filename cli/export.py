@@ -10,6 +10,7 @@ from .common import check_output, user_errors
 
 def _export(instruction: Path, output: Path, kind: str, force: bool, reverse: bool = False):
     """Write the file atomically through the instruction's method (no model is loaded)."""
+    from invert.errors import InstructionFileError
     from invert.instruction import Instruction
     from invert.methods import method_class
     from invert.writing import write_atomically
@@ -17,7 +18,10 @@ def _export(instruction: Path, output: Path, kind: str, force: bool, reverse: bo
     check_output(output, force)
     inst = Instruction.load(instruction)
     cls = method_class(inst.method)
-    write_atomically(output, lambda tmp: cls.export(kind, inst.tensors, inst.meta, tmp, reverse), force=force)
+    try:
+        write_atomically(output, lambda tmp: cls.export(kind, inst.tensors, inst.meta, tmp, reverse), force=force)
+    except InstructionFileError as exc:  # the method's own checks do not know the file's name
+        raise InstructionFileError(f"{instruction}: {exc}") from None
     return inst
 
 

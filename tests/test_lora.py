@@ -178,6 +178,27 @@ def test_bad_adapters_are_refused(editor):
         Lora.initialize(editor, editor.encode_text([""]), "", LoraSettings(lora_targets=("no_such_layer",)))
 
 
+@pytest.mark.parametrize("key, value, words", [
+    ("rank", 1e400, "the adapter's rank: expected a whole number, not inf"),  # before: OverflowError's traceback
+    ("rank", "4", "the adapter's rank: expected a whole number"),
+    ("alpha", float("nan"), "the adapter's alpha: must be a finite number"),  # before: sampling gave NaN
+    ("targets", "to_q", "the adapter's targets: expected a JSON list"),  # before: targets t, o, _, q
+    ("targets", [], "the adapter's targets: expected a list of module names"),
+])
+def test_an_adapters_edited_metadata_is_refused_naming_the_file(editor, run, tmp_path, key, value, words):
+    """An .inst whose adapter metadata was edited (its tensors, so its checksum, intact): apply and export-lora
+    refuse it in one line naming the file, instead of a traceback or an adapter on the targets' letters."""
+    lora = randomized(editor)
+    path = tmp_path / "edited.inst"
+    as_instruction(lora, editor, extra={**lora.extra_meta(), key: value}).save(path)
+    with pytest.raises(InstructionFileError) as caught:
+        invert.apply(path, scene(0), editor=editor, steps=1)
+    assert str(caught.value).startswith(f"{path}: metadata 'extra': {words}"), caught.value
+    r = run("export-lora", path, "-o", tmp_path / "adapter.safetensors")
+    assert r.exit_code == 1 and f"Error: {path}: metadata 'extra': {words}" in r.output, r.output
+    assert not (tmp_path / "adapter.safetensors").exists()
+
+
 def test_exported_adapter_gives_the_same_image_in_a_plain_diffusers_pipeline(tiny_model_dir, editor, tmp_path,
                                                                              run):
     from diffusers import StableDiffusionInstructPix2PixPipeline

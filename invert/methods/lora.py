@@ -24,6 +24,7 @@ from ..backbones import Editor, TextEncoding
 from ..backbones.rows import Rows
 from ..errors import InstructionFileError, InvertError
 from ..instruction.metadata import Metadata
+from ..settings.fields import BadValue, convert
 from .base import Conditioning, Method, check_mixable, check_prompt_tensors, mix_base
 from .settings import LoraSettings
 
@@ -182,10 +183,7 @@ class Lora(Method):
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: Metadata, editor: Editor, strength: float = 1.0
                      ) -> "Lora":
         extra = meta.extra or {}
-        try:
-            rank, alpha, targets = int(extra["rank"]), float(extra["alpha"]), tuple(extra["targets"])
-        except (KeyError, TypeError, ValueError):
-            raise InstructionFileError("its metadata lacks the adapter's rank, alpha and targets") from None
+        rank, alpha, targets = adapter_settings(meta)
         prefix = editor.lora_prefix
         weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         check_adapter(editor, weights, rank)
@@ -240,16 +238,33 @@ class Lora(Method):
 
         backbone = backbone_class(meta.backbone)
         prefix = backbone.lora_prefix
-        extra = meta.extra or {}
         layers = {k[len(prefix):]: (-v if reverse and ".lora_B." in k else v).contiguous()
                   for k, v in tensors.items() if k.startswith(prefix)}
-        config = lora_config(int(extra["rank"]), float(extra["alpha"]), extra["targets"]).to_dict()
+        config = lora_config(*adapter_settings(meta)).to_dict()
         folder = tempfile.mkdtemp(dir=Path(path).parent, prefix=".lora-export.")
         try:
             backbone.save_lora(folder, layers, config, "adapter.safetensors")
             os.replace(Path(folder) / "adapter.safetensors", path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def adapter_settings(meta: Metadata) -> tuple[int, float, tuple[str, ...]]:
+    """The adapter's rank, alpha and target module names as the file's metadata records them (``extra``),
+    checked: a value that is not what invert writes (a rank past any number, a NaN alpha, the targets as one
+    string, whose letters would be taken for names) is refused, never turned into another."""
+    extra = meta.extra or {}
+    if not all(key in extra for key in ("rank", "alpha", "targets")):
+        raise InstructionFileError("its metadata lacks the adapter's rank, alpha and targets")
+    values = {}
+    for key, kind, limits in (("rank", int, {"minimum": 1}), ("alpha", float, {"above": 0}), ("targets", list, {})):
+        try:
+            values[key] = convert(extra[key], kind, limits)
+            if key == "targets" and not (values[key] and all(isinstance(t, str) and t for t in values[key])):
+                raise BadValue("expected a list of module names")
+        except BadValue as exc:
+            raise InstructionFileError(f"metadata 'extra': the adapter's {key}: {exc}") from None
+    return values["rank"], values["alpha"], tuple(values["targets"])
 
 
 def check_adapter(editor: Editor, weights: dict[str, torch.Tensor], rank: int) -> None:
