@@ -175,7 +175,7 @@ def apply(inputs, output, mix, fresh_noise, num_variations, resolution, grid, al
     noise = settings.noise_mode(num_variations)
     seeds = settings.seeds(fit_seed, num_variations) if noise == "fresh" else [None]
     common = _parameters(insts[0], sources, settings, noise, mix=mix, resolution=resolution, model=model,
-                         library=library_file)
+                         library=library_file, temperature=temperature, best=best)
     jobs = _plan(_inputs(images), seeds, output, grid, settings.text or "", common, fit_seed)
     failures = Failures(keep_going, lambda line: click.echo(line, err=True))
     todo, skipped = [], 0
@@ -223,6 +223,8 @@ def _parameters(inst, sources: list[Path], settings: ApplySettings, noise: str, 
             "Model": local_folder(recorded["model"]) if recorded["model"] else inst.meta.base_model,
             "Method": inst.method,
             "Instruction": f"{library.name} (library)" if library else ", ".join(p.name for p in sources),
+            # the library's choice of instructions and their weights
+            "Temperature": recorded["temperature"] if library else None, "Best": recorded["best"] if library else None,
             # the files the instruction comes from (for a library, with the exemplars that chose its mix)
             "Instruction hash": hashlib.sha256("".join(map(file_sha256, sources)).encode()).hexdigest()[:12],
             "invert": invert.__version__}

@@ -187,3 +187,21 @@ def test_cli_build_inspect_apply(run, insts, tmp_path):
     assert r.exit_code == 1 and "give --library too" in r.output
     r = run("apply", insts / "night.inst", "--library", lib, *pairs, image, "-o", tmp_path / "x.png")
     assert r.exit_code == 1 and "not both" in r.output
+
+
+def test_a_rerun_with_another_temperature_or_best_is_not_taken_for_the_same_settings(run, insts, tmp_path):
+    """They change the library's mix, so the result: a rerun refuses the result made otherwise (before, it was
+    skipped as 'made with these settings')."""
+    lib = tmp_path / "lib.safetensors"
+    assert run("library", "build", insts, "-o", lib).exit_code == 0
+    scene(0).save(tmp_path / "b.png")
+    scene(0, night=True).save(tmp_path / "a.png")
+    scene(9).save(tmp_path / "photo.png")
+    out = tmp_path / "out.png"
+    command = ["apply", "--library", lib, "--before", tmp_path / "b.png", "--after", tmp_path / "a.png",
+               tmp_path / "photo.png", "-o", out, "--method", "brush", "--steps", 1]
+    assert run(*command).exit_code == 0
+    assert "skipped 1 result made with these settings" in run(*command).stderr
+    for other in (("--temperature", 5), ("--best", 1)):
+        r = run(*command, *other)
+        assert r.exit_code == 1 and "made with other settings" in r.output, r.output
