@@ -179,8 +179,13 @@ def apply(inputs, output, mix, fresh_noise, num_variations, resolution, grid, al
     jobs = _plan(_inputs(images), seeds, output, grid, settings.text or "", common, fit_seed)
     failures = Failures(keep_going, lambda line: click.echo(line, err=True))
     todo, skipped = [], 0
+    hashes: dict[Path, str] = {}
     for job in jobs:
         with failures.record():
+            # the input's content, not only its name: a rerun on another image of that name makes its result again
+            if job.source not in hashes:
+                hashes[job.source] = _file_hash(job.source)
+            job.values["Input hash"] = hashes[job.source]
             states = [_state(path, _text(job)) for path in (job.target, job.grid) if path is not None]
             in_the_way = [s for s in states if s not in (None, SAME)]
             if in_the_way and not force:
@@ -216,7 +221,7 @@ def _parameters(inst, sources: list[Path], settings: ApplySettings, noise: str, 
     library = recorded["library"]
     return {"Steps": settings.steps, "Sampler": settings.scheduler or "model's",
             "CFG scale": guidance, "Image CFG scale": image_guidance,
-            "Seed": None, "Input": None,  # each result's own (see _plan); here for their place
+            "Seed": None, "Input": None, "Input hash": None,  # each result's own (see _plan); here for their place
             "Noise": noise,
             "Strength": settings.strength, "Reverse": "yes" if settings.reverse else None, "Mix": recorded["mix"],
             "Resolution": recorded["resolution"],
@@ -228,6 +233,15 @@ def _parameters(inst, sources: list[Path], settings: ApplySettings, noise: str, 
             # the files the instruction comes from (for a library, with the exemplars that chose its mix)
             "Instruction hash": hashlib.sha256("".join(map(file_sha256, sources)).encode()).hexdigest()[:12],
             "invert": invert.__version__}
+
+
+def _file_hash(path: Path) -> str:
+    from invert.pairs import file_sha256
+
+    try:
+        return file_sha256(path)[:12]
+    except OSError as exc:
+        raise InvertError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _plan(files: list[Path], seeds: list[int | None], output: Path, grid: bool, prompt: str, common: dict,

@@ -141,6 +141,19 @@ def test_every_result_records_how_it_was_made(run, inst, photos, tmp_path):
     assert parse_parameters(read_parameters(jpeg))["Noise"] == "stream", "JPEG keeps them too (EXIF user comment)"
 
 
+def test_a_rerun_on_another_image_of_the_same_name_is_not_skipped(run, inst, tmp_path):
+    """A result records its input's content, not only its name: before, a rerun on a changed photo (or one of
+    that name from another folder) skipped the old result as 'made with these settings'."""
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    scene(1).save(folder / "p.png")
+    assert run("apply", inst, folder, "-o", out, "--steps", 1).exit_code == 0
+    assert "skipped 1 result" in run("apply", inst, folder, "-o", out, "--steps", 1).stderr
+    scene(2).save(folder / "p.png")
+    r = run("apply", inst, folder, "-o", out, "--steps", 1)
+    assert r.exit_code == 1 and "made with other settings (Input hash" in r.output, r.output
+
+
 def test_an_instruction_is_known_by_its_content_and_any_image_name_is_a_file(run, inst, photos, tmp_path):
     renamed = tmp_path / "night.bin"
     shutil.copy(inst, renamed)
