@@ -320,7 +320,7 @@ def test_the_web_apps_settings_are_checked_naming_their_control():
     from invert.ui.controls import label
 
     class Page:  # the Learn tab's defaults without loading a model: the library's own
-        def fit_defaults(self, method):
+        def fit_defaults(self, method, chosen=None):
             return {r.name: r.default for r in FIT_RULES if r.name in method_options(method)}
 
     labels = {r.name: label(r.name) for r in FIT_RULES}

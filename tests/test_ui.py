@@ -358,6 +358,46 @@ def test_init_encoder_takes_the_encoders_loss_target_as_the_page_shows(client, t
         assert "done" in status
         assert Instruction.load(inst_file).meta.options["loss_target"] == target
 
+
+def test_official_shows_the_official_codes_settings_and_fits_as_invert_fit_official(client, run, tmp_path):
+    """Ticking Official shows the official code's values for every setting the user has not changed (the fit
+    takes them, as `invert fit --official`), not the model folder's; one the user changed keeps its value, and
+    unticking it shows the folder's again (before, the page kept showing the toy visii's lr 0.03, 300 steps, cond).
+    A fit from the page with only Official ticked (and tiny step counts, and torch's AdamW: no bitsandbytes here)
+    is `invert fit --official` with those."""
+    import torch
+
+    from invert.instruction import Instruction
+    from invert.ui.backend import Model
+
+    model = Model("toy")
+    before = model.fit_defaults("visii")
+    assert (before["lr"], before["steps"], before["loss_target"], before["official"]) == (0.03, 300, "cond", False)
+    taken = model.fit_defaults("visii", {"official": True})  # what the fit takes
+    assert {k: taken[k] for k in ("init", "grad_clip", "optimizer", "keep")} == \
+        {"init": "pez", "grad_clip": "official", "optimizer": "adamw8bit", "keep": "best-mse"}
+    kept, official = model.shown_defaults("visii", {**before, "official": True, "seed": 5}, before)
+    assert kept == {"official": True, "seed": 5}  # the user's: they keep their values
+    assert (official["lr"], official["steps"], official["loss_target"], official["init"]) == (1e-3, 1000, "cfg", "pez")
+    assert (official["guidance"], official["image_guidance"], official["official"]) == (7.5, 1.5, False)
+    assert model.shown_defaults("visii", {**official, **kept, "official": False}, official) == ({"seed": 5}, before)
+
+    small = {"steps": 2, "pez_steps": 2, "optimizer": "adamw"}
+    page = {**official, "official": True, **small}
+    assert model.fit_options("visii", page, {}) == {"official": True, **small}  # only those are sent
+    status, _, _, inst_file, *_ = client.predict(*fit_args(method="visii", **page), api_name="/fit")
+    assert "done: night-visii" in status
+    r = run("fit", NIGHT / "train", "-o", tmp_path / "cli.inst", "--model", "toy", "--method", "visii", "--official",
+            "--steps", 2, "--pez-steps", 2, "--optimizer", "adamw", "--threads", 1, "--quiet")
+    assert r.exit_code == 0, r.output
+    web, cli = Instruction.load(inst_file), Instruction.load(tmp_path / "cli.inst")
+    assert {k: web.meta.options[k] for k in ("lr", "loss_target", "init", "keep")} == \
+        {"lr": 1e-3, "loss_target": "cfg", "init": "pez", "keep": "best-mse"}
+    assert replace(web.meta, fit_seconds=None, cost=None) == replace(cli.meta, fit_seconds=None, cost=None)
+    for key in web.tensors:
+        assert torch.equal(web.tensors[key], cli.tensors[key]), key
+
+
 def cli_message(fn, path: Path) -> str:
     """The one-line message the CLI prints for ``fn(path)``, naming the file as it was uploaded."""
     from invert.errors import InvertError

@@ -65,15 +65,24 @@ def setting_rules(*classes: type) -> list[SettingRule]:
 
 
 FIT_RULES = setting_rules(FitSettings, *settings_classes().values())
-# The fit settings whose values change another's default (init 'encoder': the encoder's loss target), as
-# ``invert fit`` resolves it: see invert.api.model_defaults.
-FIT_CHOICES = ("init", "encoder_file")
+# The fit settings whose values change others' defaults (official: the official code's; init 'encoder': the
+# encoder's loss target), as ``invert fit`` resolves them: see invert.api.model_defaults. In this order: each may
+# change the defaults of those after it (official's init is pez).
+FIT_CHOICES = ("official", "init", "encoder_file")
 APPLY_RULES = setting_rules(ApplySettings)
 
 
 def method_options(method: str) -> set[str]:
     """The settings a fit with ``method`` takes: the loop's and the method's own."""
     return {f.name for cls in (FitSettings, settings_classes()[method]) for f in dataclasses.fields(cls)}
+
+
+def _changed(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Of the settings' ``values``, those that are not their ``defaults`` (a name without one is not a setting of
+    the method)."""
+    # 3 is 3.0 (a number field may send either), but True is not 1.0
+    return {name: value for name, value in values.items() if name in defaults and
+            (value != defaults[name] or isinstance(value, bool) != isinstance(defaults[name], bool))}
 
 
 def apply_settings(values: Mapping[str, Any], labels: Mapping[str, str]) -> ApplySettings:
@@ -111,11 +120,34 @@ class Model:
     def fit_defaults(self, method: str, chosen: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The settings a fit with ``method`` starts from, resolved as ``invert fit`` resolves them: the model
         folder's own (its invert.json, per method) over the library's; ``chosen``: the values of
-        :data:`FIT_CHOICES` on the page (with init 'encoder', the loss target is the encoder's own)."""
+        :data:`FIT_CHOICES` set on the page (official: the official code's values; init 'encoder': the encoder's
+        loss target). A choice's own default is the one it had before it was set (what the page compares it
+        with): official's is False, and init's under official is pez."""
         from invert.api import model_defaults
+        from invert.methods import settings_for
 
-        library = {r.name: r.default for r in FIT_RULES if r.name in method_options(method)}
-        return {**library, **model_defaults(self.editor.model_id, method, dict(chosen or {}))}
+        def resolved(options: dict[str, Any]) -> dict[str, Any]:
+            # invert.fit's own resolution: the options given, then --official's, the model's, the library's
+            settings = settings_for(method, {**model_defaults(self.editor.model_id, method, options), **options})
+            return {f.name: getattr(s, f.name) for s in settings for f in dataclasses.fields(s)}
+
+        chosen = dict(chosen or {})
+        defaults = resolved(chosen)
+        for i, name in enumerate(FIT_CHOICES):
+            if name in chosen:
+                defaults[name] = resolved({k: v for k, v in chosen.items() if k in FIT_CHOICES[:i]})[name]
+        return defaults
+
+    def shown_defaults(self, method: str, values: Mapping[str, Any], before: Mapping[str, Any]
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """For the page, when the method or a choice changes: of its setting ``values``, those the user changed
+        (not at ``before``, the defaults it showed), which keep their values as options given do, and the
+        defaults that the others now show (:meth:`fit_defaults` with the choices among those changed)."""
+        kept = _changed(values, before)
+        try:
+            return kept, self.fit_defaults(method, {k: v for k, v in kept.items() if k in FIT_CHOICES})
+        except InvertError:  # no such encoder, Official with a method without official code: the fit says so
+            return kept, self.fit_defaults(method)
 
     def load_pairs(self, pairs: list[Pair]) -> tuple[list[Image.Image], list[Image.Image]]:
         """Open every pair as ``invert fit`` does (its checks, its one-line errors), at the model's resolution."""
@@ -146,16 +178,10 @@ class Model:
         def where(name: str) -> str:
             return labels.get(name, name)
 
-        def changed(name: str, value: Any, defaults: Mapping[str, Any]) -> bool:
-            # 3 is 3.0 (a number field may send either), but True is not 1.0
-            return name in defaults and (value != defaults[name] or
-                                         isinstance(value, bool) != isinstance(defaults[name], bool))
-
-        # The choices that resolve other settings' defaults first (checked), then the others against those.
-        chosen = {k: v for k, v in values.items() if k in FIT_CHOICES and changed(k, v, self.fit_defaults(method))}
+        # The choices that resolve other settings' defaults first (checked), then all against those.
+        chosen = {k: v for k, v in _changed(values, self.fit_defaults(method)).items() if k in FIT_CHOICES}
         settings_for(method, chosen, where)
-        defaults = self.fit_defaults(method, chosen)
-        given = {**{k: v for k, v in values.items() if changed(k, v, defaults)}, **chosen}
+        given = _changed(values, self.fit_defaults(method, chosen))
         settings_for(method, given, where)
         return given
 

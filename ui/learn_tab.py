@@ -12,8 +12,8 @@ import pandas as pd
 from PIL import Image
 
 from .app import MODEL_EVENT, App, example_folders, first_example, markdown_text, side_by_side
-from .backend import (FIT_CHOICES, FIT_RULES, InvertError, Pair, check_value, find_pairs, is_image_file, methods,
-                      open_image, printable, save_instruction, save_state)
+from .backend import (FIT_RULES, InvertError, Pair, check_value, find_pairs, is_image_file, methods, open_image,
+                      printable, save_instruction, save_state)
 from .controls import control, label, read, shown
 from .fitjob import FitJob
 from .session import Session
@@ -142,25 +142,24 @@ def build(app: App, blocks: gr.Blocks) -> gr.State:
 
     outputs = [status, loss_plot, previews, inst_file, ckpt_file, fit, stop, resume, learned]
 
-    def method_changed(method):
-        """The chosen method's settings shown, each at the value ``invert fit`` would use for it."""
-        chosen = app.model.fit_defaults(method)
-        return [gr.update(value=shown(rule, chosen[rule.name]), visible=True) if rule.name in chosen
-                else gr.update(visible=False) for rule in FIT_RULES] + [preview_interval(chosen["steps"])]
+    # The defaults the settings show (per FIT_CHOICES, a choice's is the one before it was set): a setting that
+    # is not at its own was changed by the user.
+    shown_defaults = gr.State(defaults)
 
-    method.change(method_changed, method, [*settings, preview_every], queue=False, api_visibility="private")
+    def defaults_changed(method, before, *values):
+        """Method, Official, Init or Encoder file changed: each setting the user has not changed shows the value
+        ``invert fit`` would now use for it (Official: the official code's); those changed keep theirs, as the
+        options given on the command line win."""
+        kept, defaults = app.model.shown_defaults(method, {r.name: read(r, v) for r, v in zip(FIT_RULES, values)},
+                                                  before)
+        updates = [gr.update(visible=False) if rule.name not in defaults else gr.update(visible=True)
+                   if rule.name in kept else gr.update(value=shown(rule, defaults[rule.name]), visible=True)
+                   for rule in FIT_RULES]
+        return [*updates, gr.skip() if "steps" in kept else preview_interval(defaults["steps"]), defaults]
 
-    def choice_changed(method, *chosen):
-        """With Init = encoder, the loss target shown is the encoder's own, the one ``invert fit`` takes."""
-        choices = {name: read(RULES[name], value) for name, value in zip(FIT_CHOICES, chosen)}
-        try:
-            loss_target = app.model.fit_defaults(method, choices)["loss_target"]
-        except InvertError:  # no such encoder: the fit says so
-            return gr.skip()
-        return shown(RULES["loss_target"], loss_target)
-
-    gr.on([made["init"].change, made["encoder_file"].blur, made["encoder_file"].submit], choice_changed,
-          [method, *(made[name] for name in FIT_CHOICES)], made["loss_target"], api_visibility="private")
+    gr.on([method.change, made["official"].change, made["init"].change, made["encoder_file"].blur,
+           made["encoder_file"].submit], defaults_changed, [method, shown_defaults, *settings],
+          [*settings, preview_every, shown_defaults], api_visibility="private")
 
     def start(request: gr.Request, source, folder, befores, afters, held, method, every, *values):
         session = app.session(request)
