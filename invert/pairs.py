@@ -130,7 +130,14 @@ def as_pairs(pairs: PairsSource) -> list[Pair]:
         return find_pairs(pairs)
     if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], Pair):
         return find_pairs(before=pairs[0], after=pairs[1])
-    return list(pairs)
+    found = list(pairs)
+    odd = next((p for p in found if not isinstance(p, Pair)), None)
+    if odd is not None:  # a tuple of one or three files, a list of paths or of (before, after) tuples ...
+        raise InvertError(f"pairs: expected a pairs folder, a (before, after) tuple of files or a list of Pair, "
+                          f"not {type(pairs).__name__} holding {odd!r}")
+    if not found:
+        raise InvertError("pairs: no exemplar pairs given (an empty list)")
+    return found
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -88,3 +88,18 @@ def test_alpha_is_flattened_on_white_and_exif_applied(tmp_path):
 def test_resize_and_centre_crop():
     out = fit_to_resolution(Image.new("RGB", (300, 100)), 64)
     assert out.size == (64, 64)
+
+
+@pytest.mark.parametrize("odd", [[], (), "tuple of 3", "tuple of 1", "list of paths", "list of tuples"])
+def test_pairs_given_in_no_accepted_form_are_refused(tmp_path, odd):
+    # as_pairs (invert.fit, invert.encode, apply_library): an empty list was an IndexError deep in the fit, and
+    # files or tuples where Pair objects belong an AttributeError ('str' object has no attribute 'before')
+    from invert.pairs import as_pairs
+
+    before, after = img(tmp_path / "a_before.png"), img(tmp_path / "a_after.png")
+    forms = {"tuple of 3": (before, after, after), "tuple of 1": (str(before),), "list of paths": [before, after],
+             "list of tuples": [(before, after)]}
+    with pytest.raises(InvertError, match="pairs: "):
+        as_pairs(forms.get(odd, odd) if isinstance(odd, str) else odd)
+    assert [p.name for p in as_pairs(iter(find_pairs(tmp_path)))] == ["a"]  # any iterable of Pair is fine
+    assert [p.name for p in as_pairs((before, after))] == ["a_before"]
