@@ -11,7 +11,7 @@ import invert
 from invert.defaults import DEFAULT_TEMPERATURE
 from invert.errors import InvertError
 from invert.settings import ApplySettings, build_settings
-from invert.settings.apply import MAX_VARIATIONS, MIX_WEIGHT, with_fresh_noise_flag
+from invert.settings.apply import BATCH_SIZE, BATCH_SIZE_LIMITS, MAX_VARIATIONS, MIX_WEIGHT, with_fresh_noise_flag
 from invert.settings.fields import check_value, flag
 from invert.settings.limits import MAX_RESOLUTION, MIN_RESOLUTION
 from invert.writing import make_folder, output_exists
@@ -124,7 +124,7 @@ def _state(path: Path, wanted: str) -> str | None:
               "settings are skipped and others refused).")
 @click.option("--keep-going", is_flag=True, help="Skip inputs that fail (unreadable, output in the way) and edit "
               "the others; list the failures at the end (the exit status is still non-zero).")
-@number_option("--batch-size", kind=int, minimum=1, default=4, show_default=True,
+@number_option("--batch-size", kind=int, **BATCH_SIZE_LIMITS, default=BATCH_SIZE, show_default=True,
               help="Images per sampling batch (same-size images only); results do not depend on it (up to one "
                    "level of rounding).")
 @click.option("--low-memory", is_flag=True, help="VAE slicing and (FLUX) the text encoders on the host "

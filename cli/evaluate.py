@@ -12,7 +12,7 @@ import invert
 from invert.display import printable
 from invert.errors import InvertError
 from invert.settings import ApplySettings, build_settings
-from invert.settings.apply import with_fresh_noise_flag
+from invert.settings.apply import BATCH_SIZE, BATCH_SIZE_LIMITS, with_fresh_noise_flag
 from invert.settings.fields import flag
 from invert.settings.limits import MAX_RESOLUTION, MIN_RESOLUTION
 
@@ -38,7 +38,7 @@ DIRECTION_SOURCES = {"given": "the --train-pairs'", "instruction": "the training
 @fresh_noise_option
 @number_option("--resolution", kind=int, minimum=MIN_RESOLUTION, maximum=MAX_RESOLUTION, default=None,
                help="Square size the test pairs are brought to; default: the fit's resolution.")
-@number_option("--batch-size", kind=int, minimum=1, default=4, show_default=True,
+@number_option("--batch-size", kind=int, **BATCH_SIZE_LIMITS, default=BATCH_SIZE, show_default=True,
               help="Images per sampling batch; scores do not depend on it (up to one level of rounding).")
 @click.option("--clip-model", default=None, help="CLIP for the CLIP metrics; default: the one recorded in the file.")
 @click.option("--no-clip", is_flag=True, help="Only PSNR and SSIM (no CLIP model needed).")

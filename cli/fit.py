@@ -9,6 +9,7 @@ import click
 
 import invert
 from invert.defaults import DEFAULT_MODEL
+from invert.settings.fit import SAVE_EVERY_LIMITS
 from invert.writing import output_exists
 
 from .common import announce_stop, check_output, quiet_option, saved, user_errors
@@ -32,7 +33,7 @@ CLIP_MODEL_HELP = ("transformers CLIP (hub id or folder) or open_clip:ARCH/TAG; 
 @method_option
 @fit_settings_options
 @click.option("--clip-model", default=None, help=CLIP_MODEL_HELP)
-@number_option("--save-every", kind=int, minimum=0, default=0, help="Write OUTPUT.step-N.inst every N steps.")
+@number_option("--save-every", kind=int, **SAVE_EVERY_LIMITS, default=0, help="Write OUTPUT.step-N.inst every N steps.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue a stopped fit from the state it saved "
               "(OUTPUT.ckpt, written on Ctrl-C, SIGTERM or divergence); give the same arguments otherwise.")
 @click.option("--json", "as_json", is_flag=True, help="Print what the fit found as one JSON object: the init text (and "

@@ -33,7 +33,9 @@ from .methods.two_way import TwoWay
 from .pairs import PairsSource, as_pairs, file_sha256, load_pairs
 from .sampling import sample
 from .settings import FitSettings, as_dict, build_settings
-from .settings.apply import APPLY_MODEL_LIMITED, MIX_WEIGHT, ApplySettings, with_fresh_noise_flag
+from .settings.fit import SAVE_EVERY_LIMITS
+from .settings.apply import (APPLY_MODEL_LIMITED, BATCH_SIZE, BATCH_SIZE_LIMITS, MIX_WEIGHT, ApplySettings,
+                             with_fresh_noise_flag)
 from .settings.fields import check_value, keyword
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ def fit(pairs: PairsSource, method: str = "visii", *, model: str = DEFAULT_MODEL
         return places.get(name) or keyword(name)
 
     settings, method_settings = settings_for(method, {**from_model, **options}, where)
+    save_every = check_value(save_every, int, SAVE_EVERY_LIMITS, where("save_every"))
     if isinstance(resume, (str, os.PathLike)):
         resume = FitState.load(resume)
     found = as_pairs(pairs)
@@ -406,7 +409,7 @@ def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | 
           images: Image.Image | Sequence[Image.Image], *, weights: Sequence[float] | None = None,
           editor: Editor | None = None, pipe: DiffusionPipeline | None = None, model: str | None = None,
           device: str = "auto", dtype: str = "auto", settings: ApplySettings | None = None,
-          allow_model_mismatch: bool = False, batch_size: int | None = None, low_memory: bool = False,
+          allow_model_mismatch: bool = False, batch_size: int | None = BATCH_SIZE, low_memory: bool = False,
           on_images: Callable[[list[Image.Image]], None] | None = None,
           on_step: Callable[[int], None] | None = None, **options: Any) -> list[Image.Image] | Image.Image:
     """Edit ``images`` (one PIL image, or a list) with a learned instruction, alone or followed by ``text`` (a
@@ -419,13 +422,16 @@ def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | 
     of the fit's seed (stored in the file). ``noise="fit"`` reuses the noise the fit drew for each timestep (the
     VISII paper's fixed noise). ``reverse`` undoes the edit. ``editor``: an editor already loaded; ``pipe``: your
     own diffusers pipeline of the instruction's architecture to edit with. Images of one size go through the model together,
-    ``batch_size`` at a most; ``on_images`` receives each batch's results as soon as they are done, ``on_step``
+    ``batch_size`` at most (4, as ``invert apply``'s; None: all of them); ``on_images`` receives each batch's results as soon as they are done, ``on_step``
     each sampling step."""
     settings = apply_settings(settings, options)
+    batch_size = check_value(batch_size, int | None, BATCH_SIZE_LIMITS, keyword("batch_size"))
     single = isinstance(images, Image.Image)
-    images = [images] if single else list(images)
-    many = isinstance(instruction, (list, tuple))
+    images = _images(images)
+    many = not isinstance(instruction, (str, os.PathLike, Instruction))  # a list, a tuple, a generator ...
     insts = [_load(i) for i in (instruction if many else [instruction])]
+    if not insts:
+        raise InvertError("instruction: an empty list; give an instruction, or several to mix")
     inst = insts[0]
     editor = _editor(inst, editor, pipe, model, device, dtype)
     editor.limits.check(as_dict(settings), keyword, APPLY_MODEL_LIMITED)
@@ -448,10 +454,24 @@ def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | 
     return results[0] if single else results
 
 
+def _images(images: Image.Image | Sequence[Image.Image]) -> list[Image.Image]:
+    """``apply``'s images as a list, each a PIL image (a path, or a list of paths, is refused by name: a str
+    would otherwise be taken letter by letter)."""
+    found = [images] if isinstance(images, (Image.Image, str, os.PathLike)) else list(images)
+    odd = next((i for i in found if not isinstance(i, Image.Image)), None)
+    if odd is not None:
+        raise InvertError(f"images: expected a PIL image or a list of them (invert.pairs.open_image opens a file), "
+                          f"not {odd!r}")
+    return found
+
+
 def apply_settings(settings: ApplySettings | None, options: dict[str, Any]) -> ApplySettings:
     """``settings``, or the settings ``options`` name (``fresh_noise=True``, as older scripts say it, is
     ``noise="fresh"``), checked."""
     if settings is not None:
+        if not isinstance(settings, ApplySettings):
+            raise InvertError(f"settings: expected an ApplySettings, not {type(settings).__name__} (options by name "
+                              "go as keyword arguments: steps=30, seed=1 ...)")
         if options:
             raise InvertError(f"give settings= or options by name ({', '.join(options)}), not both")
         return settings

@@ -171,6 +171,25 @@ def test_the_library_applies_one_image_to_a_path(inst, photos, tiny_model_dir):
     assert isinstance(result, Image.Image) and result.size == (32, 32)
 
 
+def test_the_library_takes_its_instructions_and_images_in_every_form_and_refuses_others(inst, photos,
+                                                                                       tiny_model_dir):
+    # before: a generator of instructions was one instruction ('generator' object has no attribute
+    # 'check_model'), an empty list an IndexError, a path where images belong was iterated letter by letter
+    # ('str' object has no attribute 'size'), settings={...} a TypeError from dataclasses.asdict
+    from invert.errors import InvertError
+
+    photo, model = Image.open(photos / "p0.png"), str(tiny_model_dir)
+    two = invert.apply((i for i in (inst, inst)), photo, model=model, steps=1)
+    assert np.array_equal(np.asarray(two), np.asarray(invert.apply(inst, photo, model=model, steps=1)))
+    assert len(invert.apply(inst, (p for p in [photo, photo]), model=model, steps=1)) == 2
+    for instruction, images, settings, words in (([], photo, None, "instruction: an empty list"),
+                                                 (inst, str(photos / "p0.png"), None, "images: expected a PIL image"),
+                                                 (inst, [photos / "p0.png"], None, "images: expected a PIL image"),
+                                                 (inst, photo, {"steps": 1}, "settings: expected an ApplySettings")):
+        with pytest.raises(InvertError, match=words):
+            invert.apply(instruction, images, model=model, settings=settings)
+
+
 def test_eval_reports_both_clip_direction_scores_and_its_settings(run, inst, pairs_dir, tmp_path):
     import json
 

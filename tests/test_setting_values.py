@@ -215,6 +215,27 @@ def test_a_python_call_checks_every_apply_option_before_any_work(name, rule, tmp
         assert str(caught.value).startswith(f"option '{name}': "), (value, str(caught.value))
 
 
+def test_a_python_call_checks_its_own_number_arguments_as_their_flags(tmp_path):
+    # fit's save_every and apply's batch_size are arguments, not settings: unchecked, save_every=-1 checkpointed
+    # every step, 2.5 whenever the step was a multiple of it, and a batch_size of 0, -1, 2.5 or "2" edited every
+    # image in one batch, as did the default (None; invert apply's is 4)
+    import inspect
+
+    from invert.settings.apply import BATCH_SIZE, BATCH_SIZE_LIMITS
+    from invert.settings.fit import SAVE_EVERY_LIMITS
+
+    for name, call, limits in (("save_every", lambda v: invert.fit(tmp_path / "none", model="toy", save_every=v),
+                                SAVE_EVERY_LIMITS),
+                               ("batch_size", lambda v: invert.apply(tmp_path / "no.inst", [], batch_size=v),
+                                BATCH_SIZE_LIMITS)):
+        for value in [*bad_values(int, limits), "2"]:
+            with pytest.raises(InvertError) as caught:  # before any work
+                call(value)
+            assert str(caught.value).startswith(f"option '{name}': "), (value, str(caught.value))
+    assert inspect.signature(invert.apply).parameters["batch_size"].default == BATCH_SIZE
+    assert parse(("apply",), []).params["batch_size"] == BATCH_SIZE
+
+
 def test_settings_made_directly_are_checked_too():
     with pytest.raises(InvertError, match="option 'lr': must be a finite number, not nan"):
         FitSettings(lr=math.nan)

@@ -13,6 +13,10 @@ from .limits import GUIDANCE_WHY, MAX_GUIDANCE, MAX_SAMPLING_STEPS, MAX_SEED, MA
 
 # Results per input at most: each is a sampling run of its own.
 MAX_VARIATIONS = 1000
+# Images per sampling batch (apply's and eval's --batch-size, invert.apply's batch_size): same-size images go through
+# the model this many together; results do not depend on it (up to one level of rounding), memory does.
+BATCH_SIZE = 4
+BATCH_SIZE_LIMITS = {"minimum": 1}
 # A --mix weight scales an instruction's change, as --strength does: the same range.
 MIX_WEIGHT = {"minimum": -MAX_STRENGTH, "maximum": MAX_STRENGTH}
 # A setting the model limits, by name: which of its limits (see invert.settings.limits.ModelLimits).

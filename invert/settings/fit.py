@@ -81,6 +81,10 @@ class FitSettings(InitSettings):
                               "turns them off")
 
 
+# fit's --save-every (invert.fit's save_every): a checkpoint every N steps, 0 none.
+SAVE_EVERY_LIMITS = {"minimum": 0}
+
+
 # What --official sets, unless given: the official VISII code's training (README: how invert differs).
 OFFICIAL = {"init": "pez", "pez_steps": 3000, "pez_tokens": 10, "grad_clip": "official", "optimizer": "adamw8bit",
             "keep": "best-mse", "pair_order": "timestep", "val": 0, "steps": 1000, "lr": 1e-3, "loss_target": "cfg",
@@ -88,4 +92,4 @@ OFFICIAL = {"init": "pez", "pez_steps": 3000, "pez_tokens": 10, "grad_clip": "of
             "visii_clip_clamp": 0.5}
 
 
-__all__ = ["OFFICIAL", "FitSettings"]
+__all__ = ["OFFICIAL", "SAVE_EVERY_LIMITS", "FitSettings"]
