@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 import invert
-from invert.defaults import DEFAULT_TEMPERATURE
+from invert.defaults import BEST_LIMITS, DEFAULT_TEMPERATURE, TEMPERATURE_LIMITS
 from invert.errors import InvertError
 from invert.settings import ApplySettings, build_settings
 from invert.settings.apply import BATCH_SIZE, BATCH_SIZE_LIMITS, MAX_VARIATIONS, MIX_WEIGHT, with_fresh_noise_flag
@@ -107,9 +107,9 @@ def _state(path: Path, wanted: str) -> str | None:
               help="--library: an exemplar before image (repeatable; paired in order with --after).")
 @click.option("--after", "afters", multiple=True, type=click.Path(path_type=Path),
               help="--library: an exemplar after image.")
-@number_option("--temperature", kind=float, above=0, maximum=100.0, default=DEFAULT_TEMPERATURE, show_default=True,
+@number_option("--temperature", kind=float, **TEMPERATURE_LIMITS, default=DEFAULT_TEMPERATURE, show_default=True,
                help="--library: softmax temperature over the key cosines; lower mixes fewer instructions.")
-@number_option("--best", kind=int, minimum=1, default=None,
+@number_option("--best", kind=int, **BEST_LIMITS, default=None,
               help="--library: mix only the K instructions whose keys match best (default: all).")
 @click.option("--method", default=None, help="--library: which method's instructions to mix (when it holds several).")
 @apply_settings_options

@@ -27,3 +27,7 @@ NOISE_MODES = ("stream", "fit", "fresh")
 # 0.03 tie on the mean; 0.1 edits the compositions better (mixing helps there), 0.03 the edits the library holds
 # (picking one helps there).
 DEFAULT_TEMPERATURE = 0.1
+# Its range (apply's --temperature, Library.choose's temperature), and that of the number of best-matching
+# instructions mixed (--best, Library.choose's top).
+TEMPERATURE_LIMITS = {"above": 0, "maximum": 100.0}
+BEST_LIMITS = {"minimum": 1}

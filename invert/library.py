@@ -11,7 +11,6 @@ tensors are stored as ``i/NAME`` and its metadata strings, as an ``.inst`` holds
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -25,11 +24,12 @@ from safetensors.torch import save_file
 from .api import load_method, mix
 from .backbones import Editor, load_editor
 from .clip import Clip, clip_name_for, load_clip
-from .defaults import DEFAULT_MODEL, DEFAULT_TEMPERATURE
+from .defaults import BEST_LIMITS, DEFAULT_MODEL, DEFAULT_TEMPERATURE, TEMPERATURE_LIMITS
 from .errors import InstructionFileError, InvertError, InvertWarning
 from .fitting.losses import clip_direction
 from .instruction import Instruction, read_verified, tensors_sha256
 from .instruction.thumbnails import thumbnail_tensor
+from .settings.fields import check_value, keyword
 from .writing import write_atomically
 
 if TYPE_CHECKING:
@@ -136,10 +136,8 @@ class Library:
                top: int | None = None) -> tuple[list[Entry], list[float]]:
         """The instructions of ``method`` (needed when the library holds several) and their weights, best first:
         softmax(cosine(direction, key) / temperature); ``top`` keeps the best K, their weights renormalized."""
-        if not 0 < temperature < math.inf:  # NaN fails too
-            raise InvertError(f"--temperature must be a positive number, not {temperature}")
-        if top is not None and top < 1:
-            raise InvertError(f"--top must be at least 1, not {top}")
+        temperature = check_value(temperature, float, TEMPERATURE_LIMITS, keyword("temperature"))
+        top = check_value(top, int | None, BEST_LIMITS, keyword("top"))
         methods = self.methods
         if method is None:
             if len(methods) > 1:

@@ -1,5 +1,6 @@
 """Instruction libraries: the file, the choice of instructions, the mix, and the CLI (tiny model)."""
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -105,6 +106,14 @@ def test_temperature_sharpens_and_flattens():
     assert planted == sorted(planted) and planted[0] < 0.4 and planted[-1] > 0.999
     with pytest.raises(InvertError, match="temperature"):
         lib.choose(direction, temperature=0)
+    # checked as apply's --temperature and --best are: before, a temperature of 1000 (past the flag's 100) was
+    # taken, "0.1" and top=2.5 were TypeErrors, top=True mixed one instruction, and -1 was refused as "--top"
+    for name, value, words in (("temperature", 1000.0, "must be at most 100"), ("temperature", "0.1", "a number"),
+                               ("temperature", math.nan, "finite"), ("top", 2.5, "a whole number"),
+                               ("top", True, "a whole number"), ("top", 0, "at least 1")):
+        with pytest.raises(InvertError, match=f"^option '{name}': .*{words}"):
+            lib.choose(direction, **{name: value})
+    assert len(lib.choose(direction, temperature=100, top=2.0)[0]) == 2
     mixed = Library(lib.entries + [fake("v", [1.0, 0.0, 0.0], "visii")])
     with pytest.raises(InvertError, match=r"several methods: brush \(3\), visii \(1\); choose one with --method"):
         mixed.choose(direction)
