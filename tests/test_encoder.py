@@ -637,3 +637,18 @@ def test_invert_encode_and_fit_refine_the_encoders_answer(trained, tiny_model_di
     lines = messages(r.output)
     assert r.exit_code == 1 and len(lines) == 1 and "only with --init encoder" in lines[0], r.output
     assert not (tmp_path / "bad.inst").exists()
+
+
+def test_invert_encode_checks_its_refinement_arguments_by_their_keywords_before_any_work(tmp_path):
+    # before: checked only once the model, the encoder and CLIP were loaded, and named as the fit's options
+    # ("option 'encoder_refine'"), which invert.encode does not take
+    import math
+
+    import invert
+    from invert.errors import InvertError
+
+    for name, value, words in (("refine", -1, "at least 0"), ("refine", 2.5, "a whole number"),
+                               ("refine", True, "a whole number"), ("refine_lr", math.nan, "finite"),
+                               ("refine_lr", 0.0, "above 0"), ("seed", "1", "a whole number")):
+        with pytest.raises(InvertError, match=f"^option '{name}': .*{words}"):  # the pairs are not even looked for
+            invert.encode(tmp_path / "no pairs here", model="toy", **{name: value})

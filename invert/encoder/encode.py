@@ -23,7 +23,8 @@ from ..methods import method_class, settings_for
 from ..methods.base import Method
 from ..methods.two_way import TwoWay
 from ..pairs import PairsSource, as_pairs, file_sha256, load_pairs
-from ..settings import FitSettings
+from ..settings import FitSettings, build_settings
+from ..settings.fields import keyword
 from .file import EncoderFile
 from .network import load_state
 from .refine import Refinement
@@ -179,6 +180,11 @@ def encode(pairs: PairsSource, encoder: str | os.PathLike | EncoderFile | None =
     >>> inst = invert.encode("examples/toy/night/train", model="toy")    # doctest: +SKIP
     >>> inst.save("night.inst")                                         # doctest: +SKIP
     """
+    # checked as encode's --encoder-refine, --encoder-refine-lr and --seed are, before any work, named by keyword
+    named = {"encoder_refine": "refine", "encoder_refine_lr": "refine_lr", "seed": "seed"}
+    build_settings(FitSettings, {"init": ENCODER_INIT, "encoder_refine": refine, "seed": seed,
+                                 **({"encoder_refine_lr": refine_lr} if refine_lr is not None else {})},
+                   lambda name: keyword(named.get(name, name)))
     found = as_pairs(pairs)
     if not isinstance(encoder, EncoderFile):
         if editor is None and model is None and not encoder:
