@@ -421,9 +421,9 @@ def apply(instruction: Instruction | str | os.PathLike | Sequence[Instruction | 
     diffusers' pipeline does with ``generator=torch.Generator().manual_seed(seed)``; without one, the noise stream
     of the fit's seed (stored in the file). ``noise="fit"`` reuses the noise the fit drew for each timestep (the
     VISII paper's fixed noise). ``reverse`` undoes the edit. ``editor``: an editor already loaded; ``pipe``: your
-    own diffusers pipeline of the instruction's architecture to edit with. Images of one size go through the model together,
-    ``batch_size`` at most (4, as ``invert apply``'s; None: all of them); ``on_images`` receives each batch's results as soon as they are done, ``on_step``
-    each sampling step."""
+    own diffusers pipeline of the instruction's architecture to edit with. Images of one size go through the model
+    together, ``batch_size`` at most (4, as ``invert apply``'s; None: all of them); ``on_images`` receives each
+    batch's results as soon as they are done, ``on_step`` each sampling step."""
     settings = apply_settings(settings, options)
     batch_size = check_value(batch_size, int | None, BATCH_SIZE_LIMITS, keyword("batch_size"))
     single = isinstance(images, Image.Image)
