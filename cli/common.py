@@ -3,7 +3,9 @@ output checks, stop signals. Importing this module imports no torch (``invert --
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -122,6 +124,23 @@ def check_output(path: Path, force: bool) -> None:
         raise InvertError(f"{path}: already exists (use --force to overwrite)")
     if not os.access(parent, os.W_OK):
         raise InvertError(f"{path}: cannot write (its folder {parent} is not writable)")
+
+
+def json_text(value: object, **kwargs) -> str:
+    """``value`` as the JSON a --json option prints: a non-finite float (the -inf score of a non-finite edit in a
+    fit's validation curve, a NaN an edited file holds) as null, for NaN and Infinity are not JSON (jq and
+    browsers refuse them)."""
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def process_device(device: str) -> str:

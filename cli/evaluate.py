@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import click
@@ -16,7 +15,7 @@ from invert.settings.apply import BATCH_SIZE, BATCH_SIZE_LIMITS, with_fresh_nois
 from invert.settings.fields import flag
 from invert.settings.limits import MAX_RESOLUTION, MIN_RESOLUTION
 
-from .common import check_output, quiet_option, user_errors
+from .common import check_output, json_text, quiet_option, user_errors
 from .numbers import number_option
 from .options import fresh_noise_option, model_options, sampling_options
 from .progress import sampling
@@ -125,7 +124,7 @@ def _report(scores: dict, settings: dict, instruction: Path, test_pairs: Path, a
             columns: list[str]) -> None:
     rows = scores["images"] + [{"name": "mean", **scores["mean"]}]
     if as_json:
-        click.echo(json.dumps({"instruction": str(instruction), "test_pairs": str(test_pairs), "settings": settings,
+        click.echo(json_text({"instruction": str(instruction), "test_pairs": str(test_pairs), "settings": settings,
                                **scores}, indent=2))
     elif as_csv:
         out = io.StringIO()

@@ -1,7 +1,6 @@
 """``invert fit``: learn an instruction from exemplar pairs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +11,7 @@ from invert.defaults import DEFAULT_MODEL
 from invert.settings.fit import SAVE_EVERY_LIMITS
 from invert.writing import output_exists
 
-from .common import announce_stop, check_output, quiet_option, saved, user_errors
+from .common import announce_stop, check_output, json_text, quiet_option, saved, user_errors
 from .numbers import number_option
 from .options import (config_option, fit_low_memory_option, fit_settings_options, given_settings, method_option,
                       model_options, pop_settings, sources)
@@ -94,7 +93,7 @@ def fit(ctx, pairs, output, before, after, method, clip_model, save_every, resum
     click.echo(f"wrote {output} ({inst.method}, init text {inst.meta.init_text!r}, "
                f"loss {inst.meta.final_loss}, {inst.meta.fit_seconds:.1f} s{early})", err=quiet or as_json)
     if as_json:
-        click.echo(json.dumps(fit_report(output, inst.method, inst.meta), indent=2))
+        click.echo(json_text(fit_report(output, inst.method, inst.meta), indent=2))
 
 
 def _steps(model: str, method: str, options: dict) -> int:

@@ -1,7 +1,6 @@
 """``invert fit-batch``: one instruction per exemplar set, resumable and shardable."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from invert.errors import InvertError
 from invert.settings.fields import flag
 from invert.writing import make_folder, output_exists
 
-from .common import process_device, quiet_option, user_errors
+from .common import json_text, process_device, quiet_option, user_errors
 from .fit import CLIP_MODEL_HELP
 from .numbers import number_option
 from .options import (config_option, fit_low_memory_option, fit_settings_options, given_settings, method_option,
@@ -113,7 +112,7 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
     # Fitted, but the fit's own check found it worse than its start or than no edit, or its loss misbehaved.
     suspect = [r for r in rows if r.get("fit_check")]
     if as_json:
-        click.echo(json.dumps({"shard": f"{k}/{n}", "output": str(output), "sets": rows}, indent=2))
+        click.echo(json_text({"shard": f"{k}/{n}", "output": str(output), "sets": rows}, indent=2))
     else:
         click.echo(f"{'set':24s} {'status':8s} {'method':7s} {'steps':>6s} {'final loss':>11s} {'seconds':>8s}")
         for r in rows:  # a set's name is its folder's: control characters in it are shown escaped

@@ -8,7 +8,7 @@ import click
 
 from invert.display import printable
 
-from .common import user_errors
+from .common import json_text, user_errors
 
 
 @click.command()
@@ -30,7 +30,7 @@ def inspect(instruction, as_json):
             "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
                         for k, v in sorted(inst.tensors.items())}}
     if as_json:
-        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        click.echo(json_text(info, indent=2, sort_keys=True))
         return
     # Every name and value comes from the file: control characters in them are shown escaped (--json escapes
     # them as JSON does).

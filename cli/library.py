@@ -1,14 +1,13 @@
 """``invert library``: build and inspect instruction libraries (``invert apply --library`` uses them)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from invert.display import printable
 
-from .common import check_output, user_errors
+from .common import check_output, json_text, user_errors
 
 
 @click.group("library")
@@ -45,7 +44,7 @@ def build(insts, output, force, as_json):
     lib = build_library(insts)
     lib.save(output, force)
     if as_json:
-        click.echo(json.dumps({"output": str(output), "methods": lib.methods, "base_model": lib.base_model,
+        click.echo(json_text({"output": str(output), "methods": lib.methods, "base_model": lib.base_model,
                                "clip_model": lib.clip_model, "instructions": [_row(e) for e in lib.entries]}, indent=2))
         return
     counts = ", ".join(f"{n} {printable(m)}" for m, n in lib.methods.items())
@@ -70,7 +69,7 @@ def inspect(library_file, as_json):
     cos = lib.key_cosines()
     names = [e.name for e in lib.entries]
     if as_json:
-        click.echo(json.dumps({"file": str(library_file), "methods": lib.methods, "base_model": lib.base_model,
+        click.echo(json_text({"file": str(library_file), "methods": lib.methods, "base_model": lib.base_model,
                                "clip_model": lib.clip_model, "instructions": [_row(e) for e in lib.entries],
                                "key_cosines": {a: {b: round(float(cos[i, j]), 4) for j, b in enumerate(names)}
                                                for i, a in enumerate(names)}}, indent=2))

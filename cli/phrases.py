@@ -1,7 +1,6 @@
 """``invert phrases``: InstructBrush's initialization for exemplar pairs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,7 +10,7 @@ from invert.defaults import DEFAULT_MODEL
 from invert.display import printable
 from invert.settings.limits import MAX_RESOLUTION, MIN_RESOLUTION
 
-from .common import quiet_option, threads_option, user_errors
+from .common import json_text, quiet_option, threads_option, user_errors
 from .numbers import number_option
 from .options import phrase_options
 
@@ -57,7 +56,7 @@ def phrases(pairs, before, after, vocab, phrases_top, phrases_threshold, phrases
     choice = unique_phrases(clip, befores, afters, load_vocab(vocab or model_vocab(model)), phrases_top, threshold,
                             relative, phrases_template)
     if as_json:
-        click.echo(json.dumps({"init_text": choice.text, "p_x": choice.p_x, "p_y": choice.p_y,
+        click.echo(json_text({"init_text": choice.text, "p_x": choice.p_x, "p_y": choice.p_y,
                                "score_x": choice.score_x, "score_y": choice.score_y,
                                "threshold": threshold, "relative": relative,
                                "candidates": choice.candidates}, indent=2))

@@ -327,3 +327,19 @@ def test_a_scalar_tensor_is_checksummed_not_a_crash(tmp_path):
     inst.tensors["scalar"] = torch.tensor(3.0)
     inst.save(tmp_path / "s.inst")
     assert Instruction.load(tmp_path / "s.inst").tensors["scalar"] == 3.0
+
+
+@pytest.mark.parametrize("key, value", [("validation", '{"curve": [[0, -Infinity]], "no_edit": 20.0}'),
+                                        ("init_scores", '{"x": NaN}'), ("options", '{"lr": Infinity}')])
+def test_inspect_json_of_non_finite_numbers_is_valid_json(run, tmp_path, key, value):
+    """A fit records the -inf score of a non-finite edit in its validation curve (and an edited file may hold
+    NaN): --json printed them as NaN / -Infinity, which are not JSON (jq refused the output); they are null."""
+    path = raw_instruction(tmp_path / "x.inst", **{key: value})
+    r = run("inspect", path, "--json")
+    assert r.exit_code == 0, r.output
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    json.loads(r.stdout, parse_constant=refuse)
+    assert "null" in r.stdout
