@@ -14,11 +14,12 @@ from invert.errors import InvertError
 from invert.settings.fields import flag
 from invert.writing import make_folder, output_exists
 
-from .common import json_text, process_device, quiet_option, user_errors
+from .common import announce_stop, json_text, process_device, quiet_option, user_errors
 from .fit import CLIP_MODEL_HELP
 from .numbers import number_option
 from .options import (config_option, fit_low_memory_option, fit_settings_options, given_settings, method_option,
                       model_options, pop_settings, sources)
+from .signals import stop_on_signals
 
 
 @click.command("fit-batch")
@@ -46,6 +47,8 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
 
     A set whose OUTPUT/SET.inst was fitted with the same method and settings is skipped, so a re-run continues
     where a stopped one ended; one fitted otherwise is refused, naming what differs, unless --force refits it.
+    Ctrl-C or SIGTERM stops the batch after the current step, saving that set's state to OUTPUT/SET.inst.ckpt,
+    which a re-run continues (--force: from the start).
 
     \b
       invert fit-batch examples/toy -o insts/ --model toy --method brush --steps 100
@@ -91,22 +94,13 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
             todo.append((name, folder))
     editor = load_editor(model, device, dtype) if todo else None
     clip = load_clip(clip_name_for(clip_model, editor.model_id), editor.device) if todo else None
-    for name, folder in tqdm(todo, desc=f"fit-batch {k}/{n}", disable=as_json or quiet or not todo):
-        start = time.perf_counter()
-
-        def checkpoint(inst, step, name=name):
-            inst.save(output / f"{name}.step-{step}.inst", force=True)
-
-        try:  # one bad set, or one that cannot be written, does not end the batch
-            inst = invert.fit(folder, method, editor=editor, clip=clip, quiet=True, low_memory=low_memory,
-                              save_every=save_every, checkpoint=checkpoint, sources=given, **options)
-            inst.save(output / f"{name}.inst", force=True)
-        except InvertError as exc:  # one bad set (its inputs, or an output that cannot be written) does not end it
-            rows.append({"set": name, "status": f"failed: {exc}"})
-            continue
-        rows.append({"set": name, "status": "fitted", "method": method, "steps": inst.meta.steps,
-                     "final_loss": inst.meta.final_loss, "seconds": round(time.perf_counter() - start, 2),
-                     "fit_check": inst.meta.fit_check})
+    with stop_on_signals(announce_stop) as stop:
+        for name, folder in tqdm(todo, desc=f"fit-batch {k}/{n}", disable=as_json or quiet or not todo):
+            if stop():  # asked between two sets: the next is not begun
+                rows.append({"set": name, "status": "stopped: not begun; a re-run fits it"})
+                continue
+            rows.append(_fit_set(name, folder, output, method, editor, clip, low_memory, save_every, force, stop,
+                                 given, options))
     rows.sort(key=lambda r: r["set"])
     failed = [r for r in rows if r["status"].startswith("failed")]
     # Fitted, but the fit's own check found it worse than its start or than no edit, or its loss misbehaved.
@@ -119,11 +113,50 @@ def fit_batch(ctx, sets, output, method, clip_model, save_every, shard, as_json,
             loss = "" if r.get("final_loss") is None else f"{r['final_loss']:.5f}"
             click.echo(f"{printable(r['set'])[:24]:24s} {r['status'][:8]:8s} {r.get('method', ''):7s} "
                        f"{r.get('steps', ''):>6} {loss:>11s} {r.get('seconds', ''):>8}")
-        for r in failed:
-            click.echo(f"{printable(r['set'])}: {r['status']}", err=True)
+        for r in rows:
+            if r["status"].startswith(("failed", "stopped")):
+                click.echo(f"{printable(r['set'])}: {r['status']}", err=True)
         if suspect:
             click.echo(f"{len(suspect)} of {len(rows)} sets did not pass the fit check:", err=True)
             for r in suspect:
                 click.echo(f"  {printable(r['set'])}: {printable(r['fit_check'])}", err=True)
+    if stop.signum is not None:
+        raise SystemExit(128 + stop.signum)
     if failed:
         raise SystemExit(1)
+
+
+def _fit_set(name, folder, output, method, editor, clip, low_memory, save_every, force, stop, given, options) -> dict:
+    """Fit one set into OUTPUT/NAME.inst: its summary row. A set stopped by a signal (or by divergence) leaves its
+    state in OUTPUT/NAME.inst.ckpt, which a re-run (without --force) continues from."""
+    from invert.fitting.checkpoint import FitStopped
+
+    start = time.perf_counter()
+    state_path = output / f"{name}.inst.ckpt"
+
+    def checkpoint(inst, step):
+        inst.save(output / f"{name}.step-{step}.inst", force=True)
+
+    try:  # one bad set, or one that cannot be written, does not end the batch
+        inst = invert.fit(folder, method, editor=editor, clip=clip, quiet=True, low_memory=low_memory,
+                          save_every=save_every, checkpoint=checkpoint, sources=given, should_stop=stop,
+                          resume=state_path if state_path.is_file() and not force else None, **options)
+        inst.save(output / f"{name}.inst", force=True)
+    except FitStopped as stopped:
+        try:
+            stopped.state.save(state_path)
+        except InvertError as exc:
+            return {"set": name, "status": f"{_stopped(stop)}: {stopped}; its state could not be saved: {exc}"}
+        return {"set": name, "status": f"{_stopped(stop)}: {stopped}; saved the state to {state_path}: a re-run "
+                                       "continues it"}
+    except InvertError as exc:  # its inputs, or an output that cannot be written; or a state of another fit
+        hint = " (--force fits it from the start)" if str(exc).startswith(str(state_path)) else ""
+        return {"set": name, "status": f"failed: {exc}{hint}"}
+    return {"set": name, "status": "fitted", "method": method, "steps": inst.meta.steps,
+            "final_loss": inst.meta.final_loss, "seconds": round(time.perf_counter() - start, 2),
+            "fit_check": inst.meta.fit_check}
+
+
+def _stopped(stop) -> str:
+    """A set's status when its fit stopped: by a signal, or failed (diverged)."""
+    return "failed" if stop.signum is None else "stopped"

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -65,6 +66,72 @@ def test_a_bad_set_fails_alone(tiny_model_dir, pairs_dir, tmp_path):
     assert r.exit_code == 1
     rows = {row["set"]: row["status"] for row in json.loads(r.stdout)["sets"]}
     assert rows["good"] == "fitted" and rows["empty"].startswith("failed: ")
+
+
+def test_a_signal_keeps_the_stopped_sets_state_and_a_rerun_continues_it(tiny_model_dir, pairs_dir, tmp_path,
+                                                                        monkeypatch):
+    """Ctrl-C or SIGTERM in the middle of a set: the batch stops after that step, keeping the finished sets, saving
+    the stopped one's state and listing the rest as not begun; a re-run continues it to the result of an
+    uninterrupted batch. (It used to end with "Aborted!", or be killed by SIGTERM: the set's steps were lost and
+    no summary said which sets were done.)"""
+    from test_interrupt import same_instruction
+
+    from invert.fitting.loop import Trainer
+    from invert.instruction import Instruction
+
+    sets = tmp_path / "sets"
+    for name in ("a", "b", "c"):
+        shutil.copytree(pairs_dir, sets / name)
+    whole = tmp_path / "whole"
+    assert batch(tiny_model_dir, sets, whole, "--steps", 6).exit_code == 0
+    original, calls = Trainer.step_loss, []
+
+    def step_loss(self, step, scale):
+        calls.append(step)
+        if len(calls) == 6 + 3:  # the second set's third step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step, scale)
+
+    monkeypatch.setattr(Trainer, "step_loss", step_loss)
+    out = tmp_path / "out"
+    r = batch(tiny_model_dir, sets, out, "--steps", 6)
+    assert r.exit_code == 128 + signal.SIGTERM, r.output
+    rows = {row["set"]: row["status"] for row in json.loads(r.stdout)["sets"]}
+    assert rows["a"] == "fitted"
+    assert rows["b"] == f"stopped: stopped at step 3 of 6; saved the state to {out / 'b.inst.ckpt'}: a re-run continues it"
+    assert rows["c"] == "stopped: not begun; a re-run fits it"
+    assert sorted(p.name for p in out.iterdir()) == ["a.inst", "b.inst.ckpt"]
+    monkeypatch.undo()
+
+    r = batch(tiny_model_dir, sets, out, "--steps", 6)
+    assert r.exit_code == 0, r.output
+    assert [row["status"] for row in json.loads(r.stdout)["sets"]] == ["exists", "fitted", "fitted"]
+    for name in ("a", "b", "c"):
+        same_instruction(Instruction.load(whole / f"{name}.inst"), Instruction.load(out / f"{name}.inst"))
+
+
+def test_the_state_of_another_fit_is_refused_naming_the_difference_or_dropped_with_force(tiny_model_dir, pairs_dir,
+                                                                                         tmp_path, monkeypatch):
+    from invert.fitting.loop import Trainer
+
+    shutil.copytree(pairs_dir, tmp_path / "sets" / "a")
+    original = Trainer.step_loss
+
+    def step_loss(self, step, scale):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, step, scale)
+
+    monkeypatch.setattr(Trainer, "step_loss", step_loss)
+    out = tmp_path / "out"
+    assert batch(tiny_model_dir, tmp_path / "sets", out, "--steps", 6).exit_code == 128 + signal.SIGINT
+    monkeypatch.undo()
+    r = batch(tiny_model_dir, tmp_path / "sets", out, "--steps", 8)
+    assert r.exit_code == 1
+    status = json.loads(r.stdout)["sets"][0]["status"]
+    assert "differs in --steps (6 there, 8 here)" in status and "(--force fits it from the start)" in status
+    r = batch(tiny_model_dir, tmp_path / "sets", out, "--steps", 8, "--force")
+    assert r.exit_code == 0 and json.loads(r.stdout)["sets"][0]["steps"] == 8
 
 
 def test_shard_from_flag_or_launcher_environment():
