@@ -141,8 +141,8 @@ def as_pairs(pairs: PairsSource) -> list[Pair]:
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB: EXIF orientation applied, transparency flattened on white, 16-bit scaled to
-    8-bit, CMYK and palettes converted, the first frame of an animation (with a warning). Empty, damaged,
+    """Open an image file as RGB: EXIF orientation applied, transparency flattened on white, 16-bit and float
+    scaled to 8-bit, CMYK and palettes converted, the first frame of an animation (with a warning). Empty, damaged,
     oversized (Pillow's decompression-bomb limit), tiny or extremely elongated images are errors."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
@@ -167,6 +167,8 @@ def open_image(path: str | Path) -> Image.Image:
     _check_size(path, img.size)
     if img.mode == "I" or img.mode.startswith("I;16"):
         img = _sixteen_to_eight_bit(img)
+    if img.mode == "F":
+        img = _float_to_eight_bit(path, img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -187,6 +189,21 @@ def _sixteen_to_eight_bit(img: Image.Image) -> Image.Image:
     white); scale the 0..65535 range instead."""
     values = np.asarray(img, dtype=np.float64) / 257
     return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+
+
+def _float_to_eight_bit(path: Path, img: Image.Image) -> Image.Image:
+    """A 32-bit float image (a float TIFF) holds 0..1 by the convention of the tools that write them, which
+    Pillow's conversion takes as 0..255 (nearly black); one whose values reach past 1 is read as 0..255, as Pillow
+    writes its own. NaN or inf, or values outside both ranges, are errors: there is no picture to guess."""
+    values = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise InvertError(f"{path}: float image holds NaN or inf")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 255:
+        raise InvertError(f"{path}: float image with values {low:g}..{high:g}; expected 0..1 (or 0..255): convert "
+                          "it to 8 or 16 bits first")
+    scale = 255 if high <= 1 else 1
+    return Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def check_distinct_outputs(names: list[str]) -> None:

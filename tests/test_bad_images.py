@@ -39,6 +39,12 @@ def truncated(fmt):
     return write
 
 
+def float_tiff(path, high):
+    """A 32-bit float (mode F) TIFF rising from 0 to ``high`` along its rows."""
+    values = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16) * np.float32(high)
+    Image.fromarray(values, "F").save(path)
+
+
 BAD = {  # name -> (writer, expected words in the message)
     "empty.png": (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
     "truncated.jpg": (truncated("JPEG"), "damaged or truncated"),
@@ -49,6 +55,8 @@ BAD = {  # name -> (writer, expected words in the message)
     "thin.png": (lambda p: Image.new("RGB", (400, 12)).save(p), "extreme aspect ratio (400x12"),
     "tall.png": (lambda p: Image.new("RGB", (9, 200)).save(p), "extreme aspect ratio (9x200"),
     "folder.png": (lambda p: p.mkdir(), "cannot read"),
+    "float-nan.tif": (lambda p: float_tiff(p, np.nan), "float image holds NaN or inf"),
+    "float-65535.tif": (lambda p: float_tiff(p, 65535.0), "float image with values 0..65535; expected 0..1"),
 }
 
 
@@ -107,6 +115,14 @@ def test_sixteen_bit_keeps_its_tones_instead_of_clipping_to_white(tmp_path):
     sixteen_bit_gray(tmp_path / "g.png")
     values = np.asarray(open_image(tmp_path / "g.png"))[..., 0]
     assert values.min() == 0 and 250 <= values.max() <= 255 and 100 < values.mean() < 155
+
+
+@pytest.mark.parametrize("high", [1.0, 255.0])
+def test_a_float_image_keeps_its_tones(tmp_path, high):
+    """Float TIFFs hold 0..1: Pillow's conversion took them as 0..255, a black picture fitted without a word."""
+    float_tiff(tmp_path / "f.tif", high)
+    values = np.asarray(open_image(tmp_path / "f.tif"))[..., 0]
+    assert values.min() == 0 and values.max() == 255 and 120 < values.mean() < 135
 
 
 def test_after_of_another_size_is_resized_to_its_before_and_said_so(tmp_path):
