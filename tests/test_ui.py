@@ -461,6 +461,43 @@ def test_api_library_shows_entry_names_as_text(client, fitted, tmp_path):
     assert shown == ["[x](javascript:alert(1)) **b** \\x1b]0;pwned\\x07\\u202e\\nError: forged"]
 
 
+def test_api_library_temperature_takes_the_clis_range(client, fitted, tmp_path):
+    """The Library tab's Temperature takes what `apply --library --temperature` takes (above 0, at most 100; was a
+    0.01..1 slider): 5 mixes as ``Library.choose(temperature=5)`` does, and 0 or 200 is refused by the library's
+    own check, naming the control."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from invert.defaults import DEFAULT_TEMPERATURE
+    from invert.instruction import Instruction
+    from invert.library import KEY, Entry, Library
+    from invert.pairs import find_pairs, load_pairs
+    from invert.ui.backend import Model
+
+    night = Instruction.load(fitted[3])
+    other = Instruction.load(fitted[3])
+    other.tensors[KEY] = -night.tensors[KEY]  # a key pointing away from the night pair's direction
+    Library([Entry("night", night), Entry("other", other)]).save(tmp_path / "lib.safetensors")
+    before, after = (sorted((NIGHT / "test" / side).iterdir())[0] for side in ("before", "after"))
+    model = Model("toy")
+    lib = Library.load(tmp_path / "lib.safetensors")
+    pairs = load_pairs(find_pairs(before=before, after=after), lib.exemplar_size(model.editor))
+
+    def page(temperature):
+        return client.predict(handle_file(tmp_path / "lib.safetensors"), handle_file(before), handle_file(after),
+                              temperature, 0, "its only one", *apply_args([], [handle_file(before)])[3:],
+                              api_name="/library")
+
+    for temperature in (5, DEFAULT_TEMPERATURE):
+        _, chosen, weights = lib.instruction_for(*pairs, editor=model.editor, temperature=temperature)
+        shown, *_ = page(temperature)
+        assert [(row[0], row[1]) for row in shown["data"]] == [(e.name, round(w, 4)) for e, w in zip(chosen, weights)]
+        assert (weights[1] > 0.3) == (temperature == 5)  # a high temperature mixes both, the default mostly one
+    for temperature, problem in ((0, "must be above 0, not 0.0"), (200, "must be at most 100, not 200.0")):
+        with pytest.raises(AppError, match=f"^Temperature: {problem}$"):
+            page(temperature)
+
+
 # The browser: Debian's chromium and chromium-driver (.ci/run installs them); nothing is downloaded.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

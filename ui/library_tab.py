@@ -5,12 +5,16 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from invert.defaults import TEMPERATURE_LIMITS
+from invert.settings.fields import describe_range
+
 from .app import MODEL_EVENT, App, markdown_text
 from .apply_tab import edit, follow_selection, image_inputs, results_view
 from .backend import DEFAULT_TEMPERATURE, InvertError, check_value, methods, printable
 
 ANY_METHOD = "its only one"
 TOP = "Mix only the best K"
+TEMPERATURE = "Temperature"
 
 
 def build(app: App) -> None:
@@ -26,8 +30,10 @@ def build(app: App) -> None:
                 before = gr.File(file_types=["image"], label="Before", elem_id="library-before")
                 after = gr.File(file_types=["image"], label="After", elem_id="library-after")
             with gr.Row():
-                temperature = gr.Slider(0.01, 1, DEFAULT_TEMPERATURE, step=0.01, label="Temperature", scale=2,
-                                        info="lower: fewer instructions mixed")
+                # A number, not a slider: any value `apply --library --temperature` takes; the library's check
+                # refuses one out of its range, naming the control.
+                temperature = gr.Number(DEFAULT_TEMPERATURE, label=TEMPERATURE, scale=2,
+                                        info=f"lower: fewer instructions mixed {describe_range(TEMPERATURE_LIMITS)}")
                 top = gr.Number(0, label=TOP, info="0: all", scale=1)
             gr.Markdown("### 2. Images")
             inputs = image_inputs("library")
@@ -44,13 +50,14 @@ def build(app: App) -> None:
             raise InvertError("upload a library file (invert library build writes one)")
         if not before or not after:
             raise InvertError("upload a before image and its after image")
+        temperature = check_value(temperature, float, TEMPERATURE_LIMITS, TEMPERATURE)
         best = check_value(top or 0, int, {"minimum": 0}, TOP) or None  # empty or 0: all
         session = app.session(request)
         folder_in = session.new_folder("pair")
         befores = session.copy_uploads([before], folder_in / "before")
         afters = session.copy_uploads([after], folder_in / "after")
         inst, chosen = app.model.library_instruction(session.copy_uploads([library], session.new_folder("lib"))[0],
-                                                     befores, afters, float(temperature), best,
+                                                     befores, afters, temperature, best,
                                                      None if method == ANY_METHOD else method)
         edited = edit(app, session, "library", inst, values)
         listed = " · ".join(f"**{markdown_text(name)}** {w:.3f}" for name, w in chosen)  # names from the file
