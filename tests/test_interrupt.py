@@ -52,6 +52,24 @@ def test_resume_refuses_another_fit_but_allows_a_new_lr(editor, clip, tmp_path):
     assert lowered.meta.options["lr"] == 1e-4
 
 
+def test_resume_refusal_names_the_exemplar_pairs_that_changed(tmp_path):
+    def pair(name, digest="0"):
+        return {"name": name, "before": digest, "after": digest}
+
+    saved = [pair("a"), pair("b"), pair("c")] + [pair(f"x{i}") for i in range(5)]
+    state = FitState(0, {}, {"state": {}, "param_groups": []}, [], identity={"method": "visii", "exemplars": saved},
+                     path=tmp_path / "x.inst.ckpt")
+    with pytest.raises(InvertError) as refused:
+        state.check_identity({"method": "visii", "exemplars": [pair("a", "1"), pair("d")] + saved[3:]})
+    assert str(refused.value) == (f"{tmp_path / 'x.inst.ckpt'}: saved by a different fit; differs in the exemplar "
+                                  "images (d added; a changed; b removed; c removed). Resume with the command that "
+                                  "wrote it"), refused.value
+    with pytest.raises(InvertError, match=r"images \(d added; x0 changed; x1 changed; x2 changed; and 2 more\)\."):
+        state.check_identity({"method": "visii", "exemplars": saved[:3] + [pair(f"x{i}", "1") for i in range(5)]
+                              + [pair("d")]})
+    assert "\n" not in str(refused.value)
+
+
 def poison(monkeypatch, at_step, what):
     """Make step ``at_step`` (0-based) report a NaN loss, or leave a NaN gradient."""
     original = Trainer.step_loss

@@ -34,7 +34,7 @@ def _differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -
         if a == b:
             continue
         if key == "exemplars" and not prefix:
-            differ.append("the exemplar images")
+            differ.append(f"the exemplar images{_exemplar_changes(a, b)}")
         elif key in OPTION_KEYS and isinstance(a, dict) and isinstance(b, dict):
             differ += [f"--{k.replace('_', '-')} ({a.get(k)!r} there, {b.get(k)!r} here)"
                        for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
@@ -43,6 +43,27 @@ def _differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -
         else:
             differ.append(f"{prefix}{key} ({a!r} there, {b!r} here)")
     return differ
+
+
+def _exemplar_changes(saved: Any, now: Any, shown: int = 4) -> str:
+    """`` (a.png added; b.png changed; c.png removed)``: the exemplar pairs that differ, by the names the identities
+    record (at most ``shown``, then "and N more"); empty where they record no names to tell them by."""
+    def by_name(exemplars: Any) -> dict[str, Any] | None:
+        if not isinstance(exemplars, list) or not all(isinstance(e, dict) and "name" in e for e in exemplars):
+            return None
+        named = {str(e["name"]): e for e in exemplars}
+        return named if len(named) == len(exemplars) else None
+
+    a, b = by_name(saved), by_name(now)
+    if a is None or b is None:
+        return ""
+    changes = ([f"{n} added" for n in sorted(b.keys() - a.keys())]
+               + [f"{n} changed" for n in sorted(a.keys() & b.keys()) if a[n] != b[n]]
+               + [f"{n} removed" for n in sorted(a.keys() - b.keys())])
+    if not changes:  # the same pairs in another order
+        return " (the same pairs in another order)" if a.keys() == b.keys() else ""
+    more = f"; and {len(changes) - shown} more" if len(changes) > shown else ""
+    return f" ({'; '.join(changes[:shown])}{more})"
 
 
 class FitStopped(InvertError):
