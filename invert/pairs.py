@@ -8,6 +8,7 @@ Three layouts are accepted:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import warnings
@@ -25,6 +26,27 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".
 MIN_SIDE = 8
 # Beyond this the centre crop of a fit keeps under a tenth of the picture.
 MAX_ASPECT = 10
+
+
+def broken_link(path: Path) -> str | None:
+    """Why ``path`` is a symbolic link that cannot be followed ("a link to nowhere", "a link that loops"); None for
+    anything else."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a link that loops"
+        if exc.errno == errno.ENOENT:
+            return "a link to nowhere"
+        return f"a link that cannot be followed ({exc.strerror})"
+    return None
+
+
+def _not_a_folder(path: Path, what: str) -> str:
+    why = broken_link(path)
+    return f"{path}: not a folder of {what}" + (f" ({why})" if why else "")
 
 
 def is_image_file(path: Path) -> bool:
@@ -98,7 +120,7 @@ def find_pairs(folder: str | Path | None = None, before: str | Path | None = Non
         raise InvertError("no exemplar pairs given: pass a folder or --before/--after")
     folder = Path(folder)
     if not folder.is_dir():
-        raise InvertError(f"{folder}: not a folder of exemplar pairs")
+        raise InvertError(_not_a_folder(folder, "exemplar pairs"))
     if (folder / "before").is_dir() or (folder / "after").is_dir():
         for side in ("before", "after"):
             if not (folder / side).is_dir():
@@ -114,11 +136,12 @@ def find_pairs(folder: str | Path | None = None, before: str | Path | None = Non
 
 def exemplar_sets(root: Path) -> list[tuple[str, Path]]:
     """``(name, pairs folder)`` for each subfolder of ``root``, sorted by name; a set with a ``train/`` subfolder
-    (the layout of ``examples/toy``) is fitted on that."""
+    (the layout of ``examples/toy``) is fitted on that. A link that cannot be followed (to nowhere, or looping) is
+    listed too, as itself: fitting or reading it fails naming the link, where leaving it out said nothing."""
     if not root.is_dir():
-        raise InvertError(f"{root}: not a folder of exemplar sets")
-    sets = [(d.name, d / "train" if (d / "train").is_dir() else d)
-            for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+        raise InvertError(_not_a_folder(root, "exemplar sets"))
+    sets = [(d.name, d / "train" if (d / "train").is_dir() else d) for d in sorted(root.iterdir())
+            if (d.is_dir() or broken_link(d)) and not d.name.startswith(".")]
     if not sets:
         raise InvertError(f"{root}: no exemplar set folders in it")
     return sets

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -445,9 +446,13 @@ def test_invert_encoder_train_refuses_bad_input(tiny_model_dir, sets, tmp_path, 
     (tmp_path / "one" / "edit" / "after").mkdir()
     scene(0).save(tmp_path / "one" / "edit" / "before" / "0.png")
     scene(0, night=True).save(tmp_path / "one" / "edit" / "after" / "0.png")
+    shutil.copytree(sets, tmp_path / "linked")  # a set that is a dangling link was left out without a word
+    (tmp_path / "linked" / "gone").symlink_to(tmp_path / "nothing", target_is_directory=True)
     for args, expected, early in (
             (("--data", tmp_path / "none"), "not a folder of exemplar sets", True),
             (("--data", tmp_path / "one"), "1 pair; an encoder learns from sets of at least 2", True),
+            (("--data", tmp_path / "linked"), f"{tmp_path / 'linked' / 'gone'}: not a folder of exemplar pairs (a link "
+             "to nowhere)", True),
             (("--data", sets, "--basis", 0, "--resolution", 32), "no basis states", False),
     ):
         r = run("encoder", "train", "-o", out, "--model", tiny_model_dir, "--device", "cpu", *args)

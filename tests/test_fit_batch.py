@@ -68,6 +68,20 @@ def test_a_bad_set_fails_alone(tiny_model_dir, pairs_dir, tmp_path):
     assert rows["good"] == "fitted" and rows["empty"].startswith("failed: ")
 
 
+def test_a_set_that_is_a_broken_link_fails_alone_naming_it(tiny_model_dir, pairs_dir, tmp_path):
+    """A set folder that is a dangling or looping symlink was left out of the summary without a word."""
+    sets = tmp_path / "sets"
+    shutil.copytree(pairs_dir, sets / "good")
+    (sets / "gone").symlink_to(tmp_path / "nothing", target_is_directory=True)
+    (sets / "loop").symlink_to(sets / "loop", target_is_directory=True)
+    r = batch(tiny_model_dir, sets, tmp_path / "out")
+    assert r.exit_code == 1, r.output
+    rows = {row["set"]: row["status"] for row in json.loads(r.stdout)["sets"]}
+    assert rows["good"] == "fitted"
+    assert rows["gone"] == f"failed: {sets / 'gone'}: not a folder of exemplar pairs (a link to nowhere)"
+    assert rows["loop"] == f"failed: {sets / 'loop'}: not a folder of exemplar pairs (a link that loops)"
+
+
 def test_a_signal_keeps_the_stopped_sets_state_and_a_rerun_continues_it(tiny_model_dir, pairs_dir, tmp_path,
                                                                         monkeypatch):
     """Ctrl-C or SIGTERM in the middle of a set: the batch stops after that step, keeping the finished sets, saving
