@@ -136,7 +136,6 @@ def _check_names(recommended: dict[str, Any], where: str) -> None:
     to set as it was, without a word; a --config file's is refused alike), and an option in a method's object that
     is neither that method's nor shared. Another method's option among the shared values is not unknown: it applies
     to that method's fits."""
-
     older, classes = aliases(), settings_classes()
     shared = {f.name for f in dataclasses.fields(FitSettings)}
     every = shared | {f.name for cls in classes.values() for f in dataclasses.fields(cls)}

@@ -60,8 +60,8 @@ def _exemplar_changes(saved: Any, now: Any, shown: int = 4) -> str:
     changes = ([f"{n} added" for n in sorted(b.keys() - a.keys())]
                + [f"{n} changed" for n in sorted(a.keys() & b.keys()) if a[n] != b[n]]
                + [f"{n} removed" for n in sorted(a.keys() - b.keys())])
-    if not changes:  # the same pairs in another order
-        return " (the same pairs in another order)" if a.keys() == b.keys() else ""
+    if not changes:  # none added, removed or changed: the same pairs in another order
+        return " (the same pairs in another order)"
     more = f"; and {len(changes) - shown} more" if len(changes) > shown else ""
     return f" ({'; '.join(changes[:shown])}{more})"
 
